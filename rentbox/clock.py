@@ -1,0 +1,36 @@
+"""Time: the clock protocol, the system clock, and the one text format times are stored in."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Protocol
+
+UTC = dt.timezone.utc
+
+# Every time in the database is UTC text of this fixed width, so that SQL comparisons
+# and ORDER BY on the text agree with the order in time.
+_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+class Clock(Protocol):
+    def now(self) -> dt.datetime:
+        """The current time, timezone-aware, in UTC."""
+
+
+class SystemClock:
+    """The real clock. Only the edges (routes, commands, background loops) read it."""
+
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(UTC)
+
+
+def to_text(moment: dt.datetime) -> str:
+    """Format an aware datetime the way the database stores it."""
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: rentbox only handles timezone-aware times")
+    return moment.astimezone(UTC).strftime(_FORMAT)
+
+
+def from_text(text: str) -> dt.datetime:
+    """Parse a time that `to_text` wrote."""
+    return dt.datetime.strptime(text, _FORMAT).replace(tzinfo=UTC)

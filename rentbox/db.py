@@ -1,0 +1,218 @@
+"""The database: connections, the write transaction, and the schema as ordered migrations."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import sqlite_utils
+from sqlite_utils import Migrations
+
+from rentbox.errors import DatabaseError
+
+# How long a writer in *another process* (a CLI import beside the server) waits for the
+# write lock before giving up. Writers inside one process queue on `Database.write_lock`
+# instead, which hands over at once rather than polling like SQLite's busy handler.
+BUSY_TIMEOUT_S = 10.0
+
+
+class Database(sqlite_utils.Database):
+    """A sqlite-utils Database for one thread, with rentbox's write transaction.
+
+    Every connection uses WAL and `synchronous=FULL`: an answer such as "number N is
+    yours" or "closed" is an acknowledgement to Onlinesim, so its commit must survive a
+    power cut, not only a killed process (field notes, Durability). FULL is a
+    per-connection setting, which is why it is set here and not stored in the file.
+    """
+
+    def __init__(self, path: Path | str, *, write_lock: threading.Lock | None = None):
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
+        super().__init__(conn, execute_plugins=False)
+        self.path = Path(path)
+        # Shared by every connection of one process to this file (see Connections).
+        self.write_lock = write_lock or threading.Lock()
+        self.execute("PRAGMA journal_mode = WAL")
+        self.execute("PRAGMA synchronous = FULL")
+        self.execute("PRAGMA foreign_keys = ON")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator["Database"]:
+        """A short write transaction: `BEGIN IMMEDIATE` under the process's write lock.
+
+        IMMEDIATE takes SQLite's write lock up front, so a read-then-write (claiming a
+        free number) cannot interleave with another writer; a deferred BEGIN would fail
+        with "database is locked" when it upgrades (field notes, Claiming a number).
+        Threads of this process first queue on a Python lock, so they never meet
+        SQLite's busy handler, whose polling sleeps turn sub-millisecond transactions
+        into a tail of hundreds of milliseconds. Keep the body tiny: no I/O, no network.
+        """
+        with self.write_lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self.conn.execute("COMMIT")
+
+    def rows(self, sql: str, params: tuple | list | dict = ()) -> list[dict]:
+        """Run a read query and return every row as a dict.
+
+        Always fetches everything: a half-read cursor keeps a read transaction open,
+        which stops WAL checkpoints and lets the -wal file grow without bound.
+        """
+        cursor = self.conn.execute(sql, params)
+        keys = [d[0] for d in cursor.description]
+        return [dict(zip(keys, row)) for row in cursor.fetchall()]
+
+    def row(self, sql: str, params: tuple | list | dict = ()) -> dict | None:
+        found = self.rows(sql, params)
+        return found[0] if found else None
+
+
+class Connections:
+    """One Database per thread for one file, all sharing one write lock.
+
+    A sqlite3 connection must not be shared between threads, and one opened in one
+    thread refuses to work in another; waitress runs requests on a pool of threads, so
+    each thread opens its own the first time it needs one.
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.write_lock = threading.Lock()
+        self._local = threading.local()
+        self._all: list[Database] = []
+        self._all_lock = threading.Lock()
+
+    def get(self) -> Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = Database(self.path, write_lock=self.write_lock)
+            self._local.db = db
+            with self._all_lock:
+                self._all.append(db)
+        return db
+
+    def close_all(self) -> None:
+        """Close every connection (at shutdown, once the worker threads have stopped)."""
+        with self._all_lock:
+            for db in self._all:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            self._all.clear()
+
+
+def open_database(path: Path | str) -> Database:
+    """Open (creating if needed) and migrate the database file: what every command does first."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise DatabaseError(f"cannot create {path}: the folder {path.parent} does not exist")
+    try:
+        db = Database(path)
+        migrate(db)
+    except sqlite3.DatabaseError as error:
+        raise DatabaseError(f"cannot open {path} as a rentbox database: {error}") from None
+    return db
+
+
+# ---------------------------------------------------------------------------------------
+# The schema. Migrations are applied in order, each in its own transaction with its
+# bookkeeping row in _sqlite_migrations. Never edit one that has shipped: add a new one.
+# ---------------------------------------------------------------------------------------
+
+migrations = Migrations("rentbox")
+
+
+def _run(db: Database, script: str) -> None:
+    """Run a script of statements inside the open transaction.
+
+    Not executescript(): Python's sqlite3 would COMMIT before it, breaking the
+    migration's transaction. sqlite3.complete_statement() knows comments and literals,
+    so a ';' inside them does not split a statement.
+    """
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                db.execute(pending)
+            pending = ""
+    if pending.strip(" \n;"):
+        raise ValueError(f"incomplete SQL statement in migration: {pending[:60]!r}")
+
+
+@migrations()
+def m001_pool_operations_events(db: Database) -> None:
+    _run(db, """
+    -- The pool. `number` is international digits without '+'.
+    CREATE TABLE numbers (
+        id INTEGER PRIMARY KEY,
+        number TEXT NOT NULL UNIQUE,
+        country TEXT NOT NULL,              -- Onlinesim's lower-case country name
+        operator TEXT,                      -- NULL: offered only under 'any'
+        port TEXT,                          -- the SIM's slot in the partner's gateway
+        enabled INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),
+        -- The open rent operation that holds this number; NULL when free. One column,
+        -- so a number can never be held by two operations at once.
+        operation_id INTEGER UNIQUE REFERENCES operations(id),
+        idle_since TEXT NOT NULL,           -- when it last became free: wear levelling
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    -- GET_NUMBER without a country: the free number idle longest.
+    CREATE INDEX numbers_free_by_idle ON numbers(idle_since)
+        WHERE operation_id IS NULL AND enabled = 1;
+    -- GET_NUMBER with a country (and operator); GET_SERVICES counts per country/operator.
+    CREATE INDEX numbers_free_by_country ON numbers(country, operator, idle_since)
+        WHERE operation_id IS NULL AND enabled = 1;
+
+    -- Rent operations. The id is Onlinesim's activationId: AUTOINCREMENT so that an id is
+    -- never reused, even after rows are deleted.
+    CREATE TABLE operations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        number_id INTEGER NOT NULL REFERENCES numbers(id),
+        service TEXT NOT NULL DEFAULT 'rent',
+        state TEXT NOT NULL CHECK (state IN ('open', 'closed')),
+        requested_country TEXT,
+        requested_operator TEXT,
+        initial_sum_kopecks INTEGER NOT NULL,   -- GET_NUMBER's sum, RUB x 100
+        final_sum_kopecks INTEGER,              -- FINISH's total sum, RUB x 100
+        finish_status INTEGER,                  -- 1, 3, 4 or 5 (protocol.md 3.3)
+        created_at TEXT NOT NULL,
+        finished_at TEXT
+    );
+    -- A number's rental history.
+    CREATE INDEX operations_by_number ON operations(number_id, created_at);
+    -- The open operations (status, and the rules that act on them as time passes).
+    CREATE INDEX operations_open ON operations(created_at) WHERE state = 'open';
+
+    -- Every change of state leaves a row here: history and debugging for free.
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        operation_id INTEGER REFERENCES operations(id),
+        number_id INTEGER REFERENCES numbers(id),
+        detail TEXT                              -- JSON object, or NULL
+    );
+    -- An operation's events (ops show).
+    CREATE INDEX events_by_operation ON events(operation_id) WHERE operation_id IS NOT NULL;
+    -- A number's events (numbers show).
+    CREATE INDEX events_by_number ON events(number_id) WHERE number_id IS NOT NULL
+    """)
+
+
+def migrate(db: Database) -> None:
+    """Bring the schema up to date. Safe to call on every start; never rebuilds data.
+
+    All pending migrations run in one IMMEDIATE transaction (sqlite-utils nests each
+    one in a savepoint), so two processes starting at once cannot both apply one.
+    """
+    with db.transaction():
+        migrations.apply(db)

@@ -1,0 +1,25 @@
+"""Errors: the typed failures of rentbox, each with a message ready for a user to read.
+
+The CLI prints them as `Error: <message>` and exits 1; the web layer maps each class to
+an HTTP status in one place. Messages never contain secrets.
+"""
+
+
+class RentboxError(Exception):
+    """Base class: something the user can act on, explained in one sentence."""
+
+
+class InvalidInput(RentboxError):
+    """A request, file or argument is malformed. Nothing was changed."""
+
+
+class NotFound(RentboxError):
+    """The thing asked for does not exist."""
+
+
+class Conflict(RentboxError):
+    """The request is well-formed but the current state does not allow it."""
+
+
+class DatabaseError(RentboxError):
+    """The database file cannot be opened or migrated."""
