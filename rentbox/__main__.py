@@ -1,0 +1,5 @@
+"""`python -m rentbox` runs the CLI."""
+
+from rentbox.cli import main
+
+main()

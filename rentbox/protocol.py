@@ -1,0 +1,178 @@
+"""Onlinesim's rent protocol: request fields parsed and validated, answers shaped (protocol.md).
+
+Pure functions over decoded JSON; no HTTP, no database. Every rejection is InvalidInput
+with a message that names the field and what is wrong, which the web layer sends back
+as `{"status": "ERROR", "error": "<message>"}`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import decimal
+import json
+import math
+
+from rentbox.errors import InvalidInput, NotFound
+
+# FINISH_ACTIVATION statuses (protocol.md 3.3) and the outcome each one records.
+FINISH_OUTCOMES = {1: "wrong_service", 3: "sold", 4: "cancelled", 5: "refunded"}
+SOLD = 3
+
+# activationId is a 64-bit signed integer in SQLite.
+_MAX_ID = 2**63 - 1
+
+
+class NoOperation(NotFound):
+    """FINISH for an activationId that rentbox never issued (answered with HTTP 200)."""
+
+    code = "NO_OPERATION"
+
+    def __init__(self, activation_id: int):
+        super().__init__(f"no operation {activation_id}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RentRequest:
+    """GET_NUMBER (rent)."""
+
+    sum_kopecks: int
+    country: str | None = None
+    operator: str | None = None  # None means any operator
+    excluded_prefixes: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishRequest:
+    """FINISH_ACTIVATION (rent)."""
+
+    activation_id: int
+    status: int
+    sum_kopecks: int | None = None
+
+
+def parse_body(raw: bytes) -> dict:
+    """Decode a UTF-8 JSON object."""
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidInput("body is not UTF-8") from None
+    except ValueError:
+        raise InvalidInput("body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be a JSON object")
+    return body
+
+
+def parse_rent_request(body: dict) -> RentRequest:
+    _require_rent_service(body, required=True)
+    if "sum" not in body or body["sum"] is None:
+        raise InvalidInput("sum is required")
+    return RentRequest(
+        sum_kopecks=to_kopecks(body["sum"], "sum"),
+        country=_optional_name(body, "country"),
+        operator=_operator(body),
+        excluded_prefixes=_prefixes(body.get("exceptionPhoneSet")),
+    )
+
+
+def parse_finish_request(body: dict) -> FinishRequest:
+    _require_rent_service(body, required=False)
+    activation_id = _integer(body, "activationId")
+    if not 1 <= activation_id <= _MAX_ID:
+        raise InvalidInput("activationId must be a positive 64-bit integer")
+    status = _integer(body, "status")
+    if status not in FINISH_OUTCOMES:
+        allowed = ", ".join(str(s) for s in FINISH_OUTCOMES)
+        raise InvalidInput(f"status must be one of {allowed}, not {status}")
+    raw_sum = body.get("sum")
+    if raw_sum is None and status == SOLD:
+        raise InvalidInput("sum is required with status 3: it is the income to credit")
+    sum_kopecks = None if raw_sum is None else to_kopecks(raw_sum, "sum")
+    return FinishRequest(activation_id, status, sum_kopecks)
+
+
+def services_answer(counts: dict[str, dict[str, int]]) -> dict:
+    """GET_SERVICES (rent): {country: {operator: n}} in Onlinesim's countryList shape."""
+    return {
+        "countryList": [
+            {
+                "country": country,
+                "operatorMap": {op: {"rent": n} for op, n in operators.items()},
+            }
+            for country, operators in counts.items()
+        ],
+        "status": "SUCCESS",
+    }
+
+
+def to_kopecks(value: object, field: str) -> int:
+    """A non-negative JSON number of roubles, as an exact count of kopecks."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(f"{field} must be a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInput(f"{field} must be a finite number")
+    if value < 0:
+        raise InvalidInput(f"{field} must not be negative")
+    # Through str(): 0.1 stays 0.1, not 0.1000000000000000055…
+    kopecks = (decimal.Decimal(str(value)) * 100).quantize(
+        decimal.Decimal(1), rounding=decimal.ROUND_HALF_UP
+    )
+    if kopecks > _MAX_ID:
+        raise InvalidInput(f"{field} is too large")
+    return int(kopecks)
+
+
+def _require_rent_service(body: dict, *, required: bool) -> None:
+    service = body.get("service")
+    if service is None and not required:
+        return
+    if service != "rent":
+        if service is None:
+            raise InvalidInput("service is required and must be 'rent'")
+        raise InvalidInput(f"service must be 'rent': rentbox serves long-term rentals only, "
+                           f"not {service!r}")
+
+
+def _integer(body: dict, field: str) -> int:
+    if field not in body or body[field] is None:
+        raise InvalidInput(f"{field} is required")
+    value = body[field]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{field} must be an integer")
+    return value
+
+
+def _optional_name(body: dict, field: str) -> str | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be a string")
+    return value.strip().lower() or None
+
+
+def _operator(body: dict) -> str | None:
+    operator = _optional_name(body, "operator")
+    return None if operator == "any" else operator
+
+
+def _prefixes(value: object) -> tuple[str, ...]:
+    """exceptionPhoneSet: integers or digit strings, each a prefix of forbidden numbers."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidInput("exceptionPhoneSet must be an array of number prefixes")
+    prefixes = []
+    for item in value:
+        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+            prefix = str(item)
+        elif isinstance(item, str) and item.strip().lstrip("+").isdigit():
+            prefix = item.strip().lstrip("+")
+        else:
+            raise InvalidInput(
+                f"exceptionPhoneSet items must be digits (integers or strings), not {item!r}"
+            )
+        if not prefix.isascii():
+            raise InvalidInput(f"exceptionPhoneSet item {item!r} is not ASCII digits")
+        prefixes.append(prefix)
+    return tuple(dict.fromkeys(prefixes))

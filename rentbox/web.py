@@ -1,0 +1,281 @@
+"""The HTTP face: Onlinesim's rent calls, authentication, one JSON error shape, gzip, access log.
+
+Routes are thin: read the body, authenticate, parse with `protocol`, call one core
+function, shape the answer. No SQL here.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hmac
+import json
+import logging
+import time
+import zlib
+from typing import Callable, Iterable
+
+import bottle
+
+from rentbox import __version__, operations, pool, protocol
+from rentbox.clock import Clock
+from rentbox.config import Settings
+from rentbox.db import Connections
+from rentbox.errors import InvalidInput
+
+log = logging.getLogger("rentbox.web")
+access_log = logging.getLogger("rentbox.access")
+
+JSON_TYPE = "application/json; charset=utf-8"
+
+
+class ApiError(Exception):
+    """An answer other than success, with its HTTP status and `error` text."""
+
+    def __init__(self, status: int, error: str):
+        super().__init__(error)
+        self.status = status
+        self.error = error
+
+
+BAD_KEY = ApiError(401, "BAD_KEY")
+
+
+def make_app(settings: Settings, clock: Clock, connections: Connections) -> bottle.Bottle:
+    """The Bottle app for Onlinesim's rent calls. Wrap it with `wsgi()` to serve it."""
+    app = bottle.Bottle()
+    key = settings.api_key.encode("utf-8")
+
+    def get_services(body: dict) -> dict:
+        return protocol.services_answer(pool.count_available(connections.get()))
+
+    def get_number(body: dict) -> dict:
+        request = protocol.parse_rent_request(body)
+        rental = operations.open_rent(connections.get(), clock.now(), request)
+        if rental is None:
+            return {"status": "NO_NUMBERS"}
+        return {"number": int(rental.number), "activationId": rental.activation_id,
+                "status": "SUCCESS"}
+
+    def finish_activation(body: dict) -> dict:
+        request = protocol.parse_finish_request(body)
+        operations.finish_rent(connections.get(), clock.now(), request)
+        return {"status": "SUCCESS"}
+
+    handlers: dict[str, Callable[[dict], dict]] = {
+        "GET_SERVICES": get_services,
+        "GET_NUMBER": get_number,
+        "FINISH_ACTIVATION": finish_activation,
+    }
+
+    def answer(path_action: str | None) -> str:
+        """Run one protocol call; `path_action` is None on `POST /`, which dispatches."""
+        try:
+            body = protocol.parse_body(_read_body(bottle.request.environ,
+                                                  settings.max_body_bytes))
+            _authenticate(body, bottle.request.get_header("Authorization"), key)
+            action = body.get("action")
+            if path_action is None:
+                action = _dispatch_action(body)
+            elif action is not None and action != path_action:
+                raise InvalidInput(f"action must be {path_action} on this path, not {action!r}")
+            return _json(200, handlers[path_action or action](body))
+        except ApiError as error:
+            return _error(error.status, error.error)
+        except InvalidInput as error:
+            return _error(400, str(error))
+        except protocol.NoOperation:
+            return _json(200, {"status": "ERROR", "error": protocol.NoOperation.code})
+        except Exception:
+            # The traceback names code, not values: no key or body reaches the log.
+            log.exception("unexpected error in %s", bottle.request.path)
+            return _error(500, "internal error; see the server log")
+
+    app.route("/getServicesRent", "POST", lambda: answer("GET_SERVICES"))
+    app.route("/getNumberRent", "POST", lambda: answer("GET_NUMBER"))
+    app.route("/finishActivationRent", "POST", lambda: answer("FINISH_ACTIVATION"))
+    app.route("/", "POST", lambda: answer(None))
+
+    @app.get("/health")
+    def health():
+        """Liveness for monitors and proxies: no authentication, nothing secret."""
+        try:
+            connections.get().execute("SELECT 1 FROM numbers LIMIT 1").fetchall()
+        except Exception:
+            log.exception("health check: database unavailable")
+            return _error(503, "database unavailable")
+        return _json(200, {"status": "SUCCESS", "version": __version__})
+
+    def error_page(res: bottle.HTTPError) -> str:
+        if res.status_code == 404:
+            message = f"no such path: {bottle.request.path}"
+        elif res.status_code == 405:
+            message = (f"method {bottle.request.method} is not allowed on "
+                       f"{bottle.request.path}; allowed: {res.headers.get('Allow', '')}")
+        else:
+            message = "internal error; see the server log"
+        return _error(res.status_code, message)
+
+    # Bottle answers with an HTML page unless told otherwise, for every status.
+    app.default_error_handler = error_page
+    return app
+
+
+def wsgi(settings: Settings, clock: Clock, connections: Connections):
+    """The app as served: Bottle wrapped in gzip answers and the access log."""
+    return AccessLog(GzipAnswers(make_app(settings, clock, connections)))
+
+
+def _json(status: int, payload: dict) -> str:
+    bottle.response.status = status
+    bottle.response.content_type = JSON_TYPE
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def _error(status: int, error: str) -> str:
+    return _json(status, {"status": "ERROR", "error": error})
+
+
+def _read_body(environ: dict, limit: int) -> bytes:
+    """The request body, gunzipped if sent so, refused past `limit` bytes either way."""
+    too_large = ApiError(413, f"body is larger than {limit} bytes")
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise InvalidInput("Content-Length is not a number") from None
+    if length > limit:
+        raise too_large
+    raw = environ["wsgi.input"].read(length) if length else environ["wsgi.input"].read(limit + 1)
+    if len(raw) > limit:
+        raise too_large
+    encoding = environ.get("HTTP_CONTENT_ENCODING", "").strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    if encoding != "gzip":
+        raise ApiError(415, f"Content-Encoding {encoding!r} is not supported; use gzip")
+    # Decompress at most limit+1 bytes: a small gzip bomb must not fill the memory.
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        body = inflater.decompress(raw, limit + 1)
+    except zlib.error:
+        raise InvalidInput("body is not valid gzip") from None
+    if len(body) > limit:
+        raise too_large
+    if not inflater.eof:
+        raise InvalidInput("body is not valid gzip (truncated)")
+    return body
+
+
+def _authenticate(body: dict, authorization: str | None, key: bytes) -> None:
+    """protocol.md 2: the body `key` or a Bearer token; every one presented must match."""
+    presented = []
+    if "key" in body:
+        presented.append(body["key"])
+    if authorization is not None:
+        scheme, _, token = authorization.strip().partition(" ")
+        presented.append(token.strip() if scheme.lower() == "bearer" else None)
+    if not presented:
+        raise BAD_KEY
+    for candidate in presented:
+        if not isinstance(candidate, str) or not hmac.compare_digest(
+            candidate.encode("utf-8"), key
+        ):
+            raise BAD_KEY
+
+
+def _dispatch_action(body: dict) -> str:
+    """`POST /` (a single URL, SMSHub style): route on `action` and `service` (protocol.md 1)."""
+    action = body.get("action")
+    if action is None:
+        raise InvalidInput("action is required")
+    if action == "GET_SERVICES":
+        return action
+    if action in ("GET_NUMBER", "FINISH_ACTIVATION"):
+        if body.get("service") != "rent":
+            raise InvalidInput(f"{action} is served for service 'rent' only")
+        return action
+    raise InvalidInput(f"unknown action {action!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# WSGI middleware: they wrap every answer, error pages included.
+# ---------------------------------------------------------------------------------------
+
+
+def _accepts_gzip(header: str) -> bool:
+    for item in header.split(","):
+        coding, _, params = item.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "x-gzip", "*"):
+            q = params.strip().lower()
+            return not (q.startswith("q=") and _is_zero(q[2:]))
+    return False
+
+
+def _is_zero(text: str) -> bool:
+    try:
+        return float(text) == 0
+    except ValueError:
+        return False
+
+
+class GzipAnswers:
+    """Gzip every answer for a caller that sends `Accept-Encoding: gzip` (protocol.md 1)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        if not _accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")):
+            return self.app(environ, start_response)
+        captured: dict = {}
+
+        def capture(status, headers, exc_info=None):
+            captured["status"], captured["headers"] = status, headers
+            return lambda data: captured.setdefault("written", []).append(data)
+
+        result = self.app(environ, capture)
+        try:
+            body = b"".join(captured.pop("written", [])) + b"".join(result)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        headers = [(k, v) for k, v in captured["headers"]
+                   if k.lower() not in ("content-length", "content-encoding")]
+        if body and environ.get("REQUEST_METHOD") != "HEAD":
+            body = gzip.compress(body, compresslevel=5)
+            headers.append(("Content-Encoding", "gzip"))
+        headers += [("Content-Length", str(len(body))), ("Vary", "Accept-Encoding")]
+        start_response(captured["status"], headers)
+        return [body]
+
+
+class AccessLog:
+    """One line per request: method, path, status, duration. Never the body or headers,
+    which carry the key; never the query string, which a caller could put it in."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        started = time.perf_counter()
+        seen: dict = {}
+
+        def record(status, headers, exc_info=None):
+            seen["status"] = status.split(" ", 1)[0]
+            return start_response(status, headers, exc_info)
+
+        try:
+            result: Iterable[bytes] = self.app(environ, record)
+        finally:
+            access_log.info(
+                "%s %s %s %.1fms",
+                environ.get("REQUEST_METHOD"),
+                _printable(environ.get("PATH_INFO", "")),
+                seen.get("status", "-"),
+                (time.perf_counter() - started) * 1000,
+            )
+        return result
+
+
+def _printable(path: str) -> str:
+    # A path is caller-controlled: keep control characters out of the log.
+    return "".join(c if c.isprintable() else "?" for c in path)[:200]
