@@ -59,13 +59,19 @@ def fails_cleanly(command: Callable) -> Callable:
     return wrapper
 
 
+def say(text: str) -> None:
+    """A plain line on stdout: no markup, no wrapping (file names may hold '[' or be long)."""
+    out.print(text, markup=False, soft_wrap=True)
+
+
 def _print_json(value: object) -> None:
-    out.print_json(json.dumps(value, ensure_ascii=False))
+    # Plain stdout, not Rich: scripts need JSON that no terminal width can re-wrap.
+    typer.echo(json.dumps(value, ensure_ascii=False, indent=2))
 
 
 def _version(value: bool) -> None:
     if value:
-        out.print(f"rentbox {__version__}")
+        say(f"rentbox {__version__}")
         raise typer.Exit()
 
 
@@ -135,10 +141,8 @@ def numbers_import(
                               operator=operator, skip_invalid=skip_invalid)
     for problem in result.rejected:
         err.print(f"Skipped {problem}", markup=False, soft_wrap=True)
-    out.print(
-        f"{file}: {result.added} added, {result.updated} updated, "
-        f"{result.unchanged} unchanged, {len(result.rejected)} rejected."
-    )
+    say(f"{file}: {result.added} added, {result.updated} updated, "
+        f"{result.unchanged} unchanged, {len(result.rejected)} rejected.")
 
 
 @numbers_app.command("list")
@@ -150,14 +154,14 @@ def numbers_list(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].
         _print_json(rows)
         return
     if not rows:
-        out.print("The pool is empty. Add numbers with: rentbox numbers import FILE")
+        say("The pool is empty. Add numbers with: rentbox numbers import FILE")
         return
     table = Table("number", "country", "operator", "port", "state")
     for row in rows:
         table.add_row("+" + row["number"], row["country"], row["operator"] or "",
                       row["port"] or "", row["state"])
     out.print(table)
-    out.print(f"{len(rows)} number(s)")
+    say(f"{len(rows)} number(s)")
 
 
 def main() -> None:

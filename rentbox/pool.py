@@ -45,15 +45,18 @@ def normalize_number(raw: str) -> str:
             f"{text!r} has characters other than digits, a leading '+', spaces and dashes"
         )
     digits = re.sub(r"\D", "", text)
+    invalid = InvalidInput(
+        f"{text!r} is not a valid international number "
+        f"(country code first, as in +49 151 2345 6789)"
+    )
     try:
         parsed = phonenumbers.parse("+" + digits, None)
-    except phonenumbers.NumberParseException:
-        raise InvalidInput(f"{text!r} does not start with a known country code") from None
+    except phonenumbers.NumberParseException as error:
+        if error.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE:
+            raise InvalidInput(f"{text!r} does not start with a known country code") from None
+        raise invalid from None
     if not phonenumbers.is_valid_number(parsed):
-        raise InvalidInput(
-            f"{text!r} is not a valid international number "
-            f"(country code first, as in +49 151 2345 6789)"
-        )
+        raise invalid
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)[1:]
 
 

@@ -20,6 +20,8 @@ SOLD = 3
 
 # activationId is a 64-bit signed integer in SQLite.
 _MAX_ID = 2**63 - 1
+# A price above a trillion roubles is a mistake, and its kopecks would not fit 64 bits.
+_MAX_ROUBLES = 10**12
 
 
 class NoOperation(NotFound):
@@ -113,12 +115,12 @@ def to_kopecks(value: object, field: str) -> int:
         raise InvalidInput(f"{field} must be a finite number")
     if value < 0:
         raise InvalidInput(f"{field} must not be negative")
+    if value > _MAX_ROUBLES:
+        raise InvalidInput(f"{field} is too large")
     # Through str(): 0.1 stays 0.1, not 0.1000000000000000055…
     kopecks = (decimal.Decimal(str(value)) * 100).quantize(
         decimal.Decimal(1), rounding=decimal.ROUND_HALF_UP
     )
-    if kopecks > _MAX_ID:
-        raise InvalidInput(f"{field} is too large")
     return int(kopecks)
 
 

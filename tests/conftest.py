@@ -1,0 +1,167 @@
+"""Shared fixtures: a temporary database, a fake clock, the app in process, a real server."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip as gzip_module
+import http.client
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from rentbox import pool
+from rentbox.config import Settings
+from rentbox.db import Connections, Database, open_database
+from rentbox.server import Server
+from rentbox.web import wsgi
+
+API_KEY = "test-key-7f3a"
+START = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.timezone.utc)
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+class FakeClock:
+    """A clock that only moves when a test moves it."""
+
+    def __init__(self, start: dt.datetime = START):
+        self.current = start
+
+    def now(self) -> dt.datetime:
+        return self.current
+
+    def advance(self, seconds: float) -> dt.datetime:
+        self.current += dt.timedelta(seconds=seconds)
+        return self.current
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def db_path(tmp_path) -> Path:
+    return tmp_path / "rentbox.db"
+
+
+@pytest.fixture
+def db(db_path) -> Database:
+    database = open_database(db_path)
+    yield database
+    database.close()
+
+
+def add_numbers(db: Database, now: dt.datetime, *rows: tuple) -> None:
+    """Put (number, country, operator[, port]) rows into the pool."""
+    entries = [
+        pool.PoolEntry(pool.normalize_number(r[0]), r[1], r[2], r[3] if len(r) > 3 else None, i)
+        for i, r in enumerate(rows, start=2)
+    ]
+    pool.import_entries(db, now, entries)
+
+
+def snapshot(db: Database) -> dict:
+    """Every row of every rentbox table: compare two to prove nothing changed."""
+    tables = ["numbers", "operations", "events"]
+    return {t: db.rows(f"SELECT * FROM {t} ORDER BY rowid") for t in tables}
+
+
+@pytest.fixture
+def settings(db_path) -> Settings:
+    return Settings(api_key=API_KEY, db=db_path, port=0, threads=4)
+
+
+@pytest.fixture
+def connections(db, db_path):
+    conns = Connections(db_path)
+    yield conns
+    conns.close_all()
+
+
+class WsgiClient:
+    """Calls a WSGI app in process, the way a server would."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict | None = None) -> "Answer":
+        body = body or b""
+        environ = {
+            "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
+            "wsgi.url_scheme": "http", "wsgi.version": (1, 0), "wsgi.multithread": True,
+            "wsgi.multiprocess": False, "wsgi.run_once": False,
+            "CONTENT_LENGTH": str(len(body)),
+        }
+        for name, value in (headers or {}).items():
+            key = name.upper().replace("-", "_")
+            if key == "CONTENT_TYPE":
+                environ["CONTENT_TYPE"] = value
+            else:
+                environ["HTTP_" + key] = value
+        seen = {}
+
+        def start_response(status, response_headers, exc_info=None):
+            seen["status"], seen["headers"] = status, response_headers
+
+        chunks = self.app(environ, start_response)
+        data = b"".join(chunks)
+        if hasattr(chunks, "close"):
+            chunks.close()
+        return Answer(int(seen["status"].split()[0]), dict(seen["headers"]), data)
+
+    def post(self, path: str, payload: object = None, *, raw: bytes | None = None,
+             headers: dict | None = None) -> "Answer":
+        body = raw if raw is not None else json.dumps(payload).encode()
+        return self.request("POST", path, body, {"Content-Type": "application/json",
+                                                 **(headers or {})})
+
+
+class Answer:
+    def __init__(self, status: int, headers: dict, body: bytes):
+        self.status, self.headers, self.body = status, headers, body
+
+    @property
+    def json(self):
+        data = self.body
+        if self.headers.get("Content-Encoding") == "gzip":
+            data = gzip_module.decompress(data)
+        return json.loads(data)
+
+
+@pytest.fixture
+def client(settings, clock, connections) -> WsgiClient:
+    return WsgiClient(wsgi(settings, clock, connections))
+
+
+@pytest.fixture
+def live_server(settings, db):
+    """A real waitress server on an ephemeral loopback port, with the system clock."""
+    server = Server(settings)
+    thread = server.start_in_thread()
+    yield server
+    server.stop()
+    thread.join(timeout=5)
+    assert not thread.is_alive(), "the server thread did not stop"
+
+
+def http_post(url: str, payload: object = None, *, raw: bytes | None = None,
+              headers: dict | None = None, timeout: float = 10) -> Answer:
+    """POST over a real socket with http.client (every call has a timeout)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        body = raw if raw is not None else json.dumps(payload).encode()
+        conn.request("POST", parts.path or "/", body=body,
+                     headers={"Content-Type": "application/json", **(headers or {})})
+        response = conn.getresponse()
+        return Answer(response.status, dict(response.getheaders()), response.read())
+    finally:
+        conn.close()

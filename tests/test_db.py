@@ -1,0 +1,72 @@
+import sqlite3
+import threading
+
+import pytest
+
+from rentbox.db import Connections, Database, migrate, migrations, open_database
+from rentbox.errors import DatabaseError
+
+
+def test_first_use_creates_and_migrates(tmp_path):
+    path = tmp_path / "new.db"
+    db = open_database(path)
+    assert path.exists()
+    assert {"numbers", "operations", "events"} <= set(db.table_names())
+    applied = [m.name for m in migrations.applied(db)]
+    assert applied == [m.name for m in migrations._migrations]
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_every_connection_is_durable_against_power_loss(db):
+    # synchronous is per connection: 2 is FULL (fsync at every commit).
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    other = Database(db.path)
+    assert other.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_migrating_again_keeps_the_data(db_path):
+    db = open_database(db_path)
+    db.execute("INSERT INTO numbers (number, country, idle_since, created_at, updated_at)"
+               " VALUES ('4915123456789', 'germany', 'a', 'a', 'a')")
+    db.close()
+    again = open_database(db_path)
+    migrate(again)
+    assert again.execute("SELECT count(*) FROM numbers").fetchone()[0] == 1
+
+
+def test_transaction_rolls_back_on_error(db):
+    with pytest.raises(ZeroDivisionError):
+        with db.transaction():
+            db.execute("INSERT INTO numbers (number, country, idle_since, created_at, "
+                       "updated_at) VALUES ('1', 'x', 'a', 'a', 'a')")
+            1 / 0
+    assert db.execute("SELECT count(*) FROM numbers").fetchone()[0] == 0
+    assert not db.conn.in_transaction
+
+
+def test_not_a_database(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello, this is not SQLite " * 100)
+    with pytest.raises(DatabaseError, match="cannot open .* as a rentbox database"):
+        open_database(path)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(DatabaseError, match="does not exist"):
+        open_database(tmp_path / "nowhere" / "rentbox.db")
+
+
+def test_connections_are_per_thread_and_share_one_lock(db_path, db):
+    conns = Connections(db_path)
+    mine = conns.get()
+    assert conns.get() is mine
+    theirs = []
+    thread = threading.Thread(target=lambda: theirs.append(conns.get()))
+    thread.start()
+    thread.join()
+    assert theirs[0] is not mine
+    assert theirs[0].write_lock is mine.write_lock
+    conns.close_all()
+    with pytest.raises(sqlite3.ProgrammingError):
+        mine.execute("SELECT 1")

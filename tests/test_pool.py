@@ -1,0 +1,138 @@
+import io
+
+import pytest
+
+from rentbox import events, pool
+from rentbox.errors import InvalidInput
+
+from conftest import START, add_numbers
+
+
+@pytest.mark.parametrize("raw, digits", [
+    ("+49 151 2345 6789", "4915123456789"),
+    ("4915123456789", "4915123456789"),
+    ("+7 912 345-67-89", "79123456789"),
+    ("  +380501234567 ", "380501234567"),
+])
+def test_normalize_number(raw, digits):
+    assert pool.normalize_number(raw) == digits
+
+
+@pytest.mark.parametrize("raw, reason", [
+    ("", "empty"),
+    ("+49 (151) 23456789", "characters other than digits"),
+    ("49151abc", "characters other than digits"),
+    ("123", "not a valid international number"),
+    ("+49 1", "not a valid international number"),
+    ("4+915123456789", "characters other than digits"),
+])
+def test_normalize_number_rejects(raw, reason):
+    with pytest.raises(InvalidInput, match=reason):
+        pool.normalize_number(raw)
+
+
+def parse(text, **kwargs):
+    return pool.parse_csv(io.StringIO(text), **kwargs)
+
+
+def test_parse_csv_reads_all_columns():
+    entries, errors = parse("number,country,operator,port\n"
+                            "+49 151 2345 6789,Germany,Telekom,gw1:1\n")
+    assert errors == []
+    assert entries == [pool.PoolEntry("4915123456789", "germany", "telekom", "gw1:1", 2)]
+
+
+def test_parse_csv_fills_missing_columns_from_options():
+    entries, errors = parse("number\n+49 151 2345 6789\n\n+7 912 345-67-89\n",
+                            country="germany", operator="o2")
+    assert errors == []
+    assert [(e.number, e.country, e.operator, e.line) for e in entries] == [
+        ("4915123456789", "germany", "o2", 2), ("79123456789", "germany", "o2", 4)]
+
+
+def test_parse_csv_reports_each_bad_row_with_its_line():
+    entries, errors = parse("number,country,operator\n"
+                            "+49 151 2345 6789,germany,\n"
+                            "12,germany,\n"
+                            "+7 912 345-67-89,,\n"
+                            "+4915123456789,germany,\n"
+                            "+7 916 123-45-67,russia,any\n")
+    assert [e.number for e in entries] == ["4915123456789"]
+    assert [(e.line, e.reason.split(":")[0]) for e in errors] == [
+        (3, "'12' is not a valid international number (country code first, as in +49 151 2345 6789)"),
+        (4, "no country"),
+        (5, "4915123456789 is already on line 2"),
+        (6, "operator 'any' is reserved"),
+    ]
+    assert entries[0].operator is None
+
+
+def test_parse_csv_needs_a_number_column():
+    with pytest.raises(InvalidInput, match="header row with a 'number' column"):
+        parse("phone,country\n+4915123456789,germany\n")
+
+
+def test_import_file_with_a_bad_row_imports_nothing(db, tmp_path):
+    path = tmp_path / "pool.csv"
+    path.write_text("number,country\n+49 151 2345 6789,germany\nbad,germany\n")
+    with pytest.raises(pool.ImportRejected) as caught:
+        pool.import_file(db, START, path)
+    assert "line 3:" in str(caught.value)
+    assert "nothing imported" in str(caught.value)
+    assert pool.list_numbers(db) == []
+
+
+def test_import_file_skip_invalid_imports_the_rest(db, tmp_path):
+    path = tmp_path / "pool.csv"
+    path.write_text("\ufeffnumber,country\n+49 151 2345 6789,germany\nbad,germany\n")
+    result = pool.import_file(db, START, path, skip_invalid=True)
+    assert (result.added, result.updated, result.unchanged) == (1, 0, 0)
+    assert [str(e) for e in result.rejected] == [
+        "line 3: 'bad' has characters other than digits, a leading '+', spaces and dashes"]
+    assert [r["number"] for r in pool.list_numbers(db)] == ["4915123456789"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    (b"\xff\xfe\x00bad", "not UTF-8"),
+])
+def test_import_file_unreadable(db, tmp_path, content, message):
+    path = tmp_path / "pool.csv"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InvalidInput, match=message):
+        pool.import_file(db, START, path)
+
+
+def test_reimport_updates_and_keeps_history(db, tmp_path, monkeypatch):
+    monkeypatch.setattr(pool, "IMPORT_BATCH_ROWS", 2)  # several batches
+    path = tmp_path / "pool.csv"
+    path.write_text("number,country,operator,port\n"
+                    "+4915123456789,germany,telekom,a\n+4917612345678,germany,o2,b\n"
+                    "+79123456789,russia,mts,c\n")
+    assert pool.import_file(db, START, path).added == 3
+    before = db.row("SELECT id FROM numbers WHERE number = '4915123456789'")["id"]
+    path.write_text("number,country,operator,port\n"
+                    "+4915123456789,germany,vodafone,a\n+4917612345678,germany,o2,b\n")
+    result = pool.import_file(db, START, path)
+    assert (result.added, result.updated, result.unchanged) == (0, 1, 1)
+    after = db.row("SELECT id, operator FROM numbers WHERE number = '4915123456789'")
+    assert after == {"id": before, "operator": "vodafone"}
+    kinds = [(e["kind"], e["detail"]) for e in events.for_number(db, before)]
+    assert kinds == [
+        ("number_added", {"country": "germany", "operator": "telekom", "port": "a"}),
+        ("number_updated", {"operator": ["telekom", "vodafone"]}),
+    ]
+
+
+def test_count_available_and_list_states(db):
+    add_numbers(db, START,
+                ("+4915123456789", "germany", "telekom"),
+                ("+4915123456790", "germany", "telekom"),
+                ("+4917612345678", "germany", None),
+                ("+79123456789", "russia", "mts"))
+    db.execute("UPDATE numbers SET enabled = 0 WHERE number = '79123456789'")
+    assert pool.count_available(db) == {"germany": {"any": 3, "telekom": 2}}
+    states = {r["number"]: r["state"] for r in pool.list_numbers(db)}
+    assert states == {"4915123456789": "free", "4915123456790": "free",
+                      "4917612345678": "free", "79123456789": "disabled"}

@@ -1,0 +1,266 @@
+import gzip
+import json
+import logging
+
+import pytest
+
+from rentbox import operations
+
+from conftest import API_KEY, START, WsgiClient, add_numbers, snapshot
+from rentbox.web import wsgi
+
+POOL = [("+4915123456789", "germany", "telekom"), ("+4917612345678", "germany", "o2"),
+        ("+79123456789", "russia", "mts"), ("+380501234567", "ukraine", None)]
+
+GET_NUMBER = {"action": "GET_NUMBER", "key": API_KEY, "service": "rent", "sum": 400}
+FINISH = {"action": "FINISH_ACTIVATION", "key": API_KEY, "service": "rent", "status": 3,
+          "sum": 870}
+
+
+@pytest.fixture
+def pooled(db):
+    add_numbers(db, START, *POOL)
+    return db
+
+
+def test_get_services(client, pooled):
+    answer = client.post("/getServicesRent", {"action": "GET_SERVICES", "key": API_KEY})
+    assert answer.status == 200
+    assert answer.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert answer.json == {"countryList": [
+        {"country": "germany", "operatorMap": {"any": {"rent": 2}, "o2": {"rent": 1},
+                                               "telekom": {"rent": 1}}},
+        {"country": "russia", "operatorMap": {"any": {"rent": 1}, "mts": {"rent": 1}}},
+        {"country": "ukraine", "operatorMap": {"any": {"rent": 1}}}], "status": "SUCCESS"}
+
+
+def test_rent_cycle(client, pooled):
+    answer = client.post("/getNumberRent", {**GET_NUMBER, "country": "germany",
+                                            "operator": "o2"})
+    assert answer.json == {"number": 4917612345678, "activationId": 1, "status": "SUCCESS"}
+    services = client.post("/getServicesRent", {"action": "GET_SERVICES", "key": API_KEY})
+    germany = services.json["countryList"][0]
+    assert germany == {"country": "germany", "operatorMap": {"any": {"rent": 1},
+                                                             "telekom": {"rent": 1}}}
+    again = client.post("/getNumberRent", {**GET_NUMBER, "country": "germany",
+                                           "operator": "o2"})
+    assert again.status == 200 and again.json == {"status": "NO_NUMBERS"}
+    for _ in range(2):  # a repeated FINISH answers SUCCESS again
+        done = client.post("/finishActivationRent", {**FINISH, "activationId": 1})
+        assert done.status == 200 and done.json == {"status": "SUCCESS"}
+    unknown = client.post("/finishActivationRent", {**FINISH, "activationId": 77})
+    assert unknown.status == 200
+    assert unknown.json == {"status": "ERROR", "error": "NO_OPERATION"}
+
+
+@pytest.mark.parametrize("status", [1, 3, 4, 5])
+def test_finish_every_status_frees_the_number(client, pooled, status):
+    rented = client.post("/getNumberRent", {**GET_NUMBER, "country": "ukraine"}).json
+    body = {**FINISH, "activationId": rented["activationId"], "status": status}
+    assert client.post("/finishActivationRent", body).json == {"status": "SUCCESS"}
+    assert client.post("/getNumberRent", {**GET_NUMBER, "country": "ukraine"}).json[
+        "number"] == rented["number"]
+    row = pooled.row("SELECT finish_status, final_sum_kopecks FROM operations WHERE id = ?",
+                     (rented["activationId"],))
+    assert row == {"finish_status": status, "final_sum_kopecks": 87000}
+
+
+def test_exception_phone_set_as_strings_and_integers(client, pooled):
+    body = {**GET_NUMBER, "country": "germany", "exceptionPhoneSet": ["4915", 49176]}
+    assert client.post("/getNumberRent", body).json == {"status": "NO_NUMBERS"}
+    body["exceptionPhoneSet"] = ["4915"]
+    assert client.post("/getNumberRent", body).json["number"] == 4917612345678
+
+
+@pytest.mark.parametrize("body", [
+    {"action": "GET_SERVICES"},
+    {"action": "GET_NUMBER", "service": "rent", "sum": 400},
+    {"action": "FINISH_ACTIVATION", "service": "rent", "activationId": 1, "status": 3,
+     "sum": 1},
+])
+def test_post_root_dispatches_on_action(client, pooled, body):
+    client.post("/getNumberRent", GET_NUMBER)  # activation 1, to finish
+    answer = client.post("/", {**body, "key": API_KEY})
+    assert answer.status == 200
+    assert answer.json["status"] == "SUCCESS"
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"action": "GET_NUMBER", "sum": 400}, "GET_NUMBER is served for service 'rent' only"),
+    ({"action": "FINISH_ACTIVATION", "service": "sms", "activationId": 1, "status": 3},
+     "FINISH_ACTIVATION is served for service 'rent' only"),
+    ({"action": "GET_BALANCE"}, "unknown action 'GET_BALANCE'"),
+    ({}, "action is required"),
+])
+def test_post_root_refuses_other_actions(client, pooled, body, message):
+    before = snapshot(pooled)
+    answer = client.post("/", {**body, "key": API_KEY})
+    assert answer.status == 400
+    assert answer.json == {"status": "ERROR", "error": message}
+    assert snapshot(pooled) == before
+
+
+# ---- authentication ----------------------------------------------------------------
+
+@pytest.mark.parametrize("body_key, header, status", [
+    (API_KEY, None, 200),
+    (None, f"Bearer {API_KEY}", 200),
+    (None, f"bearer   {API_KEY}", 200),
+    (API_KEY, f"Bearer {API_KEY}", 200),
+    (API_KEY, "Bearer wrong", 401),
+    ("wrong", f"Bearer {API_KEY}", 401),
+    ("wrong", None, 401),
+    (None, "Bearer wrong", 401),
+    (None, f"Basic {API_KEY}", 401),
+    (None, None, 401),
+    (12345, None, 401),
+    (API_KEY + " ", None, 401),
+])
+def test_authentication(client, pooled, body_key, header, status):
+    body = dict(GET_NUMBER)
+    del body["key"]
+    if body_key is not None:
+        body["key"] = body_key
+    headers = {"Authorization": header} if header else {}
+    before = snapshot(pooled)
+    answer = client.post("/getNumberRent", body, headers=headers)
+    assert answer.status == status
+    if status == 401:
+        assert answer.json == {"status": "ERROR", "error": "BAD_KEY"}
+        assert snapshot(pooled) == before
+    else:
+        assert answer.json["status"] == "SUCCESS"
+
+
+def test_health_needs_no_key_and_says_nothing_secret(client):
+    answer = client.request("GET", "/health")
+    assert answer.status == 200
+    assert answer.json["status"] == "SUCCESS"
+    assert API_KEY not in answer.body.decode()
+
+
+# ---- bad input: 400/404/405/413/415, one JSON shape, nothing changed -----------------
+
+BAD = [
+    ("/getNumberRent", b"{not json", "body is not valid JSON"),
+    ("/getNumberRent", b"[1, 2]", "body must be a JSON object"),
+    ("/getNumberRent", b"\xff\xfe", "body is not UTF-8"),
+    ("/getNumberRent", b"", "body is not valid JSON"),
+    ("/getNumberRent", {**GET_NUMBER, "sum": None}, "sum is required"),
+    ("/getNumberRent", {**GET_NUMBER, "sum": "400"}, "sum must be a number"),
+    ("/getNumberRent", {**GET_NUMBER, "service": "activation"},
+     "service must be 'rent': rentbox serves long-term rentals only, not 'activation'"),
+    ("/getNumberRent", {**GET_NUMBER, "exceptionPhoneSet": {"a": 1}},
+     "exceptionPhoneSet must be an array of number prefixes"),
+    ("/getNumberRent", {**GET_NUMBER, "action": "FINISH_ACTIVATION"},
+     "action must be GET_NUMBER on this path, not 'FINISH_ACTIVATION'"),
+    ("/finishActivationRent", {**FINISH, "activationId": "1"},
+     "activationId must be an integer"),
+    ("/finishActivationRent", {**FINISH, "activationId": 1, "status": 9},
+     "status must be one of 1, 3, 4, 5, not 9"),
+    ("/finishActivationRent", {"action": "FINISH_ACTIVATION", "key": API_KEY,
+                               "activationId": 1, "status": 3},
+     "sum is required with status 3: it is the income to credit"),
+]
+
+
+@pytest.mark.parametrize("path, body, message", BAD)
+def test_bad_input_is_400_and_changes_nothing(client, pooled, path, body, message):
+    client.post("/getNumberRent", GET_NUMBER)  # an open operation to (not) finish
+    before = snapshot(pooled)
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    answer = client.post(path, raw=raw, headers={"Authorization": f"Bearer {API_KEY}"})
+    assert answer.status == 400
+    assert answer.json == {"status": "ERROR", "error": message}
+    assert snapshot(pooled) == before
+
+
+def test_unknown_path_and_wrong_method(client, pooled):
+    before = snapshot(pooled)
+    missing = client.post("/getNumber", GET_NUMBER)
+    assert missing.status == 404
+    assert missing.json == {"status": "ERROR", "error": "no such path: /getNumber"}
+    wrong = client.request("GET", "/getNumberRent")
+    assert wrong.status == 405
+    assert wrong.json == {"status": "ERROR", "error":
+                          "method GET is not allowed on /getNumberRent; allowed: POST"}
+    assert wrong.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert snapshot(pooled) == before
+
+
+def test_body_over_64_kib_is_413(client, pooled):
+    before = snapshot(pooled)
+    body = {**GET_NUMBER, "exceptionPhoneSet": ["4"] * 30000}
+    answer = client.post("/getNumberRent", body)
+    assert answer.status == 413
+    assert answer.json == {"status": "ERROR", "error": "body is larger than 65536 bytes"}
+    bomb = gzip.compress(json.dumps({**GET_NUMBER, "pad": "x" * 200_000}).encode())
+    assert len(bomb) < 65536
+    answer = client.post("/getNumberRent", raw=bomb, headers={"Content-Encoding": "gzip"})
+    assert answer.status == 413
+    assert snapshot(pooled) == before
+
+
+def test_unsupported_or_broken_content_encoding(client, pooled):
+    before = snapshot(pooled)
+    answer = client.post("/getNumberRent", GET_NUMBER, headers={"Content-Encoding": "br"})
+    assert answer.status == 415
+    assert answer.json["error"] == "Content-Encoding 'br' is not supported; use gzip"
+    answer = client.post("/getNumberRent", raw=b"not gzip",
+                         headers={"Content-Encoding": "gzip"})
+    assert (answer.status, answer.json["error"]) == (400, "body is not valid gzip")
+    truncated = gzip.compress(json.dumps(GET_NUMBER).encode())[:-10]
+    answer = client.post("/getNumberRent", raw=truncated, headers={"Content-Encoding": "gzip"})
+    assert answer.status == 400
+    assert snapshot(pooled) == before
+
+
+def test_internal_error_is_json_and_logged_without_the_key(settings, clock, pooled, caplog):
+    class BrokenConnections:
+        def get(self):
+            raise RuntimeError("disk on fire")
+
+    client = WsgiClient(wsgi(settings, clock, BrokenConnections()))
+    with caplog.at_level(logging.INFO):
+        answer = client.post("/getNumberRent", GET_NUMBER)
+    assert answer.status == 500
+    assert answer.json == {"status": "ERROR", "error": "internal error; see the server log"}
+    assert "disk on fire" in caplog.text
+    assert API_KEY not in caplog.text
+    assert client.request("GET", "/health").status == 503
+
+
+# ---- gzip --------------------------------------------------------------------------
+
+def test_gzip_request_and_answer(client, pooled):
+    raw = gzip.compress(json.dumps(GET_NUMBER).encode())
+    answer = client.post("/getNumberRent", raw=raw,
+                         headers={"Content-Encoding": "gzip", "Accept-Encoding": "gzip"})
+    assert answer.status == 200
+    assert answer.headers["Content-Encoding"] == "gzip"
+    assert answer.headers["Vary"] == "Accept-Encoding"
+    assert int(answer.headers["Content-Length"]) == len(answer.body)
+    assert json.loads(gzip.decompress(answer.body))["status"] == "SUCCESS"
+
+
+@pytest.mark.parametrize("accept, gzipped", [
+    ("gzip", True), ("deflate, gzip;q=0.5", True), ("*", True), ("gzip;q=0", False),
+    ("identity", False), ("", False)])
+def test_gzip_answer_only_when_asked(client, accept, gzipped):
+    answer = client.request("GET", "/nowhere", headers={"Accept-Encoding": accept})
+    assert answer.status == 404
+    assert (answer.headers.get("Content-Encoding") == "gzip") is gzipped
+    assert answer.json["error"] == "no such path: /nowhere"
+
+
+# ---- access log ---------------------------------------------------------------------
+
+def test_access_log_has_method_path_status_duration_and_no_key(client, pooled, caplog):
+    with caplog.at_level(logging.INFO, logger="rentbox.access"):
+        client.post("/getNumberRent", GET_NUMBER, headers={"Authorization": f"Bearer {API_KEY}"})
+        client.post("/getNumberRent", {**GET_NUMBER, "key": "not-" + API_KEY})
+    lines = [r.getMessage() for r in caplog.records if r.name == "rentbox.access"]
+    assert len(lines) == 2
+    assert lines[0].startswith("POST /getNumberRent 200 ") and lines[0].endswith("ms")
+    assert lines[1].startswith("POST /getNumberRent 401 ")
+    assert API_KEY not in caplog.text
