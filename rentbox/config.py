@@ -31,9 +31,13 @@ SETTINGS: dict[str, Setting] = {
                 "Address the server listens on."),
         Setting("port", "RENTBOX_PORT", 8080,
                 "TCP port the server listens on."),
-        Setting("threads", "RENTBOX_THREADS", 4,
-                "waitress worker threads. Writes are serialised in-process, so more "
-                "threads do not add lock contention; on two cores 2-4 is plenty."),
+        # Measured with benchmarks/get_number.py on two cores, 8 callers: 1 thread gave
+        # 326 req/s, p99 34 ms; 2 threads 221 req/s, p99 48 ms; 4 threads the same or
+        # worse. Writes are serialised anyway, and waitress does all socket I/O in its
+        # own thread, so a slow client never holds the worker.
+        Setting("threads", "RENTBOX_THREADS", 1,
+                "waitress worker threads. Writes to SQLite are serialised, so more "
+                "threads only add GIL and lock hand-overs; 1 measured fastest."),
     ]
 }
 

@@ -160,16 +160,25 @@ def m001_pool_operations_events(db: Database) -> None:
         enabled INTEGER NOT NULL DEFAULT 1 CHECK (enabled IN (0, 1)),
         -- The open rent operation that holds this number; NULL when free. One column,
         -- so a number can never be held by two operations at once.
-        operation_id INTEGER UNIQUE REFERENCES operations(id),
+        operation_id INTEGER REFERENCES operations(id),
         idle_since TEXT NOT NULL,           -- when it last became free: wear levelling
         created_at TEXT NOT NULL,
         updated_at TEXT NOT NULL
     );
-    -- GET_NUMBER without a country: the free number idle longest.
+    -- No operation holds two numbers. Partial, so that the planner never picks it for
+    -- "operation_id IS NULL" (every free number) over the free-number indexes below.
+    CREATE UNIQUE INDEX numbers_by_operation ON numbers(operation_id)
+        WHERE operation_id IS NOT NULL;
+    -- The free numbers, one index per shape of GET_NUMBER, each already in the order of
+    -- the claim (idle longest first, then id), so a claim reads one index entry:
+    -- no country given (and GET_SERVICES's total);
     CREATE INDEX numbers_free_by_idle ON numbers(idle_since)
         WHERE operation_id IS NULL AND enabled = 1;
-    -- GET_NUMBER with a country (and operator); GET_SERVICES counts per country/operator.
-    CREATE INDEX numbers_free_by_country ON numbers(country, operator, idle_since)
+    -- a country, any operator;
+    CREATE INDEX numbers_free_by_country ON numbers(country, idle_since)
+        WHERE operation_id IS NULL AND enabled = 1;
+    -- a country and an operator (and GET_SERVICES's counts per country and operator).
+    CREATE INDEX numbers_free_by_operator ON numbers(country, operator, idle_since)
         WHERE operation_id IS NULL AND enabled = 1;
 
     -- Rent operations. The id is Onlinesim's activationId: AUTOINCREMENT so that an id is

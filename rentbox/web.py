@@ -278,4 +278,6 @@ class AccessLog:
 
 def _printable(path: str) -> str:
     # A path is caller-controlled: keep control characters out of the log.
-    return "".join(c if c.isprintable() else "?" for c in path)[:200]
+    if not path.isprintable():
+        path = "".join(c if c.isprintable() else "?" for c in path)
+    return path[:200]
