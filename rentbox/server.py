@@ -91,6 +91,9 @@ def serve(settings: Settings) -> None:
         raise SystemExit(0)  # unwinds waitress's loop in the main thread
 
     signal.signal(signal.SIGTERM, on_signal)
+    # waitress warns "Task queue depth is N" whenever requests wait for the worker; with
+    # one worker (the measured best, see config.py) that is every burst, not a problem.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     log.info("rentbox %s serving on %s (database %s, %d threads)",
              web.__version__, server.url, settings.db, settings.threads)
     server.run()

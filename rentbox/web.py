@@ -74,11 +74,13 @@ def make_app(settings: Settings, clock: Clock, connections: Connections) -> bott
                                                   settings.max_body_bytes))
             _authenticate(body, bottle.request.get_header("Authorization"), key)
             action = body.get("action")
+            if action is None:
+                raise InvalidInput("action is required")
             if path_action is None:
-                action = _dispatch_action(body)
-            elif action is not None and action != path_action:
+                _check_dispatch(body)
+            elif action != path_action:
                 raise InvalidInput(f"action must be {path_action} on this path, not {action!r}")
-            return _json(200, handlers[path_action or action](body))
+            return _json(200, handlers[action](body))
         except ApiError as error:
             return _error(error.status, error.error)
         except InvalidInput as error:
@@ -182,18 +184,14 @@ def _authenticate(body: dict, authorization: str | None, key: bytes) -> None:
             raise BAD_KEY
 
 
-def _dispatch_action(body: dict) -> str:
+def _check_dispatch(body: dict) -> None:
     """`POST /` (a single URL, SMSHub style): route on `action` and `service` (protocol.md 1)."""
-    action = body.get("action")
-    if action is None:
-        raise InvalidInput("action is required")
-    if action == "GET_SERVICES":
-        return action
+    action = body["action"]
     if action in ("GET_NUMBER", "FINISH_ACTIVATION"):
         if body.get("service") != "rent":
             raise InvalidInput(f"{action} is served for service 'rent' only")
-        return action
-    raise InvalidInput(f"unknown action {action!r}")
+    elif action != "GET_SERVICES":
+        raise InvalidInput(f"unknown action {action!r}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -225,7 +223,10 @@ class GzipAnswers:
 
     def __call__(self, environ, start_response):
         if not _accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")):
-            return self.app(environ, start_response)
+            def plain(status, headers, exc_info=None):
+                return start_response(status, headers + [("Vary", "Accept-Encoding")], exc_info)
+
+            return self.app(environ, plain)
         captured: dict = {}
 
         def capture(status, headers, exc_info=None):

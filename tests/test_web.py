@@ -152,6 +152,11 @@ BAD = [
      "service must be 'rent': rentbox serves long-term rentals only, not 'activation'"),
     ("/getNumberRent", {**GET_NUMBER, "exceptionPhoneSet": {"a": 1}},
      "exceptionPhoneSet must be an array of number prefixes"),
+    ("/getNumberRent", {k: v for k, v in GET_NUMBER.items() if k != "action"},
+     "action is required"),
+    ("/getServicesRent", {"key": API_KEY}, "action is required"),
+    ("/finishActivationRent", {**FINISH, "activationId": 1, "action": None},
+     "action is required"),
     ("/getNumberRent", {**GET_NUMBER, "action": "FINISH_ACTIVATION"},
      "action must be GET_NUMBER on this path, not 'FINISH_ACTIVATION'"),
     ("/finishActivationRent", {**FINISH, "activationId": "1"},
@@ -250,6 +255,7 @@ def test_gzip_answer_only_when_asked(client, accept, gzipped):
     answer = client.request("GET", "/nowhere", headers={"Accept-Encoding": accept})
     assert answer.status == 404
     assert (answer.headers.get("Content-Encoding") == "gzip") is gzipped
+    assert answer.headers["Vary"] == "Accept-Encoding"
     assert answer.json["error"] == "no such path: /nowhere"
 
 
