@@ -21,7 +21,7 @@ class Setting:
 
 
 # The one table of settings. The CLI builds its options from it and the README's settings
-# table mirrors it (tests/test_config.py checks that the README names every variable).
+# table mirrors it (tests/test_readme.py checks that the README names every one).
 SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in [
@@ -38,16 +38,43 @@ SETTINGS: dict[str, Setting] = {
         Setting("threads", "RENTBOX_THREADS", 1,
                 "waitress worker threads. Writes to SQLite are serialised, so more "
                 "threads only add GIL and lock hand-overs; 1 measured fastest."),
+        Setting("push_url", "RENTBOX_PUSH_URL", None,
+                "Onlinesim's PUSH_SMS URL, as given by its partner support. Without it, "
+                "SMS wait in the outbox."),
+        Setting("push_retry_s", "RENTBOX_PUSH_RETRY_S", 10.0,
+                "Seconds between attempts to push an SMS that Onlinesim did not take."),
+        Setting("push_timeout_s", "RENTBOX_PUSH_TIMEOUT_S", 10.0,
+                "Seconds one push attempt may take before it counts as failed."),
+        Setting("guard_s", "RENTBOX_GUARD_S", 1200.0,
+                "Guard window: seconds a new rental has to receive its first SMS."),
+        Setting("ban_after", "RENTBOX_BAN_AFTER", 3,
+                "Consecutive failed rentals after which a number is banned."),
+        Setting("ban_s", "RENTBOX_BAN_S", 86400.0,
+                "Seconds a ban lasts; the number then returns with its count reset."),
+        Setting("housekeeping_s", "RENTBOX_HOUSEKEEPING_S", 5.0,
+                "Seconds between housekeeping passes (guard windows, bans)."),
     ]
 }
 
-# The partner's Onlinesim API key. Only an environment variable: a secret on the command
-# line is visible to every user of the machine through `ps`.
-API_KEY_ENV = "RENTBOX_API_KEY"
+# Secrets are only environment variables: on the command line they would be visible to
+# every user of the machine through `ps`.
+API_KEY_ENV = "RENTBOX_API_KEY"            # the partner's Onlinesim API key, both ways
+GATEWAY_TOKEN_ENV = "RENTBOX_GATEWAY_TOKEN"  # Bearer token of POST /sms
+SMSGATE_KEY_ENV = "RENTBOX_SMSGATE_KEY"    # signing key of SMSGate's webhooks
+SECRETS = (API_KEY_ENV, GATEWAY_TOKEN_ENV, SMSGATE_KEY_ENV)
 
 
-def default(name: str) -> object:
+def default(name: str):
     return SETTINGS[name].default
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+    """Onlinesim's rent rules as rentbox mirrors them (protocol.md 5)."""
+
+    guard_s: float = default("guard_s")
+    ban_after: int = default("ban_after")
+    ban_s: float = default("ban_s")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,18 +82,27 @@ class Settings:
     """What `rentbox serve` runs with. Built by the CLI; tests build their own."""
 
     api_key: str
-    db: Path = default("db")  # type: ignore[assignment]
-    host: str = default("host")  # type: ignore[assignment]
-    port: int = default("port")  # type: ignore[assignment]
-    threads: int = default("threads")  # type: ignore[assignment]
+    gateway_token: str | None = None
+    smsgate_key: str | None = None
+    db: Path = default("db")
+    host: str = default("host")
+    port: int = default("port")
+    threads: int = default("threads")
+    push_url: str | None = default("push_url")
+    push_retry_s: float = default("push_retry_s")
+    push_timeout_s: float = default("push_timeout_s")
+    housekeeping_s: float = default("housekeeping_s")
+    rules: Rules = Rules()
     # Largest request body accepted, after gzip decoding too.
     max_body_bytes: int = 64 * 1024
+    # SMSGate webhooks older or newer than this are refused (replay protection).
+    smsgate_max_skew_s: float = 300.0
 
     def __repr__(self) -> str:
-        # Never let the key reach a log line or a traceback through repr().
+        # Never let a secret reach a log line or a traceback through repr().
+        hidden = {"api_key", "gateway_token", "smsgate_key"}
         fields = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}"
+            f"{f.name}={'<hidden>' if f.name in hidden else repr(getattr(self, f.name))}"
             for f in dataclasses.fields(self)
-            if f.name != "api_key"
         )
-        return f"Settings(api_key=<hidden>, {fields})"
+        return f"Settings({fields})"

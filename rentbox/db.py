@@ -217,6 +217,68 @@ def m001_pool_operations_events(db: Database) -> None:
     """)
 
 
+@migrations()
+def m002_sms_outbox_and_rent_rules(db: Database) -> None:
+    _run(db, """
+    -- The rent rules (protocol.md 5): consecutive failed rentals, and the ban they lead to.
+    ALTER TABLE numbers ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE numbers ADD COLUMN banned_until TEXT;
+
+    -- "Free" now also means "not banned": rebuild the free-number indexes on the new
+    -- predicate (pool.FREE), same columns and purposes as in m001.
+    DROP INDEX numbers_free_by_idle;
+    DROP INDEX numbers_free_by_country;
+    DROP INDEX numbers_free_by_operator;
+    CREATE INDEX numbers_free_by_idle ON numbers(idle_since)
+        WHERE operation_id IS NULL AND enabled = 1 AND banned_until IS NULL;
+    CREATE INDEX numbers_free_by_country ON numbers(country, idle_since)
+        WHERE operation_id IS NULL AND enabled = 1 AND banned_until IS NULL;
+    CREATE INDEX numbers_free_by_operator ON numbers(country, operator, idle_since)
+        WHERE operation_id IS NULL AND enabled = 1 AND banned_until IS NULL;
+    -- Bans due to be lifted (housekeeping, and the catch-up before every claim).
+    CREATE INDEX numbers_banned ON numbers(banned_until) WHERE banned_until IS NOT NULL;
+
+    ALTER TABLE operations ADD COLUMN first_sms_at TEXT;   -- the guard window is met
+    ALTER TABLE operations ADD COLUMN failed_at TEXT;      -- counted as a failed rental
+    ALTER TABLE operations ADD COLUMN failure TEXT;        -- guard_expired | cancelled_without_sms
+    -- Guard windows that may expire: open, no SMS yet, not failed yet.
+    CREATE INDEX operations_awaiting_sms ON operations(created_at)
+        WHERE state = 'open' AND first_sms_at IS NULL AND failed_at IS NULL;
+
+    -- Every SMS taken in, and its way to Onlinesim. The id is the smsId of PUSH_SMS:
+    -- AUTOINCREMENT, so an id is never reused for another SMS.
+    CREATE TABLE sms (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        source TEXT NOT NULL,                 -- api | smsgate | cli
+        -- The source's own id, scoped by source (and device): a redelivery is found here.
+        dedupe_key TEXT UNIQUE,
+        number TEXT,                          -- receiving number (digits); NULL: unknown
+        port TEXT,                            -- the gateway slot it came in on, if known
+        number_id INTEGER REFERENCES numbers(id),
+        operation_id INTEGER REFERENCES operations(id),
+        sender TEXT NOT NULL,
+        text TEXT NOT NULL,
+        received_at TEXT NOT NULL,            -- as the source reports it
+        created_at TEXT NOT NULL,             -- when rentbox stored it
+        -- unrouted (no open rental: kept, never pushed) | pending | delivered | failed
+        push_state TEXT NOT NULL
+            CHECK (push_state IN ('unrouted', 'pending', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT,                 -- when pending
+        last_error TEXT,
+        delivered_at TEXT
+    );
+    -- The outbox: pending SMS in the order they fall due.
+    CREATE INDEX sms_outbox ON sms(next_attempt_at) WHERE push_state = 'pending';
+    -- An operation's SMS (ops show, sms list --operation).
+    CREATE INDEX sms_by_operation ON sms(operation_id) WHERE operation_id IS NOT NULL;
+    -- A number's SMS (sms list --number).
+    CREATE INDEX sms_by_number ON sms(number, id);
+    -- Failed pushes (sms list --failed, status).
+    CREATE INDEX sms_failed ON sms(id) WHERE push_state = 'failed'
+    """)
+
+
 def migrate(db: Database) -> None:
     """Bring the schema up to date. Safe to call on every start; never rebuilds data.
 

@@ -1,12 +1,23 @@
-"""Rent operations: opening one on a free number, finishing it, and their event rows.
+"""Rent operations: opening one on a free number, the guard window, finishing it.
 
-States and transitions (one writer per transition, each a conditional update plus an
-event row in the same transaction):
+States and transitions (each a conditional update plus an event row, in one write
+transaction):
 
     (none) --GET_NUMBER--> open --FINISH_ACTIVATION(1|3|4|5)--> closed
 
-While an operation is open it holds its number (`numbers.operation_id`); FINISH releases
-it. A repeated FINISH on a closed operation changes nothing (protocol.md 3.3).
+While an operation is open and has not failed, it holds its number
+(`numbers.operation_id`). Two things can happen to an open operation before FINISH:
+
+- an SMS arrives (`first_sms_at`): within the guard window that makes the rental a
+  success, and the number's failure count starts again;
+- the guard window passes with no SMS (`failed_at`, failure `guard_expired`): Onlinesim
+  cancels such a rental on its side, so rentbox frees the number at once and counts a
+  failure, but keeps the operation open in its books until FINISH arrives (protocol.md:
+  never close before FINISH).
+
+A FINISH with status 4 inside the window with no SMS is the same failure
+(`cancelled_without_sms`). An operation counts as at most one failure. A repeated FINISH
+on a closed operation changes nothing (protocol.md 3.3).
 """
 
 from __future__ import annotations
@@ -16,13 +27,17 @@ import datetime as dt
 import json
 import logging
 
-from rentbox import events
+from rentbox import bans, events, pool
 from rentbox.clock import to_text
+from rentbox.config import Rules
 from rentbox.db import Database
+from rentbox.errors import InvalidInput, NotFound
 from rentbox.pool import FREE
 from rentbox.protocol import FINISH_OUTCOMES, FinishRequest, NoOperation, RentRequest
 
 log = logging.getLogger(__name__)
+
+CANCELLED = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +46,96 @@ class Rental:
     number: str
 
 
-def open_rent(db: Database, now: dt.datetime, request: RentRequest) -> Rental | None:
+# ---------------------------------------------------------------------------------------
+# What happens as time passes. Each function runs inside the caller's write transaction
+# and touches only what is due, through partial indexes, so its cost does not grow with
+# history.
+# ---------------------------------------------------------------------------------------
+
+
+def expire_guard_windows(db: Database, now: dt.datetime, rules: Rules) -> int:
+    """Fail every open operation whose guard window passed without an SMS; free its number."""
+    cutoff = to_text(now - dt.timedelta(seconds=rules.guard_s))
+    due = db.rows(
+        "SELECT id, number_id FROM operations WHERE state = 'open'"
+        " AND first_sms_at IS NULL AND failed_at IS NULL AND created_at <= ?",
+        (cutoff,),
+    )
+    for operation in due:
+        _fail(db, now, rules, operation, "guard_expired")
+    return len(due)
+
+
+def apply_due_rules(db: Database, now: dt.datetime, rules: Rules) -> int:
+    """Everything that is due by `now`: guard expiries, then ban lifts. Returns the count.
+
+    Called by housekeeping, and at the start of every claim and count, so that an answer
+    is right at the moment of the request even if the last pass ran seconds ago.
+    """
+    return expire_guard_windows(db, now, rules) + bans.lift_due_bans(db, now)
+
+
+def has_due_rules(db: Database, now: dt.datetime, rules: Rules) -> bool:
+    """Whether `apply_due_rules` would change anything (a read: no write lock taken)."""
+    cutoff = to_text(now - dt.timedelta(seconds=rules.guard_s))
+    row = db.execute(
+        "SELECT EXISTS (SELECT 1 FROM operations WHERE state = 'open'"
+        "   AND first_sms_at IS NULL AND failed_at IS NULL AND created_at <= ?)"
+        " OR EXISTS (SELECT 1 FROM numbers WHERE banned_until IS NOT NULL"
+        "   AND banned_until <= ?)",
+        (cutoff, to_text(now)),
+    ).fetchone()
+    return bool(row[0])
+
+
+def _fail(db: Database, now: dt.datetime, rules: Rules, operation: dict, failure: str) -> None:
+    stamp = to_text(now)
+    changed = db.execute(
+        "UPDATE operations SET failed_at = ?, failure = ?"
+        " WHERE id = ? AND failed_at IS NULL AND first_sms_at IS NULL",
+        (stamp, failure, operation["id"]),
+    ).rowcount
+    if not changed:
+        return
+    db.execute("UPDATE numbers SET operation_id = NULL, idle_since = ? WHERE operation_id = ?",
+               (stamp, operation["id"]))
+    events.record(db, now, failure, operation_id=operation["id"],
+                  number_id=operation["number_id"])
+    bans.record_failure(db, now, rules, number_id=operation["number_id"],
+                        operation_id=operation["id"], reason=failure)
+
+
+def note_sms(db: Database, now: dt.datetime, *, operation_id: int, number_id: int) -> None:
+    """An SMS for this operation was stored: the first one meets the guard window."""
+    first = db.execute(
+        "UPDATE operations SET first_sms_at = ? WHERE id = ? AND first_sms_at IS NULL"
+        " AND failed_at IS NULL RETURNING id",
+        (to_text(now), operation_id),
+    ).fetchone()
+    if first:
+        events.record(db, now, "first_sms", operation_id=operation_id, number_id=number_id)
+        bans.record_success(db, now, number_id=number_id, operation_id=operation_id)
+
+
+# ---------------------------------------------------------------------------------------
+# Onlinesim's calls
+# ---------------------------------------------------------------------------------------
+
+
+def available_counts(db: Database, now: dt.datetime, rules: Rules) -> dict[str, dict[str, int]]:
+    """GET_SERVICES: the pool that can be rented now, after applying what is due."""
+    if has_due_rules(db, now, rules):
+        with db.transaction():
+            apply_due_rules(db, now, rules)
+    return pool.count_available(db)
+
+
+def open_rent(db: Database, now: dt.datetime, request: RentRequest, rules: Rules) -> Rental | None:
     """Claim the free number that has been idle longest and open an operation on it.
 
-    Returns None when no free number matches. The read and both writes happen in one
-    IMMEDIATE transaction, so concurrent callers can never claim the same number; the
-    conditional update is a second line of defence.
+    Returns None when no free number matches. Catching up on due rules, the read and
+    both writes happen in one IMMEDIATE transaction, so concurrent callers can never
+    claim the same number; the conditional update is a second line of defence.
     """
     where = [FREE]
     params: list[object] = []
@@ -58,6 +157,7 @@ def open_rent(db: Database, now: dt.datetime, request: RentRequest) -> Rental | 
         params.append(json.dumps(prefixes))
     stamp = to_text(now)
     with db.transaction():
+        apply_due_rules(db, now, rules)
         candidate = db.row(
             f"SELECT id, number FROM numbers WHERE {' AND '.join(where)}"
             " ORDER BY idle_since, id LIMIT 1",
@@ -85,15 +185,17 @@ def open_rent(db: Database, now: dt.datetime, request: RentRequest) -> Rental | 
     return Rental(activation_id, candidate["number"])
 
 
-def finish_rent(db: Database, now: dt.datetime, request: FinishRequest) -> bool:
+def finish_rent(db: Database, now: dt.datetime, request: FinishRequest, rules: Rules) -> bool:
     """Close an open operation and free its number. Returns False if it was already closed.
 
     Raises NoOperation for an id rentbox never issued.
     """
     stamp = to_text(now)
     with db.transaction():
+        apply_due_rules(db, now, rules)
         operation = db.row(
-            "SELECT id, number_id, state, finish_status FROM operations WHERE id = ?",
+            "SELECT id, number_id, state, finish_status, first_sms_at, failed_at"
+            " FROM operations WHERE id = ?",
             (request.activation_id,),
         )
         if operation is None:
@@ -101,6 +203,10 @@ def finish_rent(db: Database, now: dt.datetime, request: FinishRequest) -> bool:
         if operation["state"] == "closed":
             closed = False
         else:
+            if request.status == CANCELLED and operation["first_sms_at"] is None:
+                # Cancelled inside the guard window with no SMS (after the window,
+                # apply_due_rules has already counted it): the same failure.
+                _fail(db, now, rules, operation, "cancelled_without_sms")
             db.execute(
                 "UPDATE operations SET state = 'closed', finish_status = ?,"
                 " final_sum_kopecks = ?, finished_at = ? WHERE id = ? AND state = 'open'",
@@ -120,3 +226,75 @@ def finish_rent(db: Database, now: dt.datetime, request: FinishRequest) -> bool:
         log.info("repeated FINISH of operation %d with status %d (closed with %d): ignored",
                  request.activation_id, request.status, operation["finish_status"])
     return closed
+
+
+# ---------------------------------------------------------------------------------------
+# Reading operations
+# ---------------------------------------------------------------------------------------
+
+OUTCOMES = ("open", "failed", *FINISH_OUTCOMES.values())
+
+_OUTCOME_SQL = """CASE operations.finish_status
+    WHEN 1 THEN 'wrong_service' WHEN 3 THEN 'sold' WHEN 4 THEN 'cancelled'
+    WHEN 5 THEN 'refunded' ELSE 'open' END"""
+
+_COLUMNS = f"""operations.id, numbers.number, numbers.country, operations.state,
+    {_OUTCOME_SQL} AS outcome, operations.failure, operations.created_at,
+    operations.first_sms_at, operations.failed_at, operations.finished_at,
+    operations.initial_sum_kopecks, operations.final_sum_kopecks,
+    (SELECT count(*) FROM sms WHERE sms.operation_id = operations.id) AS sms_count"""
+
+
+def list_operations(
+    db: Database,
+    *,
+    open_only: bool = False,
+    number: str | None = None,
+    since: dt.datetime | None = None,
+    outcome: str | None = None,
+    limit: int = 100,
+) -> list[dict]:
+    """Operations, newest first, filtered as `rentbox ops list` asks."""
+    where, params = ["1"], []
+    if open_only:
+        where.append("operations.state = 'open'")
+    if number is not None:
+        where.append("numbers.number = ?")
+        params.append(pool.normalize_number(number))
+    if since is not None:
+        where.append("operations.created_at >= ?")
+        params.append(to_text(since))
+    if outcome is not None:
+        if outcome not in OUTCOMES:
+            raise InvalidInput(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
+        if outcome == "failed":
+            where.append("operations.failed_at IS NOT NULL")
+        else:
+            where.append(f"{_OUTCOME_SQL} = ?")
+            params.append(outcome)
+    params.append(limit)
+    return db.rows(
+        f"SELECT {_COLUMNS} FROM operations JOIN numbers ON numbers.id = operations.number_id"
+        f" WHERE {' AND '.join(where)} ORDER BY operations.id DESC LIMIT ?",
+        params,
+    )
+
+
+def show_operation(db: Database, operation_id: int) -> dict:
+    """One operation with its events and SMS (`rentbox ops show`)."""
+    found = db.rows(
+        f"SELECT {_COLUMNS}, operations.requested_country, operations.requested_operator"
+        " FROM operations JOIN numbers ON numbers.id = operations.number_id"
+        " WHERE operations.id = ?",
+        (operation_id,),
+    )
+    if not found:
+        raise NotFound(f"no operation {operation_id}")
+    operation = found[0]
+    operation["events"] = events.for_operation(db, operation_id)
+    operation["sms"] = db.rows(
+        "SELECT id, sender, text, received_at, push_state, attempts, last_error"
+        " FROM sms WHERE operation_id = ? ORDER BY id",
+        (operation_id,),
+    )
+    return operation

@@ -21,7 +21,8 @@ from rentbox.errors import InvalidInput
 # `numbers`). GET_NUMBER's claim and GET_SERVICES's counts both use it, so the pool
 # Onlinesim is told about is exactly the pool it can get: over-reporting is punished
 # with a 30-minute block (protocol.md 3.1). The partial indexes in db.py match it.
-FREE = "numbers.operation_id IS NULL AND numbers.enabled = 1"
+FREE = ("numbers.operation_id IS NULL AND numbers.enabled = 1"
+        " AND numbers.banned_until IS NULL")
 
 # Rows per write transaction during an import: small enough that a running server's
 # writers never wait long for the lock, large enough to amortise the fsync per commit.
@@ -275,11 +276,12 @@ def import_file(
 STATE_SQL = """CASE
     WHEN numbers.operation_id IS NOT NULL THEN 'rented'
     WHEN numbers.enabled = 0 THEN 'disabled'
+    WHEN numbers.banned_until IS NOT NULL THEN 'banned'
     ELSE 'free' END"""
 
 
 def list_numbers(db: Database) -> list[dict]:
-    """Every number with its state (free, rented, disabled), ordered by number."""
+    """Every number with its state (free, rented, banned, disabled), by country and number."""
     return db.rows(
         f"SELECT number, country, operator, port, {STATE_SQL} AS state"
         " FROM numbers ORDER BY country, number"

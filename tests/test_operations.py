@@ -2,8 +2,10 @@ import threading
 
 import pytest
 
-from rentbox import events, operations, pool
+from rentbox import events, housekeeping, operations, pool
+from rentbox.config import Rules
 from rentbox.db import Connections
+from rentbox.errors import InvalidInput, NotFound
 from rentbox.protocol import FinishRequest, NoOperation, RentRequest
 
 from conftest import START, add_numbers, snapshot
@@ -12,8 +14,16 @@ GERMANY = [("+4915123456789", "germany", "telekom"), ("+4915123456790", "germany
            ("+4917612345678", "germany", "o2"), ("+4917612345679", "germany", None)]
 
 
+RULES = Rules()
+
+
 def rent(db, clock, **kwargs):
-    return operations.open_rent(db, clock.now(), RentRequest(sum_kopecks=40000, **kwargs))
+    return operations.open_rent(db, clock.now(), RentRequest(sum_kopecks=40000, **kwargs), RULES)
+
+
+def finish(db, clock, activation_id, status, sum_kopecks=None):
+    return operations.finish_rent(db, clock.now(), FinishRequest(activation_id, status,
+                                                                 sum_kopecks), RULES)
 
 
 def test_rent_issues_a_number_and_records_the_operation(db, clock):
@@ -33,7 +43,7 @@ def test_rent_prefers_the_number_idle_longest(db, clock):
     add_numbers(db, START, *GERMANY[:3])
     first = rent(db, clock)
     clock.advance(60)
-    operations.finish_rent(db, clock.now(), FinishRequest(first.activation_id, 4))
+    finish(db, clock, first.activation_id, 4)
     issued = [rent(db, clock).number for _ in range(3)]
     # The number just returned is the last one offered again.
     assert issued[-1] == first.number
@@ -70,18 +80,17 @@ def test_no_numbers_changes_nothing(db, clock):
 def test_finish_frees_the_number_and_is_idempotent(db, clock):
     add_numbers(db, START, *GERMANY[:1])
     rental = rent(db, clock)
-    clock.advance(3600)
-    assert operations.finish_rent(db, clock.now(), FinishRequest(rental.activation_id, 3, 87000))
+    clock.advance(600)  # inside the guard window
+    assert finish(db, clock, rental.activation_id, 3, 87000)
     op = db.row("SELECT state, finish_status, final_sum_kopecks, finished_at FROM operations")
     assert op == {"state": "closed", "finish_status": 3, "final_sum_kopecks": 87000,
-                  "finished_at": "2026-11-01T13:00:00.000000Z"}
+                  "finished_at": "2026-11-01T12:10:00.000000Z"}
     number = db.row("SELECT operation_id, idle_since FROM numbers")
-    assert number == {"operation_id": None, "idle_since": "2026-11-01T13:00:00.000000Z"}
+    assert number == {"operation_id": None, "idle_since": "2026-11-01T12:10:00.000000Z"}
     before = snapshot(db)
     clock.advance(10)
     for status in (3, 4):
-        assert not operations.finish_rent(db, clock.now(),
-                                          FinishRequest(rental.activation_id, status, 1))
+        assert not finish(db, clock, rental.activation_id, status, 1)
     assert snapshot(db) == before
     kinds = [(e["kind"], e["detail"].get("outcome")) for e in
              events.for_operation(db, rental.activation_id)]
@@ -91,14 +100,14 @@ def test_finish_frees_the_number_and_is_idempotent(db, clock):
 def test_finish_unknown_operation(db, clock):
     before = snapshot(db)
     with pytest.raises(NoOperation):
-        operations.finish_rent(db, clock.now(), FinishRequest(99, 3, 100))
+        finish(db, clock, 99, 3, 100)
     assert snapshot(db) == before
 
 
 def test_activation_ids_are_never_reused(db, clock):
     add_numbers(db, START, *GERMANY[:1])
     first = rent(db, clock)
-    operations.finish_rent(db, clock.now(), FinishRequest(first.activation_id, 4))
+    finish(db, clock, first.activation_id, 4)
     db.execute("DELETE FROM events")
     db.execute("DELETE FROM operations")
     assert rent(db, clock).activation_id == first.activation_id + 1
@@ -131,3 +140,130 @@ def test_concurrent_claims_never_issue_a_number_twice(db_path, db, clock):
     assert len({r.number for r in issued}) == 200
     assert len({r.activation_id for r in issued}) == 200
     assert pool.count_available(db) == {}
+
+
+# ---- the guard window and failures (protocol.md 5) ------------------------------------
+
+SHORT = Rules(guard_s=60, ban_after=3, ban_s=3600)
+
+
+def sms_for(db, clock, number, rules=SHORT):
+    from rentbox.sms import IncomingSms, accept_sms
+
+    return accept_sms(db, clock.now(), IncomingSms(source="cli", to=number, sender="bank",
+                                                   text="code 1234"), rules)
+
+
+def test_guard_window_passing_without_sms_frees_the_number_but_keeps_the_operation_open(
+        db, clock):
+    add_numbers(db, START, *GERMANY[:1])
+    rental = operations.open_rent(db, clock.now(), RentRequest(100), SHORT)
+    clock.advance(59)
+    assert housekeeping.run_once(db, clock.now(), SHORT) == 0
+    clock.advance(1)
+    assert housekeeping.run_once(db, clock.now(), SHORT) == 1
+    op = db.row("SELECT state, failed_at, failure FROM operations")
+    assert op == {"state": "open", "failed_at": "2026-11-01T12:01:00.000000Z",
+                  "failure": "guard_expired"}
+    assert db.row("SELECT operation_id, failures FROM numbers") == {"operation_id": None,
+                                                                     "failures": 1}
+    # The number is offered again at once; the old operation still waits for its FINISH.
+    again = operations.open_rent(db, clock.now(), RentRequest(100), SHORT)
+    assert again.number == rental.number
+    assert operations.finish_rent(db, clock.now(), FinishRequest(rental.activation_id, 4), SHORT)
+    # ... which neither counts a second failure nor frees the number's new rental.
+    assert db.row("SELECT operation_id, failures FROM numbers") == {
+        "operation_id": again.activation_id, "failures": 1}
+
+
+def test_sms_inside_the_window_keeps_the_rental_and_resets_the_count(db, clock):
+    add_numbers(db, START, *GERMANY[:1])
+    db.execute("UPDATE numbers SET failures = 2")
+    rental = operations.open_rent(db, clock.now(), RentRequest(100), SHORT)
+    clock.advance(30)
+    assert sms_for(db, clock, "+4915123456789").push_state == "pending"
+    clock.advance(3600)
+    assert housekeeping.run_once(db, clock.now(), SHORT) == 0
+    assert db.row("SELECT operation_id, failures FROM numbers") == {
+        "operation_id": rental.activation_id, "failures": 0}
+    kinds = [e["kind"] for e in events.for_operation(db, rental.activation_id)]
+    assert kinds == ["rent_opened", "sms_received", "first_sms", "failures_reset"]
+
+
+def test_cancel_inside_the_window_without_sms_is_a_failure(db, clock):
+    add_numbers(db, START, *GERMANY[:1])
+    for status, counted in [(4, 1), (5, 1), (1, 1), (3, 1), (4, 2)]:
+        rental = operations.open_rent(db, clock.now(), RentRequest(100), SHORT)
+        clock.advance(10)
+        operations.finish_rent(db, clock.now(), FinishRequest(rental.activation_id, status, 0),
+                               SHORT)
+        assert db.row("SELECT failures FROM numbers")["failures"] == counted, status
+
+
+def test_three_failures_ban_the_number_until_the_ban_ends(db, clock):
+    add_numbers(db, START, *GERMANY[:2])
+    target = "4915123456789"
+    for _ in range(3):
+        rental = operations.open_rent(db, clock.now(), RentRequest(100, excluded_prefixes=(
+            "4915123456790",)), SHORT)
+        assert rental.number == target
+        clock.advance(61)
+    assert pool.count_available(db) == {"germany": {"any": 1, "telekom": 1}}  # not yet applied
+    assert operations.available_counts(db, clock.now(), SHORT) == {
+        "germany": {"any": 1, "telekom": 1}}
+    banned = db.row("SELECT failures, banned_until FROM numbers WHERE number = ?", (target,))
+    assert banned == {"failures": 3, "banned_until": "2026-11-01T13:03:03.000000Z"}
+    # Neither offered nor counted while banned; the other number still is.
+    assert [r["state"] for r in pool.list_numbers(db)] == ["banned", "free"]
+    assert operations.open_rent(db, clock.now(), RentRequest(100, country="germany",
+                                                             operator="telekom", excluded_prefixes=(
+        "4915123456790",)), SHORT) is None
+    clock.advance(3600)
+    # A claim right after the ban ended gets the number, even before housekeeping ran.
+    rental = operations.open_rent(db, clock.now(), RentRequest(100, excluded_prefixes=(
+        "4915123456790",)), SHORT)
+    assert rental.number == target
+    assert db.row("SELECT failures, banned_until FROM numbers WHERE number = ?", (target,)) == {
+        "failures": 0, "banned_until": None}
+    number_id = db.row("SELECT id FROM numbers WHERE number = ?", (target,))["id"]
+    kinds = [e["kind"] for e in events.for_number(db, number_id)]
+    assert kinds.count("number_banned") == 1 and kinds.count("ban_lifted") == 1
+    ban = [e for e in events.for_number(db, number_id) if e["kind"] == "number_banned"][0]
+    assert ban["detail"]["reason"] == "3 consecutive failed rentals, the last: guard_expired"
+
+
+def test_a_success_between_failures_restarts_the_count(db, clock):
+    add_numbers(db, START, *GERMANY[:1])
+    for got_sms in (False, False, True, False, False):
+        operations.open_rent(db, clock.now(), RentRequest(100), SHORT)
+        if got_sms:
+            sms_for(db, clock, "+4915123456789")
+            rental = db.row("SELECT operation_id FROM numbers")["operation_id"]
+            operations.finish_rent(db, clock.now(), FinishRequest(rental, 3, 100), SHORT)
+        clock.advance(61)
+        housekeeping.run_once(db, clock.now(), SHORT)
+    assert db.row("SELECT failures, banned_until FROM numbers") == {"failures": 2,
+                                                                     "banned_until": None}
+
+
+def test_list_and_show_operations(db, clock):
+    add_numbers(db, START, *GERMANY[:2])
+    first = operations.open_rent(db, clock.now(), RentRequest(40000), SHORT)
+    sms_for(db, clock, "+" + first.number)
+    clock.advance(1)
+    operations.finish_rent(db, clock.now(), FinishRequest(first.activation_id, 3, 87000), SHORT)
+    second = operations.open_rent(db, clock.now(), RentRequest(100), SHORT)
+    rows = operations.list_operations(db)
+    assert [(r["id"], r["outcome"], r["sms_count"]) for r in rows] == [
+        (second.activation_id, "open", 0), (first.activation_id, "sold", 1)]
+    assert [r["id"] for r in operations.list_operations(db, open_only=True)] == [2]
+    assert [r["id"] for r in operations.list_operations(db, outcome="sold")] == [1]
+    assert [r["id"] for r in operations.list_operations(db, number="+" + first.number)] == [1]
+    shown = operations.show_operation(db, first.activation_id)
+    assert [e["kind"] for e in shown["events"]] == [
+        "rent_opened", "sms_received", "first_sms", "rent_finished"]
+    assert [m["text"] for m in shown["sms"]] == ["code 1234"]
+    with pytest.raises(NotFound):
+        operations.show_operation(db, 99)
+    with pytest.raises(InvalidInput, match="outcome must be one of"):
+        operations.list_operations(db, outcome="great")

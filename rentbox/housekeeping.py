@@ -1,0 +1,59 @@
+"""Housekeeping: what must happen as time passes, as one pass and the thread that runs it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+
+from rentbox import operations
+from rentbox.clock import Clock
+from rentbox.config import Rules
+from rentbox.db import Connections, Database
+
+log = logging.getLogger("rentbox.housekeeping")
+
+
+def run_once(db: Database, now: dt.datetime, rules: Rules) -> int:
+    """One pass: expire guard windows, lift ended bans. Returns how many changes it made.
+
+    Touches only what is due, through partial indexes, so its cost does not grow with
+    history. Claims and counts apply the same rules themselves before answering, so
+    the pass keeps the books current between calls rather than being needed for them.
+    """
+    if not operations.has_due_rules(db, now, rules):
+        return 0  # the common case: a read, no write lock
+    with db.transaction():
+        return operations.apply_due_rules(db, now, rules)
+
+
+class Housekeeper:
+    """A named background thread that calls `run_once` every `interval_s` seconds."""
+
+    def __init__(self, connections: Connections, clock: Clock, rules: Rules, interval_s: float):
+        self._connections = connections
+        self._clock = clock
+        self._rules = rules
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rentbox-housekeeping",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        # Wait on an Event, not sleep(): stop() ends the wait at once.
+        while not self._stop.wait(self._interval_s):
+            try:
+                changed = run_once(self._connections.get(), self._clock.now(), self._rules)
+                if changed:
+                    log.info("housekeeping: %d change(s)", changed)
+            except Exception:
+                # One failing pass must not end housekeeping for the life of the server.
+                log.exception("housekeeping pass failed; the next one runs in %g s",
+                              self._interval_s)

@@ -1,0 +1,71 @@
+import logging
+import threading
+
+from rentbox import housekeeping, operations
+from rentbox.config import Rules
+from rentbox.db import Connections
+from rentbox.protocol import RentRequest
+
+from conftest import START, add_numbers, snapshot
+
+RULES = Rules(guard_s=60, ban_after=1, ban_s=120)
+
+
+def test_run_once_expires_guards_then_lifts_bans(db, clock):
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
+    operations.open_rent(db, clock.now(), RentRequest(100), RULES)
+    before = snapshot(db)
+    assert housekeeping.run_once(db, clock.now(), RULES) == 0
+    assert snapshot(db) == before  # nothing due, nothing written
+    clock.advance(60)
+    assert housekeeping.run_once(db, clock.now(), RULES) == 1
+    assert db.row("SELECT banned_until FROM numbers")["banned_until"] is not None
+    clock.advance(120)
+    assert housekeeping.run_once(db, clock.now(), RULES) == 1
+    assert db.row("SELECT banned_until, failures FROM numbers") == {"banned_until": None,
+                                                                     "failures": 0}
+
+
+def test_the_pass_reads_only_through_indexes(db, clock):
+    # A pass must not scan history: every table it reads is searched through an index.
+    cutoff = "2026-11-01T12:00:00.000000Z"
+    queries = [
+        ("SELECT id, number_id FROM operations WHERE state = 'open' AND first_sms_at IS NULL"
+         " AND failed_at IS NULL AND created_at <= ?", (cutoff,)),
+        ("SELECT id FROM numbers WHERE banned_until IS NOT NULL AND banned_until <= ?",
+         (cutoff,)),
+        ("SELECT id FROM sms WHERE push_state = 'pending' AND next_attempt_at <= ?"
+         " ORDER BY next_attempt_at, id LIMIT 1", (cutoff,)),
+    ]
+    for sql, params in queries:
+        plan = " ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, params))
+        assert "USING INDEX" in plan or "USING COVERING INDEX" in plan, (sql, plan)
+
+
+class FlakyClock:
+    """The first reading fails, as a pass can fail; later ones work."""
+
+    def __init__(self, clock):
+        self.clock, self.calls = clock, 0
+        self.second_pass = threading.Event()
+
+    def now(self):
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("simulated failure")
+        self.second_pass.set()
+        return self.clock.now()
+
+
+def test_thread_survives_a_failing_pass_and_stops_promptly(db_path, db, clock, caplog):
+    conns = Connections(db_path)
+    flaky = FlakyClock(clock)
+    keeper = housekeeping.Housekeeper(conns, flaky, RULES, interval_s=0.01)
+    with caplog.at_level(logging.ERROR, logger="rentbox.housekeeping"):
+        keeper.start()
+        assert flaky.second_pass.wait(5)
+        keeper.stop(timeout_s=2)
+    conns.close_all()
+    assert not keeper._thread.is_alive()
+    assert keeper._thread.name == "rentbox-housekeeping"
+    assert "housekeeping pass failed" in caplog.text
