@@ -1,4 +1,4 @@
-"""Serving: waitress around the app, start-up checks, and a clean shutdown."""
+"""Serving: waitress around the app, the pusher and housekeeping threads, clean shutdown."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import logging
 import signal
 import threading
 
+from waitress import wasyncore
 from waitress.server import create_server
 
-from rentbox import web
+from rentbox import __version__, web
 from rentbox.clock import Clock, SystemClock
 from rentbox.config import Settings
 from rentbox.db import Connections, open_database
+from rentbox.housekeeping import Housekeeper
+from rentbox.push import Pusher
 
 log = logging.getLogger("rentbox.server")
 
@@ -36,16 +39,26 @@ def make_waitress(app, settings: Settings):
 
 
 class Server:
-    """A running rentbox: the waitress server and the connections it uses."""
+    """A running rentbox: waitress, the pusher, the housekeeper, and their connections."""
 
     def __init__(self, settings: Settings, clock: Clock | None = None):
         self.settings = settings
         self.clock = clock or SystemClock()
         open_database(settings.db).close()  # create and migrate before the first request
         self.connections = Connections(settings.db)
+        self.pusher = None
+        if settings.push_url:
+            self.pusher = Pusher(self.connections, self.clock, url=settings.push_url,
+                                 api_key=settings.api_key, retry_s=settings.push_retry_s,
+                                 timeout_s=settings.push_timeout_s)
+        self.housekeeper = Housekeeper(self.connections, self.clock, settings.rules,
+                                       settings.housekeeping_s)
+        app = web.wsgi(settings, self.clock, self.connections,
+                       on_sms=self.pusher.wake if self.pusher else lambda: None)
+        self._waitress = make_waitress(app, settings)
+        self._loop_thread: threading.Thread | None = None
         self._stopped = threading.Event()
-        self._waitress = make_waitress(web.wsgi(settings, self.clock, self.connections),
-                                       settings)
+        self._done = threading.Event()
 
     @property
     def port(self) -> int:
@@ -59,12 +72,17 @@ class Server:
 
     def run(self) -> None:
         """Serve until `stop()` is called (from another thread or a signal handler)."""
+        self._loop_thread = threading.current_thread()
+        self.housekeeper.start()
+        if self.pusher:
+            self.pusher.start()
         try:
-            self._waitress.run()
+            self._waitress.run()  # returns on SystemExit/KeyboardInterrupt in its loop
         except (KeyboardInterrupt, SystemExit):
             pass
         finally:
-            self.stop()
+            self._shut_down()
+            self._done.set()
 
     def start_in_thread(self) -> threading.Thread:
         """Serve from a background thread (tests, benchmarks)."""
@@ -72,14 +90,36 @@ class Server:
         thread.start()
         return thread
 
-    def stop(self) -> None:
-        """Stop serving and close every connection. Safe to call more than once."""
+    def stop(self, timeout_s: float = 30) -> None:
+        """Stop serving and close every connection. Safe to call more than once.
+
+        From another thread, the loop is asked, through waitress's trigger (a self-pipe),
+        to close its own sockets, which ends it: closing them under its select() from
+        here would fail with EBADF in the loop thread.
+        """
+        loop = self._loop_thread
+        if loop is not None and loop is not threading.current_thread() and loop.is_alive():
+            self._waitress.trigger.pull_trigger(self._close_from_loop)
+            self._done.wait(timeout_s)
+        else:
+            self._shut_down()
+
+    def _close_from_loop(self) -> None:
+        # Runs in the loop thread. With every channel closed the loop's map is empty
+        # and waitress.run() returns (what waitress's own MultiSocketServer.close does).
+        self._waitress.task_dispatcher.shutdown()
+        wasyncore.close_all(self._waitress._map)
+
+    def _shut_down(self) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
         # Shut the worker threads down first, or they linger after close().
         self._waitress.task_dispatcher.shutdown()
         self._waitress.close()
+        self.housekeeper.stop()
+        if self.pusher:
+            self.pusher.stop(timeout_s=self.settings.push_timeout_s + 5)
         self.connections.close_all()
 
 
@@ -95,6 +135,13 @@ def serve(settings: Settings) -> None:
     # one worker (the measured best, see config.py) that is every burst, not a problem.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     log.info("rentbox %s serving on %s (database %s, %d threads)",
-             web.__version__, server.url, settings.db, settings.threads)
+             __version__, server.url, settings.db, settings.threads)
+    if not settings.push_url:
+        log.warning("RENTBOX_PUSH_URL is not set: SMS are stored and wait in the outbox, "
+                    "nothing is pushed to Onlinesim")
+    if not settings.gateway_token:
+        log.info("POST /sms is off: set RENTBOX_GATEWAY_TOKEN to take SMS from forwarders")
+    if not settings.smsgate_key:
+        log.info("POST /sms/smsgate is off: set RENTBOX_SMSGATE_KEY to take SMSGate webhooks")
     server.run()
     log.info("rentbox stopped")

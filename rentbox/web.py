@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 
 import bottle
 
-from rentbox import __version__, operations, pool, protocol
+from rentbox import __version__, gateways, operations, protocol, sms
 from rentbox.clock import Clock
 from rentbox.config import Settings
 from rentbox.db import Connections
@@ -40,17 +40,23 @@ class ApiError(Exception):
 BAD_KEY = ApiError(401, "BAD_KEY")
 
 
-def make_app(settings: Settings, clock: Clock, connections: Connections) -> bottle.Bottle:
-    """The Bottle app for Onlinesim's rent calls. Wrap it with `wsgi()` to serve it."""
+def make_app(settings: Settings, clock: Clock, connections: Connections,
+             on_sms: Callable[[], None] = lambda: None) -> bottle.Bottle:
+    """The Bottle app: Onlinesim's rent calls and the SMS intakes. Serve it via `wsgi()`.
+
+    `on_sms` is called after an SMS was stored for a rental (it wakes the pusher).
+    """
     app = bottle.Bottle()
     key = settings.api_key.encode("utf-8")
+    rules = settings.rules
 
     def get_services(body: dict) -> dict:
-        return protocol.services_answer(pool.count_available(connections.get()))
+        counts = operations.available_counts(connections.get(), clock.now(), rules)
+        return protocol.services_answer(counts)
 
     def get_number(body: dict) -> dict:
         request = protocol.parse_rent_request(body)
-        rental = operations.open_rent(connections.get(), clock.now(), request)
+        rental = operations.open_rent(connections.get(), clock.now(), request, rules)
         if rental is None:
             return {"status": "NO_NUMBERS"}
         return {"number": int(rental.number), "activationId": rental.activation_id,
@@ -58,7 +64,7 @@ def make_app(settings: Settings, clock: Clock, connections: Connections) -> bott
 
     def finish_activation(body: dict) -> dict:
         request = protocol.parse_finish_request(body)
-        operations.finish_rent(connections.get(), clock.now(), request)
+        operations.finish_rent(connections.get(), clock.now(), request, rules)
         return {"status": "SUCCESS"}
 
     handlers: dict[str, Callable[[dict], dict]] = {
@@ -67,35 +73,55 @@ def make_app(settings: Settings, clock: Clock, connections: Connections) -> bott
         "FINISH_ACTIVATION": finish_activation,
     }
 
-    def answer(path_action: str | None) -> str:
-        """Run one protocol call; `path_action` is None on `POST /`, which dispatches."""
-        try:
-            body = protocol.parse_body(_read_body(bottle.request.environ,
-                                                  settings.max_body_bytes))
-            _authenticate(body, bottle.request.get_header("Authorization"), key)
-            action = body.get("action")
-            if action is None:
-                raise InvalidInput("action is required")
-            if path_action is None:
-                _check_dispatch(body)
-            elif action != path_action:
-                raise InvalidInput(f"action must be {path_action} on this path, not {action!r}")
-            return _json(200, handlers[action](body))
-        except ApiError as error:
-            return _error(error.status, error.error)
-        except InvalidInput as error:
-            return _error(400, str(error))
-        except protocol.NoOperation:
-            return _json(200, {"status": "ERROR", "error": protocol.NoOperation.code})
-        except Exception:
-            # The traceback names code, not values: no key or body reaches the log.
-            log.exception("unexpected error in %s", bottle.request.path)
-            return _error(500, "internal error; see the server log")
+    def onlinesim_call(path_action: str | None) -> dict:
+        """One protocol call; `path_action` is None on `POST /`, which dispatches."""
+        body = protocol.parse_body(_read_body(bottle.request.environ, settings.max_body_bytes))
+        _authenticate(body, bottle.request.get_header("Authorization"), key)
+        action = body.get("action")
+        if action is None:
+            raise InvalidInput("action is required")
+        if path_action is None:
+            _check_dispatch(body)
+        elif action != path_action:
+            raise InvalidInput(f"action must be {path_action} on this path, not {action!r}")
+        return handlers[action](body)
 
-    app.route("/getServicesRent", "POST", lambda: answer("GET_SERVICES"))
-    app.route("/getNumberRent", "POST", lambda: answer("GET_NUMBER"))
-    app.route("/finishActivationRent", "POST", lambda: answer("FINISH_ACTIVATION"))
-    app.route("/", "POST", lambda: answer(None))
+    def store_sms(incoming: sms.IncomingSms) -> dict:
+        accepted = sms.accept_sms(connections.get(), clock.now(), incoming, rules)
+        if accepted.push_state == "pending" and not accepted.duplicate:
+            on_sms()
+        return {"status": "SUCCESS", "smsId": accepted.sms_id}
+
+    def sms_json() -> dict:
+        """POST /sms: the generic intake for forwarders and scripts (Bearer token)."""
+        token = _configured(settings.gateway_token, "RENTBOX_GATEWAY_TOKEN", "/sms")
+        _check_bearer(bottle.request.get_header("Authorization"), token)
+        body = protocol.parse_body(_read_body(bottle.request.environ, settings.max_body_bytes))
+        return store_sms(gateways.parse_json_sms(body))
+
+    def sms_smsgate() -> dict:
+        """POST /sms/smsgate: SMSGate's signed `sms:received` webhook."""
+        signing_key = _configured(settings.smsgate_key, "RENTBOX_SMSGATE_KEY", "/sms/smsgate")
+        raw = _read_body(bottle.request.environ, settings.max_body_bytes)
+        try:
+            gateways.verify_smsgate_signature(
+                raw, signature=bottle.request.get_header("X-Signature"),
+                timestamp=bottle.request.get_header("X-Timestamp"),
+                key=signing_key, now=clock.now(), max_skew_s=settings.smsgate_max_skew_s)
+        except gateways.BadSignature as error:
+            raise ApiError(401, str(error)) from None
+        incoming = gateways.parse_smsgate(protocol.parse_body(raw))
+        if incoming is None:  # another event (sms:sent, system:ping …): nothing to store
+            return {"status": "SUCCESS", "ignored": True}
+        return store_sms(incoming)
+
+    app.route("/getServicesRent", "POST", _answering(lambda: onlinesim_call("GET_SERVICES")))
+    app.route("/getNumberRent", "POST", _answering(lambda: onlinesim_call("GET_NUMBER")))
+    app.route("/finishActivationRent", "POST",
+              _answering(lambda: onlinesim_call("FINISH_ACTIVATION")))
+    app.route("/", "POST", _answering(lambda: onlinesim_call(None)))
+    app.route("/sms", "POST", _answering(sms_json))
+    app.route("/sms/smsgate", "POST", _answering(sms_smsgate))
 
     @app.get("/health")
     def health():
@@ -122,9 +148,44 @@ def make_app(settings: Settings, clock: Clock, connections: Connections) -> bott
     return app
 
 
-def wsgi(settings: Settings, clock: Clock, connections: Connections):
+def wsgi(settings: Settings, clock: Clock, connections: Connections,
+         on_sms: Callable[[], None] = lambda: None):
     """The app as served: Bottle wrapped in gzip answers and the access log."""
-    return AccessLog(GzipAnswers(make_app(settings, clock, connections)))
+    return AccessLog(GzipAnswers(make_app(settings, clock, connections, on_sms)))
+
+
+def _answering(handler: Callable[[], dict]) -> Callable[[], str]:
+    """Run a route's handler and map every outcome to one JSON answer, in one place."""
+
+    def route() -> str:
+        try:
+            return _json(200, handler())
+        except ApiError as error:
+            return _error(error.status, error.error)
+        except protocol.NoOperation:
+            # protocol.md 3.3: an unknown activationId is an answer, not an HTTP error.
+            return _json(200, {"status": "ERROR", "error": protocol.NoOperation.code})
+        except InvalidInput as error:
+            return _error(400, str(error))
+        except Exception:
+            # The traceback names code, not values: no key or body reaches the log.
+            log.exception("unexpected error in %s", bottle.request.path)
+            return _error(500, "internal error; see the server log")
+
+    return route
+
+
+def _configured(secret: str | None, env: str, path: str) -> bytes:
+    if not secret:
+        # 503, not 4xx: a gateway retries it, so no SMS is lost while this is being fixed.
+        raise ApiError(503, f"{path} is off: set {env} on the server to turn it on")
+    return secret.encode("utf-8")
+
+
+def _check_bearer(authorization: str | None, token: bytes) -> None:
+    scheme, _, value = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token):
+        raise ApiError(401, "BAD_TOKEN")
 
 
 def _json(status: int, payload: dict) -> str:

@@ -19,6 +19,8 @@ from rentbox.server import Server
 from rentbox.web import wsgi
 
 API_KEY = "test-key-7f3a"
+GATEWAY_TOKEN = "gateway-token-91c2"
+SMSGATE_KEY = "smsgate-key-5d0e"
 START = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.timezone.utc)
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -71,7 +73,8 @@ def snapshot(db: Database) -> dict:
 
 @pytest.fixture
 def settings(db_path) -> Settings:
-    return Settings(api_key=API_KEY, db=db_path, port=0, threads=4)
+    return Settings(api_key=API_KEY, gateway_token=GATEWAY_TOKEN, smsgate_key=SMSGATE_KEY,
+                    db=db_path, port=0, threads=4)
 
 
 @pytest.fixture
@@ -140,14 +143,28 @@ def client(settings, clock, connections) -> WsgiClient:
 
 
 @pytest.fixture
-def live_server(settings, db):
-    """A real waitress server on an ephemeral loopback port, with the system clock."""
-    server = Server(settings)
-    thread = server.start_in_thread()
-    yield server
-    server.stop()
-    thread.join(timeout=5)
-    assert not thread.is_alive(), "the server thread did not stop"
+def start_server(settings, db):
+    """Start real waitress servers on ephemeral loopback ports, with the system clock;
+    `start_server(push_url=...)` overrides settings. All are stopped at the end."""
+    import dataclasses
+
+    running = []
+
+    def start(**overrides) -> Server:
+        server = Server(dataclasses.replace(settings, **overrides))
+        running.append((server, server.start_in_thread()))
+        return server
+
+    yield start
+    for server, thread in running:
+        server.stop()
+        thread.join(timeout=5)
+        assert not thread.is_alive(), "the server thread did not stop"
+
+
+@pytest.fixture
+def live_server(start_server):
+    return start_server()
 
 
 def http_post(url: str, payload: object = None, *, raw: bytes | None = None,
@@ -165,3 +182,86 @@ def http_post(url: str, payload: object = None, *, raw: bytes | None = None,
         return Answer(response.status, dict(response.getheaders()), response.read())
     finally:
         conn.close()
+
+
+class FakeOnlinesim:
+    """Onlinesim's PUSH_SMS endpoint on a real loopback HTTP server.
+
+    `answers` is a list of (status, body) or the string "hang" (answer only after
+    `hang_s`), used in order; the last one repeats. Every request is recorded.
+    """
+
+    def __init__(self, answers=((200, b'{"status":"SUCCESS"}'),), hang_s: float = 3.0):
+        import http.server
+        import threading
+
+        self.answers = list(answers)
+        self.hang_s = hang_s
+        self.requests: list[dict] = []
+        self.received = threading.Condition()
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                with fake.received:
+                    fake.requests.append({"path": self.path, "headers": dict(self.headers),
+                                          "body": body})
+                    answer = fake.answers[min(len(fake.requests), len(fake.answers)) - 1]
+                    fake.received.notify_all()
+                if answer == "hang":
+                    import time
+
+                    time.sleep(fake.hang_s)  # the fake peer is slow, not rentbox
+                    answer = (200, b'{"status":"SUCCESS"}')
+                status, payload = answer
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/pushSmsRent"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, count: int, timeout_s: float = 10) -> list[dict]:
+        with self.received:
+            self.received.wait_for(lambda: len(self.requests) >= count, timeout_s)
+            return list(self.requests)
+
+    def bodies(self) -> list[dict]:
+        return [json.loads(r["body"]) for r in self.requests]
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def onlinesim():
+    fake = FakeOnlinesim()
+    yield fake
+    fake.close()
+
+
+def refused_url() -> str:
+    """A loopback URL where nothing listens: connections are refused at once."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/pushSmsRent"
+
+
+def http_get_json(url: str, timeout: float = 5) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())

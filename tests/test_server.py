@@ -76,3 +76,165 @@ def test_health_and_unknown_method_over_a_socket(live_server):
         assert json.loads(response.read())["status"] == "ERROR"
     finally:
         conn.close()
+
+
+# ---- SMS in, PUSH_SMS out, over real sockets ------------------------------------------
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import GATEWAY_TOKEN, FakeOnlinesim, http_get_json
+
+SMS_AUTH = {"Authorization": f"Bearer {GATEWAY_TOKEN}"}
+
+
+def rent_one(server):
+    answer = http_post(server.url + "/getNumberRent", GET_NUMBER).json
+    assert answer["status"] == "SUCCESS"
+    return answer
+
+
+def test_sms_is_pushed_at_once_with_the_exact_payload(start_server, db, onlinesim):
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
+    server = start_server(push_url=onlinesim.url, push_retry_s=0.2)
+    rental = rent_one(server)
+    text = "Код 4242 — don't share 🙊"
+    stored = http_post(server.url + "/sms", {"to": "+4915123456789", "from": "Instagram",
+                                             "text": text}, headers=SMS_AUTH).json
+    [request] = onlinesim.wait_for(1, timeout_s=5)
+    assert json.loads(request["body"]) == {
+        "smsId": stored["smsId"], "phoneFrom": "Instagram", "phone": "4915123456789",
+        "text": text, "action": "PUSH_SMS", "key": API_KEY, "service": "rent"}
+    assert rental["number"] == 4915123456789
+
+
+def test_retries_at_the_configured_cadence_until_delivered(start_server, db):
+    fake = FakeOnlinesim([(500, b""), (500, b""), (200, b'{"status":"SUCCESS"}')])
+    try:
+        add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
+        server = start_server(push_url=fake.url, push_retry_s=0.3)
+        rent_one(server)
+        http_post(server.url + "/sms", {"to": "4915123456789", "from": "x", "text": "y"},
+                  headers=SMS_AUTH)
+        requests = fake.wait_for(3, timeout_s=10)
+        assert len(requests) == 3
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if db.row("SELECT push_state FROM sms")["push_state"] == "delivered":
+                break
+            time.sleep(0.05)
+        assert db.row("SELECT push_state, attempts FROM sms") == {"push_state": "delivered",
+                                                                  "attempts": 3}
+    finally:
+        fake.close()
+
+
+def test_a_restart_pushes_the_pending_outbox(start_server, db, onlinesim):
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
+    first = start_server()  # no push URL: SMS wait in the outbox
+    rent_one(first)
+    for i in range(3):
+        http_post(first.url + "/sms", {"to": "4915123456789", "from": "x", "text": f"m{i}"},
+                  headers=SMS_AUTH)
+    first.stop()
+    assert onlinesim.requests == []
+    start_server(push_url=onlinesim.url)
+    onlinesim.wait_for(3, timeout_s=10)
+    assert sorted(b["text"] for b in onlinesim.bodies()) == ["m0", "m1", "m2"]
+
+
+def test_guard_window_and_ban_with_short_settings(start_server, db):
+    from rentbox.config import Rules
+
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
+    server = start_server(rules=Rules(guard_s=0.3, ban_after=2, ban_s=1.0),
+                          housekeeping_s=0.05)
+    services = {"action": "GET_SERVICES", "key": API_KEY}
+
+    def offered():
+        return http_post(server.url + "/getServicesRent", services).json["countryList"]
+
+    def wait_until(predicate, timeout_s=10):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return False
+
+    kept = rent_one(server)
+    http_post(server.url + "/sms", {"to": "4915123456789", "from": "x", "text": "in time"},
+              headers=SMS_AUTH)
+    time.sleep(0.5)  # past the guard window: the rental with an SMS keeps its number
+    assert offered() == []
+    http_post(server.url + "/finishActivationRent", {"action": "FINISH_ACTIVATION",
+              "key": API_KEY, "activationId": kept["activationId"], "status": 3, "sum": 9})
+    for _ in range(2):  # two rentals without SMS: freed after the guard, then banned
+        rent_one(server)
+        assert offered() == []
+        assert wait_until(lambda: offered() != [] or
+                          db.row("SELECT banned_until FROM numbers")["banned_until"])
+    assert db.row("SELECT failures, banned_until IS NOT NULL AS banned FROM numbers") == {
+        "failures": 2, "banned": 1}
+    assert offered() == []
+    assert http_post(server.url + "/getNumberRent", GET_NUMBER).json == {"status": "NO_NUMBERS"}
+    assert wait_until(lambda: offered() != [])  # the ban ends: offered again
+    assert rent_one(server)["number"] == 4915123456789
+
+
+def test_kill_9_loses_no_accepted_sms(tmp_path, onlinesim):
+    """A real `rentbox serve` process, killed with SIGKILL right after accepting SMS."""
+    db_path = tmp_path / "kill.db"
+    csv = tmp_path / "pool.csv"
+    csv.write_text("number,country,operator\n+4915123456789,germany,telekom\n")
+    env = {**os.environ, "RENTBOX_API_KEY": API_KEY, "RENTBOX_GATEWAY_TOKEN": GATEWAY_TOKEN,
+           "RENTBOX_DB": str(db_path)}
+    run = [sys.executable, "-m", "rentbox"]
+    subprocess.run(run + ["numbers", "import", str(csv)], env=env, check=True,
+                   capture_output=True, timeout=60)
+
+    def serve(*extra):
+        port = _free_port()
+        process = subprocess.Popen(run + ["serve", "--port", str(port), *extra], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if http_get_json(url + "/health")["status"] == "SUCCESS":
+                    return process, url
+            except OSError:
+                time.sleep(0.05)
+        process.kill()
+        raise AssertionError("rentbox serve did not start")
+
+    process, url = serve()  # no push URL yet
+    try:
+        rent_one_url = http_post(url + "/getNumberRent", GET_NUMBER).json
+        assert rent_one_url["status"] == "SUCCESS"
+        accepted = [http_post(url + "/sms", {"to": "4915123456789", "from": "x",
+                                             "text": f"sms {i}"}, headers=SMS_AUTH).json
+                    for i in range(20)]
+        assert all(a["status"] == "SUCCESS" for a in accepted)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    process, url = serve("--push-url", onlinesim.url)
+    try:
+        onlinesim.wait_for(20, timeout_s=20)
+        pushed = sorted(b["smsId"] for b in onlinesim.bodies())
+        assert pushed == sorted(a["smsId"] for a in accepted)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,106 @@
+"""SMS gateways: what each source sends, checked and turned into an IncomingSms.
+
+- The generic JSON intake (`POST /sms`): `to`, `from`, `text`, optional `id` and
+  `received_at`, for any forwarder or script.
+- SMSGate (the open-source android-sms-gateway app and its AT-modem daemon): the signed
+  `sms:received` webhook. When its payload has no `recipient`, the receiving number is
+  the pool number whose `port` is `<deviceId>:<simNumber>` (or just `<deviceId>` for a
+  single-SIM device that sends no simNumber).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+
+from rentbox.errors import InvalidInput
+from rentbox.sms import IncomingSms, parse_time
+
+
+class BadSignature(Exception):
+    """A webhook whose signature or timestamp does not check out."""
+
+
+def parse_json_sms(body: dict) -> IncomingSms:
+    """The generic intake's body."""
+    to = body.get("to")
+    if isinstance(to, int) and not isinstance(to, bool):
+        to = str(to)
+    if not isinstance(to, str) or not to.strip():
+        raise InvalidInput("to is required: the receiving number")
+    sender = body.get("from")
+    if not isinstance(sender, str) or not sender.strip():
+        raise InvalidInput("from is required: the sender's name or number")
+    text = body.get("text")
+    if not isinstance(text, str):
+        raise InvalidInput("text is required and must be a string")
+    return IncomingSms(
+        source="api", to=to.strip(), sender=sender, text=text,
+        source_id=_optional_id(body.get("id"), "id"),
+        received_at=parse_time(body.get("received_at"), "received_at"),
+    )
+
+
+def verify_smsgate_signature(raw: bytes, *, signature: str | None, timestamp: str | None,
+                             key: bytes, now: dt.datetime, max_skew_s: float) -> None:
+    """X-Signature is the hex HMAC-SHA256 of the raw body followed by X-Timestamp."""
+    if not signature or not timestamp:
+        raise BadSignature("BAD_SIGNATURE: X-Signature and X-Timestamp are required")
+    expected = hmac.new(key, raw + timestamp.strip().encode("utf-8"), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, signature.strip().lower()):
+        raise BadSignature("BAD_SIGNATURE")
+    try:
+        sent_at = float(timestamp)
+    except ValueError:
+        raise BadSignature("BAD_SIGNATURE: X-Timestamp is not a Unix time") from None
+    # Checked after the signature, so an attacker learns nothing from the difference.
+    if abs(now.timestamp() - sent_at) > max_skew_s:
+        raise BadSignature("STALE_TIMESTAMP")
+
+
+def parse_smsgate(envelope: dict) -> IncomingSms | None:
+    """An SMSGate webhook envelope; None for events other than `sms:received`."""
+    if envelope.get("event") != "sms:received":
+        if not isinstance(envelope.get("event"), str):
+            raise InvalidInput("event is required")
+        return None
+    payload = envelope.get("payload")
+    if not isinstance(payload, dict):
+        raise InvalidInput("payload must be an object")
+    event_id = _optional_id(envelope.get("id"), "id")
+    device = _optional_id(envelope.get("deviceId"), "deviceId")
+    sender = payload.get("sender", payload.get("phoneNumber"))  # older apps: phoneNumber
+    if not isinstance(sender, str) or not sender.strip():
+        raise InvalidInput("payload.sender is required")
+    text = payload.get("message")
+    if not isinstance(text, str):
+        raise InvalidInput("payload.message is required and must be a string")
+    recipient = payload.get("recipient")
+    if recipient is not None and not isinstance(recipient, str):
+        raise InvalidInput("payload.recipient must be a string or null")
+    sim = payload.get("simNumber")
+    if sim is not None and (isinstance(sim, bool) or not isinstance(sim, int)):
+        raise InvalidInput("payload.simNumber must be an integer or null")
+    port = None
+    if device is not None:
+        port = f"{device}:{sim}" if sim is not None else device
+    if not (recipient or "").strip() and port is None:
+        raise InvalidInput("payload.recipient is null and there is no deviceId to route by")
+    return IncomingSms(
+        source="smsgate", to=(recipient or "").strip() or None, port=port,
+        sender=sender, text=text,
+        source_id=f"{device}:{event_id}" if event_id is not None else None,
+        received_at=parse_time(payload.get("receivedAt"), "payload.receivedAt"),
+    )
+
+
+def _optional_id(value: object, field: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidInput(f"{field} must be a string or an integer")
+    text = str(value).strip()
+    if not text:
+        raise InvalidInput(f"{field} must not be empty")
+    return text

@@ -1,0 +1,222 @@
+"""PUSH_SMS to Onlinesim: the outbox, one attempt at a time, retries and terminal answers.
+
+The outbox is the `sms` table itself: a routed SMS is `pending` with a `next_attempt_at`.
+A Pusher thread beside the web server sends what is due, so a slow or unreachable
+Onlinesim never delays the answers to Onlinesim's own calls. Nothing is held in memory:
+after a crash or restart, every pending SMS is simply due again.
+
+Delivery is at least once: if the process dies between Onlinesim's "OK" and the commit
+that records it, the SMS is sent again after the restart, with the same smsId.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import http.client
+import json
+import logging
+import socket
+import threading
+import urllib.error
+import urllib.request
+from typing import Callable
+
+from rentbox import __version__, events
+from rentbox.clock import Clock, from_text, to_text
+from rentbox.db import Connections, Database
+
+log = logging.getLogger("rentbox.push")
+
+# Answers after which an SMS is never sent again (protocol.md 4.1).
+TERMINAL_CODES = ("NO_OPERATION", "NO_OP", "BAD_SERVICE", "IGNORED", "SERVICE_BAN")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What one attempt came to: delivered, terminal (never retry) or retry later."""
+
+    kind: str            # delivered | terminal | retry
+    detail: str = ""
+    unreachable: bool = False  # no answer at all: a timeout or no connection
+
+
+def payload(sms: dict, api_key: str) -> dict:
+    """The PUSH_SMS (rent) body for one stored SMS (protocol.md 4.1)."""
+    return {
+        "smsId": sms["id"],
+        "phoneFrom": sms["sender"],
+        "phone": sms["number"],
+        "text": sms["text"],
+        "action": "PUSH_SMS",
+        "key": api_key,
+        "service": "rent",
+    }
+
+
+def classify(status: int, body: bytes) -> Outcome:
+    """Read Onlinesim's answer to a push. Its error format is undocumented, so look for the
+    code in a JSON `status`, `error` or `response` field, or in a plain-text body."""
+    text = body.decode("utf-8", "replace").strip()
+    codes: list[str] = []
+    try:
+        parsed = json.loads(text) if text else None
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        codes = [str(parsed[f]).strip().upper() for f in ("status", "error", "response")
+                 if parsed.get(f) is not None]
+    elif text:
+        codes = [text.upper()]
+    for code in codes:
+        for terminal in TERMINAL_CODES:
+            if code == terminal or (not isinstance(parsed, dict) and terminal in code.split()):
+                return Outcome("terminal", terminal)
+    if status == 200:
+        status_field = parsed.get("status") if isinstance(parsed, dict) else None
+        if status_field is None or str(status_field).upper() in ("SUCCESS", "OK"):
+            return Outcome("delivered")
+        return Outcome("retry", f"HTTP 200 with status {str(status_field)[:60]}")
+    return Outcome("retry", f"HTTP {status}" + (f": {text[:100]}" if text else ""))
+
+
+def send(url: str, body: dict, api_key: str, timeout_s: float) -> Outcome:
+    """One POST to Onlinesim. Never raises for network trouble: that is a retry."""
+    data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    request = urllib.request.Request(url, data=data, method="POST", headers={
+        "Content-Type": "application/json; charset=utf-8",
+        "Authorization": f"Bearer {api_key}",
+        "User-Agent": f"rentbox/{__version__}",
+    })
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return classify(response.status, response.read(64 * 1024))
+    except urllib.error.HTTPError as error:
+        with error:
+            return classify(error.code, error.read(64 * 1024))
+    except (TimeoutError, socket.timeout):
+        return Outcome("retry", f"no answer within {timeout_s:g} s", unreachable=True)
+    except urllib.error.URLError as error:
+        reason = error.reason
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            return Outcome("retry", f"no answer within {timeout_s:g} s", unreachable=True)
+        why = getattr(reason, "strerror", None) or reason
+        return Outcome("retry", f"cannot connect: {why}", unreachable=True)
+    except (OSError, http.client.HTTPException) as error:
+        return Outcome("retry", f"connection failed: {type(error).__name__}", unreachable=True)
+
+
+def next_due(db: Database, now: dt.datetime) -> dict | None:
+    """The pending SMS that has waited longest among those due by `now`."""
+    return db.row(
+        "SELECT id, number, sender, text, attempts, operation_id, number_id FROM sms"
+        " WHERE push_state = 'pending' AND next_attempt_at <= ?"
+        " ORDER BY next_attempt_at, id LIMIT 1",
+        (to_text(now),),
+    )
+
+
+def seconds_until_next(db: Database, now: dt.datetime) -> float | None:
+    row = db.row("SELECT min(next_attempt_at) AS due FROM sms WHERE push_state = 'pending'")
+    if row is None or row["due"] is None:
+        return None
+    return max(0.0, (from_text(row["due"]) - now).total_seconds())
+
+
+def record(db: Database, now: dt.datetime, sms: dict, outcome: Outcome, retry_s: float) -> None:
+    """Store the result of one attempt (a conditional update: only a pending SMS moves)."""
+    stamp = to_text(now)
+    with db.transaction():
+        if outcome.kind == "delivered":
+            changed = db.execute(
+                "UPDATE sms SET push_state = 'delivered', attempts = attempts + 1,"
+                " delivered_at = ?, next_attempt_at = NULL, last_error = NULL"
+                " WHERE id = ? AND push_state = 'pending'", (stamp, sms["id"])).rowcount
+        elif outcome.kind == "terminal":
+            changed = db.execute(
+                "UPDATE sms SET push_state = 'failed', attempts = attempts + 1,"
+                " next_attempt_at = NULL, last_error = ?"
+                " WHERE id = ? AND push_state = 'pending'", (outcome.detail, sms["id"])).rowcount
+        else:
+            retry_at = to_text(now + dt.timedelta(seconds=retry_s))
+            db.execute(
+                "UPDATE sms SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
+                " WHERE id = ? AND push_state = 'pending'", (retry_at, outcome.detail, sms["id"]))
+            return
+        if changed:
+            events.record(db, now, "sms_delivered" if outcome.kind == "delivered" else
+                          "sms_push_failed", operation_id=sms["operation_id"],
+                          number_id=sms["number_id"], sms_id=sms["id"],
+                          attempts=sms["attempts"] + 1, detail=outcome.detail or None)
+
+
+def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: float,
+             timeout_s: float, sender: Callable = send) -> int:
+    """Send every SMS due now, oldest first. Returns how many attempts were made.
+
+    Stops the round at the first attempt that found no Onlinesim at all (timeout,
+    refused connection): the others would only wait for the same timeout; they are
+    tried at the next round.
+    """
+    attempts = 0
+    while True:
+        sms = next_due(db, clock.now())
+        if sms is None:
+            return attempts
+        # The network call runs outside any transaction: no lock is held while waiting.
+        outcome = sender(url, payload(sms, api_key), api_key, timeout_s)
+        record(db, clock.now(), sms, outcome, retry_s)
+        attempts += 1
+        if outcome.kind == "delivered":
+            log.info("SMS %d delivered to Onlinesim", sms["id"])
+        elif outcome.kind == "terminal":
+            log.warning("SMS %d refused by Onlinesim (%s): not sent again", sms["id"],
+                        outcome.detail)
+        else:
+            log.warning("SMS %d not delivered (%s): retrying in %g s", sms["id"],
+                        outcome.detail, retry_s)
+            if outcome.unreachable:
+                return attempts
+
+
+class Pusher:
+    """The background thread that empties the outbox. `wake()` after storing an SMS."""
+
+    # How often the outbox is looked at even without a wake-up: an SMS stored by another
+    # process (`rentbox sms add`) is pushed within this many seconds.
+    POLL_S = 1.0
+
+    def __init__(self, connections: Connections, clock: Clock, *, url: str, api_key: str,
+                 retry_s: float, timeout_s: float):
+        self._connections = connections
+        self._clock = clock
+        self._options = dict(url=url, api_key=api_key, retry_s=retry_s, timeout_s=timeout_s)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rentbox-push", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout_s: float = 15) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            wait_s = self.POLL_S
+            try:
+                db = self._connections.get()
+                push_due(db, self._clock, **self._options)
+                due_in = seconds_until_next(db, self._clock.now())
+                if due_in is not None:
+                    wait_s = min(wait_s, due_in)
+            except Exception:
+                log.exception("push round failed; trying again in %g s", self.POLL_S)
+            # Waiting on an Event, not sleeping: wake() and stop() end the wait at once.
+            self._wake.wait(wait_s)

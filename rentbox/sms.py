@@ -1,0 +1,171 @@
+"""Inbound SMS: normalise, de-duplicate, store, and route to the open rental of the number.
+
+Every source (the JSON intake, SMSGate's webhook, the CLI) goes through `accept_sms`,
+which commits the SMS, durably, before the source is told "accepted". An SMS for a
+number held by an open rental belongs to that rental and enters the outbox (`pending`);
+any other SMS is kept, marked `unrouted`, and never pushed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from rentbox import events, operations, pool
+from rentbox.clock import to_text
+from rentbox.config import Rules
+from rentbox.db import Database
+from rentbox.errors import Conflict, InvalidInput, NotFound
+
+SOURCES = ("api", "smsgate", "cli")
+# Longer than any joined multipart SMS (a 255-part concatenated SMS is ~39,000 chars).
+MAX_TEXT_CHARS = 40_000
+MAX_SENDER_CHARS = 100
+PUSH_STATES = ("unrouted", "pending", "delivered", "failed")
+
+
+@dataclasses.dataclass(frozen=True)
+class IncomingSms:
+    """An SMS as a source hands it over, before rentbox has looked at it."""
+
+    source: str
+    sender: str
+    text: str
+    to: str | None = None            # receiving number, any common notation
+    port: str | None = None          # gateway slot, used when `to` is unknown
+    source_id: str | None = None     # the source's own message id (for de-duplication)
+    received_at: dt.datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Accepted:
+    sms_id: int
+    duplicate: bool      # this source id was stored before; nothing new was stored
+    push_state: str
+
+
+def accept_sms(db: Database, now: dt.datetime, incoming: IncomingSms, rules: Rules) -> Accepted:
+    """Validate and store one SMS, routed to its rental. Idempotent per source id."""
+    sender, text = _validate(incoming)
+    number = pool.normalize_number(incoming.to) if incoming.to else None
+    port = (incoming.port or "").strip() or None
+    if number is None and port is None:
+        raise InvalidInput("the receiving number is required")
+    received_at = incoming.received_at or now
+    if received_at.tzinfo is None:
+        raise InvalidInput("received_at needs a timezone (e.g. 2026-11-26T10:00:00Z)")
+    # A source's ids are only unique per source and receiving line.
+    dedupe_key = (f"{incoming.source}:{number or port}:{incoming.source_id}"
+                  if incoming.source_id is not None else None)
+    with db.transaction():
+        if dedupe_key is not None:
+            known = db.row("SELECT id, push_state FROM sms WHERE dedupe_key = ?", (dedupe_key,))
+            if known:
+                return Accepted(known["id"], True, known["push_state"])
+        # Rules due by now first: a rental whose guard window has just passed no longer
+        # holds its number, and this SMS must not count for it.
+        operations.apply_due_rules(db, now, rules)
+        if number is not None:
+            holder = db.row("SELECT id, operation_id FROM numbers WHERE number = ?", (number,))
+        else:
+            holder = db.row("SELECT id, number, operation_id FROM numbers WHERE port = ?"
+                            " ORDER BY id LIMIT 1", (port,))
+            number = holder["number"] if holder else None
+        number_id = holder["id"] if holder else None
+        operation_id = holder["operation_id"] if holder else None
+        state = "pending" if operation_id is not None else "unrouted"
+        stamp = to_text(now)
+        sms_id = db.execute(
+            "INSERT INTO sms (source, dedupe_key, number, port, number_id, operation_id, sender,"
+            " text, received_at, created_at, push_state, next_attempt_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (incoming.source, dedupe_key, number, port, number_id, operation_id, sender, text,
+             to_text(received_at), stamp, state, stamp if state == "pending" else None),
+        ).lastrowid
+        events.record(db, now, "sms_received", operation_id=operation_id, number_id=number_id,
+                      sms_id=sms_id, source=incoming.source, routed=state == "pending")
+        if operation_id is not None:
+            operations.note_sms(db, now, operation_id=operation_id, number_id=number_id)
+    return Accepted(sms_id, False, state)
+
+
+def _validate(incoming: IncomingSms) -> tuple[str, str]:
+    if incoming.source not in SOURCES:
+        raise InvalidInput(f"unknown SMS source {incoming.source!r}")
+    if not isinstance(incoming.sender, str) or not incoming.sender.strip():
+        raise InvalidInput("the sender ('from') is required")
+    if not isinstance(incoming.text, str):
+        raise InvalidInput("the text must be a string")
+    if len(incoming.sender) > MAX_SENDER_CHARS:
+        raise InvalidInput(f"the sender is longer than {MAX_SENDER_CHARS} characters")
+    if len(incoming.text) > MAX_TEXT_CHARS:
+        raise InvalidInput(f"the text is longer than {MAX_TEXT_CHARS} characters")
+    if incoming.source_id is not None and not (0 < len(incoming.source_id) <= 200):
+        raise InvalidInput("the source's message id must be 1 to 200 characters")
+    # Exactly as received: no stripping or normalising of the text (protocol.md 4.1).
+    return incoming.sender.strip(), incoming.text
+
+
+def parse_time(value: object, field: str) -> dt.datetime | None:
+    """An ISO-8601 time with a timezone, as gateways send it; None stays None."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be an ISO-8601 string")
+    try:
+        moment = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidInput(f"{field} is not an ISO-8601 time: {value!r}") from None
+    if moment.tzinfo is None:
+        raise InvalidInput(f"{field} needs a timezone (e.g. 2026-11-26T10:00:00Z)")
+    return moment
+
+
+# ---------------------------------------------------------------------------------------
+# The CLI's view of the SMS
+# ---------------------------------------------------------------------------------------
+
+
+def list_sms(
+    db: Database,
+    *,
+    number: str | None = None,
+    operation_id: int | None = None,
+    state: str | None = None,
+    limit: int = 100,
+) -> list[dict]:
+    """SMS, newest first, with their delivery state (`rentbox sms list`)."""
+    where, params = ["1"], []
+    if number is not None:
+        where.append("number = ?")
+        params.append(pool.normalize_number(number))
+    if operation_id is not None:
+        where.append("operation_id = ?")
+        params.append(operation_id)
+    if state is not None:
+        if state not in PUSH_STATES:
+            raise InvalidInput(f"state must be one of {', '.join(PUSH_STATES)}")
+        where.append("push_state = ?")
+        params.append(state)
+    params.append(limit)
+    return db.rows(
+        "SELECT id, number, operation_id, sender, text, received_at, push_state, attempts,"
+        " next_attempt_at, last_error, delivered_at FROM sms"
+        f" WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+        params,
+    )
+
+
+def retry_sms(db: Database, now: dt.datetime, sms_id: int) -> None:
+    """Put an SMS whose push ended in a terminal answer back into the outbox."""
+    with db.transaction():
+        row = db.row("SELECT id, push_state, operation_id, number_id FROM sms WHERE id = ?",
+                     (sms_id,))
+        if row is None:
+            raise NotFound(f"no SMS {sms_id}")
+        if row["push_state"] != "failed":
+            raise Conflict(f"SMS {sms_id} is {row['push_state']}; only a failed SMS is retried")
+        db.execute("UPDATE sms SET push_state = 'pending', next_attempt_at = ?"
+                   " WHERE id = ? AND push_state = 'failed'", (to_text(now), sms_id))
+        events.record(db, now, "sms_requeued", operation_id=row["operation_id"],
+                      number_id=row["number_id"], sms_id=sms_id, reason="retried by hand")

@@ -1,0 +1,87 @@
+import datetime as dt
+import hashlib
+import hmac
+import json
+
+import pytest
+
+from rentbox import gateways
+from rentbox.errors import InvalidInput
+from rentbox.sms import IncomingSms
+
+KEY = b"smsgate-signing-key"
+NOW = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def sign(raw: bytes, timestamp: str, key: bytes = KEY) -> str:
+    return hmac.new(key, raw + timestamp.encode(), hashlib.sha256).hexdigest()
+
+
+def test_json_sms():
+    parsed = gateways.parse_json_sms({"to": 4915123456789, "from": "Bank", "text": "hi",
+                                      "id": 17, "received_at": "2026-11-26T10:00:00+03:00"})
+    assert parsed == IncomingSms(source="api", to="4915123456789", sender="Bank", text="hi",
+                                 source_id="17",
+                                 received_at=dt.datetime(2026, 11, 26, 7, tzinfo=dt.timezone.utc))
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"from": "a", "text": "b"}, "to is required"),
+    ({"to": "+4915123456789", "text": "b"}, "from is required"),
+    ({"to": "+4915123456789", "from": "a"}, "text is required"),
+    ({"to": "+4915123456789", "from": "a", "text": "b", "id": [1]}, "id must be"),
+    ({"to": "+4915123456789", "from": "a", "text": "b", "received_at": "soon"}, "ISO-8601"),
+])
+def test_json_sms_rejects(body, message):
+    with pytest.raises(InvalidInput, match=message):
+        gateways.parse_json_sms(body)
+
+
+def envelope(**payload):
+    body = {"messageId": "abc", "message": "Code 1234", "sender": "+79990001122",
+            "recipient": "+4915123456789", "simNumber": 2,
+            "receivedAt": "2024-06-22T15:46:11.000+07:00"}
+    body.update(payload)
+    return {"deviceId": "dev1", "event": "sms:received", "id": "evt-9", "webhookId": "w",
+            "payload": body}
+
+
+def test_smsgate_envelope():
+    parsed = gateways.parse_smsgate(envelope())
+    assert parsed.to == "+4915123456789" and parsed.port == "dev1:2"
+    assert parsed.sender == "+79990001122" and parsed.text == "Code 1234"
+    assert parsed.source_id == "dev1:evt-9"
+    assert parsed.received_at.utcoffset() == dt.timedelta(hours=7)
+
+
+def test_smsgate_older_app_and_missing_recipient():
+    old = envelope(recipient=None, simNumber=None)
+    del old["payload"]["sender"]
+    old["payload"]["phoneNumber"] = "+79990001122"
+    parsed = gateways.parse_smsgate(old)
+    assert (parsed.to, parsed.port, parsed.sender) == (None, "dev1", "+79990001122")
+
+
+def test_smsgate_other_events_are_ignored():
+    assert gateways.parse_smsgate({"event": "system:ping", "payload": {}}) is None
+    with pytest.raises(InvalidInput):
+        gateways.parse_smsgate({"payload": {}})
+
+
+def test_signature_good_bad_and_stale():
+    raw = json.dumps(envelope()).encode()
+    stamp = str(int(NOW.timestamp()))
+    gateways.verify_smsgate_signature(raw, signature=sign(raw, stamp), timestamp=stamp, key=KEY,
+                                      now=NOW, max_skew_s=300)
+    cases = [
+        (sign(raw, stamp, b"other"), stamp, "BAD_SIGNATURE"),
+        (sign(raw + b" ", stamp), stamp, "BAD_SIGNATURE"),
+        (None, stamp, "BAD_SIGNATURE"),
+        (sign(raw, str(int(NOW.timestamp()) - 301)), str(int(NOW.timestamp()) - 301),
+         "STALE_TIMESTAMP"),
+        (sign(raw, "soon"), "soon", "not a Unix time"),
+    ]
+    for signature, timestamp, message in cases:
+        with pytest.raises(gateways.BadSignature, match=message):
+            gateways.verify_smsgate_signature(raw, signature=signature, timestamp=timestamp,
+                                              key=KEY, now=NOW, max_skew_s=300)

@@ -1,0 +1,123 @@
+import datetime as dt
+
+import pytest
+
+from rentbox import operations, sms
+from rentbox.config import Rules
+from rentbox.errors import Conflict, InvalidInput, NotFound
+from rentbox.protocol import RentRequest
+
+from conftest import START, add_numbers, snapshot
+
+RULES = Rules()
+LONG_TEXT = "Ваш код 1234. " * 400 + "🎉👍🏽 end"
+
+
+def incoming(**fields):
+    base = dict(source="api", to="+4915123456789", sender="Telegram", text="code 55555")
+    base.update(fields)
+    return sms.IncomingSms(**base)
+
+
+@pytest.fixture
+def rented(db, clock):
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom", "dev1:1"),
+                ("+4915123456790", "germany", "telekom", "dev1:2"))
+    return operations.open_rent(db, clock.now(), RentRequest(100, excluded_prefixes=(
+        "4915123456790",)), RULES)
+
+
+def test_sms_for_a_rented_number_is_routed_and_queued(db, clock, rented):
+    accepted = sms.accept_sms(db, clock.now(), incoming(text=LONG_TEXT), RULES)
+    assert accepted == sms.Accepted(1, False, "pending")
+    row = db.row("SELECT * FROM sms")
+    assert row["operation_id"] == rented.activation_id
+    assert row["text"] == LONG_TEXT  # exactly, emoji and all
+    assert row["next_attempt_at"] == row["created_at"] == "2026-11-01T12:00:00.000000Z"
+    assert db.row("SELECT first_sms_at FROM operations")["first_sms_at"] == row["created_at"]
+
+
+def test_sms_for_a_free_or_unknown_number_is_kept_unrouted(db, clock, rented):
+    free = sms.accept_sms(db, clock.now(), incoming(to="4915123456790"), RULES)
+    unknown = sms.accept_sms(db, clock.now(), incoming(to="+79123456789"), RULES)
+    assert (free.push_state, unknown.push_state) == ("unrouted", "unrouted")
+    rows = db.rows("SELECT number, number_id, operation_id, next_attempt_at FROM sms")
+    assert rows == [{"number": "4915123456790", "number_id": 2, "operation_id": None,
+                     "next_attempt_at": None},
+                    {"number": "79123456789", "number_id": None, "operation_id": None,
+                     "next_attempt_at": None}]
+
+
+def test_routing_by_port_when_the_receiver_is_unknown(db, clock, rented):
+    accepted = sms.accept_sms(db, clock.now(), incoming(to=None, port="dev1:1"), RULES)
+    assert accepted.push_state == "pending"
+    assert db.row("SELECT number FROM sms")["number"] == "4915123456789"
+    lost = sms.accept_sms(db, clock.now(), incoming(to=None, port="dev9:1"), RULES)
+    assert lost.push_state == "unrouted"
+    assert db.row("SELECT number, port FROM sms WHERE id = ?", (lost.sms_id,)) == {
+        "number": None, "port": "dev9:1"}
+
+
+def test_a_redelivery_is_stored_once(db, clock, rented):
+    first = sms.accept_sms(db, clock.now(), incoming(source_id="m-1"), RULES)
+    before = snapshot(db)
+    clock.advance(5)
+    again = sms.accept_sms(db, clock.now(), incoming(source_id="m-1"), RULES)
+    assert again == sms.Accepted(first.sms_id, True, "pending")
+    assert snapshot(db) == before
+    # The same id from another source, or for another line, is another SMS.
+    other = sms.accept_sms(db, clock.now(), incoming(source_id="m-1", source="cli"), RULES)
+    assert other.sms_id != first.sms_id
+
+
+def test_an_sms_after_the_guard_window_does_not_rescue_the_rental(db, clock, rented):
+    clock.advance(RULES.guard_s + 1)
+    accepted = sms.accept_sms(db, clock.now(), incoming(), RULES)
+    assert accepted.push_state == "unrouted"
+    op = db.row("SELECT failure, first_sms_at FROM operations")
+    assert op == {"failure": "guard_expired", "first_sms_at": None}
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"sender": " "}, "sender"),
+    ({"text": None}, "text must be a string"),
+    ({"to": "+49 1"}, "not a valid international number"),
+    ({"to": None}, "receiving number is required"),
+    ({"text": "x" * 40_001}, "longer than 40000"),
+    ({"source_id": ""}, "1 to 200 characters"),
+    ({"received_at": dt.datetime(2026, 1, 1)}, "needs a timezone"),
+])
+def test_bad_sms_is_refused_and_changes_nothing(db, clock, rented, fields, message):
+    before = snapshot(db)
+    with pytest.raises(InvalidInput, match=message):
+        sms.accept_sms(db, clock.now(), incoming(**fields), RULES)
+    assert snapshot(db) == before
+
+
+def test_parse_time():
+    assert sms.parse_time("2026-11-26T10:00:00Z", "t") == dt.datetime(
+        2026, 11, 26, 10, tzinfo=dt.timezone.utc)
+    assert sms.parse_time("2024-06-22T15:46:11.000+07:00", "t").utcoffset() == dt.timedelta(
+        hours=7)
+    assert sms.parse_time(None, "t") is None
+    for bad in ("yesterday", "2026-11-26T10:00:00", 5):
+        with pytest.raises(InvalidInput):
+            sms.parse_time(bad, "t")
+
+
+def test_list_and_retry(db, clock, rented):
+    routed = sms.accept_sms(db, clock.now(), incoming(), RULES).sms_id
+    sms.accept_sms(db, clock.now(), incoming(to="+79123456789"), RULES)
+    assert [r["id"] for r in sms.list_sms(db)] == [2, 1]
+    assert [r["id"] for r in sms.list_sms(db, state="pending")] == [1]
+    assert [r["id"] for r in sms.list_sms(db, number="+7 912 345-67-89")] == [2]
+    assert [r["id"] for r in sms.list_sms(db, operation_id=rented.activation_id)] == [1]
+    with pytest.raises(Conflict, match="only a failed SMS is retried"):
+        sms.retry_sms(db, clock.now(), routed)
+    with pytest.raises(NotFound):
+        sms.retry_sms(db, clock.now(), 99)
+    db.execute("UPDATE sms SET push_state = 'failed', next_attempt_at = NULL WHERE id = 1")
+    clock.advance(60)
+    sms.retry_sms(db, clock.now(), routed)
+    assert db.row("SELECT push_state, next_attempt_at FROM sms WHERE id = 1") == {
+        "push_state": "pending", "next_attempt_at": "2026-11-01T12:01:00.000000Z"}
