@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import logging
@@ -14,11 +15,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rentbox import __version__, pool
+from rentbox import __version__, bans, housekeeping, operations, pool, sms
 from rentbox.clock import SystemClock
-from rentbox.config import API_KEY_ENV, SETTINGS, Settings
+from rentbox.config import (API_KEY_ENV, GATEWAY_TOKEN_ENV, SETTINGS, SMSGATE_KEY_ENV, Rules,
+                            Settings)
 from rentbox.db import open_database
-from rentbox.errors import RentboxError
+from rentbox.errors import InvalidInput, RentboxError
 
 app = typer.Typer(
     help="rentbox: a partner server for Onlinesim's long-term number rentals.",
@@ -28,7 +30,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 numbers_app = typer.Typer(help="Import and inspect the number pool.", no_args_is_help=True)
+sms_app = typer.Typer(help="Add, list and re-queue SMS.", no_args_is_help=True)
+ops_app = typer.Typer(help="Inspect rent operations.", no_args_is_help=True)
+bans_app = typer.Typer(help="Inspect and lift bans of numbers.", no_args_is_help=True)
 app.add_typer(numbers_app, name="numbers")
+app.add_typer(sms_app, name="sms")
+app.add_typer(ops_app, name="ops")
+app.add_typer(bans_app, name="bans")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -43,6 +51,10 @@ def _option(name: str, **extra) -> typer.models.OptionInfo:
 
 DbOption = Annotated[Path, _option("db", dir_okay=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+GuardOption = Annotated[float, _option("guard_s", min=0)]
+BanAfterOption = Annotated[int, _option("ban_after", min=1)]
+BanOption = Annotated[float, _option("ban_s", min=0)]
+LimitOption = Annotated[int, typer.Option(help="Show at most this many rows.", min=1)]
 
 
 def fails_cleanly(command: Callable) -> Callable:
@@ -69,6 +81,48 @@ def _print_json(value: object) -> None:
     typer.echo(json.dumps(value, ensure_ascii=False, indent=2))
 
 
+def _table(title: str | None, columns: list[str], rows: list[list[str]],
+           flexible: tuple[str, ...] = ()) -> None:
+    """A table for people. Every cell stays on one line; when the terminal is too narrow,
+    only the `flexible` columns (free text) give way, cut with an ellipsis."""
+    widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, name in enumerate(columns)]
+    fixed = sum(w for name, w in zip(columns, widths) if name not in flexible)
+    room = out.width - fixed - (3 * len(columns) + 1)  # cell padding and borders
+    share = max(6, room // max(1, sum(1 for name in columns if name in flexible)))
+    table = Table(title=title)
+    for name, width in zip(columns, widths):
+        if name in flexible:
+            table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=share)
+        else:
+            table.add_column(name, no_wrap=True, min_width=width)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+def _when(text: str | None) -> str:
+    """A stored UTC time as people read it."""
+    return f"{text[:10]} {text[11:16]}" if text else ""
+
+
+def _rub(kopecks: int | None) -> str:
+    return "" if kopecks is None else f"{kopecks / 100:,.2f}"
+
+
+def _now() -> dt.datetime:
+    return SystemClock().now()
+
+
+def _since(text: str | None) -> dt.datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"--since {text!r} is not a date (YYYY-MM-DD) or ISO time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
 def _version(value: bool) -> None:
     if value:
         say(f"rentbox {__version__}")
@@ -86,6 +140,11 @@ def main_callback(
     """
 
 
+# ---------------------------------------------------------------------------------------
+# serve, housekeep
+# ---------------------------------------------------------------------------------------
+
+
 @app.command()
 @fails_cleanly
 def serve(
@@ -93,29 +152,72 @@ def serve(
     host: Annotated[str, _option("host")] = SETTINGS["host"].default,
     port: Annotated[int, _option("port", min=0, max=65535)] = SETTINGS["port"].default,
     threads: Annotated[int, _option("threads", min=1, max=64)] = SETTINGS["threads"].default,
+    push_url: Annotated[Optional[str], _option("push_url")] = None,
+    push_retry_s: Annotated[float, _option("push_retry_s", min=0.1)] = SETTINGS[
+        "push_retry_s"].default,
+    push_timeout_s: Annotated[float, _option("push_timeout_s", min=0.1)] = SETTINGS[
+        "push_timeout_s"].default,
+    guard_s: GuardOption = SETTINGS["guard_s"].default,
+    ban_after: BanAfterOption = SETTINGS["ban_after"].default,
+    ban_s: BanOption = SETTINGS["ban_s"].default,
+    housekeeping_s: Annotated[float, _option("housekeeping_s", min=0.1)] = SETTINGS[
+        "housekeeping_s"].default,
 ) -> None:
-    """Answer Onlinesim's rent calls over HTTP until stopped (Ctrl-C or SIGTERM).
+    """Answer Onlinesim's rent calls, take in SMS and push them, until Ctrl-C or SIGTERM.
 
-    The partner's Onlinesim API key comes from the RENTBOX_API_KEY environment variable.
+    Secrets come from the environment only: RENTBOX_API_KEY (required),
+    RENTBOX_GATEWAY_TOKEN (turns on POST /sms), RENTBOX_SMSGATE_KEY (turns on
+    POST /sms/smsgate).
     """
     from rentbox import server  # waitress is only needed here
 
-    api_key = os.environ.get(API_KEY_ENV, "")
-    if not api_key.strip():
+    api_key = os.environ.get(API_KEY_ENV, "").strip()
+    if not api_key:
         raise RentboxError(
             f"{API_KEY_ENV} is not set: serve needs your Onlinesim API key to check "
             "Onlinesim's calls (export RENTBOX_API_KEY=...)"
         )
+    if push_url and not push_url.startswith(("http://", "https://")):
+        raise InvalidInput(f"--push-url must be an http:// or https:// URL, not {push_url!r}")
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    settings = Settings(api_key=api_key.strip(), db=db, host=host, port=port, threads=threads)
+    settings = Settings(
+        api_key=api_key,
+        gateway_token=os.environ.get(GATEWAY_TOKEN_ENV, "").strip() or None,
+        smsgate_key=os.environ.get(SMSGATE_KEY_ENV, "").strip() or None,
+        db=db, host=host, port=port, threads=threads, push_url=push_url or None,
+        push_retry_s=push_retry_s, push_timeout_s=push_timeout_s,
+        housekeeping_s=housekeeping_s, rules=Rules(guard_s, ban_after, ban_s),
+    )
     try:
         server.serve(settings)
     except OSError as error:
         raise RentboxError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+
+
+@app.command()
+@fails_cleanly
+def housekeep(
+    db: DbOption = SETTINGS["db"].default,
+    guard_s: GuardOption = SETTINGS["guard_s"].default,
+    ban_after: BanAfterOption = SETTINGS["ban_after"].default,
+    ban_s: BanOption = SETTINGS["ban_s"].default,
+) -> None:
+    """Run one housekeeping pass now: expire guard windows, lift ended bans.
+
+    `rentbox serve` does this by itself every few seconds; this is for the rare case
+    when the server is not running.
+    """
+    changed = housekeeping.run_once(open_database(db), _now(), Rules(guard_s, ban_after, ban_s))
+    say(f"Housekeeping: {changed} change(s).")
+
+
+# ---------------------------------------------------------------------------------------
+# numbers
+# ---------------------------------------------------------------------------------------
 
 
 @numbers_app.command("import")
@@ -137,7 +239,7 @@ def numbers_import(
     If any row is bad, nothing is imported unless --skip-invalid is given.
     """
     database = open_database(db)
-    result = pool.import_file(database, SystemClock().now(), file, country=country,
+    result = pool.import_file(database, _now(), file, country=country,
                               operator=operator, skip_invalid=skip_invalid)
     for problem in result.rejected:
         err.print(f"Skipped {problem}", markup=False, soft_wrap=True)
@@ -156,12 +258,188 @@ def numbers_list(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].
     if not rows:
         say("The pool is empty. Add numbers with: rentbox numbers import FILE")
         return
-    table = Table("number", "country", "operator", "port", "state")
-    for row in rows:
-        table.add_row("+" + row["number"], row["country"], row["operator"] or "",
-                      row["port"] or "", row["state"])
-    out.print(table)
+    _table(None, ["number", "country", "operator", "port", "state"],
+           [["+" + r["number"], r["country"], r["operator"] or "", r["port"] or "", r["state"]]
+            for r in rows], flexible=("port",))
     say(f"{len(rows)} number(s)")
+
+
+# ---------------------------------------------------------------------------------------
+# sms
+# ---------------------------------------------------------------------------------------
+
+
+@sms_app.command("add")
+@fails_cleanly
+def sms_add(
+    to: Annotated[str, typer.Option("--to", help="The receiving number (international).")],
+    sender: Annotated[str, typer.Option("--from", help="The sender: a name or a number.")],
+    text: Annotated[str, typer.Option("--text", help="The message text, exactly as received.")],
+    source_id: Annotated[Optional[str], typer.Option(
+        "--id", help="The source's own message id: the same id is stored only once.")] = None,
+    db: DbOption = SETTINGS["db"].default,
+    guard_s: GuardOption = SETTINGS["guard_s"].default,
+    ban_after: BanAfterOption = SETTINGS["ban_after"].default,
+    ban_s: BanOption = SETTINGS["ban_s"].default,
+) -> None:
+    """Store an SMS, as a gateway would (for hooks such as Gammu's RunOnReceive).
+
+    If the number is in an open rental, a running `rentbox serve` pushes it to
+    Onlinesim within a few seconds.
+    """
+    incoming = sms.IncomingSms(source="cli", to=to, sender=sender, text=text,
+                               source_id=source_id)
+    accepted = sms.accept_sms(open_database(db), _now(), incoming,
+                              Rules(guard_s, ban_after, ban_s))
+    where = {"pending": "queued for Onlinesim",
+             "unrouted": "kept, not pushed: the number is in no open rental"}
+    state = where.get(accepted.push_state, accepted.push_state)
+    again = " (already stored before)" if accepted.duplicate else ""
+    say(f"SMS {accepted.sms_id} stored{again}: {state}.")
+
+
+@sms_app.command("list")
+@fails_cleanly
+def sms_list(
+    number: Annotated[Optional[str], typer.Option(help="Only SMS to this number.")] = None,
+    operation: Annotated[Optional[int], typer.Option(help="Only SMS of this operation.")] = None,
+    pending: Annotated[bool, typer.Option("--pending", help="Only SMS waiting to be pushed.")
+                       ] = False,
+    failed: Annotated[bool, typer.Option("--failed", help="Only SMS Onlinesim refused for good.")
+                      ] = False,
+    limit: LimitOption = 100,
+    json_output: JsonOption = False,
+    db: DbOption = SETTINGS["db"].default,
+) -> None:
+    """Show SMS, newest first, with their delivery state, attempts and last error."""
+    if pending and failed:
+        raise InvalidInput("--pending and --failed exclude each other")
+    state = "pending" if pending else "failed" if failed else None
+    rows = sms.list_sms(open_database(db), number=number, operation_id=operation, state=state,
+                        limit=limit)
+    if json_output:
+        _print_json(rows)
+        return
+    if not rows:
+        say("No SMS.")
+        return
+    _table(None, ["id", "received (UTC)", "to", "state", "tries", "from", "text",
+                  "last error"],
+           [[str(r["id"]), _when(r["received_at"]), "+" + r["number"] if r["number"] else "?",
+             r["push_state"], str(r["attempts"]), r["sender"],
+             _flat(r["text"]), r["last_error"] or ""] for r in rows],
+           flexible=("from", "text", "last error"))
+
+
+def _flat(text: str) -> str:
+    """A message on one line (a table cell); the full text is in --json."""
+    return " ".join(text.split())
+
+
+@sms_app.command("retry")
+@fails_cleanly
+def sms_retry(
+    sms_id: Annotated[int, typer.Argument(help="The id shown by `rentbox sms list`.")],
+    db: DbOption = SETTINGS["db"].default,
+) -> None:
+    """Put an SMS whose push Onlinesim refused for good back into the outbox."""
+    sms.retry_sms(open_database(db), _now(), sms_id)
+    say(f"SMS {sms_id} is queued again; a running `rentbox serve` pushes it within seconds.")
+
+
+# ---------------------------------------------------------------------------------------
+# ops
+# ---------------------------------------------------------------------------------------
+
+
+@ops_app.command("list")
+@fails_cleanly
+def ops_list(
+    open_only: Annotated[bool, typer.Option("--open", help="Only operations not finished yet.")
+                         ] = False,
+    number: Annotated[Optional[str], typer.Option(help="Only operations on this number.")
+                      ] = None,
+    since: Annotated[Optional[str], typer.Option(
+        help="Only operations created at or after this date or ISO time (UTC).")] = None,
+    outcome: Annotated[Optional[str], typer.Option(
+        help=f"Only this outcome: {', '.join(operations.OUTCOMES)}.")] = None,
+    limit: LimitOption = 100,
+    json_output: JsonOption = False,
+    db: DbOption = SETTINGS["db"].default,
+) -> None:
+    """Show rent operations, newest first."""
+    rows = operations.list_operations(open_database(db), open_only=open_only, number=number,
+                                      since=_since(since), outcome=outcome, limit=limit)
+    if json_output:
+        _print_json(rows)
+        return
+    if not rows:
+        say("No operations.")
+        return
+    _table(None, ["id", "number", "created (UTC)", "outcome", "failure", "SMS", "sum"],
+           [[str(r["id"]), "+" + r["number"], _when(r["created_at"]), r["outcome"],
+             r["failure"] or "", str(r["sms_count"]),
+             _rub(r["final_sum_kopecks"] if r["final_sum_kopecks"] is not None
+                  else r["initial_sum_kopecks"])] for r in rows])
+
+
+@ops_app.command("show")
+@fails_cleanly
+def ops_show(
+    operation_id: Annotated[int, typer.Argument(help="The operation's id (activationId).")],
+    json_output: JsonOption = False,
+    db: DbOption = SETTINGS["db"].default,
+) -> None:
+    """Show one operation with its events and SMS."""
+    op = operations.show_operation(open_database(db), operation_id)
+    if json_output:
+        _print_json(op)
+        return
+    say(f"Operation {op['id']} on +{op['number']} ({op['country']}): {op['state']}, "
+        f"outcome {op['outcome']}" + (f", failed: {op['failure']}" if op["failure"] else ""))
+    say(f"Created {_when(op['created_at'])}, first SMS {_when(op['first_sms_at']) or '-'}, "
+        f"finished {_when(op['finished_at']) or '-'}; initial sum "
+        f"{_rub(op['initial_sum_kopecks'])} RUB, final sum {_rub(op['final_sum_kopecks']) or '-'}")
+    _table("Events", ["at (UTC)", "event", "detail"],
+           [[_when(e["at"]), e["kind"], json.dumps(e["detail"], ensure_ascii=False)
+             if e["detail"] else ""] for e in op["events"]], flexible=("detail",))
+    if op["sms"]:
+        _table("SMS", ["id", "received (UTC)", "state", "tries", "from", "text"],
+               [[str(m["id"]), _when(m["received_at"]), m["push_state"], str(m["attempts"]),
+                 m["sender"], _flat(m["text"])] for m in op["sms"]], flexible=("from", "text"))
+
+
+# ---------------------------------------------------------------------------------------
+# bans
+# ---------------------------------------------------------------------------------------
+
+
+@bans_app.command("list")
+@fails_cleanly
+def bans_list(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].default) -> None:
+    """Show banned numbers, and numbers with failed rentals on their way to a ban."""
+    rows = bans.list_bans(open_database(db))
+    if json_output:
+        _print_json(rows)
+        return
+    if not rows:
+        say("No bans, and no number has failed rentals.")
+        return
+    _table(None, ["number", "country", "operator", "failures", "banned until (UTC)"],
+           [["+" + r["number"], r["country"], r["operator"] or "", str(r["failures"]),
+             _when(r["banned_until"])] for r in rows])
+
+
+@bans_app.command("lift")
+@fails_cleanly
+def bans_lift(
+    number: Annotated[str, typer.Argument(help="The banned number (international).")],
+    db: DbOption = SETTINGS["db"].default,
+) -> None:
+    """Lift a number's ban now and reset its failure count (recorded as an event)."""
+    digits = pool.normalize_number(number)
+    bans.lift_ban(open_database(db), _now(), digits)
+    say(f"+{digits} is no longer banned and is offered again.")
 
 
 def main() -> None:

@@ -93,3 +93,90 @@ def test_every_command_and_option_has_help(path, command):
             assert (param.help or "").strip(), f"{' '.join(path)} {param.name} has no help"
     result = run(*path, "--help")
     assert result.exit_code == 0
+
+
+# ---- sms, ops, bans, housekeep ------------------------------------------------------------
+
+def rent(db_path, n=1):
+    from rentbox import operations
+    from rentbox.config import Rules
+    from rentbox.db import open_database
+    from rentbox.clock import SystemClock
+    from rentbox.protocol import RentRequest
+
+    db = open_database(db_path)  # at the real time: the CLI reads the system clock
+    now = SystemClock().now()
+    return [operations.open_rent(db, now, RentRequest(40000), Rules()) for _ in range(n)]
+
+
+def test_sms_add_list_and_retry(db_path):
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    [rental] = rent(db_path)
+    added = run("sms", "add", "--to", "+" + rental.number, "--from", "Bank", "--text",
+                "Код 1", "--id", "x1", "--db", db_path)
+    assert (added.exit_code, added.stderr) == (0, "")
+    assert added.stdout == "SMS 1 stored: queued for Onlinesim.\n"
+    again = run("sms", "add", "--to", "+" + rental.number, "--from", "Bank", "--text", "Код 1",
+                "--id", "x1", "--db", db_path)
+    assert again.stdout == "SMS 1 stored (already stored before): queued for Onlinesim.\n"
+    free = run("sms", "add", "--to", "+79123456789", "--from", "x", "--text", "y",
+               "--db", db_path)
+    assert free.stdout == ("SMS 2 stored: kept, not pushed: the number is in no open "
+                           "rental.\n")
+    listed = json.loads(run("sms", "list", "--json", "--pending", "--db", db_path).stdout)
+    assert [(r["id"], r["text"], r["push_state"]) for r in listed] == [(1, "Код 1", "pending")]
+    table = run("sms", "list", "--db", db_path).stdout
+    assert "Код 1" in table and "unrouted" in table
+    refused = run("sms", "retry", "1", "--db", db_path)
+    assert (refused.exit_code, refused.stdout) == (1, "")
+    assert refused.stderr == "Error: SMS 1 is pending; only a failed SMS is retried\n"
+    both = run("sms", "list", "--pending", "--failed", "--db", db_path)
+    assert both.stderr == "Error: --pending and --failed exclude each other\n"
+    bad = run("sms", "add", "--to", "12", "--from", "x", "--text", "y", "--db", db_path)
+    assert bad.exit_code == 1 and bad.stderr.startswith("Error: '12' is not a valid")
+
+
+def test_ops_list_and_show(db_path):
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    rentals = rent(db_path, 2)
+    listed = run("ops", "list", "--db", db_path)
+    assert listed.exit_code == 0
+    assert "+" + rentals[0].number in listed.stdout and "400.00" in listed.stdout
+    rows = json.loads(run("ops", "list", "--json", "--open", "--db", db_path).stdout)
+    assert [r["id"] for r in rows] == [2, 1]
+    shown = run("ops", "show", "1", "--db", db_path)
+    assert shown.stdout.startswith(f"Operation 1 on +{rentals[0].number} (")
+    assert "rent_opened" in shown.stdout
+    detail = json.loads(run("ops", "show", "1", "--json", "--db", db_path).stdout)
+    assert detail["events"][0]["kind"] == "rent_opened"
+    missing = run("ops", "show", "9", "--db", db_path)
+    assert (missing.exit_code, missing.stderr) == (1, "Error: no operation 9\n")
+    since = run("ops", "list", "--since", "tomorrow", "--db", db_path)
+    assert since.stderr.startswith("Error: --since 'tomorrow' is not a date")
+    assert run("ops", "list", "--since", "2030-01-01", "--db", db_path).stdout == \
+        "No operations.\n"
+
+
+def test_bans_list_lift_and_housekeep(db_path):
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    assert run("bans", "list", "--db", db_path).stdout == \
+        "No bans, and no number has failed rentals.\n"
+    rent(db_path)
+    # Guard window of 0 s and one failure to ban: a pass fails and bans the number.
+    kept = run("housekeep", "--guard-s", "0", "--ban-after", "1", "--db", db_path)
+    assert kept.stdout == "Housekeeping: 1 change(s).\n"
+    rows = json.loads(run("bans", "list", "--json", "--db", db_path).stdout)
+    assert [(r["number"], r["failures"]) for r in rows] == [("4915123456789", 1)]
+    assert rows[0]["banned_until"] is not None
+    lifted = run("bans", "lift", "+49 151 2345 6789", "--db", db_path)
+    assert lifted.stdout == "+4915123456789 is no longer banned and is offered again.\n"
+    again = run("bans", "lift", "+49 151 2345 6789", "--db", db_path)
+    assert again.stderr == "Error: +4915123456789 is not banned\n"
+
+
+def test_serve_refuses_a_bad_push_url(db_path):
+    result = run("serve", "--db", db_path, "--push-url", "onlinesim.io/push",
+                 env={"RENTBOX_API_KEY": "k"})
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == ("Error: --push-url must be an http:// or https:// URL, not "
+                             "'onlinesim.io/push'\n")

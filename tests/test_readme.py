@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from rentbox.config import API_KEY_ENV, SETTINGS
+from rentbox.config import SECRETS, SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -18,4 +18,5 @@ def test_readme_documents_every_setting():
     for setting in SETTINGS.values():
         assert f"`{setting.env}`" in text, f"README lacks {setting.env}"
         assert f"`{setting.option}`" in text, f"README lacks {setting.option}"
-    assert f"`{API_KEY_ENV}`" in text
+    for secret in SECRETS:
+        assert f"`{secret}`" in text, f"README lacks {secret}"
