@@ -9,12 +9,15 @@ and lift is an event row with its reason. Call these inside a write transaction.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 from rentbox import events
 from rentbox.clock import to_text
 from rentbox.config import Rules
 from rentbox.db import Database
 from rentbox.errors import Conflict, NotFound
+
+log = logging.getLogger("rentbox.rules")
 
 
 def record_failure(db: Database, now: dt.datetime, rules: Rules, *, number_id: int,
@@ -32,6 +35,8 @@ def record_failure(db: Database, now: dt.datetime, rules: Rules, *, number_id: i
         events.record(db, now, "number_banned", number_id=number_id,
                       operation_id=operation_id, failures=failures, until=to_text(until),
                       reason=f"{failures} consecutive failed rentals, the last: {reason}")
+        log.info("number %d banned until %s after %d consecutive failed rentals",
+                 number_id, to_text(until), failures)
 
 
 def record_success(db: Database, now: dt.datetime, *, number_id: int, operation_id: int) -> None:
@@ -55,21 +60,28 @@ def lift_due_bans(db: Database, now: dt.datetime) -> int:
     ).fetchall()
     for (number_id,) in lifted:
         events.record(db, now, "ban_lifted", number_id=number_id, reason="the ban period ended")
+        log.info("number %d: ban ended, offered again", number_id)
     return len(lifted)
 
 
 def lift_ban(db: Database, now: dt.datetime, number: str) -> None:
-    """Lift one number's ban by hand (`rentbox bans lift`)."""
+    """End a number's ban and reset its failure count, by hand (`rentbox bans lift`).
+    A number with failures but no ban just has its count reset."""
     with db.transaction():
-        row = db.row("SELECT id, banned_until FROM numbers WHERE number = ?", (number,))
+        row = db.row("SELECT id, banned_until, failures FROM numbers WHERE number = ?",
+                     (number,))
         if row is None:
             raise NotFound(f"+{number} is not in the pool")
-        if row["banned_until"] is None:
-            raise Conflict(f"+{number} is not banned")
+        if row["banned_until"] is None and not row["failures"]:
+            raise Conflict(f"+{number} is not banned and has no failed rentals")
         db.execute("UPDATE numbers SET banned_until = NULL, failures = 0, idle_since = ?"
                    " WHERE id = ?", (to_text(now), row["id"]))
-        events.record(db, now, "ban_lifted", number_id=row["id"], reason="lifted by hand",
-                      was_until=row["banned_until"])
+        if row["banned_until"] is not None:
+            events.record(db, now, "ban_lifted", number_id=row["id"], reason="lifted by hand",
+                          was_until=row["banned_until"])
+        else:
+            events.record(db, now, "failures_reset", number_id=row["id"],
+                          reason="reset by hand", failures=row["failures"])
 
 
 def list_bans(db: Database) -> list[dict]:

@@ -13,9 +13,10 @@ from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from rentbox import __version__, bans, housekeeping, operations, pool, sms
+from rentbox import __version__, bans, db as database, housekeeping, operations, pool, reports, sms
 from rentbox.clock import SystemClock
 from rentbox.config import (API_KEY_ENV, GATEWAY_TOKEN_ENV, SETTINGS, SMSGATE_KEY_ENV, Rules,
                             Settings)
@@ -113,13 +114,14 @@ def _now() -> dt.datetime:
     return SystemClock().now()
 
 
-def _since(text: str | None) -> dt.datetime | None:
+def _since(text: str | None, option: str = "--since") -> dt.datetime | None:
+    """A date or ISO time given on the command line; without a zone it is UTC."""
     if text is None:
         return None
     try:
         moment = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise InvalidInput(f"--since {text!r} is not a date (YYYY-MM-DD) or ISO time") from None
+        raise InvalidInput(f"{option} {text!r} is not a date (YYYY-MM-DD) or ISO time") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
 
 
@@ -208,8 +210,8 @@ def housekeep(
 ) -> None:
     """Run one housekeeping pass now: expire guard windows, lift ended bans.
 
-    `rentbox serve` does this by itself every few seconds; this is for the rare case
-    when the server is not running.
+    `rentbox serve` does this by itself every few seconds; run it by hand only when
+    the server is stopped and you want the books brought up to date.
     """
     changed = housekeeping.run_once(open_database(db), _now(), Rules(guard_s, ban_after, ban_s))
     say(f"Housekeeping: {changed} change(s).")
@@ -238,20 +240,39 @@ def numbers_import(
     Numbers are international (country code first; '+', spaces and dashes are fine).
     If any row is bad, nothing is imported unless --skip-invalid is given.
     """
-    database = open_database(db)
-    result = pool.import_file(database, _now(), file, country=country,
-                              operator=operator, skip_invalid=skip_invalid)
+    # A progress bar for people; none when stderr is not a terminal (scripts, cron).
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=err, transient=True,
+                  disable=not err.is_terminal) as progress:
+        tasks: dict[str, object] = {}
+
+        def on_progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(f"{phase.capitalize()} rows", total=total)
+            progress.update(tasks[phase], completed=done, total=total)
+
+        result = pool.import_file(open_database(db), _now(), file, country=country,
+                                  operator=operator, skip_invalid=skip_invalid,
+                                  on_progress=on_progress)
     for problem in result.rejected:
         err.print(f"Skipped {problem}", markup=False, soft_wrap=True)
+    if result.rejected_count > len(result.rejected):
+        err.print(f"… and {result.rejected_count - len(result.rejected)} more rows skipped",
+                  markup=False, soft_wrap=True)
     say(f"{file}: {result.added} added, {result.updated} updated, "
-        f"{result.unchanged} unchanged, {len(result.rejected)} rejected.")
+        f"{result.unchanged} unchanged, {result.rejected_count} rejected.")
 
 
 @numbers_app.command("list")
 @fails_cleanly
-def numbers_list(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].default) -> None:
+def numbers_list(
+    include_removed: Annotated[bool, typer.Option("--all", help="Include removed numbers.")
+                               ] = False,
+    json_output: JsonOption = False,
+    db: DbOption = SETTINGS["db"].default,
+) -> None:
     """Show the pool: every number with its country, operator, port and state."""
-    rows = pool.list_numbers(open_database(db))
+    rows = pool.list_numbers(open_database(db), include_removed=include_removed)
     if json_output:
         _print_json(rows)
         return
@@ -262,6 +283,69 @@ def numbers_list(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].
            [["+" + r["number"], r["country"], r["operator"] or "", r["port"] or "", r["state"]]
             for r in rows], flexible=("port",))
     say(f"{len(rows)} number(s)")
+
+
+NumberArgument = Annotated[str, typer.Argument(help="The number (international, e.g. "
+                                                   "+4915123456789).")]
+
+
+@numbers_app.command("show")
+@fails_cleanly
+def numbers_show(number: NumberArgument, json_output: JsonOption = False,
+                 db: DbOption = SETTINGS["db"].default) -> None:
+    """Show one number: its state, rentals, SMS, failures and ban history."""
+    history = reports.number_history(open_database(db), number)
+    if json_output:
+        _print_json(history)
+        return
+    h = history
+    ban = f", banned until {_when(h['banned_until'])} UTC" if h["banned_until"] else ""
+    say(f"+{h['number']} ({h['country']}, {h['operator'] or 'no operator'}"
+        f"{', port ' + h['port'] if h['port'] else ''}): {h['state']}; "
+        f"{h['failures']} failed rental(s) in a row{ban}")
+    if h["rentals"]:
+        _table("Rentals", ["id", "created (UTC)", "outcome", "failure", "SMS", "sum"],
+               [[str(r["id"]), _when(r["created_at"]), r["outcome"], r["failure"] or "",
+                 str(r["sms_count"]), _rub(r["final_sum_kopecks"] if r["final_sum_kopecks"]
+                                           is not None else r["initial_sum_kopecks"])]
+                for r in h["rentals"]])
+    else:
+        say("No rentals yet.")
+    if h["sms"]:
+        _table("SMS", ["id", "received (UTC)", "state", "from", "text"],
+               [[str(m["id"]), _when(m["received_at"]), m["push_state"], m["sender"],
+                 _flat(m["text"])] for m in h["sms"]], flexible=("from", "text"))
+    _table("Events", ["at (UTC)", "event", "detail"],
+           [[_when(e["at"]), e["kind"], json.dumps(e["detail"], ensure_ascii=False)
+             if e["detail"] else ""] for e in h["events"]], flexible=("detail",))
+
+
+@numbers_app.command("disable")
+@fails_cleanly
+def numbers_disable(number: NumberArgument, db: DbOption = SETTINGS["db"].default) -> None:
+    """Stop offering a number (an open rental on it is left alone)."""
+    digits = pool.normalize_number(number)
+    changed = pool.set_enabled(open_database(db), _now(), digits, False)
+    say(f"+{digits} is disabled." if changed else f"+{digits} was already disabled.")
+
+
+@numbers_app.command("enable")
+@fails_cleanly
+def numbers_enable(number: NumberArgument, db: DbOption = SETTINGS["db"].default) -> None:
+    """Offer a disabled number again."""
+    digits = pool.normalize_number(number)
+    changed = pool.set_enabled(open_database(db), _now(), digits, True)
+    say(f"+{digits} is enabled." if changed else f"+{digits} was already enabled.")
+
+
+@numbers_app.command("remove")
+@fails_cleanly
+def numbers_remove(number: NumberArgument, db: DbOption = SETTINGS["db"].default) -> None:
+    """Take a number out of the pool. Refused while it is in an open rental; its history
+    stays readable (`numbers show`), and importing it again brings it back."""
+    digits = pool.normalize_number(number)
+    pool.remove_number(open_database(db), _now(), digits)
+    say(f"+{digits} is removed from the pool.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -362,7 +446,8 @@ def ops_list(
     since: Annotated[Optional[str], typer.Option(
         help="Only operations created at or after this date or ISO time (UTC).")] = None,
     outcome: Annotated[Optional[str], typer.Option(
-        help=f"Only this outcome: {', '.join(operations.OUTCOMES)}.")] = None,
+        help=f"Only this outcome: {', '.join(operations.OUTCOMES)} ('failed': no SMS in "
+             "the guard window, whatever FINISH said).")] = None,
     limit: LimitOption = 100,
     json_output: JsonOption = False,
     db: DbOption = SETTINGS["db"].default,
@@ -427,7 +512,7 @@ def bans_list(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].def
         return
     _table(None, ["number", "country", "operator", "failures", "banned until (UTC)"],
            [["+" + r["number"], r["country"], r["operator"] or "", str(r["failures"]),
-             _when(r["banned_until"])] for r in rows])
+             (r["banned_until"] or "")[:19].replace("T", " ")] for r in rows])
 
 
 @bans_app.command("lift")
@@ -436,10 +521,123 @@ def bans_lift(
     number: Annotated[str, typer.Argument(help="The banned number (international).")],
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
-    """Lift a number's ban now and reset its failure count (recorded as an event)."""
+    """End a number's ban now and reset its failure count (recorded as an event).
+
+    On a number with failed rentals but no ban, only the count is reset.
+    """
     digits = pool.normalize_number(number)
     bans.lift_ban(open_database(db), _now(), digits)
     say(f"+{digits} is no longer banned and is offered again.")
+
+
+# ---------------------------------------------------------------------------------------
+# status, report, backup
+# ---------------------------------------------------------------------------------------
+
+
+@app.command()
+@fails_cleanly
+def status(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].default) -> None:
+    """Show at a glance whether rentbox is healthy: pool, rentals, outbox, warnings.
+
+    Exit code 0 either way; with --json, monitoring can read `warnings`.
+    """
+    facts = reports.status(open_database(db), _now())
+    if json_output:
+        _print_json(facts)
+        return
+    p, o, box = facts["pool"], facts["operations"], facts["outbox"]
+    server = facts["server"]
+    if server is None:
+        say("Server:     never started on this database")
+    else:
+        running = "running" if server["running"] else "not running"
+        say(f"Server:     {running}, rentbox {server['version']} at {server['url']}, "
+            f"started {_when(server['started_at'])} UTC")
+    call = facts["last_onlinesim_call"]
+    say(f"Onlinesim:  last call {_when(call['at']) + ' UTC (' + call['action'] + ')' if call else 'never'}")
+    say(f"Pool:       {p['total']} numbers: {p['free']} free, {p['rented']} rented, "
+        f"{p['banned']} banned, {p['disabled']} disabled")
+    say(f"Rentals:    {o['open']} open ({o['with_sms']} with SMS, "
+        f"{o['failed_awaiting_finish']} failed and awaiting FINISH)")
+    say(f"Outbox:     {box['pending']} SMS waiting ({box['retrying']} retrying), "
+        f"{box['failed']} refused for good")
+    if facts["warnings"]:
+        for warning in facts["warnings"]:
+            out.print(f"[bold yellow]Warning:[/] {_escape(warning)}", soft_wrap=True)
+    else:
+        out.print("[green]No warnings.[/]")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+@app.command()
+@fails_cleanly
+def report(
+    by: Annotated[str, typer.Option(help=f"Group by {', '.join(reports.GROUPINGS)}.")] = "day",
+    since: Annotated[Optional[str], typer.Option(
+        help="From this date or ISO time (UTC), inclusive.")] = None,
+    until: Annotated[Optional[str], typer.Option(
+        help="Up to this date or ISO time (UTC), exclusive.")] = None,
+    json_output: JsonOption = False,
+    csv_output: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")
+                          ] = False,
+    db: DbOption = SETTINGS["db"].default,
+) -> None:
+    """Income and rentals: credited (FINISH status 3) and pending (open rentals with SMS).
+
+    A closed rental counts on the day it closed, an open one on the day it started.
+    Success rate: rentals that received an SMS in their guard window, of those decided.
+    """
+    rows, totals = reports.income_report(open_database(db), by=by, since=_since(since, "--since"),
+                                         until=_since(until, "--until"))
+    if json_output:
+        _print_json({"by": by, "rows": [r.as_dict() for r in rows], "totals": totals.as_dict()})
+        return
+    columns = ["operations", "sold", "cancelled", "refunded", "wrong_service", "open", "failed",
+               "success_rate", "credited_rub", "pending_rub"]
+
+    def cells(row: reports.ReportRow) -> list[str]:
+        rate = row.success_rate
+        return [str(row.operations), str(row.sold), str(row.cancelled), str(row.refunded),
+                str(row.wrong_service), str(row.open), str(row.failed),
+                "" if rate is None else f"{rate:.0%}",
+                f"{row.credited_kopecks / 100:.2f}", f"{row.pending_kopecks / 100:.2f}"]
+
+    if csv_output:
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow([by] + columns)
+        for row in rows:
+            writer.writerow([row.key] + cells(row))
+        return
+    if not rows:
+        say("No operations in this period.")
+        return
+    headers = [by, "ops", "sold", "canc.", "refund", "wrong", "open", "failed", "success",
+               "credited RUB", "pending RUB"]
+    _table(None, headers, [[("+" if by == "number" else "") + r.key] + cells(r)
+                           for r in rows + [totals]])
+
+
+@app.command()
+@fails_cleanly
+def backup(
+    path: Annotated[Path, typer.Argument(help="The file to write; it must not exist yet.")],
+    db: DbOption = SETTINGS["db"].default,
+) -> None:
+    """Copy the database to PATH, consistently, even while the server runs.
+
+    To restore: stop the server, replace the database file with the copy (and delete
+    any -wal and -shm files beside it), start the server.
+    """
+    size = database.backup(open_database(db), path)
+    say(f"Backed up {db} to {path} ({size / 1024:,.0f} KiB).")
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from typing import Iterator
 import sqlite_utils
 from sqlite_utils import Migrations
 
-from rentbox.errors import DatabaseError
+from rentbox.errors import Conflict, DatabaseError
 
 # How long a writer in *another process* (a CLI import beside the server) waits for the
 # write lock before giving up. Writers inside one process queue on `Database.write_lock`
@@ -73,6 +73,33 @@ class Database(sqlite_utils.Database):
     def row(self, sql: str, params: tuple | list | dict = ()) -> dict | None:
         found = self.rows(sql, params)
         return found[0] if found else None
+
+
+def backup(db: Database, target: Path) -> int:
+    """Copy the database to `target` with SQLite's online backup: a consistent snapshot,
+    safe while the server writes. Written to a temporary name and renamed at the end, so
+    a backup that is there is complete. Returns its size in bytes."""
+    target = Path(target)
+    if target.exists():
+        raise Conflict(f"{target} already exists; choose a new name (a backup never "
+                       "overwrites a file)")
+    if not target.parent.is_dir():
+        raise Conflict(f"cannot write {target}: the folder {target.parent} does not exist")
+    partial = target.with_name(target.name + ".partial")
+    try:
+        copy = sqlite3.connect(str(partial))
+        try:
+            db.conn.backup(copy)  # all pages in one step: one consistent read snapshot
+            if copy.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise DatabaseError(f"the copy in {partial} failed SQLite's check")
+            copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+        finally:
+            copy.close()
+        partial.replace(target)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise Conflict(f"cannot write {target}: {error.strerror}") from None
+    return target.stat().st_size
 
 
 class Connections:
@@ -276,6 +303,23 @@ def m002_sms_outbox_and_rent_rules(db: Database) -> None:
     CREATE INDEX sms_by_number ON sms(number, id);
     -- Failed pushes (sms list --failed, status).
     CREATE INDEX sms_failed ON sms(id) WHERE push_state = 'failed'
+    """)
+
+
+@migrations()
+def m003_removed_numbers_and_meta(db: Database) -> None:
+    _run(db, """
+    -- A removed number leaves the pool but keeps its history (and its id, should it be
+    -- imported again). Removal also clears `enabled`, so pool.FREE needs no change.
+    ALTER TABLE numbers ADD COLUMN removed_at TEXT;
+
+    -- Small facts about the running server that the CLI reports: when it started and how
+    -- it is set up (never a secret), and when Onlinesim last called.
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,                  -- JSON
+        updated_at TEXT NOT NULL
+    )
     """)
 
 

@@ -35,7 +35,7 @@ from rentbox.errors import InvalidInput, NotFound
 from rentbox.pool import FREE
 from rentbox.protocol import FINISH_OUTCOMES, FinishRequest, NoOperation, RentRequest
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("rentbox.rules")
 
 CANCELLED = 4
 
@@ -101,6 +101,7 @@ def _fail(db: Database, now: dt.datetime, rules: Rules, operation: dict, failure
                (stamp, operation["id"]))
     events.record(db, now, failure, operation_id=operation["id"],
                   number_id=operation["number_id"])
+    log.info("operation %d failed (%s): its number is offered again", operation["id"], failure)
     bans.record_failure(db, now, rules, number_id=operation["number_id"],
                         operation_id=operation["id"], reason=failure)
 
@@ -232,6 +233,8 @@ def finish_rent(db: Database, now: dt.datetime, request: FinishRequest, rules: R
 # Reading operations
 # ---------------------------------------------------------------------------------------
 
+# `failed` selects rentals that failed their guard window (or were cancelled in it without
+# an SMS), whatever FINISH said later; the others are FINISH's outcome, or still open.
 OUTCOMES = ("open", "failed", *FINISH_OUTCOMES.values())
 
 _OUTCOME_SQL = """CASE operations.finish_status

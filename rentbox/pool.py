@@ -5,17 +5,16 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
-import io
 import re
 from pathlib import Path
-from typing import Callable, Iterable, TextIO
+from typing import Callable, Iterable, Iterator, TextIO
 
 import phonenumbers
 
 from rentbox import events
 from rentbox.clock import to_text
 from rentbox.db import Database
-from rentbox.errors import InvalidInput
+from rentbox.errors import Conflict, InvalidInput, NotFound
 
 # The one definition of "can be rented now" (a column alias-free SQL predicate on
 # `numbers`). GET_NUMBER's claim and GET_SERVICES's counts both use it, so the pool
@@ -104,29 +103,35 @@ class ImportResult:
     added: int = 0
     updated: int = 0
     unchanged: int = 0
-    rejected: list[RowError] = dataclasses.field(default_factory=list)
+    rejected: list[RowError] = dataclasses.field(default_factory=list)  # the first ones
+    rejected_count: int = 0
 
 
 class ImportRejected(InvalidInput):
     """The file has bad rows and --skip-invalid was not given: nothing was imported."""
 
-    def __init__(self, errors: list[RowError]):
+    def __init__(self, errors: list[RowError], count: int):
         self.errors = errors
         shown = "\n".join(f"  {e}" for e in errors[:20])
-        more = f"\n  … and {len(errors) - 20} more" if len(errors) > 20 else ""
+        more = f"\n  … and {count - 20} more" if count > 20 else ""
         super().__init__(
-            f"{len(errors)} invalid row(s), nothing imported "
+            f"{count} invalid row(s), nothing imported "
             f"(fix them, or pass --skip-invalid to import the valid rows):\n{shown}{more}"
         )
 
 
-def parse_csv(
+# Errors kept for the report; a file of garbage still gets an exact count.
+MAX_REPORTED_ERRORS = 1000
+
+
+def check_rows(
     stream: TextIO, *, country: str | None = None, operator: str | None = None
-) -> tuple[list[PoolEntry], list[RowError]]:
-    """Read a pool CSV (header row; columns number, country, operator, port).
+) -> Iterator[PoolEntry | RowError]:
+    """Read a pool CSV (header row; columns number, country, operator, port), one row at a
+    time: a PoolEntry for each valid row, a RowError (with its line number) for each bad one.
 
     `country` and `operator` fill the column where the file lacks it or a cell is empty.
-    Returns the valid rows and the errors, each with its line number in the file.
+    Numbers repeated within the file are found by the caller.
     """
     default_country = normalize_name(country, "country")
     default_operator = normalize_name(operator, "operator")
@@ -140,13 +145,10 @@ def parse_csv(
             f"(columns understood: {', '.join(COLUMNS)})"
         )
     reader.fieldnames = header
-    entries: list[PoolEntry] = []
-    errors: list[RowError] = []
-    first_line: dict[str, int] = {}
     for record in reader:
         line = reader.line_num
         raw = (record.get("number") or "").strip()
-        if not any((v or "").strip() for k, v in record.items() if isinstance(v, str)):
+        if not any((v or "").strip() for v in record.values() if isinstance(v, str)):
             continue  # blank line
         try:
             number = normalize_number(raw)
@@ -156,15 +158,11 @@ def parse_csv(
             row_operator = normalize_name(record.get("operator"), "operator") or default_operator
             if row_operator == "any":
                 raise InvalidInput("operator 'any' is reserved: leave the cell empty instead")
-            if number in first_line:
-                raise InvalidInput(f"{number} is already on line {first_line[number]}")
         except InvalidInput as error:
-            errors.append(RowError(line, raw, str(error)))
+            yield RowError(line, raw, str(error))
             continue
-        first_line[number] = line
         port = (record.get("port") or "").strip() or None
-        entries.append(PoolEntry(number, row_country, row_operator, port, line))
-    return entries, errors
+        yield PoolEntry(number, row_country, row_operator, port, line)
 
 
 def import_entries(
@@ -177,7 +175,8 @@ def import_entries(
     """Add new numbers and update known ones, in batches of IMPORT_BATCH_ROWS.
 
     A known number keeps its id, so its rentals and events stay attached to it; only
-    country, operator and port are updated, each change recorded as an event.
+    country, operator and port are updated, each change recorded as an event. A removed
+    number that is imported again is back in the pool.
     """
     result = ImportResult()
     batch: list[PoolEntry] = []
@@ -202,7 +201,7 @@ def _import_batch(db: Database, now: dt.datetime, batch: list[PoolEntry], result
         known = {
             row["number"]: row
             for row in db.rows(
-                f"SELECT id, number, country, operator, port FROM numbers "
+                f"SELECT id, number, country, operator, port, removed_at FROM numbers "
                 f"WHERE number IN ({placeholders})",
                 [e.number for e in batch],
             )
@@ -224,6 +223,14 @@ def _import_batch(db: Database, now: dt.datetime, batch: list[PoolEntry], result
                 for field in ("country", "operator", "port")
                 if old[field] != getattr(entry, field)
             }
+            if old["removed_at"] is not None:
+                db.execute(
+                    "UPDATE numbers SET country = ?, operator = ?, port = ?, updated_at = ?,"
+                    " removed_at = NULL, enabled = 1, idle_since = ? WHERE id = ?",
+                    (entry.country, entry.operator, entry.port, stamp, stamp, old["id"]))
+                events.record(db, now, "number_restored", number_id=old["id"], **changes)
+                result.added += 1
+                continue
             if not changes:
                 result.unchanged += 1
                 continue
@@ -244,29 +251,117 @@ def import_file(
     country: str | None = None,
     operator: str | None = None,
     skip_invalid: bool = False,
-    on_batch: Callable[[int], None] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> ImportResult:
-    """Import a pool CSV: all of it, or (with bad rows) nothing unless `skip_invalid`."""
+    """Import a pool CSV: all of it, or (with bad rows) nothing unless `skip_invalid`.
+
+    Two phases, so that a file of any size needs little memory and a running server
+    keeps answering: every row is checked and staged in a TEMP table of this connection
+    (which takes no lock on the database), then merged in batches of IMPORT_BATCH_ROWS,
+    each its own short write transaction. `on_progress(phase, done, total)` reports rows.
+    """
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with open(path, "rb") as raw:
+            total = sum(chunk.count(b"\n") for chunk in iter(lambda: raw.read(1 << 20), b""))
+        stream = open(path, encoding="utf-8-sig", newline="")
     except FileNotFoundError:
         raise InvalidInput(f"{path}: no such file") from None
     except IsADirectoryError:
         raise InvalidInput(f"{path} is a folder, not a CSV file") from None
-    except UnicodeDecodeError:
-        raise InvalidInput(f"{path} is not UTF-8 text") from None
     except OSError as error:
         raise InvalidInput(f"cannot read {path}: {error.strerror}") from None
+    errors: list[RowError] = []
+    error_count = 0
+    staging = _Staging(db)
     try:
-        entries, errors = parse_csv(io.StringIO(text, newline=""), country=country,
-                                    operator=operator)
-    except csv.Error as error:
-        raise InvalidInput(f"{path} is not a readable CSV file: {error}") from None
-    if errors and not skip_invalid:
-        raise ImportRejected(errors)
-    result = import_entries(db, now, entries, on_batch=on_batch)
+        with stream:
+            try:
+                for done, item in enumerate(check_rows(stream, country=country,
+                                                       operator=operator), start=1):
+                    if isinstance(item, PoolEntry):
+                        first_line = staging.add(item)
+                        if first_line is not None:
+                            item = RowError(item.line, item.number,
+                                            f"{item.number} is already on line {first_line}")
+                    if isinstance(item, RowError):
+                        error_count += 1
+                        if len(errors) < MAX_REPORTED_ERRORS:
+                            errors.append(item)
+                    if on_progress and done % 1000 == 0:
+                        on_progress("checking", done, total)
+            except UnicodeDecodeError:
+                raise InvalidInput(f"{path} is not UTF-8 text") from None
+            except csv.Error as error:
+                raise InvalidInput(f"{path} is not a readable CSV file: {error}") from None
+        staging.finish()
+        if error_count and not skip_invalid:
+            raise ImportRejected(errors, error_count)
+        merged = 0
+
+        def merged_batch(size: int) -> None:
+            nonlocal merged
+            merged += size
+            if on_progress:
+                on_progress("importing", merged, staging.count)
+
+        result = import_entries(db, now, staging.entries(), on_batch=merged_batch)
+    finally:
+        staging.drop()
     result.rejected = errors
+    result.rejected_count = error_count
     return result
+
+
+class _Staging:
+    """The checked rows of one import, in a TEMP table of this connection.
+
+    TEMP tables live in the connection's own temporary database: writing them takes no
+    lock on rentbox.db, so staging a million rows never holds up the server.
+    """
+
+    def __init__(self, db: Database):
+        self.db = db
+        self.count = 0
+        self.db.conn.execute("DROP TABLE IF EXISTS temp.import_staging")
+        self.db.conn.execute(
+            "CREATE TEMP TABLE import_staging (number TEXT PRIMARY KEY, country TEXT,"
+            " operator TEXT, port TEXT, line INTEGER)")
+        self.db.conn.execute("BEGIN")  # touches only temp: no lock on the database file
+
+    def add(self, entry: PoolEntry) -> int | None:
+        """Stage a row; for a number already staged, return the line it was first on."""
+        added = self.db.conn.execute(
+            "INSERT OR IGNORE INTO temp.import_staging VALUES (?, ?, ?, ?, ?)",
+            (entry.number, entry.country, entry.operator, entry.port, entry.line)).rowcount
+        if added:
+            self.count += 1
+            return None
+        return self.db.conn.execute("SELECT line FROM temp.import_staging WHERE number = ?",
+                                    (entry.number,)).fetchone()[0]
+
+    def finish(self) -> None:
+        if self.db.conn.in_transaction:
+            self.db.conn.execute("COMMIT")
+
+    def entries(self) -> Iterator[PoolEntry]:
+        """The staged rows in file order, read in pages (no cursor is left open across the
+        merge's write transactions)."""
+        last_rowid = 0
+        while True:
+            page = self.db.conn.execute(
+                "SELECT rowid, number, country, operator, port, line FROM temp.import_staging"
+                " WHERE rowid > ? ORDER BY rowid LIMIT ?", (last_rowid, IMPORT_BATCH_ROWS)
+            ).fetchall()
+            if not page:
+                return
+            for rowid, number, country, operator, port, line in page:
+                yield PoolEntry(number, country, operator, port, line)
+            last_rowid = page[-1][0]
+
+    def drop(self) -> None:
+        if self.db.conn.in_transaction:
+            self.db.conn.execute("ROLLBACK")
+        self.db.conn.execute("DROP TABLE IF EXISTS temp.import_staging")
 
 
 # ---------------------------------------------------------------------------------------
@@ -274,18 +369,64 @@ def import_file(
 # ---------------------------------------------------------------------------------------
 
 STATE_SQL = """CASE
+    WHEN numbers.removed_at IS NOT NULL THEN 'removed'
     WHEN numbers.operation_id IS NOT NULL THEN 'rented'
     WHEN numbers.enabled = 0 THEN 'disabled'
     WHEN numbers.banned_until IS NOT NULL THEN 'banned'
     ELSE 'free' END"""
 
 
-def list_numbers(db: Database) -> list[dict]:
-    """Every number with its state (free, rented, banned, disabled), by country and number."""
+def list_numbers(db: Database, *, include_removed: bool = False) -> list[dict]:
+    """The pool with each number's state (free, rented, banned, disabled; removed ones
+    only when asked), by country and number."""
+    where = "" if include_removed else "WHERE numbers.removed_at IS NULL"
     return db.rows(
         f"SELECT number, country, operator, port, {STATE_SQL} AS state"
-        " FROM numbers ORDER BY country, number"
+        f" FROM numbers {where} ORDER BY country, number"
     )
+
+
+def find_number(db: Database, number: str) -> dict:
+    """One number's row, by any common notation. Raises NotFound."""
+    digits = normalize_number(number)
+    row = db.row(f"SELECT *, {STATE_SQL} AS state FROM numbers WHERE number = ?", (digits,))
+    if row is None:
+        raise NotFound(f"+{digits} is not in the pool")
+    return row
+
+
+def set_enabled(db: Database, now: dt.datetime, number: str, enabled: bool) -> bool:
+    """Enable or disable a number. A disabled number is neither issued nor counted; an open
+    rental on it is left alone. Returns False if it already was so."""
+    with db.transaction():
+        row = find_number(db, number)
+        if row["removed_at"] is not None:
+            raise Conflict(f"+{row['number']} was removed; import it again to bring it back")
+        changed = db.execute("UPDATE numbers SET enabled = ?, updated_at = ? WHERE id = ?"
+                             " AND enabled = ?", (int(enabled), to_text(now), row["id"],
+                                                   int(not enabled))).rowcount
+        if changed:
+            events.record(db, now, "number_enabled" if enabled else "number_disabled",
+                          number_id=row["id"], reason="by hand")
+    return bool(changed)
+
+
+def remove_number(db: Database, now: dt.datetime, number: str) -> None:
+    """Take a number out of the pool for good; its history stays readable. Refused while
+    an operation on it is open (Onlinesim's FINISH is still to come)."""
+    with db.transaction():
+        row = find_number(db, number)
+        if row["removed_at"] is not None:
+            raise Conflict(f"+{row['number']} is already removed")
+        open_operation = db.row("SELECT id FROM operations WHERE number_id = ? AND"
+                                " state = 'open' LIMIT 1", (row["id"],))
+        if open_operation:
+            raise Conflict(f"+{row['number']} is in open rental {open_operation['id']}; "
+                           "remove it after Onlinesim has finished that rental "
+                           "(`rentbox numbers disable` stops new rentals now)")
+        db.execute("UPDATE numbers SET removed_at = ?, enabled = 0, updated_at = ? WHERE id = ?",
+                   (to_text(now), to_text(now), row["id"]))
+        events.record(db, now, "number_removed", number_id=row["id"], reason="by hand")
 
 
 def count_available(db: Database) -> dict[str, dict[str, int]]:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 
 from waitress import wasyncore
 from waitress.server import create_server
 
-from rentbox import __version__, web
-from rentbox.clock import Clock, SystemClock
+from rentbox import __version__, meta, web
+from rentbox.clock import Clock, SystemClock, to_text
 from rentbox.config import Settings
 from rentbox.db import Connections, open_database
 from rentbox.housekeeping import Housekeeper
@@ -57,6 +58,7 @@ class Server:
                        on_sms=self.pusher.wake if self.pusher else lambda: None)
         self._waitress = make_waitress(app, settings)
         self._loop_thread: threading.Thread | None = None
+        self._facts: dict | None = None
         self._stopped = threading.Event()
         self._done = threading.Event()
 
@@ -73,6 +75,7 @@ class Server:
     def run(self) -> None:
         """Serve until `stop()` is called (from another thread or a signal handler)."""
         self._loop_thread = threading.current_thread()
+        self._record_start()
         self.housekeeper.start()
         if self.pusher:
             self.pusher.start()
@@ -83,6 +86,18 @@ class Server:
         finally:
             self._shut_down()
             self._done.set()
+
+    def _record_start(self) -> None:
+        """What `rentbox status` tells about this server; no secret, only whether one is set."""
+        s = self.settings
+        now = self.clock.now()
+        facts = {"started_at": to_text(now), "version": __version__, "pid": os.getpid(),
+                 "url": self.url, "push_url_set": bool(s.push_url),
+                 "sms_intake": bool(s.gateway_token), "smsgate_intake": bool(s.smsgate_key),
+                 "guard_s": s.rules.guard_s, "ban_after": s.rules.ban_after,
+                 "ban_s": s.rules.ban_s, "push_retry_s": s.push_retry_s}
+        meta.put(self.connections.get(), now, meta.SERVER, facts)
+        self._facts = facts
 
     def start_in_thread(self) -> threading.Thread:
         """Serve from a background thread (tests, benchmarks)."""
@@ -120,6 +135,12 @@ class Server:
         self.housekeeper.stop()
         if self.pusher:
             self.pusher.stop(timeout_s=self.settings.push_timeout_s + 5)
+        if self._facts is not None:
+            try:
+                stopped = {**self._facts, "stopped_at": to_text(self.clock.now())}
+                meta.put(self.connections.get(), self.clock.now(), meta.SERVER, stopped)
+            except Exception:  # a clean stop matters more than this note
+                log.exception("could not record the server's stop")
         self.connections.close_all()
 
 
@@ -134,8 +155,8 @@ def serve(settings: Settings) -> None:
     # waitress warns "Task queue depth is N" whenever requests wait for the worker; with
     # one worker (the measured best, see config.py) that is every burst, not a problem.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    log.info("rentbox %s serving on %s (database %s, %d threads)",
-             __version__, server.url, settings.db, settings.threads)
+    log.info("rentbox %s serving on %s (database %s, %d worker thread%s)", __version__,
+             server.url, settings.db, settings.threads, "" if settings.threads == 1 else "s")
     if not settings.push_url:
         log.warning("RENTBOX_PUSH_URL is not set: SMS are stored and wait in the outbox, "
                     "nothing is pushed to Onlinesim")

@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 
 import bottle
 
-from rentbox import __version__, gateways, operations, protocol, sms
+from rentbox import __version__, gateways, meta, operations, protocol, sms
 from rentbox.clock import Clock
 from rentbox.config import Settings
 from rentbox.db import Connections
@@ -49,6 +49,7 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
     app = bottle.Bottle()
     key = settings.api_key.encode("utf-8")
     rules = settings.rules
+    calls = meta.CallLog()
 
     def get_services(body: dict) -> dict:
         counts = operations.available_counts(connections.get(), clock.now(), rules)
@@ -84,7 +85,9 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
             _check_dispatch(body)
         elif action != path_action:
             raise InvalidInput(f"action must be {path_action} on this path, not {action!r}")
-        return handlers[action](body)
+        answer = handlers[action](body)
+        calls.note(connections.get(), clock.now(), action)
+        return answer
 
     def store_sms(incoming: sms.IncomingSms) -> dict:
         accepted = sms.accept_sms(connections.get(), clock.now(), incoming, rules)

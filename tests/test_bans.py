@@ -65,7 +65,17 @@ def test_lift_by_hand(pooled, clock):
     assert lifted["kind"] == "ban_lifted"
     assert lifted["detail"] == {"reason": "lifted by hand",
                                 "was_until": "2026-11-01T12:10:00.000000Z"}
-    with pytest.raises(Conflict, match="is not banned"):
+    with pytest.raises(Conflict, match="is not banned and has no failed rentals"):
         bans.lift_ban(db, clock.now(), "4915123456789")
     with pytest.raises(NotFound, match="not in the pool"):
         bans.lift_ban(db, clock.now(), "79123456789")
+
+
+def test_lift_by_hand_resets_the_count_of_a_number_that_is_not_banned(pooled, clock):
+    db = pooled
+    fail(db, clock)
+    bans.lift_ban(db, clock.now(), "4915123456789")
+    assert bans.list_bans(db) == []
+    reset = events.for_number(db, number_id(db))[-1]
+    assert (reset["kind"], reset["detail"]) == ("failures_reset",
+                                                {"reason": "reset by hand", "failures": 1})

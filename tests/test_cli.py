@@ -171,7 +171,7 @@ def test_bans_list_lift_and_housekeep(db_path):
     lifted = run("bans", "lift", "+49 151 2345 6789", "--db", db_path)
     assert lifted.stdout == "+4915123456789 is no longer banned and is offered again.\n"
     again = run("bans", "lift", "+49 151 2345 6789", "--db", db_path)
-    assert again.stderr == "Error: +4915123456789 is not banned\n"
+    assert again.stderr == "Error: +4915123456789 is not banned and has no failed rentals\n"
 
 
 def test_serve_refuses_a_bad_push_url(db_path):

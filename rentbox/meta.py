@@ -1,0 +1,43 @@
+"""Meta: small facts about the running server that the CLI reports (never a secret)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from rentbox.clock import to_text
+from rentbox.db import Database
+
+SERVER = "server"                    # {started_at, version, pid, url, push_url_set, ...}
+LAST_ONLINESIM_CALL = "onlinesim.last_call"  # {at, action}
+
+
+def put(db: Database, now: dt.datetime, key: str, value: dict) -> None:
+    """Set one fact (its own small write transaction)."""
+    with db.transaction():
+        db.execute(
+            "INSERT INTO meta (key, value, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+            " updated_at = excluded.updated_at",
+            (key, json.dumps(value, sort_keys=True), to_text(now)),
+        )
+
+
+def get(db: Database, key: str) -> dict | None:
+    row = db.row("SELECT value FROM meta WHERE key = ?", (key,))
+    return json.loads(row["value"]) if row else None
+
+
+class CallLog:
+    """Notes when Onlinesim last called, writing at most every `every_s` seconds: GET_SERVICES
+    is a read and should not become a write transaction on every poll."""
+
+    def __init__(self, every_s: float = 30.0):
+        self.every_s = every_s
+        self._written_at: dt.datetime | None = None
+
+    def note(self, db: Database, now: dt.datetime, action: str) -> None:
+        if self._written_at and (now - self._written_at).total_seconds() < self.every_s:
+            return
+        self._written_at = now
+        put(db, now, LAST_ONLINESIM_CALL, {"at": to_text(now), "action": action})

@@ -1,0 +1,231 @@
+"""Reports: the figures a partner reads — status at a glance, income, one number's history.
+
+Reads only. Every figure is computed from the operations, numbers and SMS tables with the
+same definitions everywhere:
+
+- credited income: the FINISH `sum` of operations closed with status 3;
+- pending income: open operations that received an SMS in their guard window (and did
+  not fail it), at their initial GET_NUMBER `sum` (protocol.md 5);
+- success rate: of the rentals whose guard window is decided, the share that received an
+  SMS in time (a rental still waiting for its first SMS is not counted either way).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+
+from rentbox import events, meta, operations, pool, sms
+from rentbox.clock import from_text, to_text
+from rentbox.db import Database
+from rentbox.errors import InvalidInput
+
+# A warning when this share of the pool (or more) is banned.
+BANNED_SHARE_WARNING = 0.2
+# Onlinesim polls GET_SERVICES every 2 minutes; this long without a call means trouble.
+SILENCE_WARNING_S = 10 * 60
+# An SMS waiting this long in the outbox is worth a warning.
+STUCK_SMS_WARNING_S = 5 * 60
+
+
+# ---------------------------------------------------------------------------------------
+# rentbox status
+# ---------------------------------------------------------------------------------------
+
+
+def status(db: Database, now: dt.datetime) -> dict:
+    """Pool, open operations, outbox, the server and Onlinesim's last call, and warnings."""
+    stamp = to_text(now)
+    # Each number counts once, in the first state that applies: rented, disabled, banned
+    # (a ban that has ended counts as free even before housekeeping lifts it), free.
+    counts = {"total": 0, "free": 0, "rented": 0, "banned": 0, "disabled": 0}
+    for row in db.rows(
+        "SELECT CASE WHEN operation_id IS NOT NULL THEN 'rented'"
+        " WHEN enabled = 0 THEN 'disabled' WHEN banned_until > ? THEN 'banned'"
+        " ELSE 'free' END AS state, count(*) AS n"
+        " FROM numbers WHERE removed_at IS NULL GROUP BY state", (stamp,)
+    ):
+        counts[row["state"]] = row["n"]
+        counts["total"] += row["n"]
+    ops = db.row(
+        "SELECT count(*) AS open, coalesce(sum(failed_at IS NOT NULL), 0) AS failed_awaiting_finish,"
+        " coalesce(sum(first_sms_at IS NOT NULL AND failed_at IS NULL), 0) AS with_sms"
+        " FROM operations WHERE state = 'open'")
+    outbox = db.row(
+        "SELECT count(*) AS pending, coalesce(sum(attempts > 0), 0) AS retrying,"
+        " min(created_at) AS oldest_pending_at FROM sms WHERE push_state = 'pending'")
+    outbox["failed"] = db.row("SELECT count(*) AS n FROM sms WHERE push_state = 'failed'")["n"]
+    last_error = db.row("SELECT last_error FROM sms WHERE push_state = 'pending'"
+                        " AND last_error IS NOT NULL ORDER BY next_attempt_at DESC LIMIT 1")
+    outbox["last_error"] = last_error["last_error"] if last_error else None
+    server = meta.get(db, meta.SERVER)
+    if server is not None:
+        server["running"] = server.get("stopped_at") is None and _is_alive(server.get("pid"))
+    report = {
+        "at": stamp,
+        "pool": counts,
+        "operations": ops,
+        "outbox": outbox,
+        "server": server,
+        "last_onlinesim_call": meta.get(db, meta.LAST_ONLINESIM_CALL),
+    }
+    report["warnings"] = _warnings(report, now)
+    return report
+
+
+def _is_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _warnings(report: dict, now: dt.datetime) -> list[str]:
+    warnings = []
+    server, pool_counts, outbox = report["server"], report["pool"], report["outbox"]
+    if server is None:
+        warnings.append("rentbox serve has never run on this database")
+    elif not server["running"]:
+        warnings.append("rentbox serve is not running (last started "
+                        f"{_short_time(server['started_at'])})")
+    elif not server.get("push_url_set"):
+        warnings.append("the server runs without RENTBOX_PUSH_URL: SMS are stored but not "
+                        "pushed to Onlinesim")
+    if pool_counts["total"] == 0:
+        warnings.append("the pool is empty: import numbers with `rentbox numbers import`")
+    elif pool_counts["free"] == 0:
+        warnings.append("no number can be rented now")
+    if pool_counts["total"] and pool_counts["banned"] >= max(
+            1, BANNED_SHARE_WARNING * pool_counts["total"]):
+        warnings.append(f"{pool_counts['banned']} of {pool_counts['total']} numbers are banned "
+                        "after failed rentals: check that their SMS reach rentbox")
+    if outbox["retrying"]:
+        warnings.append(f"{outbox['retrying']} SMS not yet accepted by Onlinesim, retrying "
+                        f"(last error: {outbox['last_error'] or 'unknown'})")
+    elif outbox["oldest_pending_at"] and (
+            now - from_text(outbox["oldest_pending_at"])).total_seconds() > STUCK_SMS_WARNING_S:
+        warnings.append(f"{outbox['pending']} SMS waiting in the outbox since "
+                        f"{_short_time(outbox['oldest_pending_at'])}")
+    if outbox["failed"]:
+        warnings.append(f"{outbox['failed']} SMS refused by Onlinesim for good "
+                        "(`rentbox sms list --failed`)")
+    last_call = report["last_onlinesim_call"]
+    if server is not None and server["running"]:
+        if last_call is None:
+            warnings.append("Onlinesim has never called this server")
+        elif (now - from_text(last_call["at"])).total_seconds() > SILENCE_WARNING_S:
+            warnings.append(f"Onlinesim has not called since {_short_time(last_call['at'])}: "
+                            "check the URL it was given and the reverse proxy")
+    return warnings
+
+
+def _short_time(text: str) -> str:
+    return f"{text[:10]} {text[11:16]} UTC"
+
+
+# ---------------------------------------------------------------------------------------
+# rentbox report
+# ---------------------------------------------------------------------------------------
+
+GROUPINGS = ("day", "week", "month", "country", "number")
+
+# When an operation counts: closed ones when they closed (that is when income is
+# credited), open ones when they started.
+_WHEN = "coalesce(operations.finished_at, operations.created_at)"
+_GROUP_SQL = {
+    "day": f"substr({_WHEN}, 1, 10)",
+    "week": f"date({_WHEN}, 'weekday 0', '-6 days')",  # the Monday of the week
+    "month": f"substr({_WHEN}, 1, 7)",
+    "country": "numbers.country",
+    "number": "numbers.number",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportRow:
+    key: str
+    operations: int
+    sold: int
+    cancelled: int
+    refunded: int
+    wrong_service: int
+    open: int
+    failed: int
+    with_sms: int
+    credited_kopecks: int
+    pending_kopecks: int
+
+    @property
+    def success_rate(self) -> float | None:
+        decided = self.with_sms + self.failed
+        return self.with_sms / decided if decided else None
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "success_rate": self.success_rate}
+
+
+def income_report(db: Database, *, by: str = "day", since: dt.datetime | None = None,
+                  until: dt.datetime | None = None) -> tuple[list[ReportRow], ReportRow]:
+    """Operations and income grouped by day, week, month, country or number, with totals.
+
+    `since` is inclusive, `until` exclusive, both on when an operation counts (above).
+    """
+    if by not in GROUPINGS:
+        raise InvalidInput(f"report by must be one of {', '.join(GROUPINGS)}, not {by!r}")
+    where, params = ["1"], []
+    if since is not None:
+        where.append(f"{_WHEN} >= ?")
+        params.append(to_text(since))
+    if until is not None:
+        where.append(f"{_WHEN} < ?")
+        params.append(to_text(until))
+    rows = db.rows(
+        f"""SELECT {_GROUP_SQL[by]} AS key,
+            count(*) AS operations,
+            coalesce(sum(finish_status = 3), 0) AS sold,
+            coalesce(sum(finish_status = 4), 0) AS cancelled,
+            coalesce(sum(finish_status = 5), 0) AS refunded,
+            coalesce(sum(finish_status = 1), 0) AS wrong_service,
+            coalesce(sum(state = 'open'), 0) AS open,
+            coalesce(sum(failed_at IS NOT NULL), 0) AS failed,
+            coalesce(sum(first_sms_at IS NOT NULL), 0) AS with_sms,
+            coalesce(sum(CASE WHEN finish_status = 3 THEN final_sum_kopecks END), 0)
+                AS credited_kopecks,
+            coalesce(sum(CASE WHEN state = 'open' AND first_sms_at IS NOT NULL
+                              AND failed_at IS NULL THEN initial_sum_kopecks END), 0)
+                AS pending_kopecks
+        FROM operations JOIN numbers ON numbers.id = operations.number_id
+        WHERE {' AND '.join(where)}
+        GROUP BY key ORDER BY key""",
+        params,
+    )
+    report = [ReportRow(**row) for row in rows]
+    fields = [f.name for f in dataclasses.fields(ReportRow) if f.name != "key"]
+    totals = ReportRow("total", **{f: sum(getattr(r, f) for r in report) for f in fields})
+    return report, totals
+
+
+# ---------------------------------------------------------------------------------------
+# rentbox numbers show
+# ---------------------------------------------------------------------------------------
+
+
+def number_history(db: Database, number: str, *, limit: int = 50) -> dict:
+    """One number: its row and state, its rentals, SMS and events (bans and failures)."""
+    row = pool.find_number(db, number)
+    rentals = operations.list_operations(db, number=row["number"], limit=limit)
+    return {
+        "number": row["number"], "country": row["country"], "operator": row["operator"],
+        "port": row["port"], "state": row["state"], "enabled": bool(row["enabled"]),
+        "failures": row["failures"], "banned_until": row["banned_until"],
+        "removed_at": row["removed_at"], "added_at": row["created_at"],
+        "rentals": rentals,
+        "sms": sms.list_sms(db, number=row["number"], limit=limit),
+        "events": events.for_number(db, row["id"])[-limit:],
+    }
