@@ -7,11 +7,13 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -88,22 +90,32 @@ def _table(title: str | None, columns: list[str], rows: list[list[str]],
     only the `flexible` columns (free text) give way, cut with an ellipsis."""
     widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, name in enumerate(columns)]
     fixed = sum(w for name, w in zip(columns, widths) if name not in flexible)
-    room = out.width - fixed - (3 * len(columns) + 1)  # cell padding and borders
+    room = out.width - fixed - 2 * len(columns)  # one space between columns, and a margin
     share = max(6, room // max(1, sum(1 for name in columns if name in flexible)))
-    table = Table(title=title)
-    for name, width in zip(columns, widths):
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", show_edge=False,
+                  pad_edge=False, collapse_padding=True, padding=(0, 1))
+    for i, (name, width) in enumerate(zip(columns, widths)):
         if name in flexible:
             table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=share)
         else:
-            table.add_column(name, no_wrap=True, min_width=width)
+            numeric = bool(rows) and all(_NUMERIC.match(row[i]) for row in rows)
+            table.add_column(name, no_wrap=True, min_width=width,
+                             justify="right" if numeric else "left")
     for row in rows:
         table.add_row(*row)
     out.print(table)
 
 
+_NUMERIC = re.compile(r"^-?[\d,]*\.?\d*%?$")
+
+
 def _when(text: str | None) -> str:
     """A stored UTC time as people read it."""
     return f"{text[:10]} {text[11:16]}" if text else ""
+
+
+# How a rental failed its guard window, in a table's "guard" column.
+_GUARD = {"guard_expired": "expired", "cancelled_without_sms": "no SMS"}
 
 
 def _rub(kopecks: int | None) -> str:
@@ -304,8 +316,8 @@ def numbers_show(number: NumberArgument, json_output: JsonOption = False,
         f"{', port ' + h['port'] if h['port'] else ''}): {h['state']}; "
         f"{h['failures']} failed rental(s) in a row{ban}")
     if h["rentals"]:
-        _table("Rentals", ["id", "created (UTC)", "outcome", "failure", "SMS", "sum"],
-               [[str(r["id"]), _when(r["created_at"]), r["outcome"], r["failure"] or "",
+        _table("Rentals", ["id", "created (UTC)", "outcome", "guard", "SMS", "sum"],
+               [[str(r["id"]), _when(r["created_at"]), r["outcome"], _GUARD.get(r["failure"], ""),
                  str(r["sms_count"]), _rub(r["final_sum_kopecks"] if r["final_sum_kopecks"]
                                            is not None else r["initial_sum_kopecks"])]
                 for r in h["rentals"]])
@@ -461,9 +473,9 @@ def ops_list(
     if not rows:
         say("No operations.")
         return
-    _table(None, ["id", "number", "created (UTC)", "outcome", "failure", "SMS", "sum"],
+    _table(None, ["id", "number", "created (UTC)", "outcome", "guard", "SMS", "sum"],
            [[str(r["id"]), "+" + r["number"], _when(r["created_at"]), r["outcome"],
-             r["failure"] or "", str(r["sms_count"]),
+             _GUARD.get(r["failure"], ""), str(r["sms_count"]),
              _rub(r["final_sum_kopecks"] if r["final_sum_kopecks"] is not None
                   else r["initial_sum_kopecks"])] for r in rows])
 
@@ -619,10 +631,17 @@ def report(
     if not rows:
         say("No operations in this period.")
         return
-    headers = [by, "ops", "sold", "canc.", "refund", "wrong", "open", "failed", "success",
-               "credited RUB", "pending RUB"]
-    _table(None, headers, [[("+" if by == "number" else "") + r.key] + cells(r)
-                           for r in rows + [totals]])
+    # The table folds cancelled, refunded and wrong_service into "other"; --csv and --json
+    # have each.
+    _table(None, [by, "ops", "sold", "other", "open", "failed", "success", "credited",
+                  "pending"],
+           [[("+" if by == "number" else "") + r.key, str(r.operations), str(r.sold),
+             str(r.cancelled + r.refunded + r.wrong_service), str(r.open), str(r.failed),
+             "" if r.success_rate is None else f"{r.success_rate:.0%}",
+             f"{r.credited_kopecks / 100:,.2f}", f"{r.pending_kopecks / 100:,.2f}"]
+            for r in rows + [totals]])
+    say("Sums in RUB. credited: FINISH status 3; pending: open rentals with SMS, at their "
+        "initial sum; other: cancelled, refunded or wrong service.")
 
 
 @app.command()

@@ -180,3 +180,96 @@ def test_serve_refuses_a_bad_push_url(db_path):
     assert (result.exit_code, result.stdout) == (1, "")
     assert result.stderr == ("Error: --push-url must be an http:// or https:// URL, not "
                              "'onlinesim.io/push'\n")
+
+
+# ---- status, report, numbers management, backup ------------------------------------------
+
+def test_status_on_a_fresh_database(db_path):
+    result = run("status", "--db", db_path)
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == [
+        "Server:     never started on this database",
+        "Onlinesim:  last call never",
+        "Pool:       0 numbers: 0 free, 0 rented, 0 banned, 0 disabled",
+        "Rentals:    0 open (0 with SMS, 0 failed and awaiting FINISH)",
+        "Outbox:     0 SMS waiting (0 retrying), 0 refused for good",
+        "Warning: rentbox serve has never run on this database",
+        "Warning: the pool is empty: import numbers with `rentbox numbers import`",
+    ]
+    facts = json.loads(run("status", "--json", "--db", db_path).stdout)
+    assert facts["pool"]["total"] == 0 and len(facts["warnings"]) == 2
+
+
+def test_report_outputs(db_path):
+    from rentbox import operations
+    from rentbox.clock import SystemClock
+    from rentbox.config import Rules
+    from rentbox.db import open_database
+    from rentbox.protocol import FinishRequest
+
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    [first, second] = rent(db_path, 2)
+    db = open_database(db_path)
+    operations.finish_rent(db, SystemClock().now(), FinishRequest(first.activation_id, 3, 87050),
+                           Rules())
+    day = SystemClock().now().strftime("%Y-%m-%d")
+    csv_out = run("report", "--csv", "--db", db_path)
+    assert csv_out.stdout.splitlines() == [
+        "day,operations,sold,cancelled,refunded,wrong_service,open,failed,success_rate,"
+        "credited_rub,pending_rub",
+        f"{day},2,1,0,0,0,1,0,,870.50,0.00"]
+    data = json.loads(run("report", "--json", "--by", "country", "--db", db_path).stdout)
+    assert data["totals"]["credited_kopecks"] == 87050
+    assert [r["key"] for r in data["rows"]] == ["germany"]
+    table = run("report", "--by", "month", "--db", db_path).stdout
+    assert "870.50" in table and "total" in table
+    empty = run("report", "--since", "2099-01-01", "--db", db_path)
+    assert empty.stdout == "No operations in this period.\n"
+    bad = run("report", "--by", "year", "--db", db_path)
+    assert (bad.exit_code, bad.stderr) == (
+        1, "Error: report by must be one of day, week, month, country, number, not 'year'\n")
+    assert run("report", "--until", "soon", "--db", db_path).stderr == \
+        "Error: --until 'soon' is not a date (YYYY-MM-DD) or ISO time\n"
+
+
+def test_numbers_show_disable_enable_remove(db_path):
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    n = "+4917612345678"
+    assert run("numbers", "disable", n, "--db", db_path).stdout == f"{n} is disabled.\n"
+    assert run("numbers", "disable", n, "--db", db_path).stdout == f"{n} was already disabled.\n"
+    assert run("numbers", "enable", n, "--db", db_path).stdout == f"{n} is enabled.\n"
+    shown = run("numbers", "show", "+49 176 1234 5678", "--db", db_path)
+    assert shown.stdout.splitlines()[0] == (
+        f"{n} (germany, o2, port gw1:3): free; 0 failed rental(s) in a row")
+    assert "No rentals yet." in shown.stdout and "number_disabled" in shown.stdout
+    assert json.loads(run("numbers", "show", n, "--json", "--db", db_path).stdout)[
+        "state"] == "free"
+    assert run("numbers", "remove", n, "--db", db_path).stdout == \
+        f"{n} is removed from the pool.\n"
+    assert n[1:] not in run("numbers", "list", "--db", db_path).stdout
+    assert "removed" in run("numbers", "list", "--all", "--db", db_path).stdout
+    missing = run("numbers", "show", "+79990001122", "--db", db_path)
+    assert (missing.exit_code, missing.stdout, missing.stderr) == (
+        1, "", "Error: +79990001122 is not in the pool\n")
+
+
+def test_remove_is_refused_during_a_rental(db_path):
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    [rental] = rent(db_path)
+    result = run("numbers", "remove", "+" + rental.number, "--db", db_path)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"Error: +{rental.number} is in open rental 1; remove it "
+                                    "after Onlinesim has finished that rental")
+
+
+def test_backup(db_path, tmp_path):
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    target = tmp_path / "copy.db"
+    result = run("backup", target, "--db", db_path)
+    assert result.exit_code == 0
+    assert result.stdout.startswith(f"Backed up {db_path} to {target} (")
+    listed = json.loads(run("numbers", "list", "--json", "--db", target).stdout)
+    assert len(listed) == 7
+    again = run("backup", target, "--db", db_path)
+    assert (again.exit_code, again.stdout) == (1, "")
+    assert again.stderr.startswith(f"Error: {target} already exists")

@@ -70,3 +70,39 @@ def test_connections_are_per_thread_and_share_one_lock(db_path, db):
     conns.close_all()
     with pytest.raises(sqlite3.ProgrammingError):
         mine.execute("SELECT 1")
+
+
+def test_backup_is_a_consistent_copy_taken_while_writing(db_path, db, tmp_path):
+    from rentbox.db import backup
+    from rentbox.errors import Conflict
+
+    stop = threading.Event()
+
+    def writer():
+        other = Database(db_path)
+        i = 0
+        while not stop.is_set():
+            with other.transaction():
+                other.execute("INSERT INTO meta VALUES (?, '{}', 'x')", (f"k{i}",))
+                other.execute("INSERT INTO meta VALUES (?, '{}', 'x')", (f"j{i}",))
+            i += 1
+        other.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        target = tmp_path / "copy.db"
+        assert backup(db, target) > 0
+    finally:
+        stop.set()
+        thread.join()
+    copy = open_database(target)
+    keys = [r["key"] for r in copy.rows("SELECT key FROM meta")]
+    # Both rows of every transaction, or neither: a snapshot, not a torn copy.
+    assert sorted(k[1:] for k in keys if k[0] == "k") == sorted(k[1:] for k in keys if k[0] == "j")
+    assert copy.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # reopened by rentbox
+    with pytest.raises(Conflict, match="already exists"):
+        backup(db, target)
+    with pytest.raises(Conflict, match="does not exist"):
+        backup(db, tmp_path / "no" / "copy.db")
+    assert not (tmp_path / "copy.db.partial").exists()

@@ -138,3 +138,101 @@ def test_count_available_and_list_states(db):
     states = {r["number"]: r["state"] for r in pool.list_numbers(db)}
     assert states == {"4915123456789": "free", "4915123456790": "free",
                       "4917612345678": "free", "79123456789": "disabled"}
+
+
+# ---- managing numbers ------------------------------------------------------------------
+
+def test_disable_enable(db, clock):
+    from rentbox import operations
+    from rentbox.config import Rules
+    from rentbox.protocol import FinishRequest, RentRequest
+
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"),
+                ("+4917612345678", "germany", "o2"))
+    rental = operations.open_rent(db, clock.now(), RentRequest(100, operator="telekom"), Rules())
+    assert pool.set_enabled(db, clock.now(), "+4915123456789", False)
+    assert pool.set_enabled(db, clock.now(), "+4917612345678", False)
+    assert not pool.set_enabled(db, clock.now(), "4917612345678", False)
+    # The open rental is left alone; when it ends the number stays out of the pool.
+    assert db.row("SELECT operation_id FROM numbers WHERE number = '4915123456789'")[
+        "operation_id"] == rental.activation_id
+    operations.finish_rent(db, clock.now(), FinishRequest(rental.activation_id, 4), Rules())
+    assert pool.count_available(db) == {}
+    assert {r["state"] for r in pool.list_numbers(db)} == {"disabled"}
+    assert pool.set_enabled(db, clock.now(), "+4917612345678", True)
+    assert pool.count_available(db) == {"germany": {"any": 1, "o2": 1}}
+    kinds = [e["kind"] for e in events.for_number(db, 2)]
+    assert kinds == ["number_added", "number_disabled", "number_enabled"]
+
+
+def test_remove_keeps_history_and_reimport_restores(db, clock, tmp_path):
+    from rentbox import operations
+    from rentbox.config import Rules
+    from rentbox.errors import Conflict, NotFound
+    from rentbox.protocol import FinishRequest, RentRequest
+
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
+    rental = operations.open_rent(db, clock.now(), RentRequest(100), Rules())
+    with pytest.raises(Conflict, match="is in open rental 1"):
+        pool.remove_number(db, clock.now(), "+4915123456789")
+    operations.finish_rent(db, clock.now(), FinishRequest(rental.activation_id, 3, 100), Rules())
+    pool.remove_number(db, clock.now(), "+4915123456789")
+    assert pool.list_numbers(db) == []
+    assert [r["state"] for r in pool.list_numbers(db, include_removed=True)] == ["removed"]
+    assert pool.count_available(db) == {}
+    with pytest.raises(Conflict, match="already removed"):
+        pool.remove_number(db, clock.now(), "+4915123456789")
+    with pytest.raises(Conflict, match="was removed; import it again"):
+        pool.set_enabled(db, clock.now(), "+4915123456789", True)
+    with pytest.raises(NotFound, match=r"\+79123456789 is not in the pool"):
+        pool.remove_number(db, clock.now(), "+79123456789")
+    path = tmp_path / "pool.csv"
+    path.write_text("number,country,operator\n+4915123456789,germany,telekom\n")
+    assert pool.import_file(db, clock.now(), path).added == 1
+    assert [r["state"] for r in pool.list_numbers(db)] == ["free"]
+    kinds = [e["kind"] for e in events.for_number(db, 1)]
+    assert kinds == ["number_added", "rent_opened", "rent_finished", "number_removed",
+                     "number_restored"]
+
+
+def test_import_reports_progress_and_caps_the_errors_it_keeps(db, tmp_path, monkeypatch):
+    monkeypatch.setattr(pool, "MAX_REPORTED_ERRORS", 5)
+    path = tmp_path / "pool.csv"
+    rows = [f"+491512{i:07d},germany,telekom" for i in range(2500)] + ["bad,germany,x"] * 12
+    path.write_text("number,country,operator\n" + "\n".join(rows) + "\n")
+    seen = []
+    with pytest.raises(pool.ImportRejected) as caught:
+        pool.import_file(db, START, path, on_progress=lambda *a: seen.append(a))
+    assert len(caught.value.errors) == 5
+    assert str(caught.value).startswith("12 invalid row(s), nothing imported")
+    assert pool.list_numbers(db) == []
+    assert seen[0] == ("checking", 1000, 2513)
+    seen.clear()
+    result = pool.import_file(db, START, path, skip_invalid=True,
+                              on_progress=lambda *a: seen.append(a))
+    assert (result.added, result.rejected_count, len(result.rejected)) == (2500, 12, 5)
+    assert seen[-1] == ("importing", 2500, 2500)
+    # The staging table is gone, and the connection is ready for the next write.
+    assert db.execute("SELECT count(*) FROM sqlite_temp_master").fetchone()[0] == 0
+    assert not db.conn.in_transaction
+
+
+def test_import_does_not_lock_the_database_while_checking(db_path, db, tmp_path):
+    """While rows are checked and staged, another connection can still write."""
+    from rentbox.db import Database
+
+    path = tmp_path / "pool.csv"
+    path.write_text("number,country\n" + "\n".join(
+        f"+491512{i:07d},germany" for i in range(3000)) + "\n")
+    other = Database(db_path)
+    writes = []
+
+    def on_progress(phase, done, total):
+        if phase == "checking":
+            with other.transaction():  # would wait (and time out) if the file were locked
+                other.execute("INSERT INTO meta VALUES (?, '{}', 'x')", (f"k{done}",))
+            writes.append(done)
+
+    pool.import_file(db, START, path, on_progress=on_progress)
+    assert writes == [1000, 2000, 3000]
+    other.close()

@@ -1,0 +1,144 @@
+"""Figures of status and report on a database with known contents."""
+
+import dataclasses
+import datetime as dt
+import os
+
+import pytest
+
+from rentbox import meta, operations, push, reports, sms
+from rentbox.config import Rules
+from rentbox.errors import InvalidInput
+from rentbox.protocol import FinishRequest, RentRequest
+
+from conftest import START, add_numbers
+
+RULES = Rules(guard_s=1200, ban_after=3, ban_s=86400)
+A, B, C = "4915123456789", "4917612345678", "79123456789"
+DAY1 = START                                  # Sunday 2026-11-01 12:00 UTC
+DAY2 = START + dt.timedelta(days=1)           # Monday 2026-11-02 12:00 UTC
+
+
+def rent(db, when, number, sum_kopecks):
+    others = tuple(n for n in (A, B, C) if n != number)
+    return operations.open_rent(db, when, RentRequest(sum_kopecks, excluded_prefixes=others),
+                                RULES).activation_id
+
+
+def sms_to(db, when, number):
+    sms.accept_sms(db, when, sms.IncomingSms(source="api", to=number, sender="x", text="y"),
+                   RULES)
+
+
+def finish(db, when, op, status, sum_kopecks):
+    operations.finish_rent(db, when, FinishRequest(op, status, sum_kopecks), RULES)
+
+
+@pytest.fixture
+def books(db):
+    """Five rentals over two days, one of each fate."""
+    add_numbers(db, START - dt.timedelta(days=1), (A, "germany", "telekom"),
+                (B, "germany", "o2"), (C, "russia", "mts"))
+    op1 = rent(db, DAY1, A, 40000)                        # SMS, sold for 870
+    sms_to(db, DAY1 + dt.timedelta(minutes=5), A)
+    finish(db, DAY1 + dt.timedelta(minutes=30), op1, 3, 87000)
+    op2 = rent(db, DAY1, B, 25000)                        # cancelled in the window, no SMS
+    finish(db, DAY1 + dt.timedelta(minutes=10), op2, 4, 0)
+    op3 = rent(db, DAY1 + dt.timedelta(hours=23), C, 50000)  # SMS, refunded on day 2
+    sms_to(db, DAY2 - dt.timedelta(minutes=50), C)
+    finish(db, DAY2, op3, 5, 0)
+    rent(db, DAY2, A, 40000)                              # SMS, still open: pending 400
+    sms_to(db, DAY2 + dt.timedelta(minutes=1), A)
+    rent(db, DAY2, B, 30000)                              # guard window passes: failed, open
+    with db.transaction():
+        operations.apply_due_rules(db, DAY2 + dt.timedelta(minutes=21), RULES)
+    return db
+
+
+def row(rows, key):
+    return next(dataclasses.asdict(r) for r in rows if r.key == key)
+
+
+def test_report_by_day(books):
+    rows, totals = reports.income_report(books, by="day")
+    assert [r.key for r in rows] == ["2026-11-01", "2026-11-02"]
+    assert row(rows, "2026-11-01") == {
+        "key": "2026-11-01", "operations": 2, "sold": 1, "cancelled": 1, "refunded": 0,
+        "wrong_service": 0, "open": 0, "failed": 1, "with_sms": 1,
+        "credited_kopecks": 87000, "pending_kopecks": 0}
+    assert row(rows, "2026-11-02") == {
+        "key": "2026-11-02", "operations": 3, "sold": 0, "cancelled": 0, "refunded": 1,
+        "wrong_service": 0, "open": 2, "failed": 1, "with_sms": 2,
+        "credited_kopecks": 0, "pending_kopecks": 40000}
+    assert (totals.operations, totals.credited_kopecks, totals.pending_kopecks) == (
+        5, 87000, 40000)
+    assert rows[0].success_rate == 0.5
+    assert rows[1].success_rate == pytest.approx(2 / 3)
+    assert totals.success_rate == 0.6
+
+
+def test_report_by_week_month_country_number(books):
+    weeks, _ = reports.income_report(books, by="week")
+    assert [(r.key, r.operations) for r in weeks] == [("2026-10-26", 2), ("2026-11-02", 3)]
+    months, _ = reports.income_report(books, by="month")
+    assert [(r.key, r.operations, r.credited_kopecks) for r in months] == [
+        ("2026-11", 5, 87000)]
+    countries, _ = reports.income_report(books, by="country")
+    assert [(r.key, r.operations, r.failed, r.with_sms, r.credited_kopecks, r.pending_kopecks)
+            for r in countries] == [("germany", 4, 2, 2, 87000, 40000),
+                                    ("russia", 1, 0, 1, 0, 0)]
+    numbers, _ = reports.income_report(books, by="number")
+    assert [(r.key, r.operations, r.success_rate) for r in numbers] == [
+        (A, 2, 1.0), (B, 2, 0.0), (C, 1, 1.0)]
+
+
+def test_report_since_until(books):
+    rows, totals = reports.income_report(books, since=DAY2.replace(hour=0),
+                                         until=DAY2 + dt.timedelta(hours=1))
+    assert [r.key for r in rows] == ["2026-11-02"]
+    assert totals.operations == 3
+    with pytest.raises(InvalidInput, match="report by must be one of"):
+        reports.income_report(books, by="year")
+
+
+def test_status_figures_and_warnings(books):
+    now = DAY2 + dt.timedelta(minutes=30)
+    facts = reports.status(books, now)
+    assert facts["pool"] == {"total": 3, "free": 2, "rented": 1, "banned": 0, "disabled": 0}
+    assert facts["operations"] == {"open": 2, "failed_awaiting_finish": 1, "with_sms": 1}
+    assert facts["outbox"]["pending"] == 3 and facts["outbox"]["failed"] == 0
+    assert facts["server"] is None and facts["last_onlinesim_call"] is None
+    assert facts["warnings"] == [
+        "rentbox serve has never run on this database",
+        "3 SMS waiting in the outbox since 2026-11-01 12:05 UTC"]
+
+
+def test_status_of_a_running_server_without_push_url(books):
+    now = DAY2 + dt.timedelta(minutes=30)
+    meta.put(books, now, meta.SERVER, {"started_at": "2026-11-02T12:00:00.000000Z",
+                                       "pid": os.getpid(), "push_url_set": False,
+                                       "version": "x", "url": "http://127.0.0.1:8080"})
+    meta.put(books, now, meta.LAST_ONLINESIM_CALL, {"at": "2026-11-02T12:00:00.000000Z",
+                                                    "action": "GET_SERVICES"})
+    sms_row = books.row("SELECT id, operation_id, number_id, attempts FROM sms"
+                        " WHERE push_state = 'pending' ORDER BY id LIMIT 1")
+    push.record(books, now, sms_row, push.Outcome("retry", "HTTP 500"), 10)
+    books.execute("UPDATE numbers SET banned_until = '2026-11-09T00:00:00.000000Z'"
+                  " WHERE number = ?", (C,))
+    facts = reports.status(books, now)
+    assert facts["server"]["running"] is True
+    assert facts["pool"]["banned"] == 1
+    assert facts["warnings"] == [
+        "the server runs without RENTBOX_PUSH_URL: SMS are stored but not pushed to Onlinesim",
+        "1 of 3 numbers are banned after failed rentals: check that their SMS reach rentbox",
+        "1 SMS not yet accepted by Onlinesim, retrying (last error: HTTP 500)",
+        "Onlinesim has not called since 2026-11-02 12:00 UTC: check the URL it was given "
+        "and the reverse proxy"]
+
+
+def test_number_history(books):
+    history = reports.number_history(books, "+49 151 2345 6789")
+    assert history["state"] == "rented"
+    assert [r["outcome"] for r in history["rentals"]] == ["open", "sold"]
+    assert len(history["sms"]) == 2
+    assert history["events"][0]["kind"] == "number_added"
