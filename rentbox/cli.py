@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -22,7 +23,7 @@ from rentbox import __version__, bans, db as database, housekeeping, operations,
 from rentbox.clock import SystemClock
 from rentbox.config import (API_KEY_ENV, GATEWAY_TOKEN_ENV, SETTINGS, SMSGATE_KEY_ENV, Rules,
                             Settings)
-from rentbox.db import open_database
+from rentbox.db import LOCK_POLL_MAX_S, open_database
 from rentbox.errors import InvalidInput, RentboxError
 
 app = typer.Typer(
@@ -263,9 +264,12 @@ def numbers_import(
                 tasks[phase] = progress.add_task(f"{phase.capitalize()} rows", total=total)
             progress.update(tasks[phase], completed=done, total=total)
 
+        # Between two batches, leave the lock free a little longer than a waiting server
+        # polls for it, or this process could take it again before the server notices.
         result = pool.import_file(open_database(db), _now(), file, country=country,
                                   operator=operator, skip_invalid=skip_invalid,
-                                  on_progress=on_progress)
+                                  on_progress=on_progress,
+                                  between_batches=lambda: time.sleep(2 * LOCK_POLL_MAX_S))
     for problem in result.rejected:
         err.print(f"Skipped {problem}", markup=False, soft_wrap=True)
     if result.rejected_count > len(result.rejected):

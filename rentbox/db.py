@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -17,6 +18,8 @@ from rentbox.errors import Conflict, DatabaseError
 # write lock before giving up. Writers inside one process queue on `Database.write_lock`
 # instead, which hands over at once rather than polling like SQLite's busy handler.
 BUSY_TIMEOUT_S = 10.0
+# The longest pause between two tries for another process's write lock.
+LOCK_POLL_MAX_S = 0.002
 
 
 class Database(sqlite_utils.Database):
@@ -50,7 +53,7 @@ class Database(sqlite_utils.Database):
         into a tail of hundreds of milliseconds. Keep the body tiny: no I/O, no network.
         """
         with self.write_lock:
-            self.conn.execute("BEGIN IMMEDIATE")
+            self._begin_immediate()
             try:
                 yield self
             except BaseException:
@@ -59,6 +62,31 @@ class Database(sqlite_utils.Database):
                 raise
             else:
                 self.conn.execute("COMMIT")
+
+    def _begin_immediate(self) -> None:
+        """BEGIN IMMEDIATE, waiting for another *process* (a CLI import) in short steps.
+
+        SQLite's own busy handler sleeps 1, 2, 5 … up to 100 ms between tries; against a
+        process that takes the lock batch after batch it can miss every gap and starve
+        for seconds (measured: 2.5 s during a 100,000-row import). Here the wait is
+        polled every few milliseconds, so the server gets in between two batches.
+        """
+        self.conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            deadline = time.monotonic() + BUSY_TIMEOUT_S
+            delay_s = 0.0005
+            while True:
+                try:
+                    self.conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as error:
+                    if "locked" not in str(error) or time.monotonic() > deadline:
+                        raise
+                # Waiting for another process's lock: no logic runs while this sleeps.
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2, LOCK_POLL_MAX_S)
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
 
     def rows(self, sql: str, params: tuple | list | dict = ()) -> list[dict]:
         """Run a read query and return every row as a dict.

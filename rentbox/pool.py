@@ -25,7 +25,7 @@ FREE = ("numbers.operation_id IS NULL AND numbers.enabled = 1"
 
 # Rows per write transaction during an import: small enough that a running server's
 # writers never wait long for the lock, large enough to amortise the fsync per commit.
-IMPORT_BATCH_ROWS = 500
+IMPORT_BATCH_ROWS = 200
 
 _NUMBER_CHARS = re.compile(r"^\+?[0-9][0-9 \-]*$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9 ._()'&+-]*$")
@@ -174,6 +174,8 @@ def import_entries(
 ) -> ImportResult:
     """Add new numbers and update known ones, in batches of IMPORT_BATCH_ROWS.
 
+    `on_batch(rows)` runs after each batch's commit, outside any transaction.
+
     A known number keeps its id, so its rentals and events stay attached to it; only
     country, operator and port are updated, each change recorded as an event. A removed
     number that is imported again is back in the pool.
@@ -252,13 +254,16 @@ def import_file(
     operator: str | None = None,
     skip_invalid: bool = False,
     on_progress: Callable[[str, int, int], None] | None = None,
+    between_batches: Callable[[], None] | None = None,
 ) -> ImportResult:
     """Import a pool CSV: all of it, or (with bad rows) nothing unless `skip_invalid`.
 
     Two phases, so that a file of any size needs little memory and a running server
     keeps answering: every row is checked and staged in a TEMP table of this connection
     (which takes no lock on the database), then merged in batches of IMPORT_BATCH_ROWS,
-    each its own short write transaction. `on_progress(phase, done, total)` reports rows.
+    each its own short write transaction. `on_progress(phase, done, total)` reports rows;
+    `between_batches()` runs between two merge transactions, with the lock free (the CLI
+    pauses there, so that a server waiting for the lock gets in: see db.LOCK_POLL_MAX_S).
     """
     try:
         with open(path, "rb") as raw:
@@ -303,6 +308,8 @@ def import_file(
             merged += size
             if on_progress:
                 on_progress("importing", merged, staging.count)
+            if between_batches:
+                between_batches()
 
         result = import_entries(db, now, staging.entries(), on_batch=merged_batch)
     finally:
