@@ -24,36 +24,13 @@ import http.client
 import json
 import multiprocessing
 import os
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-KEY = "benchmark-key"
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def wait_until_up(port: int, deadline_s: float = 20) -> None:
-    until = time.monotonic() + deadline_s
-    while time.monotonic() < until:
-        try:
-            conn = http.client.HTTPConnection(HOST, port, timeout=1)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"server on port {port} did not come up")
-
+from common import HOST, KEY, free_port, latencies, wait_until_up
 
 def run_floor(port: int, threads: int) -> None:
     """The floor: the same waitress + Bottle + middleware stack, a constant JSON body."""
@@ -147,11 +124,9 @@ def drive(port: int, callers: int, pairs: int, is_floor: bool) -> tuple[dict, fl
     return merged, wall
 
 
-def row(label: str, latencies: list[float], wall: float) -> str:
-    ordered = sorted(latencies)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return (f"{label:<22}{len(ordered):>9}{len(ordered) / wall:>9.0f}"
-            f"{statistics.median(ordered):>9.2f}{p99:>9.2f}{ordered[-1]:>9.2f}")
+def row(label: str, values: list[float], wall: float) -> str:
+    count, p50, p99, worst = latencies(values)
+    return f"{label:<22}{count:>9}{count / wall:>9.0f}{p50:>9.2f}{p99:>9.2f}{worst:>9.2f}"
 
 
 def main() -> None:
@@ -161,6 +136,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=20_000, help="numbers in the pool")
     parser.add_argument("--threads", type=int, default=None,
                         help="waitress threads for both servers (default: rentbox's default)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating measurement rounds")
     parser.add_argument("--server-log", help="write both servers' logs (access log included) here")
     parser.add_argument("--floor-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -191,8 +167,12 @@ def main() -> None:
             wait_until_up(floor_port)
             drive(floor_port, args.callers, 20, True)  # warm both up
             drive(rentbox_port, args.callers, 20, False)
-            floor, floor_wall = drive(floor_port, args.callers, args.pairs, True)
-            real, real_wall = drive(rentbox_port, args.callers, args.pairs, False)
+            # Two rounds, alternating, so that a passing disturbance of the machine shows
+            # up as a difference between rounds rather than between the two servers.
+            rounds = []
+            for _ in range(args.rounds):
+                rounds.append((drive(floor_port, args.callers, args.pairs, True),
+                               drive(rentbox_port, args.callers, args.pairs, False)))
         finally:
             for server in servers:
                 server.terminate()
@@ -200,15 +180,18 @@ def main() -> None:
                 server.wait(timeout=10)
             log.close()
 
-    print(f"{args.callers} callers x {args.pairs} pairs, {threads} waitress threads, "
+    print(f"{args.callers} callers x {args.pairs} pairs, {threads} waitress thread(s), "
           f"Python {sys.version.split()[0]}, {os.cpu_count()} cores")
     print(f"{'':<22}{'requests':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")
-    print(row("floor (constant JSON)", floor["get"] + floor["finish"], floor_wall))
-    print(row("GET_NUMBER", real["get"], real_wall))
-    print(row("FINISH_ACTIVATION", real["finish"], real_wall))
-    print(row("both", real["get"] + real["finish"], real_wall))
-    ids = [i for i, _ in real["issued"]]
-    print(f"issued {len(ids)} rentals, {real['misses']} NO_NUMBERS, "
+    for number, ((floor, floor_wall), (real, real_wall)) in enumerate(rounds, start=1):
+        print(f"round {number}")
+        print(row("  floor (constant JSON)", floor["get"] + floor["finish"], floor_wall))
+        print(row("  GET_NUMBER", real["get"], real_wall))
+        print(row("  FINISH_ACTIVATION", real["finish"], real_wall))
+        print(row("  both", real["get"] + real["finish"], real_wall))
+    ids = [i for (_, (real, _)) in rounds for i, _ in real["issued"]]
+    misses = sum(real["misses"] for (_, (real, _)) in rounds)
+    print(f"issued {len(ids)} rentals, {misses} NO_NUMBERS, "
           f"{len(ids) - len(set(ids))} duplicate activation ids")
 
 

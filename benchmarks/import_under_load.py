@@ -15,8 +15,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,15 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-KEY = "benchmark-key"
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
+from common import HOST, KEY, free_port, latencies, wait_until_up
 
 def call(conn: http.client.HTTPConnection, path: str, payload: dict) -> tuple[float, dict]:
     started = time.perf_counter()
@@ -61,10 +51,8 @@ def drive(port: int, stop: threading.Event, samples: list[tuple[float, float]]) 
 def summary(label: str, values: list[float]) -> str:
     if not values:
         return f"{label:<22} no samples"
-    ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return (f"{label:<22}{len(ordered):>8}{statistics.median(ordered):>9.2f}{p99:>9.2f}"
-            f"{ordered[-1]:>9.2f}")
+    count, p50, p99, worst = latencies(values)
+    return f"{label:<22}{count:>8}{p50:>9.2f}{p99:>9.2f}{worst:>9.2f}"
 
 
 def main() -> None:
@@ -90,7 +78,7 @@ def main() -> None:
         server = subprocess.Popen(rentbox + ["serve", "--port", str(port)], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            time.sleep(1.5)
+            wait_until_up(port)
             stop, samples = threading.Event(), []
             threads = [threading.Thread(target=drive, args=(port, stop, samples))
                        for _ in range(args.callers)]

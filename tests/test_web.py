@@ -4,7 +4,6 @@ import logging
 
 import pytest
 
-from rentbox import operations
 
 from conftest import API_KEY, START, WsgiClient, add_numbers, snapshot
 from rentbox.web import wsgi
