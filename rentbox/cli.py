@@ -92,12 +92,18 @@ def _table(title: str | None, columns: list[str], rows: list[list[str]],
     widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, name in enumerate(columns)]
     fixed = sum(w for name, w in zip(columns, widths) if name not in flexible)
     room = out.width - fixed - 2 * len(columns)  # one space between columns, and a margin
-    share = max(6, room // max(1, sum(1 for name in columns if name in flexible)))
+    # Share the room among the free-text columns: narrow ones get what they need, the
+    # rest is split evenly among the wide ones.
+    limits: dict[str, int] = {}
+    wanted = sorted((w, name) for name, w in zip(columns, widths) if name in flexible)
+    for index, (width, name) in enumerate(wanted):
+        limits[name] = max(6, min(width, room // (len(wanted) - index)))
+        room -= limits[name]
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", show_edge=False,
                   pad_edge=False, collapse_padding=True, padding=(0, 1))
     for i, (name, width) in enumerate(zip(columns, widths)):
         if name in flexible:
-            table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=share)
+            table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=limits[name])
         else:
             numeric = bool(rows) and all(_NUMERIC.match(row[i]) for row in rows)
             table.add_column(name, no_wrap=True, min_width=width,
@@ -332,8 +338,8 @@ def numbers_show(number: NumberArgument, json_output: JsonOption = False,
                [[str(m["id"]), _when(m["received_at"]), m["push_state"], m["sender"],
                  _flat(m["text"])] for m in h["sms"]], flexible=("from", "text"))
     _table("Events", ["at (UTC)", "event", "detail"],
-           [[_when(e["at"]), e["kind"], json.dumps(e["detail"], ensure_ascii=False)
-             if e["detail"] else ""] for e in h["events"]], flexible=("detail",))
+           [[_when(e["at"]), e["kind"], _detail(e["detail"])] for e in h["events"]],
+           flexible=("detail",))
 
 
 @numbers_app.command("disable")
@@ -431,6 +437,12 @@ def sms_list(
            flexible=("from", "text", "last error"))
 
 
+def _detail(detail: dict) -> str:
+    """An event's detail as `key=value` pairs, empty values left out (--json has all)."""
+    return " ".join(f"{key}={value}" for key, value in detail.items()
+                    if value not in (None, [], ""))
+
+
 def _flat(text: str) -> str:
     """A message on one line (a table cell); the full text is in --json."""
     return " ".join(text.split())
@@ -502,8 +514,8 @@ def ops_show(
         f"finished {_when(op['finished_at']) or '-'}; initial sum "
         f"{_rub(op['initial_sum_kopecks'])} RUB, final sum {_rub(op['final_sum_kopecks']) or '-'}")
     _table("Events", ["at (UTC)", "event", "detail"],
-           [[_when(e["at"]), e["kind"], json.dumps(e["detail"], ensure_ascii=False)
-             if e["detail"] else ""] for e in op["events"]], flexible=("detail",))
+           [[_when(e["at"]), e["kind"], _detail(e["detail"])] for e in op["events"]],
+           flexible=("detail",))
     if op["sms"]:
         _table("SMS", ["id", "received (UTC)", "state", "tries", "from", "text"],
                [[str(m["id"]), _when(m["received_at"]), m["push_state"], str(m["attempts"]),
@@ -571,7 +583,8 @@ def status(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].defaul
         say(f"Server:     {running}, rentbox {server['version']} at {server['url']}, "
             f"started {_when(server['started_at'])} UTC")
     call = facts["last_onlinesim_call"]
-    say(f"Onlinesim:  last call {_when(call['at']) + ' UTC (' + call['action'] + ')' if call else 'never'}")
+    last_call = f"{_when(call['at'])} UTC ({call['action']})" if call else "never"
+    say(f"Onlinesim:  last call {last_call}")
     say(f"Pool:       {p['total']} numbers: {p['free']} free, {p['rented']} rented, "
         f"{p['banned']} banned, {p['disabled']} disabled")
     say(f"Rentals:    {o['open']} open ({o['with_sms']} with SMS, "

@@ -49,7 +49,8 @@ def status(db: Database, now: dt.datetime) -> dict:
         counts[row["state"]] = row["n"]
         counts["total"] += row["n"]
     ops = db.row(
-        "SELECT count(*) AS open, coalesce(sum(failed_at IS NOT NULL), 0) AS failed_awaiting_finish,"
+        "SELECT count(*) AS open,"
+        " coalesce(sum(failed_at IS NOT NULL), 0) AS failed_awaiting_finish,"
         " coalesce(sum(first_sms_at IS NOT NULL AND failed_at IS NULL), 0) AS with_sms"
         " FROM operations WHERE state = 'open'")
     outbox = db.row(
