@@ -32,7 +32,9 @@ class Database(sqlite_utils.Database):
     """
 
     def __init__(self, path: Path | str, *, write_lock: threading.Lock | None = None):
-        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
+        # check_same_thread=False only so that Connections.close_all() can close every
+        # connection at shutdown; each one is still used by the thread that opened it.
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
         super().__init__(conn, execute_plugins=False)
         self.path = Path(path)
         # Shared by every connection of one process to this file (see Connections).

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
 import threading
+from pathlib import Path
 
 from waitress import wasyncore
 from waitress.server import create_server
@@ -14,6 +16,7 @@ from rentbox import __version__, meta, web
 from rentbox.clock import Clock, SystemClock, to_text
 from rentbox.config import Settings
 from rentbox.db import Connections, open_database
+from rentbox.errors import Conflict
 from rentbox.housekeeping import Housekeeper
 from rentbox.push import Pusher
 
@@ -46,17 +49,22 @@ class Server:
         self.settings = settings
         self.clock = clock or SystemClock()
         open_database(settings.db).close()  # create and migrate before the first request
-        self.connections = Connections(settings.db)
-        self.pusher = None
-        if settings.push_url:
-            self.pusher = Pusher(self.connections, self.clock, url=settings.push_url,
-                                 api_key=settings.api_key, retry_s=settings.push_retry_s,
-                                 timeout_s=settings.push_timeout_s)
-        self.housekeeper = Housekeeper(self.connections, self.clock, settings.rules,
-                                       settings.housekeeping_s)
-        app = web.wsgi(settings, self.clock, self.connections,
-                       on_sms=self.pusher.wake if self.pusher else lambda: None)
-        self._waitress = make_waitress(app, settings)
+        self._lock_file = _lock_serving(settings.db)
+        try:
+            self.connections = Connections(settings.db)
+            self.pusher = None
+            if settings.push_url:
+                self.pusher = Pusher(self.connections, self.clock, url=settings.push_url,
+                                     api_key=settings.api_key, retry_s=settings.push_retry_s,
+                                     timeout_s=settings.push_timeout_s)
+            self.housekeeper = Housekeeper(self.connections, self.clock, settings.rules,
+                                           settings.housekeeping_s)
+            app = web.wsgi(settings, self.clock, self.connections,
+                           on_sms=self.pusher.wake if self.pusher else lambda: None)
+            self._waitress = make_waitress(app, settings)
+        except BaseException:
+            self._lock_file.close()
+            raise
         self._loop_thread: threading.Thread | None = None
         self._facts: dict | None = None
         self._stopped = threading.Event()
@@ -135,6 +143,8 @@ class Server:
         self.housekeeper.stop()
         if self.pusher:
             self.pusher.stop(timeout_s=self.settings.push_timeout_s + 5)
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the flock
         if self._facts is not None:
             try:
                 stopped = {**self._facts, "stopped_at": to_text(self.clock.now())}
@@ -142,6 +152,26 @@ class Server:
             except Exception:  # a clean stop matters more than this note
                 log.exception("could not record the server's stop")
         self.connections.close_all()
+
+
+def _lock_serving(db_path: Path):
+    """Hold an exclusive lock on `<db>.serve.lock` while serving: two servers on one
+    database would both push the outbox, and Onlinesim would get every SMS twice."""
+    path = Path(str(db_path) + ".serve.lock")
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise Conflict(f"another rentbox serve (pid {holder}) is running on {db_path}; "
+                       "run one server per database") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 def serve(settings: Settings) -> None:

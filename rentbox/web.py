@@ -86,7 +86,11 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
         elif action != path_action:
             raise InvalidInput(f"action must be {path_action} on this path, not {action!r}")
         answer = handlers[action](body)
-        calls.note(connections.get(), clock.now(), action)
+        try:
+            calls.note(connections.get(), clock.now(), action)
+        except Exception:
+            # The call itself is committed: its answer must go out whatever happens here.
+            log.exception("could not note Onlinesim's call")
         return answer
 
     def store_sms(incoming: sms.IncomingSms) -> dict:

@@ -238,3 +238,16 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_one_server_per_database(start_server, settings):
+    import dataclasses
+
+    import pytest
+
+    from rentbox.errors import Conflict
+    from rentbox.server import Server
+
+    start_server()
+    with pytest.raises(Conflict, match=r"another rentbox serve \(pid \d+\) is running on"):
+        Server(dataclasses.replace(settings, port=0))
