@@ -90,6 +90,10 @@ class Database(sqlite_utils.Database):
         finally:
             self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
 
+    def ping(self) -> None:
+        """A trivial read of rentbox's schema; raises if the database is unusable."""
+        self.execute("SELECT 1 FROM numbers LIMIT 1").fetchall()
+
     def rows(self, sql: str, params: tuple | list | dict = ()) -> list[dict]:
         """Run a read query and return every row as a dict.
 

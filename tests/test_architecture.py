@@ -1,0 +1,48 @@
+"""Imports point one way: CLI and HTTP on top, the rules in the middle, db/clock/config below."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "rentbox"
+BOTTOM = {"clock", "config", "errors", "db", "events", "meta"}
+MIDDLE = {"protocol", "pool", "bans", "operations", "sms", "gateways", "push", "housekeeping",
+          "reports"}
+TOP = {"web", "server", "cli"}
+# Who may import whom at the top: cli starts the server, the server serves the web app.
+TOP_ALLOWED = {"cli": {"server"}, "server": {"web"}, "web": set()}
+
+
+def rentbox_imports(module: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(module.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "rentbox":
+                found |= {alias.name for alias in node.names}
+            elif node.module.startswith("rentbox."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("rentbox.")}
+    return found - {"__version__"}
+
+
+def test_every_module_has_a_layer():
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    assert modules == BOTTOM | MIDDLE | TOP
+
+
+def test_imports_point_down():
+    for path in PACKAGE.glob("*.py"):
+        name, imported = path.stem, rentbox_imports(path)
+        if name in BOTTOM:
+            assert imported <= BOTTOM, f"{name} (bottom) imports {imported - BOTTOM}"
+        elif name in MIDDLE:
+            assert not imported & TOP, f"{name} (middle) imports {imported & TOP}"
+        elif name in TOP:
+            assert imported & TOP <= TOP_ALLOWED[name], f"{name} imports {imported & TOP}"
+
+
+def test_no_sql_in_the_cli_or_the_routes():
+    for name in ("cli", "web"):
+        text = (PACKAGE / f"{name}.py").read_text()
+        for keyword in ("SELECT ", "INSERT ", "UPDATE ", "DELETE "):
+            assert keyword not in text, f"{name}.py contains SQL ({keyword.strip()})"
