@@ -15,6 +15,7 @@ import argparse
 import http.client
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -89,6 +90,8 @@ def main() -> None:
             result = subprocess.run(rentbox + ["numbers", "import", str(big)], env=env,
                                     capture_output=True, text=True, timeout=3600)
             import_ended = time.monotonic()
+            # The largest child waited for so far is the import (the server is still up).
+            peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
             time.sleep(1)
             stop.set()
             for t in threads:
@@ -97,8 +100,9 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
     print(result.stdout.strip() or result.stderr.strip())
-    print(f"import of {args.rows} rows took {import_ended - import_started:.1f}s, "
-          f"{args.callers} callers doing GET_NUMBER/FINISH meanwhile")
+    print(f"import of {args.rows} rows took {import_ended - import_started:.1f}s "
+          f"(peak memory {peak_mb:.0f} MB), {args.callers} callers doing GET_NUMBER/FINISH "
+          "meanwhile")
     print(f"{'GET_NUMBER latency ms':<22}{'calls':>8}{'p50':>9}{'p99':>9}{'max':>9}")
     print(summary("before the import", [ms for t, ms in samples if t < import_started]))
     print(summary("during the import", [ms for t, ms in samples

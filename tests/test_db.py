@@ -106,3 +106,33 @@ def test_backup_is_a_consistent_copy_taken_while_writing(db_path, db, tmp_path):
     with pytest.raises(Conflict, match="does not exist"):
         backup(db, tmp_path / "no" / "copy.db")
     assert not (tmp_path / "copy.db.partial").exists()
+
+
+def test_a_database_from_the_first_release_is_migrated_not_rebuilt(tmp_path):
+    """A file written by rentbox 0.1's first schema (m001 only) keeps its rows."""
+    path = tmp_path / "old.db"
+    old = Database(path)
+    with old.transaction():
+        migrations.apply(old, stop_before="m002_sms_outbox_and_rent_rules")
+    stamp = "2026-01-01T00:00:00.000000Z"
+    old.execute("INSERT INTO numbers (number, country, operator, idle_since, created_at,"
+                " updated_at) VALUES ('4915123456789', 'germany', 'o2', ?, ?, ?)",
+                (stamp, stamp, stamp))
+    old.execute("INSERT INTO operations (number_id, state, initial_sum_kopecks, created_at)"
+                " VALUES (1, 'open', 40000, ?)", (stamp,))
+    old.execute("UPDATE numbers SET operation_id = 1")
+    old.close()
+
+    db = open_database(path)
+    assert [m.name for m in migrations.applied(db)] == [m.name for m in migrations._migrations]
+    assert db.row("SELECT number, operator, operation_id, failures, banned_until, removed_at"
+                  " FROM numbers") == {"number": "4915123456789", "operator": "o2",
+                                       "operation_id": 1, "failures": 0, "banned_until": None,
+                                       "removed_at": None}
+    assert db.row("SELECT id, state, first_sms_at, failed_at FROM operations") == {
+        "id": 1, "state": "open", "first_sms_at": None, "failed_at": None}
+    # The rebuilt free-number indexes know the new predicate.
+    indexes = {r["name"]: r["sql"] for r in db.rows(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name LIKE 'numbers_free%'")}
+    assert all("banned_until IS NULL" in sql for sql in indexes.values())
+    assert len(indexes) == 3
