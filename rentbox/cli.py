@@ -346,18 +346,21 @@ def numbers_show(number: NumberArgument, json_output: JsonOption = False,
 @fails_cleanly
 def numbers_disable(number: NumberArgument, db: DbOption = SETTINGS["db"].default) -> None:
     """Stop offering a number (an open rental on it is left alone)."""
-    digits = pool.normalize_number(number)
-    changed = pool.set_enabled(open_database(db), _now(), digits, False)
-    say(f"+{digits} is disabled." if changed else f"+{digits} was already disabled.")
+    _switch(number, db, enabled=False)
 
 
 @numbers_app.command("enable")
 @fails_cleanly
 def numbers_enable(number: NumberArgument, db: DbOption = SETTINGS["db"].default) -> None:
     """Offer a disabled number again."""
+    _switch(number, db, enabled=True)
+
+
+def _switch(number: str, db: Path, *, enabled: bool) -> None:
     digits = pool.normalize_number(number)
-    changed = pool.set_enabled(open_database(db), _now(), digits, True)
-    say(f"+{digits} is enabled." if changed else f"+{digits} was already enabled.")
+    word = "enabled" if enabled else "disabled"
+    changed = pool.set_enabled(open_database(db), _now(), digits, enabled)
+    say(f"+{digits} is {word}." if changed else f"+{digits} was already {word}.")
 
 
 @numbers_app.command("remove")

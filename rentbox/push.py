@@ -30,6 +30,8 @@ log = logging.getLogger("rentbox.push")
 
 # Answers after which an SMS is never sent again (protocol.md 4.1).
 TERMINAL_CODES = ("NO_OPERATION", "NO_OP", "BAD_SERVICE", "IGNORED", "SERVICE_BAN")
+# Words that make a plain-text 200 answer an error (retried), not a delivery.
+_PLAIN_ERRORS = ("ERROR", "TOO_MANY_ATTEMPTS", "BAD_KEY", "FAIL")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +74,20 @@ def classify(status: int, body: bytes) -> Outcome:
         for terminal in TERMINAL_CODES:
             if code == terminal or (not isinstance(parsed, dict) and terminal in code.split()):
                 return Outcome("terminal", terminal)
-    if status == 200:
-        status_field = parsed.get("status") if isinstance(parsed, dict) else None
-        if status_field is None or str(status_field).upper() in ("SUCCESS", "OK"):
+    if status != 200:
+        return Outcome("retry", f"HTTP {status}" + (f": {text[:100]}" if text else ""))
+    if isinstance(parsed, dict):
+        error = parsed.get("error")
+        if error not in (None, "", 0, False):
+            return Outcome("retry", f"HTTP 200 with error {str(error)[:60]}")
+        status_field = parsed.get("status")
+        if status_field is None or str(status_field).upper() in ("SUCCESS", "OK", "TRUE", "1"):
             return Outcome("delivered")
         return Outcome("retry", f"HTTP 200 with status {str(status_field)[:60]}")
-    return Outcome("retry", f"HTTP {status}" + (f": {text[:100]}" if text else ""))
+    # A plain-text 200: delivered, unless it names an error.
+    if any(word in text.upper() for word in _PLAIN_ERRORS):
+        return Outcome("retry", f"HTTP 200: {text[:100]}")
+    return Outcome("delivered")
 
 
 def send(url: str, body: dict, api_key: str, timeout_s: float) -> Outcome:
