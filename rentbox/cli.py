@@ -7,19 +7,15 @@ import functools
 import json
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
-from rich import box
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from rentbox import __version__, bans, db as database, housekeeping, operations, pool, reports, sms
+from rentbox import __version__, bans, db as database, housekeeping, operations, pool, render, reports, sms
 from rentbox.clock import SystemClock
 from rentbox.config import (API_KEY_ENV, GATEWAY_TOKEN_ENV, SETTINGS, SMSGATE_KEY_ENV, Rules,
                             Settings)
@@ -87,46 +83,9 @@ def _print_json(value: object) -> None:
 
 def _table(title: str | None, columns: list[str], rows: list[list[str]],
            flexible: tuple[str, ...] = ()) -> None:
-    """A table for people. Every cell stays on one line; when the terminal is too narrow,
-    only the `flexible` columns (free text) give way, cut with an ellipsis."""
-    widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, name in enumerate(columns)]
-    fixed = sum(w for name, w in zip(columns, widths) if name not in flexible)
-    room = out.width - fixed - 2 * len(columns)  # one space between columns, and a margin
-    # Share the room among the free-text columns: narrow ones get what they need, the
-    # rest is split evenly among the wide ones.
-    limits: dict[str, int] = {}
-    wanted = sorted((w, name) for name, w in zip(columns, widths) if name in flexible)
-    for index, (width, name) in enumerate(wanted):
-        limits[name] = max(6, min(width, room // (len(wanted) - index)))
-        room -= limits[name]
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", show_edge=False,
-                  pad_edge=False, collapse_padding=True, padding=(0, 1))
-    for i, (name, width) in enumerate(zip(columns, widths)):
-        if name in flexible:
-            table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=limits[name])
-        else:
-            numeric = bool(rows) and all(_NUMERIC.match(row[i]) for row in rows)
-            table.add_column(name, no_wrap=True, min_width=width,
-                             justify="right" if numeric else "left")
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
-
-
-_NUMERIC = re.compile(r"^-?[\d,]*\.?\d*%?$")
-
-
-def _when(text: str | None) -> str:
-    """A stored UTC time as people read it."""
-    return f"{text[:10]} {text[11:16]}" if text else ""
-
-
-# How a rental failed its guard window, in a table's "guard" column.
-_GUARD = {"guard_expired": "expired", "cancelled_without_sms": "no SMS"}
-
-
-def _rub(kopecks: int | None) -> str:
-    return "" if kopecks is None else f"{kopecks / 100:,.2f}"
+    """A table for people on stdout; on a terminal, cut to its width."""
+    width = out.width if out.is_terminal else None
+    render.table(sys.stdout, columns, rows, title=title, flexible=flexible, width=width)
 
 
 def _now() -> dt.datetime:
@@ -259,6 +218,9 @@ def numbers_import(
     Numbers are international (country code first; '+', spaces and dashes are fine).
     If any row is bad, nothing is imported unless --skip-invalid is given.
     """
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeRemainingColumn)
+
     # A progress bar for people; none when stderr is not a terminal (scripts, cron).
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=err, transient=True,
@@ -321,24 +283,24 @@ def numbers_show(number: NumberArgument, json_output: JsonOption = False,
         _print_json(history)
         return
     h = history
-    ban = f", banned until {_when(h['banned_until'])} UTC" if h["banned_until"] else ""
+    ban = f", banned until {render.when(h['banned_until'])} UTC" if h["banned_until"] else ""
     say(f"+{h['number']} ({h['country']}, {h['operator'] or 'no operator'}"
         f"{', port ' + h['port'] if h['port'] else ''}): {h['state']}; "
         f"{h['failures']} failed rental(s) in a row{ban}")
     if h["rentals"]:
         _table("Rentals", ["id", "created (UTC)", "outcome", "guard", "SMS", "sum"],
-               [[str(r["id"]), _when(r["created_at"]), r["outcome"], _GUARD.get(r["failure"], ""),
-                 str(r["sms_count"]), _rub(r["final_sum_kopecks"] if r["final_sum_kopecks"]
+               [[str(r["id"]), render.when(r["created_at"]), r["outcome"], render.GUARD.get(r["failure"], ""),
+                 str(r["sms_count"]), render.rub(r["final_sum_kopecks"] if r["final_sum_kopecks"]
                                            is not None else r["initial_sum_kopecks"])]
                 for r in h["rentals"]])
     else:
         say("No rentals yet.")
     if h["sms"]:
         _table("SMS", ["id", "received (UTC)", "state", "from", "text"],
-               [[str(m["id"]), _when(m["received_at"]), m["push_state"], m["sender"],
-                 _flat(m["text"])] for m in h["sms"]], flexible=("from", "text"))
+               [[str(m["id"]), render.when(m["received_at"]), m["push_state"], m["sender"],
+                 render.flat(m["text"])] for m in h["sms"]], flexible=("from", "text"))
     _table("Events", ["at (UTC)", "event", "detail"],
-           [[_when(e["at"]), e["kind"], _detail(e["detail"])] for e in h["events"]],
+           [[render.when(e["at"]), e["kind"], render.detail(e["detail"])] for e in h["events"]],
            flexible=("detail",))
 
 
@@ -434,21 +396,12 @@ def sms_list(
         return
     _table(None, ["id", "received (UTC)", "to", "state", "tries", "from", "text",
                   "last error"],
-           [[str(r["id"]), _when(r["received_at"]), "+" + r["number"] if r["number"] else "?",
+           [[str(r["id"]), render.when(r["received_at"]), "+" + r["number"] if r["number"] else "?",
              r["push_state"], str(r["attempts"]), r["sender"],
-             _flat(r["text"]), r["last_error"] or ""] for r in rows],
+             render.flat(r["text"]), r["last_error"] or ""] for r in rows],
            flexible=("from", "text", "last error"))
 
 
-def _detail(detail: dict) -> str:
-    """An event's detail as `key=value` pairs, empty values left out (--json has all)."""
-    return " ".join(f"{key}={value}" for key, value in detail.items()
-                    if value not in (None, [], ""))
-
-
-def _flat(text: str) -> str:
-    """A message on one line (a table cell); the full text is in --json."""
-    return " ".join(text.split())
 
 
 @sms_app.command("retry")
@@ -493,9 +446,9 @@ def ops_list(
         say("No operations.")
         return
     _table(None, ["id", "number", "created (UTC)", "outcome", "guard", "SMS", "sum"],
-           [[str(r["id"]), "+" + r["number"], _when(r["created_at"]), r["outcome"],
-             _GUARD.get(r["failure"], ""), str(r["sms_count"]),
-             _rub(r["final_sum_kopecks"] if r["final_sum_kopecks"] is not None
+           [[str(r["id"]), "+" + r["number"], render.when(r["created_at"]), r["outcome"],
+             render.GUARD.get(r["failure"], ""), str(r["sms_count"]),
+             render.rub(r["final_sum_kopecks"] if r["final_sum_kopecks"] is not None
                   else r["initial_sum_kopecks"])] for r in rows])
 
 
@@ -513,16 +466,16 @@ def ops_show(
         return
     say(f"Operation {op['id']} on +{op['number']} ({op['country']}): {op['state']}, "
         f"outcome {op['outcome']}" + (f", failed: {op['failure']}" if op["failure"] else ""))
-    say(f"Created {_when(op['created_at'])}, first SMS {_when(op['first_sms_at']) or '-'}, "
-        f"finished {_when(op['finished_at']) or '-'}; initial sum "
-        f"{_rub(op['initial_sum_kopecks'])} RUB, final sum {_rub(op['final_sum_kopecks']) or '-'}")
+    say(f"Created {render.when(op['created_at'])}, first SMS {render.when(op['first_sms_at']) or '-'}, "
+        f"finished {render.when(op['finished_at']) or '-'}; initial sum "
+        f"{render.rub(op['initial_sum_kopecks'])} RUB, final sum {render.rub(op['final_sum_kopecks']) or '-'}")
     _table("Events", ["at (UTC)", "event", "detail"],
-           [[_when(e["at"]), e["kind"], _detail(e["detail"])] for e in op["events"]],
+           [[render.when(e["at"]), e["kind"], render.detail(e["detail"])] for e in op["events"]],
            flexible=("detail",))
     if op["sms"]:
         _table("SMS", ["id", "received (UTC)", "state", "tries", "from", "text"],
-               [[str(m["id"]), _when(m["received_at"]), m["push_state"], str(m["attempts"]),
-                 m["sender"], _flat(m["text"])] for m in op["sms"]], flexible=("from", "text"))
+               [[str(m["id"]), render.when(m["received_at"]), m["push_state"], str(m["attempts"]),
+                 m["sender"], render.flat(m["text"])] for m in op["sms"]], flexible=("from", "text"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -543,7 +496,7 @@ def bans_list(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].def
         return
     _table(None, ["number", "country", "operator", "failures", "banned until (UTC)"],
            [["+" + r["number"], r["country"], r["operator"] or "", str(r["failures"]),
-             (r["banned_until"] or "")[:19].replace("T", " ")] for r in rows])
+             render.when_exactly(r["banned_until"])] for r in rows])
 
 
 @bans_app.command("lift")
@@ -584,9 +537,9 @@ def status(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].defaul
     else:
         running = "running" if server["running"] else "not running"
         say(f"Server:     {running}, rentbox {server['version']} at {server['url']}, "
-            f"started {_when(server['started_at'])} UTC")
+            f"started {render.when(server['started_at'])} UTC")
     call = facts["last_onlinesim_call"]
-    last_call = f"{_when(call['at'])} UTC ({call['action']})" if call else "never"
+    last_call = f"{render.when(call['at'])} UTC ({call['action']})" if call else "never"
     say(f"Onlinesim:  last call {last_call}")
     say(f"Pool:       {p['total']} numbers: {p['free']} free, {p['rented']} rented, "
         f"{p['banned']} banned, {p['disabled']} disabled")

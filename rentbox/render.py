@@ -1,0 +1,90 @@
+"""Rendering for people: aligned plain-text tables, and times, sums and texts in cells.
+
+Tables are written directly rather than through Rich: Rich measures every cell and took
+0.4 s for 500 rows (4 s for a 5,000-number pool); this takes milliseconds. Columns are
+aligned by terminal cells (emoji and CJK are two wide), numbers are right-aligned, and on
+a terminal the free-text columns are cut with an ellipsis so that a row fits the width.
+Piped output is never cut (use --json for scripts).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TextIO
+
+from rich.cells import cell_len, set_cell_size
+
+_NUMERIC = re.compile(r"^-?[\d,]*\.?\d*%?$")
+GAP = "  "
+
+
+def table(stream: TextIO, columns: list[str], rows: list[list[str]], *,
+          title: str | None = None, flexible: tuple[str, ...] = (),
+          width: int | None = None) -> None:
+    """Write a table: a header, a rule, one line per row. `width` (a terminal's) cuts the
+    `flexible` columns so that rows fit; None never cuts."""
+    widths = [max([cell_len(name)] + [cell_len(row[i]) for row in rows])
+              for i, name in enumerate(columns)]
+    if width is not None:
+        widths = _fit(columns, widths, flexible, width)
+    right = [bool(rows) and name not in flexible and all(_NUMERIC.match(row[i]) for row in rows)
+             for i, name in enumerate(columns)]
+
+    def line(cells: list[str]) -> str:
+        parts = []
+        for cell, size, align_right in zip(cells, widths, right):
+            if cell_len(cell) > size:
+                cell = set_cell_size(cell, size - 1) + "…"
+            pad = " " * (size - cell_len(cell))
+            parts.append(pad + cell if align_right else cell + pad)
+        return GAP.join(parts).rstrip()
+
+    if title:
+        stream.write("\n" + title + "\n")
+    stream.write(line(columns) + "\n")
+    stream.write("─" * (sum(widths) + len(GAP) * (len(widths) - 1)) + "\n")
+    stream.write("".join(line(row) + "\n" for row in rows))
+
+
+def _fit(columns: list[str], widths: list[int], flexible: tuple[str, ...],
+         width: int) -> list[int]:
+    """Share what the fixed columns leave among the flexible ones: narrow ones get what
+    they need, the rest is split evenly among the wide ones (never below 6 cells)."""
+    room = width - len(GAP) * (len(columns) - 1) - sum(
+        w for name, w in zip(columns, widths) if name not in flexible)
+    wanted = sorted((w, i) for i, (name, w) in enumerate(zip(columns, widths))
+                    if name in flexible)
+    fitted = list(widths)
+    for index, (natural, i) in enumerate(wanted):
+        fitted[i] = max(6, min(natural, room // (len(wanted) - index)))
+        room -= fitted[i]
+    return fitted
+
+
+def when(text: str | None) -> str:
+    """A stored UTC time as people read it, to the minute."""
+    return f"{text[:10]} {text[11:16]}" if text else ""
+
+
+def when_exactly(text: str | None) -> str:
+    """A stored UTC time to the second."""
+    return f"{text[:10]} {text[11:19]}" if text else ""
+
+
+def rub(kopecks: int | None) -> str:
+    return "" if kopecks is None else f"{kopecks / 100:,.2f}"
+
+
+def flat(text: str) -> str:
+    """A message on one line (a table cell); the full text is in --json."""
+    return " ".join(text.split())
+
+
+def detail(values: dict) -> str:
+    """An event's detail as `key=value` pairs, empty values left out (--json has all)."""
+    return " ".join(f"{key}={value}" for key, value in values.items()
+                    if value not in (None, [], ""))
+
+
+# How a rental failed its guard window, in a table's "guard" column.
+GUARD = {"guard_expired": "expired", "cancelled_without_sms": "no SMS"}
