@@ -28,11 +28,17 @@ app = typer.Typer(
     add_completion=False,
     # Rich tracebacks with local variables could print the API key.
     pretty_exceptions_enable=False,
+    # Docstrings are Markdown: lines of one paragraph are joined, `code` is marked.
+    rich_markup_mode="markdown",
 )
-numbers_app = typer.Typer(help="Import and inspect the number pool.", no_args_is_help=True)
-sms_app = typer.Typer(help="Add, list and re-queue SMS.", no_args_is_help=True)
-ops_app = typer.Typer(help="Inspect rent operations.", no_args_is_help=True)
-bans_app = typer.Typer(help="Inspect and lift bans of numbers.", no_args_is_help=True)
+numbers_app = typer.Typer(help="Import and inspect the number pool.", no_args_is_help=True,
+                          rich_markup_mode="markdown")
+sms_app = typer.Typer(help="Add, list and re-queue SMS.", no_args_is_help=True,
+                      rich_markup_mode="markdown")
+ops_app = typer.Typer(help="Inspect rent operations.", no_args_is_help=True,
+                      rich_markup_mode="markdown")
+bans_app = typer.Typer(help="Inspect and lift bans of numbers.", no_args_is_help=True,
+                       rich_markup_mode="markdown")
 app.add_typer(numbers_app, name="numbers")
 app.add_typer(sms_app, name="sms")
 app.add_typer(ops_app, name="ops")
@@ -328,8 +334,11 @@ def _switch(number: str, db: Path, *, enabled: bool) -> None:
 @numbers_app.command("remove")
 @fails_cleanly
 def numbers_remove(number: NumberArgument, db: DbOption = SETTINGS["db"].default) -> None:
-    """Take a number out of the pool. Refused while it is in an open rental; its history
-    stays readable (`numbers show`), and importing it again brings it back."""
+    """Take a number out of the pool for good, keeping its history.
+
+    Refused while the number is in an open rental. Its history stays readable with
+    `numbers show`, and importing it again brings it back.
+    """
     digits = pool.normalize_number(number)
     pool.remove_number(open_database(db), _now(), digits)
     say(f"+{digits} is removed from the pool.")
@@ -394,14 +403,19 @@ def sms_list(
     if not rows:
         say("No SMS.")
         return
-    _table(None, ["id", "received (UTC)", "to", "state", "tries", "from", "text",
-                  "last error"],
-           [[str(r["id"]), render.when(r["received_at"]), "+" + r["number"] if r["number"] else "?",
-             r["push_state"], str(r["attempts"]), r["sender"],
-             render.flat(r["text"]), r["last_error"] or ""] for r in rows],
-           flexible=("from", "text", "last error"))
+    columns = ["id", "received (UTC)", "to", "state", "tries", "from", "text", "last error"]
+    cells = [[str(r["id"]), render.when(r["received_at"]),
+              "+" + r["number"] if r["number"] else "?", r["push_state"], str(r["attempts"]),
+              r["sender"], render.flat(r["text"]), r["last_error"] or ""] for r in rows]
+    if not any(r["last_error"] for r in rows):  # room for the text instead
+        columns, cells = columns[:-1], [c[:-1] for c in cells]
+    _table(None, columns, cells, flexible=("from", "text", "last error"))
+    _more_rows(len(rows), limit)
 
 
+def _more_rows(shown: int, limit: int) -> None:
+    if shown == limit:
+        say(f"Showing the newest {limit}; --limit shows more, --json gives every field.")
 
 
 @sms_app.command("retry")
@@ -450,6 +464,7 @@ def ops_list(
              render.GUARD.get(r["failure"], ""), str(r["sms_count"]),
              render.rub(r["final_sum_kopecks"] if r["final_sum_kopecks"] is not None
                   else r["initial_sum_kopecks"])] for r in rows])
+    _more_rows(len(rows), limit)
 
 
 @ops_app.command("show")
@@ -541,10 +556,11 @@ def status(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].defaul
     call = facts["last_onlinesim_call"]
     last_call = f"{render.when(call['at'])} UTC ({call['action']})" if call else "never"
     say(f"Onlinesim:  last call {last_call}")
-    say(f"Pool:       {p['total']} numbers: {p['free']} free, {p['rented']} rented, "
+    leaving = (f" ({p['rented_disabled']} of them disabled)" if p["rented_disabled"] else "")
+    say(f"Pool:       {p['total']} numbers: {p['free']} free, {p['rented']} rented{leaving}, "
         f"{p['banned']} banned, {p['disabled']} disabled")
-    say(f"Rentals:    {o['open']} open ({o['with_sms']} with SMS, "
-        f"{o['failed_awaiting_finish']} failed and awaiting FINISH)")
+    say(f"Rentals:    {o['open']} open: {o['with_sms']} with SMS, {o['awaiting_sms']} waiting "
+        f"for their first SMS, {o['failed_awaiting_finish']} failed and awaiting FINISH")
     say(f"Outbox:     {box['pending']} SMS waiting ({box['retrying']} retrying), "
         f"{box['failed']} refused for good")
     if facts["warnings"]:
@@ -578,43 +594,47 @@ def report(
     A closed rental counts on the day it closed, an open one on the day it started.
     Success rate: rentals that received an SMS in their guard window, of those decided.
     """
-    rows, totals = reports.income_report(open_database(db), by=by, since=_since(since, "--since"),
-                                         until=_since(until, "--until"))
+    if json_output and csv_output:
+        raise InvalidInput("choose one of --json and --csv")
+    since_at, until_at = _since(since, "--since"), _since(until, "--until")
+    if since_at and until_at and since_at >= until_at:
+        raise InvalidInput("--since must be before --until")
+    rows, totals = reports.income_report(open_database(db), by=by, since=since_at,
+                                         until=until_at)
     if json_output:
         _print_json({"by": by, "rows": [r.as_dict() for r in rows], "totals": totals.as_dict()})
         return
-    columns = ["operations", "sold", "cancelled", "refunded", "wrong_service", "open", "failed",
-               "success_rate", "credited_rub", "pending_rub"]
-
-    def cells(row: reports.ReportRow) -> list[str]:
-        rate = row.success_rate
-        return [str(row.operations), str(row.sold), str(row.cancelled), str(row.refunded),
-                str(row.wrong_service), str(row.open), str(row.failed),
-                "" if rate is None else f"{rate:.0%}",
-                f"{row.credited_kopecks / 100:.2f}", f"{row.pending_kopecks / 100:.2f}"]
-
     if csv_output:
         import csv
 
+        # For spreadsheets: plain numbers, the success rate as a fraction, RUB as decimals.
+        columns = ["operations", "sold", "cancelled", "refunded", "wrong_service", "open",
+                   "failed", "with_sms", "success_rate", "credited_rub", "pending_rub"]
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow([by] + columns)
         for row in rows:
-            writer.writerow([row.key] + cells(row))
+            rate = row.success_rate
+            writer.writerow([row.key, row.operations, row.sold, row.cancelled, row.refunded,
+                             row.wrong_service, row.open, row.failed, row.with_sms,
+                             "" if rate is None else f"{rate:.4f}",
+                             f"{row.credited_kopecks / 100:.2f}",
+                             f"{row.pending_kopecks / 100:.2f}"])
         return
     if not rows:
         say("No operations in this period.")
         return
     # The table folds cancelled, refunded and wrong_service into "other"; --csv and --json
     # have each.
+    label = ("+{}" if by == "number" else "{}").format
     _table(None, [by, "ops", "sold", "other", "open", "failed", "success", "credited",
                   "pending"],
-           [[("+" if by == "number" else "") + r.key, str(r.operations), str(r.sold),
+           [[label(r.key) if r is not totals else "total", str(r.operations), str(r.sold),
              str(r.cancelled + r.refunded + r.wrong_service), str(r.open), str(r.failed),
              "" if r.success_rate is None else f"{r.success_rate:.0%}",
-             f"{r.credited_kopecks / 100:,.2f}", f"{r.pending_kopecks / 100:,.2f}"]
+             render.rub(r.credited_kopecks), render.rub(r.pending_kopecks)]
             for r in rows + [totals]])
-    say("Sums in RUB. credited: FINISH status 3; pending: open rentals with SMS, at their "
-        "initial sum; other: cancelled, refunded or wrong service.")
+    say("Sums in RUB. credited: FINISH status 3. pending: open rentals with SMS, at their")
+    say("initial sum. other: cancelled, refunded or wrong service.")
 
 
 @app.command()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -134,6 +136,44 @@ def backup(db: Database, target: Path) -> int:
         partial.unlink(missing_ok=True)
         raise Conflict(f"cannot write {target}: {error.strerror}") from None
     return target.stat().st_size
+
+
+def _serving_lock_path(db_path: Path | str) -> Path:
+    return Path(str(db_path) + ".serve.lock")
+
+
+def hold_serving_lock(db_path: Path | str):
+    """Hold an exclusive lock on `<db>.serve.lock` for as long as the returned file stays
+    open: two servers on one database would both push the outbox, and Onlinesim would get
+    every SMS twice. The OS drops the lock when the process dies, however it dies."""
+    handle = open(_serving_lock_path(db_path), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise Conflict(f"another rentbox serve (pid {holder}) is running on {db_path}; "
+                       "run one server per database") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def is_being_served(db_path: Path | str) -> bool:
+    """Whether a `rentbox serve` holds this database's serving lock right now."""
+    path = _serving_lock_path(db_path)
+    if not path.exists():
+        return False
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 class Connections:

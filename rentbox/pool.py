@@ -267,7 +267,8 @@ def import_file(
     """
     try:
         with open(path, "rb") as raw:
-            total = sum(chunk.count(b"\n") for chunk in iter(lambda: raw.read(1 << 20), b""))
+            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: raw.read(1 << 20), b""))
+        total = max(0, lines - 1)  # rows, without the header
         stream = open(path, encoding="utf-8-sig", newline="")
     except FileNotFoundError:
         raise InvalidInput(f"{path}: no such file") from None
@@ -281,6 +282,7 @@ def import_file(
     try:
         with stream:
             try:
+                done = 0
                 for done, item in enumerate(check_rows(stream, country=country,
                                                        operator=operator), start=1):
                     if isinstance(item, PoolEntry):
@@ -294,6 +296,8 @@ def import_file(
                             errors.append(item)
                     if on_progress and done % 1000 == 0:
                         on_progress("checking", done, total)
+                if on_progress:
+                    on_progress("checking", done, done)
             except UnicodeDecodeError:
                 raise InvalidInput(f"{path} is not UTF-8 text") from None
             except csv.Error as error:
@@ -377,6 +381,7 @@ class _Staging:
 
 STATE_SQL = """CASE
     WHEN numbers.removed_at IS NOT NULL THEN 'removed'
+    WHEN numbers.operation_id IS NOT NULL AND numbers.enabled = 0 THEN 'rented, disabled'
     WHEN numbers.operation_id IS NOT NULL THEN 'rented'
     WHEN numbers.enabled = 0 THEN 'disabled'
     WHEN numbers.banned_until IS NOT NULL THEN 'banned'
@@ -384,8 +389,9 @@ STATE_SQL = """CASE
 
 
 def list_numbers(db: Database, *, include_removed: bool = False) -> list[dict]:
-    """The pool with each number's state (free, rented, banned, disabled; removed ones
-    only when asked), by country and number."""
+    """The pool with each number's state (free, rented, banned, disabled, or "rented,
+    disabled" for one that leaves the pool when its rental ends; removed ones only when
+    asked), by country and number."""
     where = "" if include_removed else "WHERE numbers.removed_at IS NULL"
     return db.rows(
         f"SELECT number, country, operator, port, {STATE_SQL} AS state"

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
 
 from rentbox import events, meta, operations, pool, sms
 from rentbox.clock import from_text, to_text
-from rentbox.db import Database
+from rentbox.db import Database, is_being_served
 from rentbox.errors import InvalidInput
 
 # A warning when this share of the pool (or more) is banned.
@@ -39,7 +38,11 @@ def status(db: Database, now: dt.datetime) -> dict:
     stamp = to_text(now)
     # Each number counts once, in the first state that applies: rented, disabled, banned
     # (a ban that has ended counts as free even before housekeeping lifts it), free.
+    # `rented_disabled` are rented numbers that leave the pool when their rental ends.
     counts = {"total": 0, "free": 0, "rented": 0, "banned": 0, "disabled": 0}
+    counts["rented_disabled"] = db.row(
+        "SELECT count(*) AS n FROM numbers WHERE operation_id IS NOT NULL AND enabled = 0"
+        " AND removed_at IS NULL")["n"]
     for row in db.rows(
         "SELECT CASE WHEN operation_id IS NOT NULL THEN 'rented'"
         " WHEN enabled = 0 THEN 'disabled' WHEN banned_until > ? THEN 'banned'"
@@ -51,7 +54,8 @@ def status(db: Database, now: dt.datetime) -> dict:
     ops = db.row(
         "SELECT count(*) AS open,"
         " coalesce(sum(failed_at IS NOT NULL), 0) AS failed_awaiting_finish,"
-        " coalesce(sum(first_sms_at IS NOT NULL AND failed_at IS NULL), 0) AS with_sms"
+        " coalesce(sum(first_sms_at IS NOT NULL AND failed_at IS NULL), 0) AS with_sms,"
+        " coalesce(sum(first_sms_at IS NULL AND failed_at IS NULL), 0) AS awaiting_sms"
         " FROM operations WHERE state = 'open'")
     outbox = db.row(
         "SELECT count(*) AS pending, coalesce(sum(attempts > 0), 0) AS retrying,"
@@ -62,7 +66,9 @@ def status(db: Database, now: dt.datetime) -> dict:
     outbox["last_error"] = last_error["last_error"] if last_error else None
     server = meta.get(db, meta.SERVER)
     if server is not None:
-        server["running"] = server.get("stopped_at") is None and _is_alive(server.get("pid"))
+        # The serving lock, not the recorded pid: a backup or a copy of the file carries
+        # the record of a server that is not serving it.
+        server["running"] = is_being_served(db.path)
     report = {
         "at": stamp,
         "pool": counts,
@@ -73,18 +79,6 @@ def status(db: Database, now: dt.datetime) -> dict:
     }
     report["warnings"] = _warnings(report, now)
     return report
-
-
-def _is_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _warnings(report: dict, now: dt.datetime) -> list[str]:

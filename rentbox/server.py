@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
 import threading
-from pathlib import Path
 
 from waitress import wasyncore
 from waitress.server import create_server
@@ -15,8 +13,7 @@ from waitress.server import create_server
 from rentbox import __version__, meta, web
 from rentbox.clock import Clock, SystemClock, to_text
 from rentbox.config import Settings
-from rentbox.db import Connections, open_database
-from rentbox.errors import Conflict
+from rentbox.db import Connections, hold_serving_lock, open_database
 from rentbox.housekeeping import Housekeeper
 from rentbox.push import Pusher
 
@@ -49,7 +46,7 @@ class Server:
         self.settings = settings
         self.clock = clock or SystemClock()
         open_database(settings.db).close()  # create and migrate before the first request
-        self._lock_file = _lock_serving(settings.db)
+        self._lock_file = hold_serving_lock(settings.db)
         try:
             self.connections = Connections(settings.db)
             self.pusher = None
@@ -152,26 +149,6 @@ class Server:
             except Exception:  # a clean stop matters more than this note
                 log.exception("could not record the server's stop")
         self.connections.close_all()
-
-
-def _lock_serving(db_path: Path):
-    """Hold an exclusive lock on `<db>.serve.lock` while serving: two servers on one
-    database would both push the outbox, and Onlinesim would get every SMS twice."""
-    path = Path(str(db_path) + ".serve.lock")
-    handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise Conflict(f"another rentbox serve (pid {holder}) is running on {db_path}; "
-                       "run one server per database") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
 
 
 def serve(settings: Settings) -> None:

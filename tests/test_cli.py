@@ -149,6 +149,10 @@ def test_ops_list_and_show(db_path):
     assert "rent_opened" in shown.stdout
     detail = json.loads(run("ops", "show", "1", "--json", "--db", db_path).stdout)
     assert detail["events"][0]["kind"] == "rent_opened"
+    limited = run("ops", "list", "--limit", "2", "--db", db_path)
+    assert limited.stdout.endswith(
+        "Showing the newest 2; --limit shows more, --json gives every field.\n")
+    assert "Showing" not in run("ops", "list", "--limit", "3", "--db", db_path).stdout
     missing = run("ops", "show", "9", "--db", db_path)
     assert (missing.exit_code, missing.stderr) == (1, "Error: no operation 9\n")
     since = run("ops", "list", "--since", "tomorrow", "--db", db_path)
@@ -191,7 +195,8 @@ def test_status_on_a_fresh_database(db_path):
         "Server:     never started on this database",
         "Onlinesim:  last call never",
         "Pool:       0 numbers: 0 free, 0 rented, 0 banned, 0 disabled",
-        "Rentals:    0 open (0 with SMS, 0 failed and awaiting FINISH)",
+        "Rentals:    0 open: 0 with SMS, 0 waiting for their first SMS, 0 failed and "
+        "awaiting FINISH",
         "Outbox:     0 SMS waiting (0 retrying), 0 refused for good",
         "Warning: rentbox serve has never run on this database",
         "Warning: the pool is empty: import numbers with `rentbox numbers import`",
@@ -215,9 +220,9 @@ def test_report_outputs(db_path):
     day = SystemClock().now().strftime("%Y-%m-%d")
     csv_out = run("report", "--csv", "--db", db_path)
     assert csv_out.stdout.splitlines() == [
-        "day,operations,sold,cancelled,refunded,wrong_service,open,failed,success_rate,"
-        "credited_rub,pending_rub",
-        f"{day},2,1,0,0,0,1,0,,870.50,0.00"]
+        "day,operations,sold,cancelled,refunded,wrong_service,open,failed,with_sms,"
+        "success_rate,credited_rub,pending_rub",
+        f"{day},2,1,0,0,0,1,0,0,,870.50,0.00"]
     data = json.loads(run("report", "--json", "--by", "country", "--db", db_path).stdout)
     assert data["totals"]["credited_kopecks"] == 87050
     assert [r["key"] for r in data["rows"]] == ["germany"]
@@ -230,6 +235,10 @@ def test_report_outputs(db_path):
         1, "Error: report by must be one of day, week, month, country, number, not 'year'\n")
     assert run("report", "--until", "soon", "--db", db_path).stderr == \
         "Error: --until 'soon' is not a date (YYYY-MM-DD) or ISO time\n"
+    assert run("report", "--since", "2026-02-02", "--until", "2026-02-01",
+               "--db", db_path).stderr == "Error: --since must be before --until\n"
+    assert run("report", "--json", "--csv", "--db", db_path).stderr == \
+        "Error: choose one of --json and --csv\n"
 
 
 def test_numbers_show_disable_enable_remove(db_path):

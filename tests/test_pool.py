@@ -156,6 +156,7 @@ def test_disable_enable(db, clock):
     # The open rental is left alone; when it ends the number stays out of the pool.
     assert db.row("SELECT operation_id FROM numbers WHERE number = '4915123456789'")[
         "operation_id"] == rental.activation_id
+    assert [r["state"] for r in pool.list_numbers(db)] == ["rented, disabled", "disabled"]
     operations.finish_rent(db, clock.now(), FinishRequest(rental.activation_id, 4), Rules())
     assert pool.count_available(db) == {}
     assert {r["state"] for r in pool.list_numbers(db)} == {"disabled"}
@@ -206,7 +207,8 @@ def test_import_reports_progress_and_caps_the_errors_it_keeps(db, tmp_path, monk
     assert len(caught.value.errors) == 5
     assert str(caught.value).startswith("12 invalid row(s), nothing imported")
     assert pool.list_numbers(db) == []
-    assert seen[0] == ("checking", 1000, 2513)
+    assert seen[0] == ("checking", 1000, 2512)
+    assert seen[-1] == ("checking", 2512, 2512)
     seen.clear()
     result = pool.import_file(db, START, path, skip_invalid=True,
                               on_progress=lambda *a: seen.append(a))
@@ -230,9 +232,9 @@ def test_import_does_not_lock_the_database_while_checking(db_path, db, tmp_path)
     def on_progress(phase, done, total):
         if phase == "checking":
             with other.transaction():  # would wait (and time out) if the file were locked
-                other.execute("INSERT INTO meta VALUES (?, '{}', 'x')", (f"k{done}",))
+                other.execute("INSERT INTO meta VALUES (?, '{}', 'x')", (f"k{len(writes)}",))
             writes.append(done)
 
     pool.import_file(db, START, path, on_progress=on_progress)
-    assert writes == [1000, 2000, 3000]
+    assert writes == [1000, 2000, 3000, 3000]
     other.close()

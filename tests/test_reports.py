@@ -104,8 +104,10 @@ def test_report_since_until(books):
 def test_status_figures_and_warnings(books):
     now = DAY2 + dt.timedelta(minutes=30)
     facts = reports.status(books, now)
-    assert facts["pool"] == {"total": 3, "free": 2, "rented": 1, "banned": 0, "disabled": 0}
-    assert facts["operations"] == {"open": 2, "failed_awaiting_finish": 1, "with_sms": 1}
+    assert facts["pool"] == {"total": 3, "free": 2, "rented": 1, "banned": 0, "disabled": 0,
+                             "rented_disabled": 0}
+    assert facts["operations"] == {"open": 2, "failed_awaiting_finish": 1, "with_sms": 1,
+                                   "awaiting_sms": 0}
     assert facts["outbox"]["pending"] == 3 and facts["outbox"]["failed"] == 0
     assert facts["server"] is None and facts["last_onlinesim_call"] is None
     assert facts["warnings"] == [
@@ -125,7 +127,14 @@ def test_status_of_a_running_server_without_push_url(books):
     push.record(books, now, sms_row, push.Outcome("retry", "HTTP 500"), 10)
     books.execute("UPDATE numbers SET banned_until = '2026-11-09T00:00:00.000000Z'"
                   " WHERE number = ?", (C,))
-    facts = reports.status(books, now)
+    from rentbox.db import hold_serving_lock
+
+    lock = hold_serving_lock(books.path)  # as `rentbox serve` does
+    try:
+        facts = reports.status(books, now)
+    finally:
+        lock.close()
+    assert reports.status(books, now)["server"]["running"] is False
     assert facts["server"]["running"] is True
     assert facts["pool"]["banned"] == 1
     assert facts["warnings"] == [
