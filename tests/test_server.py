@@ -150,7 +150,7 @@ def test_guard_window_and_ban_with_short_settings(start_server, db):
     from rentbox.config import Rules
 
     add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
-    server = start_server(rules=Rules(guard_s=0.3, ban_after=2, ban_s=1.0),
+    server = start_server(rules=Rules(guard_s=1.0, ban_after=2, ban_s=2.0),
                           housekeeping_s=0.05)
     services = {"action": "GET_SERVICES", "key": API_KEY}
 
@@ -168,7 +168,7 @@ def test_guard_window_and_ban_with_short_settings(start_server, db):
     kept = rent_one(server)
     http_post(server.url + "/sms", {"to": "4915123456789", "from": "x", "text": "in time"},
               headers=SMS_AUTH)
-    time.sleep(0.5)  # past the guard window: the rental with an SMS keeps its number
+    time.sleep(1.2)  # past the guard window: the rental with an SMS keeps its number
     assert offered() == []
     http_post(server.url + "/finishActivationRent", {"action": "FINISH_ACTIVATION",
               "key": API_KEY, "activationId": kept["activationId"], "status": 3, "sum": 9})
