@@ -18,7 +18,8 @@ from rentbox.errors import Conflict, DatabaseError
 
 # How long a writer in *another process* (a CLI import beside the server) waits for the
 # write lock before giving up. Writers inside one process queue on `Database.write_lock`
-# instead, which hands over at once rather than polling like SQLite's busy handler.
+# instead, which wakes a waiter as soon as it is released rather than polling like
+# SQLite's busy handler (it is not strictly first-come, first-served).
 BUSY_TIMEOUT_S = 10.0
 # The longest pause between two tries for another process's write lock.
 LOCK_POLL_MAX_S = 0.002
@@ -65,7 +66,14 @@ class Database(sqlite_utils.Database):
                     self.conn.execute("ROLLBACK")
                 raise
             else:
-                self.conn.execute("COMMIT")
+                try:
+                    self.conn.execute("COMMIT")
+                except BaseException:
+                    # A failed COMMIT (disk full, I/O error) can leave the transaction
+                    # open, and with it SQLite's write lock: every later write would fail.
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                    raise
 
     def _begin_immediate(self) -> None:
         """BEGIN IMMEDIATE, waiting for another *process* (a CLI import) in short steps.

@@ -44,7 +44,8 @@ class Housekeeper:
 
     def stop(self, timeout_s: float = 10) -> None:
         self._stop.set()
-        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
 
     def _run(self) -> None:
         # Wait on an Event, not sleep(): stop() ends the wait at once.

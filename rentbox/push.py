@@ -30,8 +30,19 @@ log = logging.getLogger("rentbox.push")
 
 # Answers after which an SMS is never sent again (protocol.md 4.1).
 TERMINAL_CODES = ("NO_OPERATION", "NO_OP", "BAD_SERVICE", "IGNORED", "SERVICE_BAN")
-# Words that make a plain-text 200 answer an error (retried), not a delivery.
-_PLAIN_ERRORS = ("ERROR", "TOO_MANY_ATTEMPTS", "BAD_KEY", "FAIL")
+# Plain-text 200 answers that mean "delivered".
+_PLAIN_SUCCESS = ("OK", "SUCCESS", "TRUE", "1")
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Refuse redirects: urllib would turn the POST into a bodiless GET (and take the
+    Bearer key to wherever the redirect points); a 3xx is then retried like any error."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +95,11 @@ def classify(status: int, body: bytes) -> Outcome:
         if status_field is None or str(status_field).upper() in ("SUCCESS", "OK", "TRUE", "1"):
             return Outcome("delivered")
         return Outcome("retry", f"HTTP 200 with status {str(status_field)[:60]}")
-    # A plain-text 200: delivered, unless it names an error.
-    if any(word in text.upper() for word in _PLAIN_ERRORS):
-        return Outcome("retry", f"HTTP 200: {text[:100]}")
-    return Outcome("delivered")
+    # Any other 200 (a plain-text word, an HTML page from a proxy or a portal) is only a
+    # delivery if it plainly says so: when in doubt, send again rather than lose the SMS.
+    if not text or text.upper() in _PLAIN_SUCCESS:
+        return Outcome("delivered")
+    return Outcome("retry", f"HTTP 200: {text[:100]}")
 
 
 def send(url: str, body: dict, api_key: str, timeout_s: float) -> Outcome:
@@ -99,7 +111,7 @@ def send(url: str, body: dict, api_key: str, timeout_s: float) -> Outcome:
         "User-Agent": f"rentbox/{__version__}",
     })
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with _opener.open(request, timeout=timeout_s) as response:
             return classify(response.status, response.read(64 * 1024))
     except urllib.error.HTTPError as error:
         with error:
@@ -160,23 +172,31 @@ def record(db: Database, now: dt.datetime, sms: dict, outcome: Outcome, retry_s:
                           attempts=sms["attempts"] + 1, detail=outcome.detail or None)
 
 
-def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: float,
-             timeout_s: float, sender: Callable = send) -> int:
-    """Send every SMS due now, oldest first. Returns how many attempts were made.
+@dataclasses.dataclass
+class Round:
+    """What one push round did."""
 
-    Stops the round at the first attempt that found no Onlinesim at all (timeout,
-    refused connection): the others would only wait for the same timeout; they are
-    tried at the next round.
+    attempts: int = 0
+    unreachable: bool = False  # it ended at an attempt that found no Onlinesim
+
+
+def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: float,
+             timeout_s: float, sender: Callable = send,
+             should_stop: Callable[[], bool] = lambda: False) -> Round:
+    """Send every SMS due now, oldest first, until none is due or `should_stop()`.
+
+    Ends the round at the first attempt that found no Onlinesim at all (timeout,
+    refused connection): the others would only wait for the same timeout.
     """
-    attempts = 0
-    while True:
+    result = Round()
+    while not should_stop():
         sms = next_due(db, clock.now())
         if sms is None:
-            return attempts
+            return result
         # The network call runs outside any transaction: no lock is held while waiting.
         outcome = sender(url, payload(sms, api_key), api_key, timeout_s)
         record(db, clock.now(), sms, outcome, retry_s)
-        attempts += 1
+        result.attempts += 1
         if outcome.kind == "delivered":
             log.info("SMS %d delivered to Onlinesim", sms["id"])
         elif outcome.kind == "terminal":
@@ -186,7 +206,9 @@ def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: flo
             log.warning("SMS %d not delivered (%s): retrying in %g s", sms["id"],
                         outcome.detail, retry_s)
             if outcome.unreachable:
-                return attempts
+                result.unreachable = True
+                return result
+    return result
 
 
 class Pusher:
@@ -212,9 +234,11 @@ class Pusher:
         self._wake.set()
 
     def stop(self, timeout_s: float = 15) -> None:
+        """Stop after the attempt in flight, if any (each has its own timeout)."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -222,10 +246,16 @@ class Pusher:
             wait_s = self.POLL_S
             try:
                 db = self._connections.get()
-                push_due(db, self._clock, **self._options)
-                due_in = seconds_until_next(db, self._clock.now())
-                if due_in is not None:
-                    wait_s = min(wait_s, due_in)
+                done = push_due(db, self._clock, should_stop=self._stop.is_set,
+                                **self._options)
+                if done.unreachable:
+                    # Onlinesim is not there: the next try is due in retry_s anyway,
+                    # and trying the other SMS now would only wait out more timeouts.
+                    wait_s = self._options["retry_s"]
+                else:
+                    due_in = seconds_until_next(db, self._clock.now())
+                    if due_in is not None:
+                        wait_s = min(wait_s, due_in)
             except Exception:
                 log.exception("push round failed; trying again in %g s", self.POLL_S)
             # Waiting on an Event, not sleeping: wake() and stop() end the wait at once.

@@ -79,6 +79,9 @@ class Server:
 
     def run(self) -> None:
         """Serve until `stop()` is called (from another thread or a signal handler)."""
+        if self._stopped.is_set():  # stopped before it started
+            self._done.set()
+            return
         self._loop_thread = threading.current_thread()
         self._record_start()
         self.housekeeper.start()
@@ -119,6 +122,8 @@ class Server:
         """
         loop = self._loop_thread
         if loop is not None and loop is not threading.current_thread() and loop.is_alive():
+            # (A stop() that races a start_in_thread() before run() began shuts down here,
+            # below; run() then finds the server closed.)
             self._waitress.trigger.pull_trigger(self._close_from_loop)
             self._done.wait(timeout_s)
         else:
@@ -140,8 +145,6 @@ class Server:
         self.housekeeper.stop()
         if self.pusher:
             self.pusher.stop(timeout_s=self.settings.push_timeout_s + 5)
-        if self._lock_file is not None:
-            self._lock_file.close()  # releases the flock
         if self._facts is not None:
             try:
                 stopped = {**self._facts, "stopped_at": to_text(self.clock.now())}
@@ -149,6 +152,8 @@ class Server:
             except Exception:  # a clean stop matters more than this note
                 log.exception("could not record the server's stop")
         self.connections.close_all()
+        # Last: a new server may start once this one can no longer push anything.
+        self._lock_file.close()
 
 
 def serve(settings: Settings) -> None:

@@ -202,6 +202,13 @@ class FakeOnlinesim:
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                fake.requests.append({"path": self.path, "headers": dict(self.headers),
+                                      "body": b""})
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
@@ -217,6 +224,8 @@ class FakeOnlinesim:
                     answer = (200, b'{"status":"SUCCESS"}')
                 status, payload = answer
                 self.send_response(status)
+                if 300 <= status < 400:  # a redirect to a page that would answer 200
+                    self.send_header("Location", "/landing")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)

@@ -136,3 +136,16 @@ def test_a_database_from_the_first_release_is_migrated_not_rebuilt(tmp_path):
         "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name LIKE 'numbers_free%'")}
     assert all("banned_until IS NULL" in sql for sql in indexes.values())
     assert len(indexes) == 3
+
+
+def test_a_failed_commit_leaves_no_transaction_open(db):
+    # A deferred foreign key makes COMMIT itself fail.
+    db.execute("PRAGMA foreign_keys = ON")
+    with pytest.raises(sqlite3.IntegrityError):
+        with db.transaction():
+            db.execute("PRAGMA defer_foreign_keys = ON")
+            db.execute("INSERT INTO operations (number_id, state, initial_sum_kopecks,"
+                       " created_at) VALUES (999, 'open', 1, 'x')")
+    assert not db.conn.in_transaction
+    with db.transaction():  # and the next write works
+        db.execute("INSERT INTO meta VALUES ('k', '{}', 'x')")

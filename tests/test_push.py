@@ -16,6 +16,9 @@ RULES = Rules()
     (200, b'{"status":"SUCCESS"}', "delivered", ""),
     (200, b"", "delivered", ""),
     (200, b"OK", "delivered", ""),
+    (200, b"success", "delivered", ""),
+    (200, b"<html>Welcome</html>", "retry", "HTTP 200: <html>Welcome</html>"),
+    (302, b"", "retry", "HTTP 302"),
     (200, b'{"result": 1}', "delivered", ""),
     (200, b'{"status":"ERROR","error":"NO_OPERATION"}', "terminal", "NO_OPERATION"),
     (200, b'{"status":"NO_OP"}', "terminal", "NO_OP"),
@@ -27,7 +30,7 @@ RULES = Rules()
     (200, b"TOO_MANY_ATTEMPTS", "retry", "HTTP 200: TOO_MANY_ATTEMPTS"),
     (200, b"ERROR_SQL", "retry", "HTTP 200: ERROR_SQL"),
     (200, b'{"status":"SUCCESS","error":null}', "delivered", ""),
-    (200, b"[1]", "delivered", ""),
+    (200, b"[1]", "retry", "HTTP 200: [1]"),
     (429, b'{"error":"TOO_MANY_ATTEMPTS"}', "retry", 'HTTP 429: {"error":"TOO_MANY_ATTEMPTS"}'),
     (500, b"", "retry", "HTTP 500"),
     (502, b"<html>bad gateway</html>", "retry", "HTTP 502: <html>bad gateway</html>"),
@@ -50,7 +53,7 @@ def routed(db, clock):
 def deliver(db, clock, url, **kwargs):
     options = dict(url=url, api_key=API_KEY, retry_s=10, timeout_s=1)
     options.update(kwargs)
-    return push.push_due(db, clock, **options)
+    return push.push_due(db, clock, **options).attempts
 
 
 def sms_row(db, sms_id):
@@ -141,3 +144,20 @@ def test_pusher_thread_pushes_at_once_when_woken(db_path, db, clock, routed, onl
         pusher.stop()
         conns.close_all()
     assert not pusher._thread.is_alive()
+
+
+def test_a_redirect_is_not_followed(db, clock, routed):
+    fake = FakeOnlinesim([(302, b"")])
+    try:
+        assert deliver(db, clock, fake.url) == 1
+        row = sms_row(db, routed)
+        assert (row["push_state"], row["last_error"]) == ("pending", "HTTP 302")
+        assert [r["path"] for r in fake.requests] == ["/pushSmsRent"]
+    finally:
+        fake.close()
+
+
+def test_a_round_stops_when_asked(db, clock, routed, onlinesim):
+    assert push.push_due(db, clock, url=onlinesim.url, api_key=API_KEY, retry_s=10,
+                         timeout_s=1, should_stop=lambda: True).attempts == 0
+    assert onlinesim.requests == []

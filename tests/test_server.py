@@ -251,3 +251,12 @@ def test_one_server_per_database(start_server, settings):
     start_server()
     with pytest.raises(Conflict, match=r"another rentbox serve \(pid \d+\) is running on"):
         Server(dataclasses.replace(settings, port=0))
+
+
+def test_stop_before_run_is_clean(settings, db):
+    from rentbox.server import Server
+
+    server = Server(settings)
+    server.stop()  # before run(): no thread to join, the lock is released
+    server.run()   # returns at once
+    Server(settings).stop()  # the serving lock was released
