@@ -163,8 +163,8 @@ def serve(
             f"{API_KEY_ENV} is not set: serve needs your Onlinesim API key to check "
             "Onlinesim's calls (export RENTBOX_API_KEY=...)"
         )
-    if push_url and not push_url.startswith(("http://", "https://")):
-        raise InvalidInput(f"--push-url must be an http:// or https:// URL, not {push_url!r}")
+    if push_url:
+        _check_push_url(push_url)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -182,6 +182,20 @@ def serve(
         server.serve(settings)
     except OSError as error:
         raise RentboxError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+
+
+def _check_push_url(url: str) -> None:
+    """The API key travels in every push: HTTPS, except to this machine (tests, a local
+    relay)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(f"--push-url must be an https:// URL, not {url!r}")
+    local = parts.hostname in ("localhost", "::1") or parts.hostname.startswith("127.")
+    if parts.scheme == "http" and not local:
+        raise InvalidInput(f"--push-url must use https: the API key would cross the "
+                           f"network in clear text ({url!r})")
 
 
 @app.command()

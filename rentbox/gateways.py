@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import math
 
 from rentbox.errors import InvalidInput
 from rentbox.sms import IncomingSms, parse_time
@@ -47,13 +48,18 @@ def verify_smsgate_signature(raw: bytes, *, signature: str | None, timestamp: st
     """X-Signature is the hex HMAC-SHA256 of the raw body followed by X-Timestamp."""
     if not signature or not timestamp:
         raise BadSignature("BAD_SIGNATURE: X-Signature and X-Timestamp are required")
-    expected = hmac.new(key, raw + timestamp.strip().encode("utf-8"), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, signature.strip().lower()):
+    # Header values arrive as latin-1 text; compare bytes, so that any character is
+    # simply a mismatch (compare_digest refuses non-ASCII str).
+    stamp = timestamp.strip().encode("latin-1", "replace")
+    expected = hmac.new(key, raw + stamp, hashlib.sha256).hexdigest().encode("ascii")
+    if not hmac.compare_digest(expected, signature.strip().lower().encode("latin-1", "replace")):
         raise BadSignature("BAD_SIGNATURE")
     try:
         sent_at = float(timestamp)
     except ValueError:
         raise BadSignature("BAD_SIGNATURE: X-Timestamp is not a Unix time") from None
+    if not math.isfinite(sent_at):
+        raise BadSignature("BAD_SIGNATURE: X-Timestamp is not a Unix time")
     # Checked after the signature, so an attacker learns nothing from the difference.
     if abs(now.timestamp() - sent_at) > max_skew_s:
         raise BadSignature("STALE_TIMESTAMP")

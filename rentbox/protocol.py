@@ -62,6 +62,12 @@ def parse_body(raw: bytes) -> dict:
         raise InvalidInput("body is not valid JSON") from None
     if not isinstance(body, dict):
         raise InvalidInput("body must be a JSON object")
+    try:
+        # JSON's \ud800 escapes decode to lone surrogates, which no UTF-8 (and no
+        # SQLite text) can hold: refuse them here rather than fail deep inside.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("body has invalid Unicode (an unpaired surrogate)") from None
     return body
 
 

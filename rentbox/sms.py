@@ -18,7 +18,9 @@ from rentbox.db import Database
 from rentbox.errors import Conflict, InvalidInput, NotFound
 
 SOURCES = ("api", "smsgate", "cli")
-# Longer than any joined multipart SMS (a 255-part concatenated SMS is ~39,000 chars).
+# Longer than any joined multipart SMS (255 parts of 153 characters is about 39,000).
+# Over HTTP the 64 KiB body limit comes first for texts that JSON-escape to several bytes
+# per character (about 10,000 Cyrillic characters with \u escapes).
 MAX_TEXT_CHARS = 40_000
 MAX_SENDER_CHARS = 100
 PUSH_STATES = ("unrouted", "pending", "delivered", "failed")
@@ -118,6 +120,12 @@ def parse_time(value: object, field: str) -> dt.datetime | None:
         raise InvalidInput(f"{field} is not an ISO-8601 time: {value!r}") from None
     if moment.tzinfo is None:
         raise InvalidInput(f"{field} needs a timezone (e.g. 2026-11-26T10:00:00Z)")
+    try:
+        moment = moment.astimezone(dt.timezone.utc)
+    except OverflowError:
+        raise InvalidInput(f"{field} is out of range: {value!r}") from None
+    if moment.year < 2000:
+        raise InvalidInput(f"{field} is before the year 2000: {value!r}")
     return moment
 
 

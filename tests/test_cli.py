@@ -182,8 +182,11 @@ def test_serve_refuses_a_bad_push_url(db_path):
     result = run("serve", "--db", db_path, "--push-url", "onlinesim.io/push",
                  env={"RENTBOX_API_KEY": "k"})
     assert (result.exit_code, result.stdout) == (1, "")
-    assert result.stderr == ("Error: --push-url must be an http:// or https:// URL, not "
-                             "'onlinesim.io/push'\n")
+    assert result.stderr == "Error: --push-url must be an https:// URL, not 'onlinesim.io/push'\n"
+    clear = run("serve", "--db", db_path, "--push-url", "http://onlinesim.example/push",
+                env={"RENTBOX_API_KEY": "k"})
+    assert clear.exit_code == 1
+    assert clear.stderr.startswith("Error: --push-url must use https: the API key would cross")
 
 
 # ---- status, report, numbers management, backup ------------------------------------------

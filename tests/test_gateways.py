@@ -51,7 +51,7 @@ def test_smsgate_envelope():
     assert parsed.to == "+4915123456789" and parsed.port == "dev1:2"
     assert parsed.sender == "+79990001122" and parsed.text == "Code 1234"
     assert parsed.source_id == "dev1:evt-9"
-    assert parsed.received_at.utcoffset() == dt.timedelta(hours=7)
+    assert parsed.received_at == dt.datetime(2024, 6, 22, 8, 46, 11, tzinfo=dt.timezone.utc)
 
 
 def test_smsgate_older_app_and_missing_recipient():
@@ -80,6 +80,8 @@ def test_signature_good_bad_and_stale():
         (sign(raw, str(int(NOW.timestamp()) - 301)), str(int(NOW.timestamp()) - 301),
          "STALE_TIMESTAMP"),
         (sign(raw, "soon"), "soon", "not a Unix time"),
+        (sign(raw, "nan"), "nan", "not a Unix time"),
+        ("ä" * 64, stamp, "BAD_SIGNATURE"),
     ]
     for signature, timestamp, message in cases:
         with pytest.raises(gateways.BadSignature, match=message):

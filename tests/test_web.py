@@ -145,6 +145,8 @@ BAD = [
     ("/getNumberRent", b"[1, 2]", "body must be a JSON object"),
     ("/getNumberRent", b"\xff\xfe", "body is not UTF-8"),
     ("/getNumberRent", b"", "body is not valid JSON"),
+    ("/getNumberRent", b'{"key": "\\ud800", "sum": 1}',
+     "body has invalid Unicode (an unpaired surrogate)"),
     ("/getNumberRent", {**GET_NUMBER, "sum": None}, "sum is required"),
     ("/getNumberRent", {**GET_NUMBER, "sum": "400"}, "sum must be a number"),
     ("/getNumberRent", {**GET_NUMBER, "service": "activation"},
