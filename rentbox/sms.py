@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 
 from rentbox import events, operations, pool
-from rentbox.clock import to_text
+from rentbox.clock import from_text, to_text
 from rentbox.config import Rules
 from rentbox.db import Database
 from rentbox.errors import Conflict, InvalidInput, NotFound
+
+log = logging.getLogger("rentbox.sms")
 
 SOURCES = ("api", "smsgate", "cli")
 # Longer than any joined multipart SMS (255 parts of 153 characters is about 39,000).
@@ -24,6 +27,9 @@ SOURCES = ("api", "smsgate", "cli")
 MAX_TEXT_CHARS = 40_000
 MAX_SENDER_CHARS = 100
 PUSH_STATES = ("unrouted", "pending", "delivered", "failed")
+# How far a source's clock may be behind ours: an SMS received earlier than this before
+# a rental started belongs to an earlier renter and is not pushed.
+ROUTING_SKEW_S = 300
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,13 +74,25 @@ def accept_sms(db: Database, now: dt.datetime, incoming: IncomingSms, rules: Rul
         # holds its number, and this SMS must not count for it.
         operations.apply_due_rules(db, now, rules)
         if number is not None:
-            holder = db.row("SELECT id, operation_id FROM numbers WHERE number = ?", (number,))
+            candidates = db.rows("SELECT id, number, operation_id FROM numbers"
+                                 " WHERE number = ?", (number,))
         else:
-            holder = db.row("SELECT id, number, operation_id FROM numbers WHERE port = ?"
-                            " ORDER BY id LIMIT 1", (port,))
-            number = holder["number"] if holder else None
+            candidates = db.rows("SELECT id, number, operation_id FROM numbers"
+                                 " WHERE port = ? AND removed_at IS NULL LIMIT 2", (port,))
+            if len(candidates) > 1:
+                log.warning("SMS on gateway port %s: several numbers have this port, "
+                            "so it cannot be routed; give each SIM its own port", port)
+                candidates = []
+        holder = candidates[0] if candidates else None
+        number = holder["number"] if holder else number
         number_id = holder["id"] if holder else None
         operation_id = holder["operation_id"] if holder else None
+        if operation_id is not None and _before_rental(db, operation_id, received_at):
+            # A gateway that held an SMS back must not hand the last renter's SMS to the
+            # next one.
+            log.info("SMS for +%s received before its current rental began: kept unrouted",
+                     number)
+            operation_id = None
         state = "pending" if operation_id is not None else "unrouted"
         stamp = to_text(now)
         sms_id = db.execute(
@@ -89,6 +107,14 @@ def accept_sms(db: Database, now: dt.datetime, incoming: IncomingSms, rules: Rul
         if operation_id is not None:
             operations.note_sms(db, now, operation_id=operation_id, number_id=number_id)
     return Accepted(sms_id, False, state)
+
+
+def _before_rental(db: Database, operation_id: int, received_at: dt.datetime) -> bool:
+    """Whether an SMS was received (by the source's clock) before the rental started,
+    allowing ROUTING_SKEW_S for clocks that disagree."""
+    started = from_text(db.row("SELECT created_at FROM operations WHERE id = ?",
+                               (operation_id,))["created_at"])
+    return received_at < started - dt.timedelta(seconds=ROUTING_SKEW_S)
 
 
 def _validate(incoming: IncomingSms) -> tuple[str, str]:

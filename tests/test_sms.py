@@ -122,3 +122,27 @@ def test_list_and_retry(db, clock, rented):
     sms.retry_sms(db, clock.now(), routed)
     assert db.row("SELECT push_state, next_attempt_at FROM sms WHERE id = 1") == {
         "push_state": "pending", "next_attempt_at": "2026-11-01T12:01:00.000000Z"}
+
+
+def test_port_routing_ignores_removed_numbers_and_refuses_ambiguous_ports(db, clock, rented):
+    from rentbox import pool
+
+    db.execute("UPDATE numbers SET port = 'dev1:9' WHERE number = '4915123456790'")
+    pool.remove_number(db, clock.now(), "4915123456790")
+    db.execute("UPDATE numbers SET port = 'dev1:9' WHERE number = '4915123456789'")
+    routed = sms.accept_sms(db, clock.now(), incoming(to=None, port="dev1:9"), RULES)
+    assert routed.push_state == "pending"  # the removed number on the same port is ignored
+    pool.import_entries(db, clock.now(), [pool.PoolEntry("79123456789", "russia", None,
+                                                         "dev1:9", 2)])
+    ambiguous = sms.accept_sms(db, clock.now(), incoming(to=None, port="dev1:9"), RULES)
+    assert ambiguous.push_state == "unrouted"
+
+
+def test_an_sms_received_before_the_rental_began_is_not_pushed_to_the_renter(db, clock, rented):
+    clock.advance(600)
+    early = clock.now() - dt.timedelta(seconds=600 + sms.ROUTING_SKEW_S + 1)
+    late = clock.now() - dt.timedelta(seconds=600 + sms.ROUTING_SKEW_S - 1)
+    assert sms.accept_sms(db, clock.now(), incoming(received_at=early), RULES).push_state == \
+        "unrouted"
+    assert sms.accept_sms(db, clock.now(), incoming(received_at=late), RULES).push_state == \
+        "pending"
