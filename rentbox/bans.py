@@ -50,12 +50,16 @@ def record_success(db: Database, now: dt.datetime, *, number_id: int, operation_
                       operation_id=operation_id, reason="an SMS arrived in the guard window")
 
 
+# Bans that have ended by the parameter `now` (served by the numbers_banned index).
+BAN_DUE = "banned_until IS NOT NULL AND banned_until <= ?"
+
+
 def lift_due_bans(db: Database, now: dt.datetime) -> int:
     """Lift every ban that has ended by `now`. Returns how many were lifted."""
     stamp = to_text(now)
     lifted = db.execute(
         "UPDATE numbers SET banned_until = NULL, failures = 0, idle_since = ?"
-        " WHERE banned_until IS NOT NULL AND banned_until <= ? RETURNING id",
+        f" WHERE {BAN_DUE} RETURNING id",
         (stamp, stamp),
     ).fetchall()
     for (number_id,) in lifted:

@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Annotated, Callable, Optional
 import typer
 from rich.console import Console
 
-from rentbox import __version__, bans, db as database, housekeeping, operations, pool, render, reports, sms
+from rentbox import __version__, bans, housekeeping, meta, operations, pool, render, reports, sms
+from rentbox import db as database_file
 from rentbox.clock import SystemClock
 from rentbox.config import (API_KEY_ENV, GATEWAY_TOKEN_ENV, SETTINGS, SMSGATE_KEY_ENV, Rules,
                             Settings)
@@ -60,7 +62,33 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 GuardOption = Annotated[float, _option("guard_s", min=0)]
 BanAfterOption = Annotated[int, _option("ban_after", min=1)]
 BanOption = Annotated[float, _option("ban_s", min=0)]
-LimitOption = Annotated[int, typer.Option(help="Show at most this many rows.", min=1)]
+
+
+def _rule_option(name: str, **extra) -> typer.models.OptionInfo:
+    """A rule option for commands that work beside the server: by default they follow the
+    rules the server last started with, so that they never apply other ones."""
+    setting = SETTINGS[name]
+    return typer.Option(setting.option, envvar=setting.env, show_envvar=True,
+                        help=f"{setting.help} Default: as `rentbox serve` last started on "
+                             f"this database, else {setting.default:g}.", **extra)
+
+
+ServerGuardOption = Annotated[Optional[float], _rule_option("guard_s", min=0)]
+ServerBanAfterOption = Annotated[Optional[int], _rule_option("ban_after", min=1)]
+ServerBanOption = Annotated[Optional[float], _rule_option("ban_s", min=0)]
+
+
+def _server_rules(database, guard_s: float | None, ban_after: int | None,
+                  ban_s: float | None) -> Rules:
+    """The rules given on the command line, else the server's, else the defaults."""
+    recorded = meta.server_rules(database) or Rules()
+    return Rules(recorded.guard_s if guard_s is None else guard_s,
+                 recorded.ban_after if ban_after is None else ban_after,
+                 recorded.ban_s if ban_s is None else ban_s)
+LimitOption = Annotated[int, typer.Option(help="Show at most this many rows.", min=1,
+                                          max=1_000_000)]
+# SQLite integers are 64-bit: a larger id could not exist, and would overflow.
+MAX_ID = 2**63 - 1
 
 
 def fails_cleanly(command: Callable) -> Callable:
@@ -71,8 +99,14 @@ def fails_cleanly(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except RentboxError as error:
-            err.print(f"Error: {error}", markup=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            message = str(error)
+        except sqlite3.OperationalError as error:
+            message = ("the database is busy: another process held it too long, try again"
+                       if "locked" in str(error) else f"database error: {error}")
+        except sqlite3.DatabaseError as error:
+            message = f"database error: {error}"
+        err.print(f"Error: {message}", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
 
     return wrapper
 
@@ -202,16 +236,18 @@ def _check_push_url(url: str) -> None:
 @fails_cleanly
 def housekeep(
     db: DbOption = SETTINGS["db"].default,
-    guard_s: GuardOption = SETTINGS["guard_s"].default,
-    ban_after: BanAfterOption = SETTINGS["ban_after"].default,
-    ban_s: BanOption = SETTINGS["ban_s"].default,
+    guard_s: ServerGuardOption = None,
+    ban_after: ServerBanAfterOption = None,
+    ban_s: ServerBanOption = None,
 ) -> None:
     """Run one housekeeping pass now: expire guard windows, lift ended bans.
 
     `rentbox serve` does this by itself every few seconds; run it by hand only when
     the server is stopped and you want the books brought up to date.
     """
-    changed = housekeeping.run_once(open_database(db), _now(), Rules(guard_s, ban_after, ban_s))
+    database = open_database(db)
+    rules = _server_rules(database, guard_s, ban_after, ban_s)
+    changed = housekeeping.run_once(database, _now(), rules)
     say(f"Housekeeping: {changed} change(s).")
 
 
@@ -372,9 +408,9 @@ def sms_add(
     source_id: Annotated[Optional[str], typer.Option(
         "--id", help="The source's own message id: the same id is stored only once.")] = None,
     db: DbOption = SETTINGS["db"].default,
-    guard_s: GuardOption = SETTINGS["guard_s"].default,
-    ban_after: BanAfterOption = SETTINGS["ban_after"].default,
-    ban_s: BanOption = SETTINGS["ban_s"].default,
+    guard_s: ServerGuardOption = None,
+    ban_after: ServerBanAfterOption = None,
+    ban_s: ServerBanOption = None,
 ) -> None:
     """Store an SMS, as a gateway would (for hooks such as Gammu's RunOnReceive).
 
@@ -383,8 +419,9 @@ def sms_add(
     """
     incoming = sms.IncomingSms(source="cli", to=to, sender=sender, text=text,
                                source_id=source_id)
-    accepted = sms.accept_sms(open_database(db), _now(), incoming,
-                              Rules(guard_s, ban_after, ban_s))
+    database = open_database(db)
+    accepted = sms.accept_sms(database, _now(), incoming,
+                              _server_rules(database, guard_s, ban_after, ban_s))
     where = {"pending": "queued for Onlinesim",
              "unrouted": "kept, not pushed: the number is in no open rental"}
     state = where.get(accepted.push_state, accepted.push_state)
@@ -396,7 +433,8 @@ def sms_add(
 @fails_cleanly
 def sms_list(
     number: Annotated[Optional[str], typer.Option(help="Only SMS to this number.")] = None,
-    operation: Annotated[Optional[int], typer.Option(help="Only SMS of this operation.")] = None,
+    operation: Annotated[Optional[int], typer.Option(help="Only SMS of this operation.", min=1,
+                                                     max=MAX_ID)] = None,
     pending: Annotated[bool, typer.Option("--pending", help="Only SMS waiting to be pushed.")
                        ] = False,
     failed: Annotated[bool, typer.Option("--failed", help="Only SMS Onlinesim refused for good.")
@@ -435,7 +473,8 @@ def _more_rows(shown: int, limit: int) -> None:
 @sms_app.command("retry")
 @fails_cleanly
 def sms_retry(
-    sms_id: Annotated[int, typer.Argument(help="The id shown by `rentbox sms list`.")],
+    sms_id: Annotated[int, typer.Argument(help="The id shown by `rentbox sms list`.", min=1,
+                                          max=MAX_ID)],
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
     """Put an SMS whose push Onlinesim refused for good back into the outbox."""
@@ -484,7 +523,8 @@ def ops_list(
 @ops_app.command("show")
 @fails_cleanly
 def ops_show(
-    operation_id: Annotated[int, typer.Argument(help="The operation's id (activationId).")],
+    operation_id: Annotated[int, typer.Argument(help="The operation's id (activationId).",
+                                                min=1, max=MAX_ID)],
     json_output: JsonOption = False,
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
@@ -662,7 +702,7 @@ def backup(
     To restore: stop the server, replace the database file with the copy (and delete
     any -wal and -shm files beside it), start the server.
     """
-    size = database.backup(open_database(db), path)
+    size = database_file.backup(open_database(db), path)
     say(f"Backed up {db} to {path} ({size / 1024:,.0f} KiB).")
 
 

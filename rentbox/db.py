@@ -143,6 +143,9 @@ def backup(db: Database, target: Path) -> int:
     except OSError as error:
         partial.unlink(missing_ok=True)
         raise Conflict(f"cannot write {target}: {error.strerror}") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return target.stat().st_size
 
 
@@ -155,14 +158,20 @@ def hold_serving_lock(db_path: Path | str):
     open: two servers on one database would both push the outbox, and Onlinesim would get
     every SMS twice. The OS drops the lock when the process dies, however it dies."""
     handle = open(_serving_lock_path(db_path), "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    # A few tries: `rentbox status` holds the lock shared for an instant to test it.
+    for attempt in range(20):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if attempt < 19:
+                time.sleep(0.05)  # start-up only, never while serving
+    else:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
         raise Conflict(f"another rentbox serve (pid {holder}) is running on {db_path}; "
-                       "run one server per database") from None
+                       "run one server per database")
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 
 from rentbox.clock import to_text
+from rentbox.config import Rules
 from rentbox.db import Database
 
 SERVER = "server"                    # {started_at, version, pid, url, push_url_set, ...}
@@ -26,6 +27,14 @@ def put(db: Database, now: dt.datetime, key: str, value: dict) -> None:
 def get(db: Database, key: str) -> dict | None:
     row = db.row("SELECT value FROM meta WHERE key = ?", (key,))
     return json.loads(row["value"]) if row else None
+
+
+def server_rules(db: Database) -> Rules | None:
+    """The rules `rentbox serve` last started with on this database, if it ever did."""
+    facts = get(db, SERVER)
+    if not facts or "guard_s" not in facts:
+        return None
+    return Rules(facts["guard_s"], facts["ban_after"], facts["ban_s"])
 
 
 class CallLog:

@@ -33,11 +33,11 @@ from rentbox.config import Rules
 from rentbox.db import Database
 from rentbox.errors import InvalidInput, NotFound
 from rentbox.pool import FREE
-from rentbox.protocol import FINISH_OUTCOMES, FinishRequest, NoOperation, RentRequest
+from rentbox.protocol import (CANCELLED, FINISH_OUTCOMES, FinishRequest, NoOperation,
+                              RentRequest)
 
 log = logging.getLogger("rentbox.rules")
 
-CANCELLED = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,14 +53,16 @@ class Rental:
 # ---------------------------------------------------------------------------------------
 
 
+# Open operations whose guard window ended by the parameter (now - guard) without an SMS
+# (served by the operations_awaiting_sms index).
+GUARD_DUE = ("state = 'open' AND first_sms_at IS NULL AND failed_at IS NULL"
+             " AND created_at <= ?")
+
+
 def expire_guard_windows(db: Database, now: dt.datetime, rules: Rules) -> int:
     """Fail every open operation whose guard window passed without an SMS; free its number."""
     cutoff = to_text(now - dt.timedelta(seconds=rules.guard_s))
-    due = db.rows(
-        "SELECT id, number_id FROM operations WHERE state = 'open'"
-        " AND first_sms_at IS NULL AND failed_at IS NULL AND created_at <= ?",
-        (cutoff,),
-    )
+    due = db.rows(f"SELECT id, number_id FROM operations WHERE {GUARD_DUE}", (cutoff,))
     for operation in due:
         _fail(db, now, rules, operation, "guard_expired")
     return len(due)
@@ -79,10 +81,8 @@ def has_due_rules(db: Database, now: dt.datetime, rules: Rules) -> bool:
     """Whether `apply_due_rules` would change anything (a read: no write lock taken)."""
     cutoff = to_text(now - dt.timedelta(seconds=rules.guard_s))
     row = db.execute(
-        "SELECT EXISTS (SELECT 1 FROM operations WHERE state = 'open'"
-        "   AND first_sms_at IS NULL AND failed_at IS NULL AND created_at <= ?)"
-        " OR EXISTS (SELECT 1 FROM numbers WHERE banned_until IS NOT NULL"
-        "   AND banned_until <= ?)",
+        f"SELECT EXISTS (SELECT 1 FROM operations WHERE {GUARD_DUE})"
+        f" OR EXISTS (SELECT 1 FROM numbers WHERE {bans.BAN_DUE})",
         (cutoff, to_text(now)),
     ).fetchone()
     return bool(row[0])

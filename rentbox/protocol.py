@@ -17,6 +17,7 @@ from rentbox.errors import InvalidInput, NotFound
 # FINISH_ACTIVATION statuses (protocol.md 3.3) and the outcome each one records.
 FINISH_OUTCOMES = {1: "wrong_service", 3: "sold", 4: "cancelled", 5: "refunded"}
 SOLD = 3
+CANCELLED = 4
 
 # activationId is a 64-bit signed integer in SQLite.
 _MAX_ID = 2**63 - 1

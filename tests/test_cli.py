@@ -285,3 +285,27 @@ def test_backup(db_path, tmp_path):
     again = run("backup", target, "--db", db_path)
     assert (again.exit_code, again.stdout) == (1, "")
     assert again.stderr.startswith(f"Error: {target} already exists")
+
+
+def test_sms_add_follows_the_rules_the_server_started_with(db_path):
+    import datetime as dt
+
+    from rentbox import meta, operations
+    from rentbox.clock import SystemClock
+    from rentbox.config import Rules
+    from rentbox.db import open_database
+    from rentbox.protocol import RentRequest
+
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    db = open_database(db_path)
+    half_hour_ago = SystemClock().now() - dt.timedelta(minutes=30)
+    rental = operations.open_rent(db, half_hour_ago, RentRequest(100), Rules(guard_s=7200))
+    meta.put(db, half_hour_ago, meta.SERVER, {"guard_s": 7200, "ban_after": 3,
+                                              "ban_s": 86400})
+    added = run("sms", "add", "--to", "+" + rental.number, "--from", "x", "--text", "y",
+                "--db", db_path)
+    assert added.stdout == "SMS 1 stored: queued for Onlinesim.\n"  # 30 min < 2 h window
+    forced = run("sms", "add", "--to", "+" + rental.number, "--from", "x", "--text", "y",
+                 "--guard-s", "60", "--db", db_path)
+    assert forced.stdout == "SMS 2 stored: queued for Onlinesim.\n"  # window met already
+    assert "Default: as" in run("sms", "add", "--help").stdout
