@@ -426,15 +426,14 @@ def set_enabled(db: Database, now: dt.datetime, number: str, enabled: bool) -> b
 
 def remove_number(db: Database, now: dt.datetime, number: str) -> None:
     """Take a number out of the pool for good; its history stays readable. Refused while
-    an operation on it is open (Onlinesim's FINISH is still to come)."""
+    a rental holds it. (A rental that failed its guard window no longer holds its number:
+    its FINISH, when it comes, is booked as usual.)"""
     with db.transaction():
         row = find_number(db, number)
         if row["removed_at"] is not None:
             raise Conflict(f"+{row['number']} is already removed")
-        open_operation = db.row("SELECT id FROM operations WHERE number_id = ? AND"
-                                " state = 'open' LIMIT 1", (row["id"],))
-        if open_operation:
-            raise Conflict(f"+{row['number']} is in open rental {open_operation['id']}; "
+        if row["operation_id"] is not None:
+            raise Conflict(f"+{row['number']} is in open rental {row['operation_id']}; "
                            "remove it after Onlinesim has finished that rental "
                            "(`rentbox numbers disable` stops new rentals now)")
         db.execute("UPDATE numbers SET removed_at = ?, enabled = 0, updated_at = ? WHERE id = ?",

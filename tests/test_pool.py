@@ -238,3 +238,19 @@ def test_import_does_not_lock_the_database_while_checking(db_path, db, tmp_path)
     pool.import_file(db, START, path, on_progress=on_progress)
     assert writes == [1000, 2000, 3000, 3000]
     other.close()
+
+
+def test_a_rental_that_failed_its_guard_window_does_not_block_removal(db, clock):
+    from rentbox import housekeeping, operations
+    from rentbox.config import Rules
+    from rentbox.protocol import FinishRequest, RentRequest
+
+    rules = Rules(guard_s=60)
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
+    rental = operations.open_rent(db, clock.now(), RentRequest(100), rules)
+    clock.advance(61)
+    housekeeping.run_once(db, clock.now(), rules)
+    pool.remove_number(db, clock.now(), "+4915123456789")
+    # Onlinesim's late FINISH is still booked.
+    assert operations.finish_rent(db, clock.now(), FinishRequest(rental.activation_id, 4), rules)
+    assert [r["state"] for r in pool.list_numbers(db, include_removed=True)] == ["removed"]
