@@ -707,4 +707,5 @@ def backup(
 
 
 def main() -> None:
+    """The console script `rentbox`."""
     app()

@@ -13,6 +13,8 @@ _FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 class Clock(Protocol):
+    """Anything with now(): the system clock in production, a fake one in tests."""
+
     def now(self) -> dt.datetime:
         """The current time, timezone-aware, in UTC."""
 

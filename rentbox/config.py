@@ -65,6 +65,7 @@ SECRETS = (API_KEY_ENV, GATEWAY_TOKEN_ENV, SMSGATE_KEY_ENV)
 
 
 def default(name: str):
+    """A setting's default value."""
     return SETTINGS[name].default
 
 

@@ -115,6 +115,7 @@ class Database(sqlite_utils.Database):
         return [dict(zip(keys, row)) for row in cursor.fetchall()]
 
     def row(self, sql: str, params: tuple | list | dict = ()) -> dict | None:
+        """The first row of a read query as a dict, or None."""
         found = self.rows(sql, params)
         return found[0] if found else None
 
@@ -209,6 +210,7 @@ class Connections:
         self._all_lock = threading.Lock()
 
     def get(self) -> Database:
+        """This thread's connection, opened on first use."""
         db = getattr(self._local, "db", None)
         if db is None:
             db = Database(self.path, write_lock=self.write_lock)

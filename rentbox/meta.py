@@ -25,6 +25,7 @@ def put(db: Database, now: dt.datetime, key: str, value: dict) -> None:
 
 
 def get(db: Database, key: str) -> dict | None:
+    """One fact, or None if it was never set."""
     row = db.row("SELECT value FROM meta WHERE key = ?", (key,))
     return json.loads(row["value"]) if row else None
 
@@ -46,6 +47,7 @@ class CallLog:
         self._written_at: dt.datetime | None = None
 
     def note(self, db: Database, now: dt.datetime, action: str) -> None:
+        """Record that Onlinesim called with `action`, unless noted very recently."""
         if self._written_at and (now - self._written_at).total_seconds() < self.every_s:
             return
         self._written_at = now

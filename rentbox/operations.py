@@ -42,6 +42,8 @@ log = logging.getLogger("rentbox.rules")
 
 @dataclasses.dataclass(frozen=True)
 class Rental:
+    """A number issued by GET_NUMBER, and the operation (activationId) holding it."""
+
     activation_id: int
     number: str
 

@@ -90,6 +90,8 @@ class PoolEntry:
 
 @dataclasses.dataclass(frozen=True)
 class RowError:
+    """A rejected row of an import file: its line, its number cell and why."""
+
     line: int
     value: str
     reason: str
@@ -100,6 +102,8 @@ class RowError:
 
 @dataclasses.dataclass
 class ImportResult:
+    """What an import did, row by row."""
+
     added: int = 0
     updated: int = 0
     unchanged: int = 0

@@ -73,6 +73,7 @@ def parse_body(raw: bytes) -> dict:
 
 
 def parse_rent_request(body: dict) -> RentRequest:
+    """GET_NUMBER (rent): service, sum, and the optional filters (protocol.md 3.2)."""
     _require_rent_service(body, required=True)
     if "sum" not in body or body["sum"] is None:
         raise InvalidInput("sum is required")
@@ -85,6 +86,7 @@ def parse_rent_request(body: dict) -> RentRequest:
 
 
 def parse_finish_request(body: dict) -> FinishRequest:
+    """FINISH_ACTIVATION (rent): activationId, status, and sum (protocol.md 3.3)."""
     _require_rent_service(body, required=False)
     activation_id = _integer(body, "activationId")
     if not 1 <= activation_id <= _MAX_ID:

@@ -139,6 +139,7 @@ def next_due(db: Database, now: dt.datetime) -> dict | None:
 
 
 def seconds_until_next(db: Database, now: dt.datetime) -> float | None:
+    """How long until the next pending SMS is due (0 if one is due); None if none waits."""
     row = db.row("SELECT min(next_attempt_at) AS due FROM sms WHERE push_state = 'pending'")
     if row is None or row["due"] is None:
         return None

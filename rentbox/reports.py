@@ -144,6 +144,8 @@ _GROUP_SQL = {
 
 @dataclasses.dataclass(frozen=True)
 class ReportRow:
+    """One group of a report (a day, week, month, country or number), or the totals."""
+
     key: str
     operations: int
     sold: int
@@ -158,6 +160,7 @@ class ReportRow:
 
     @property
     def success_rate(self) -> float | None:
+        """Rentals with an SMS in time, of those decided; None when none is decided."""
         decided = self.with_sms + self.failed
         return self.with_sms / decided if decided else None
 

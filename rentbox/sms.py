@@ -47,6 +47,8 @@ class IncomingSms:
 
 @dataclasses.dataclass(frozen=True)
 class Accepted:
+    """The answer to a source: the SMS id, and whether this was a redelivery."""
+
     sms_id: int
     duplicate: bool      # this source id was stored before; nothing new was stored
     push_state: str
