@@ -21,10 +21,7 @@ def run_once(db: Database, now: dt.datetime, rules: Rules) -> int:
     history. Claims and counts apply the same rules themselves before answering, so
     the pass keeps the books current between calls rather than being needed for them.
     """
-    if not operations.has_due_rules(db, now, rules):
-        return 0  # the common case: a read, no write lock
-    with db.transaction():
-        return operations.apply_due_rules(db, now, rules)
+    return operations.catch_up(db, now, rules)
 
 
 class Housekeeper:

@@ -128,14 +128,15 @@ def send(url: str, body: dict, api_key: str, timeout_s: float) -> Outcome:
         return Outcome("retry", f"connection failed: {type(error).__name__}", unreachable=True)
 
 
+# The outbox's next SMS (served by the sms_outbox index).
+NEXT_DUE_SQL = ("SELECT id, number, sender, text, attempts, operation_id, number_id FROM sms"
+                " WHERE push_state = 'pending' AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at, id LIMIT 1")
+
+
 def next_due(db: Database, now: dt.datetime) -> dict | None:
     """The pending SMS that has waited longest among those due by `now`."""
-    return db.row(
-        "SELECT id, number, sender, text, attempts, operation_id, number_id FROM sms"
-        " WHERE push_state = 'pending' AND next_attempt_at <= ?"
-        " ORDER BY next_attempt_at, id LIMIT 1",
-        (to_text(now),),
-    )
+    return db.row(NEXT_DUE_SQL, (to_text(now),))
 
 
 def seconds_until_next(db: Database, now: dt.datetime) -> float | None:

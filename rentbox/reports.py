@@ -39,18 +39,18 @@ def status(db: Database, now: dt.datetime) -> dict:
     # Each number counts once, in the first state that applies: rented, disabled, banned
     # (a ban that has ended counts as free even before housekeeping lifts it), free.
     # `rented_disabled` are rented numbers that leave the pool when their rental ends.
-    counts = {"total": 0, "free": 0, "rented": 0, "banned": 0, "disabled": 0}
-    counts["rented_disabled"] = db.row(
-        "SELECT count(*) AS n FROM numbers WHERE operation_id IS NOT NULL AND enabled = 0"
-        " AND removed_at IS NULL")["n"]
+    counts = {"total": 0, "free": 0, "rented": 0, "banned": 0, "disabled": 0,
+              "rented_disabled": 0}
     for row in db.rows(
         "SELECT CASE WHEN operation_id IS NOT NULL THEN 'rented'"
         " WHEN enabled = 0 THEN 'disabled' WHEN banned_until > ? THEN 'banned'"
-        " ELSE 'free' END AS state, count(*) AS n"
+        " ELSE 'free' END AS state, count(*) AS n, sum(enabled = 0) AS n_disabled"
         " FROM numbers WHERE removed_at IS NULL GROUP BY state", (stamp,)
     ):
         counts[row["state"]] = row["n"]
         counts["total"] += row["n"]
+        if row["state"] == "rented":
+            counts["rented_disabled"] = row["n_disabled"]
     ops = db.row(
         "SELECT count(*) AS open,"
         " coalesce(sum(failed_at IS NOT NULL), 0) AS failed_awaiting_finish,"

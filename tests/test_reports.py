@@ -151,3 +151,13 @@ def test_number_history(books):
     assert [r["outcome"] for r in history["rentals"]] == ["open", "sold"]
     assert len(history["sms"]) == 2
     assert history["events"][0]["kind"] == "number_added"
+
+
+def test_status_counts_rented_numbers_that_are_disabled(books):
+    from rentbox import pool
+
+    pool.set_enabled(books, DAY2, A, False)  # rented now: leaves the pool when it ends
+    pool.set_enabled(books, DAY2, C, False)  # free: disabled at once
+    counts = reports.status(books, DAY2 + dt.timedelta(minutes=30))["pool"]
+    assert counts == {"total": 3, "free": 1, "rented": 1, "banned": 0, "disabled": 1,
+                      "rented_disabled": 1}
