@@ -121,6 +121,18 @@ def _print_json(value: object) -> None:
     typer.echo(json.dumps(value, ensure_ascii=False, indent=2))
 
 
+def _wants_table(rows: list[dict], json_output: bool, *, empty: str) -> bool:
+    """The convention of every list command: with --json, the rows for scripts; with no
+    rows, `empty`; otherwise True, and the command prints its table for people."""
+    if json_output:
+        _print_json(rows)
+        return False
+    if not rows:
+        say(empty)
+        return False
+    return True
+
+
 def _table(title: str | None, columns: list[str], rows: list[list[str]],
            flexible: tuple[str, ...] = ()) -> None:
     """A table for people on stdout; on a terminal, cut to its width."""
@@ -313,11 +325,7 @@ def numbers_list(
 ) -> None:
     """Show the pool: every number with its country, operator, port and state."""
     rows = pool.list_numbers(open_database(db), include_removed=include_removed)
-    if json_output:
-        _print_json(rows)
-        return
-    if not rows:
-        say("The pool is empty. Add numbers with: rentbox numbers import FILE")
+    if not _wants_table(rows, json_output, empty="The pool is empty. Add numbers with: rentbox numbers import FILE"):
         return
     _table(None, ["number", "country", "operator", "port", "state"],
            [["+" + r["number"], r["country"], r["operator"] or "", r["port"] or "", r["state"]]
@@ -415,7 +423,7 @@ def sms_add(
     """Store an SMS, as a gateway would (for hooks such as Gammu's RunOnReceive).
 
     If the number is in an open rental, a running `rentbox serve` pushes it to
-    Onlinesim within a few seconds.
+    Onlinesim within a second or two.
     """
     incoming = sms.IncomingSms(source="cli", to=to, sender=sender, text=text,
                                source_id=source_id)
@@ -449,11 +457,7 @@ def sms_list(
     state = "pending" if pending else "failed" if failed else None
     rows = sms.list_sms(open_database(db), number=number, operation_id=operation, state=state,
                         limit=limit)
-    if json_output:
-        _print_json(rows)
-        return
-    if not rows:
-        say("No SMS.")
+    if not _wants_table(rows, json_output, empty="No SMS."):
         return
     columns = ["id", "received (UTC)", "to", "state", "tries", "from", "text", "last error"]
     cells = [[str(r["id"]), render.when(r["received_at"]),
@@ -506,11 +510,7 @@ def ops_list(
     """Show rent operations, newest first."""
     rows = operations.list_operations(open_database(db), open_only=open_only, number=number,
                                       since=_since(since), outcome=outcome, limit=limit)
-    if json_output:
-        _print_json(rows)
-        return
-    if not rows:
-        say("No operations.")
+    if not _wants_table(rows, json_output, empty="No operations."):
         return
     _table(None, ["id", "number", "created (UTC)", "outcome", "guard", "SMS", "sum"],
            [[str(r["id"]), "+" + r["number"], render.when(r["created_at"]), r["outcome"],
@@ -557,11 +557,7 @@ def ops_show(
 def bans_list(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].default) -> None:
     """Show banned numbers, and numbers with failed rentals on their way to a ban."""
     rows = bans.list_bans(open_database(db))
-    if json_output:
-        _print_json(rows)
-        return
-    if not rows:
-        say("No bans, and no number has failed rentals.")
+    if not _wants_table(rows, json_output, empty="No bans, and no number has failed rentals."):
         return
     _table(None, ["number", "country", "operator", "failures", "banned until (UTC)"],
            [["+" + r["number"], r["country"], r["operator"] or "", str(r["failures"]),
