@@ -420,7 +420,11 @@ def migrate(db: Database) -> None:
     """Bring the schema up to date. Safe to call on every start; never rebuilds data.
 
     All pending migrations run in one IMMEDIATE transaction (sqlite-utils nests each
-    one in a savepoint), so two processes starting at once cannot both apply one.
+    one in a savepoint), so two processes starting at once cannot both apply one. An
+    up-to-date file, the usual case, is only read: a CLI command beside the running
+    server takes no write lock just to open the database.
     """
+    if not migrations.pending(db):
+        return
     with db.transaction():
         migrations.apply(db)

@@ -149,3 +149,9 @@ def test_a_failed_commit_leaves_no_transaction_open(db):
     assert not db.conn.in_transaction
     with db.transaction():  # and the next write works
         db.execute("INSERT INTO meta VALUES ('k', '{}', 'x')")
+
+
+def test_opening_an_up_to_date_database_takes_no_write_lock(db_path, db):
+    with db.transaction():  # another writer holds the lock
+        again = open_database(db_path)  # would wait and fail if it needed the lock
+        again.close()
