@@ -122,15 +122,17 @@ class Database(sqlite_utils.Database):
 
 def backup(db: Database, target: Path) -> int:
     """Copy the database to `target` with SQLite's online backup: a consistent snapshot,
-    safe while the server writes. Written to a temporary name and renamed at the end, so
-    a backup that is there is complete. Returns its size in bytes."""
+    safe while the server writes. Written to `<target>.partial`, a file this backup
+    creates itself, and given its name at the end, so a backup that is there is complete.
+    It never writes through, replaces or deletes a file that was there before it (the
+    target, the partial, or SQLite's side files of the partial). Returns its size in bytes."""
     target = Path(target)
-    if target.exists():
-        raise Conflict(f"{target} already exists; choose a new name (a backup never "
-                       "overwrites a file)")
+    if os.path.lexists(target):
+        raise Conflict(_backup_exists_message(target))
     if not target.parent.is_dir():
         raise Conflict(f"cannot write {target}: the folder {target.parent} does not exist")
     partial = target.with_name(target.name + ".partial")
+    _create_backup_partial(partial)
     try:
         copy = sqlite3.connect(str(partial))
         try:
@@ -140,7 +142,7 @@ def backup(db: Database, target: Path) -> int:
             copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
         finally:
             copy.close()
-        partial.replace(target)
+        _move_without_overwriting(partial, target)
     except OSError as error:
         partial.unlink(missing_ok=True)
         raise Conflict(f"cannot write {target}: {error.strerror}") from None
@@ -150,15 +152,74 @@ def backup(db: Database, target: Path) -> int:
     return target.stat().st_size
 
 
+def _backup_exists_message(target: Path) -> str:
+    return f"{target} already exists; choose a new name (a backup never overwrites a file)"
+
+
+def _create_backup_partial(partial: Path) -> None:
+    """Create `partial`, empty and private, for this backup alone. SQLite opens the file by
+    name and follows a symlink there (another program's database would be overwritten),
+    and it reads a -journal or -wal file it finds beside it into the copy; so each of
+    them must be absent, and the file is created exclusively, never through a link."""
+    def in_the_way(path: Path) -> Conflict:
+        return Conflict(f"{path} already exists: an interrupted backup left it, or it is "
+                        "not rentbox's; check it, remove it and run the backup again")
+
+    for path in (partial, *(Path(f"{partial}{side}") for side in ("-journal", "-wal", "-shm"))):
+        if os.path.lexists(path):
+            raise in_the_way(path)
+    try:
+        handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+    except FileExistsError:  # created in the instant since the check
+        raise in_the_way(partial) from None
+    except OSError as error:
+        raise Conflict(f"cannot write {partial}: {error.strerror}") from None
+    os.close(handle)
+
+
+def _move_without_overwriting(partial: Path, target: Path) -> None:
+    """Give the finished copy its name, unless a file took that name meanwhile: a hard
+    link fails on an existing name, where a rename would replace it."""
+    try:
+        os.link(partial, target)
+    except FileExistsError:
+        raise Conflict(_backup_exists_message(target)) from None
+    except OSError:
+        # A file system without hard links (FAT on a USB stick, some network shares):
+        # check, then rename; only a file created in the instant between is replaced.
+        if os.path.lexists(target):
+            raise Conflict(_backup_exists_message(target)) from None
+        partial.replace(target)
+        return
+    partial.unlink()
+
+
 def _serving_lock_path(db_path: Path | str) -> Path:
-    return Path(str(db_path) + ".serve.lock")
+    """`<db>.serve.lock` beside the real database file: through symlinks, so that every
+    name of one database leads to one lock. (A hard link is another name the lock cannot
+    see: the lock file is found by name, and a hard link has its own.)"""
+    return Path(os.path.realpath(db_path) + ".serve.lock")
+
+
+def _open_lock_file(path: Path):
+    """Open (creating) the lock file itself, never a file a symlink planted there points
+    to: the server truncates it to write its pid."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        if os.path.islink(path):
+            raise Conflict(f"{path} is a symbolic link; rentbox keeps its own lock file "
+                           "there: remove the link") from None
+        raise Conflict(f"cannot open {path}: {error.strerror}") from None
+    return os.fdopen(fd, "r+")
 
 
 def hold_serving_lock(db_path: Path | str):
     """Hold an exclusive lock on `<db>.serve.lock` for as long as the returned file stays
     open: two servers on one database would both push the outbox, and Onlinesim would get
     every SMS twice. The OS drops the lock when the process dies, however it dies."""
-    handle = open(_serving_lock_path(db_path), "a+")
+    handle = _open_lock_file(_serving_lock_path(db_path))
     # A few tries: `rentbox status` holds the lock shared for an instant to test it.
     for attempt in range(20):
         try:
@@ -185,7 +246,7 @@ def is_being_served(db_path: Path | str) -> bool:
     path = _serving_lock_path(db_path)
     if not path.exists():
         return False
-    with open(path, "a+") as handle:
+    with _open_lock_file(path) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:

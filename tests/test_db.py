@@ -1,5 +1,10 @@
+import contextlib
+import os
+import re
 import sqlite3
 import threading
+import types
+from pathlib import Path
 
 import pytest
 
@@ -106,6 +111,96 @@ def test_backup_is_a_consistent_copy_taken_while_writing(db_path, db, tmp_path):
     with pytest.raises(Conflict, match="does not exist"):
         backup(db, tmp_path / "no" / "copy.db")
     assert not (tmp_path / "copy.db.partial").exists()
+
+
+def test_backup_never_writes_through_or_removes_a_file_in_its_way(db, tmp_path):
+    from rentbox.db import backup
+    from rentbox.errors import Conflict
+
+    other_app = tmp_path / "other-app.db"
+    with contextlib.closing(sqlite3.connect(other_app)) as conn:
+        conn.executescript("CREATE TABLE mine (x); INSERT INTO mine VALUES (42);")
+    before = other_app.read_bytes()
+    target = tmp_path / "copy.db"
+    for planted in ("copy.db.partial", "copy.db.partial-journal", "copy.db.partial-wal"):
+        (tmp_path / planted).symlink_to(other_app)
+        with pytest.raises(Conflict, match=re.escape(f"{tmp_path / planted} already exists")):
+            backup(db, target)
+        assert (tmp_path / planted).is_symlink()  # not the backup's: left where it was
+        (tmp_path / planted).unlink()
+    assert other_app.read_bytes() == before
+    left = tmp_path / "copy.db.partial"
+    left.write_bytes(b"someone's file")
+    with pytest.raises(Conflict, match="remove it and run the backup again"):
+        backup(db, target)
+    assert left.read_bytes() == b"someone's file"
+    left.unlink()
+    assert backup(db, target) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.db", "other-app.db",
+                                                          "rentbox.db", "rentbox.db-shm",
+                                                          "rentbox.db-wal"]
+
+
+def test_backup_never_replaces_a_file_created_while_it_ran(db, tmp_path):
+    from rentbox.db import backup
+    from rentbox.errors import Conflict
+
+    target = tmp_path / "copy.db"
+
+    def someone_takes_the_name(copy):
+        target.write_bytes(b"theirs")
+        db.conn.backup(copy)
+
+    racing = types.SimpleNamespace(conn=types.SimpleNamespace(backup=someone_takes_the_name))
+    with pytest.raises(Conflict, match="already exists; choose a new name"):
+        backup(racing, target)
+    assert target.read_bytes() == b"theirs"
+    assert not (tmp_path / "copy.db.partial").exists()  # its own partial is removed
+
+
+def test_backup_works_where_files_cannot_be_hard_linked(db, tmp_path, monkeypatch):
+    from rentbox.db import backup
+
+    def no_hard_links(*args, **kwargs):  # as on FAT or some network shares
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    assert backup(db, tmp_path / "copy.db") > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.db", "rentbox.db",
+                                                          "rentbox.db-shm", "rentbox.db-wal"]
+
+
+def test_one_server_per_database_whatever_name_it_is_started_with(db_path, db, tmp_path):
+    from rentbox.db import hold_serving_lock, is_being_served
+    from rentbox.errors import Conflict
+
+    link = tmp_path / "elsewhere" / "link.db"
+    link.parent.mkdir()
+    link.symlink_to(db_path)
+    assert not is_being_served(link)
+    lock = hold_serving_lock(db_path)
+    try:
+        assert is_being_served(link)
+        with pytest.raises(Conflict, match="run one server per database"):
+            hold_serving_lock(link)
+    finally:
+        lock.close()
+    assert not is_being_served(link)
+    hold_serving_lock(link).close()
+
+
+def test_a_symlink_planted_as_the_lock_file_is_refused_not_truncated(db_path, db, tmp_path):
+    from rentbox.db import hold_serving_lock, is_being_served
+    from rentbox.errors import Conflict
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("another program's data")
+    Path(str(db_path) + ".serve.lock").symlink_to(victim)
+    with pytest.raises(Conflict, match="is a symbolic link"):
+        hold_serving_lock(db_path)
+    with pytest.raises(Conflict, match="is a symbolic link"):
+        is_being_served(db_path)
+    assert victim.read_text() == "another program's data"
 
 
 def test_a_database_from_the_first_release_is_migrated_not_rebuilt(tmp_path):
