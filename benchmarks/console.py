@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from rentbox import operations, pool, push, sms
+from rentbox.clock import FixedClock
 from rentbox.config import Rules
 from rentbox.db import open_database
 from rentbox.protocol import FinishRequest, RentRequest
@@ -47,27 +48,28 @@ def build(path: Path, numbers: int, rentals: int, days: int, seed: int = 7) -> N
     opened: list[tuple[int, str, bool]] = []
     for n in range(rentals):
         now += step
-        rental = operations.open_rent(db, now, RentRequest(rng.choice([40000, 25000, 90000]),
+        rental = operations.open_rent(db, FixedClock(now), RentRequest(rng.choice([40000, 25000, 90000]),
                                                            country=countries[n % 2][0]), RULES)
         if rental is None:
             continue
         got_sms = rng.random() < 0.7
         if got_sms:
-            accepted = sms.accept_sms(db, now + dt.timedelta(minutes=3), sms.IncomingSms(
+            accepted = sms.accept_sms(db, FixedClock(now + dt.timedelta(minutes=3)), sms.IncomingSms(
                 source="api", to=rental.number, sender=rng.choice(["Google", "Telegram", "+7999"]),
                 text=f"Your code is {rng.randint(100000, 999999)}"), RULES)
             row = {"id": accepted.sms_id, "operation_id": rental.activation_id,
                    "number_id": None, "attempts": 0}
             outcome = push.Outcome("delivered") if rng.random() < 0.98 else push.Outcome(
                 "terminal", "NO_OPERATION")
-            push.record(db, now + dt.timedelta(minutes=3), row, outcome, 10)
+            pushed_at = now + dt.timedelta(minutes=3)
+            push.record(db, pushed_at, row, outcome, 10, sent_at=pushed_at, rules=RULES)
         opened.append((rental.activation_id, rental.number, got_sms))
         # Finish most rentals some hours later; leave the last ones open.
         while len(opened) > 40:
             activation_id, _, had_sms = opened.pop(0)
             status = (rng.choices([3, 5, 1], [90, 8, 2])[0] if had_sms
                       else rng.choices([4, 1], [95, 5])[0])
-            operations.finish_rent(db, now, FinishRequest(
+            operations.finish_rent(db, FixedClock(now), FinishRequest(
                 activation_id, status, rng.choice([40000, 87000, 120000]) if status == 3 else 0),
                 RULES)
     db.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -60,6 +61,7 @@ def _option(name: str, **extra) -> typer.models.OptionInfo:
 DbOption = Annotated[Path, _option("db", dir_okay=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 GuardOption = Annotated[float, _option("guard_s", min=0)]
+GuardMarginOption = Annotated[float, _option("guard_margin_s", min=0)]
 BanAfterOption = Annotated[int, _option("ban_after", min=1)]
 BanOption = Annotated[float, _option("ban_s", min=0)]
 
@@ -74,17 +76,15 @@ def _rule_option(name: str, **extra) -> typer.models.OptionInfo:
 
 
 ServerGuardOption = Annotated[Optional[float], _rule_option("guard_s", min=0)]
+ServerGuardMarginOption = Annotated[Optional[float], _rule_option("guard_margin_s", min=0)]
 ServerBanAfterOption = Annotated[Optional[int], _rule_option("ban_after", min=1)]
 ServerBanOption = Annotated[Optional[float], _rule_option("ban_s", min=0)]
 
 
-def _server_rules(database, guard_s: float | None, ban_after: int | None,
-                  ban_s: float | None) -> Rules:
+def _server_rules(database, **given: float | int | None) -> Rules:
     """The rules given on the command line, else the server's, else the defaults."""
     recorded = meta.server_rules(database) or Rules()
-    return Rules(recorded.guard_s if guard_s is None else guard_s,
-                 recorded.ban_after if ban_after is None else ban_after,
-                 recorded.ban_s if ban_s is None else ban_s)
+    return dataclasses.replace(recorded, **{k: v for k, v in given.items() if v is not None})
 LimitOption = Annotated[int, typer.Option(help="Show at most this many rows.", min=1,
                                           max=1_000_000)]
 # SQLite integers are 64-bit: a larger id could not exist, and would overflow.
@@ -190,6 +190,7 @@ def serve(
     push_timeout_s: Annotated[float, _option("push_timeout_s", min=0.1)] = SETTINGS[
         "push_timeout_s"].default,
     guard_s: GuardOption = SETTINGS["guard_s"].default,
+    guard_margin_s: GuardMarginOption = SETTINGS["guard_margin_s"].default,
     ban_after: BanAfterOption = SETTINGS["ban_after"].default,
     ban_s: BanOption = SETTINGS["ban_s"].default,
     housekeeping_s: Annotated[float, _option("housekeeping_s", min=0.1)] = SETTINGS[
@@ -222,7 +223,9 @@ def serve(
         smsgate_key=os.environ.get(SMSGATE_KEY_ENV, "").strip() or None,
         db=db, host=host, port=port, threads=threads, push_url=push_url or None,
         push_retry_s=push_retry_s, push_timeout_s=push_timeout_s,
-        housekeeping_s=housekeeping_s, rules=Rules(guard_s, ban_after, ban_s),
+        housekeeping_s=housekeeping_s,
+        rules=Rules(guard_s=guard_s, ban_after=ban_after, ban_s=ban_s,
+                    guard_margin_s=guard_margin_s),
     )
     try:
         server.serve(settings)
@@ -249,6 +252,7 @@ def _check_push_url(url: str) -> None:
 def housekeep(
     db: DbOption = SETTINGS["db"].default,
     guard_s: ServerGuardOption = None,
+    guard_margin_s: ServerGuardMarginOption = None,
     ban_after: ServerBanAfterOption = None,
     ban_s: ServerBanOption = None,
 ) -> None:
@@ -258,7 +262,8 @@ def housekeep(
     the server is stopped and you want the books brought up to date.
     """
     database = open_database(db)
-    rules = _server_rules(database, guard_s, ban_after, ban_s)
+    rules = _server_rules(database, guard_s=guard_s, guard_margin_s=guard_margin_s,
+                          ban_after=ban_after, ban_s=ban_s)
     changed = housekeeping.run_once(database, _now(), rules)
     say(f"Housekeeping: {changed} change(s).")
 
@@ -417,6 +422,7 @@ def sms_add(
         "--id", help="The source's own message id: the same id is stored only once.")] = None,
     db: DbOption = SETTINGS["db"].default,
     guard_s: ServerGuardOption = None,
+    guard_margin_s: ServerGuardMarginOption = None,
     ban_after: ServerBanAfterOption = None,
     ban_s: ServerBanOption = None,
 ) -> None:
@@ -428,8 +434,10 @@ def sms_add(
     incoming = sms.IncomingSms(source="cli", to=to, sender=sender, text=text,
                                source_id=source_id)
     database = open_database(db)
-    accepted = sms.accept_sms(database, _now(), incoming,
-                              _server_rules(database, guard_s, ban_after, ban_s))
+    accepted = sms.accept_sms(database, SystemClock(), incoming,
+                              _server_rules(database, guard_s=guard_s,
+                                            guard_margin_s=guard_margin_s,
+                                            ban_after=ban_after, ban_s=ban_s))
     where = {"pending": "queued for Onlinesim",
              "unrouted": "kept, not pushed: the number is in no open rental"}
     state = where.get(accepted.push_state, accepted.push_state)
@@ -501,8 +509,8 @@ def ops_list(
     since: Annotated[Optional[str], typer.Option(
         help="Only operations created at or after this date or ISO time (UTC).")] = None,
     outcome: Annotated[Optional[str], typer.Option(
-        help=f"Only this outcome: {', '.join(operations.OUTCOMES)} ('failed': no SMS in "
-             "the guard window, whatever FINISH said).")] = None,
+        help=f"Only this outcome: {', '.join(operations.OUTCOMES)} ('failed': no SMS "
+             "accepted by Onlinesim in the guard window, whatever FINISH said).")] = None,
     limit: LimitOption = 100,
     json_output: JsonOption = False,
     db: DbOption = SETTINGS["db"].default,
@@ -535,7 +543,8 @@ def ops_show(
         return
     say(f"Operation {op['id']} on +{op['number']} ({op['country']}): {op['state']}, "
         f"outcome {op['outcome']}" + (f", failed: {op['failure']}" if op["failure"] else ""))
-    say(f"Created {render.when(op['created_at'])}, first SMS {render.when(op['first_sms_at']) or '-'}, "
+    say(f"Created {render.when(op['created_at'])}, first SMS accepted by Onlinesim "
+        f"{render.when(op['sms_accepted_at']) or '-'}, "
         f"finished {render.when(op['finished_at']) or '-'}; initial sum "
         f"{render.rub(op['initial_sum_kopecks'])} RUB, final sum {render.rub(op['final_sum_kopecks']) or '-'}")
     _table("Events", ["at (UTC)", "event", "detail"],
@@ -545,6 +554,25 @@ def ops_show(
         _table("SMS", ["id", "received (UTC)", "state", "tries", "from", "text"],
                [[str(m["id"]), render.when(m["received_at"]), m["push_state"], str(m["attempts"]),
                  m["sender"], render.flat(m["text"])] for m in op["sms"]], flexible=("from", "text"))
+
+
+@ops_app.command("close")
+@fails_cleanly
+def ops_close(
+    operation_id: Annotated[int, typer.Argument(help="The operation's id (activationId).",
+                                                min=1, max=MAX_ID)],
+    db: DbOption = SETTINGS["db"].default,
+) -> None:
+    """Close by hand a rental that failed its guard window and never got a FINISH.
+
+    Onlinesim closes every rental with FINISH_ACTIVATION, but one whose GET_NUMBER
+    answer was lost (a crash before it left) is unknown to Onlinesim and would stay
+    open for ever; `rentbox status` lists those after a day. Only a failed rental can be
+    closed here: one that holds its number waits for Onlinesim. The close is recorded as
+    made by hand; a FINISH that still comes later is recorded too.
+    """
+    operations.close_by_hand(open_database(db), _now(), operation_id)
+    say(f"Operation {operation_id} closed by hand.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -609,10 +637,19 @@ def status(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].defaul
     leaving = (f" ({p['rented_disabled']} of them disabled)" if p["rented_disabled"] else "")
     say(f"Pool:       {p['total']} numbers: {p['free']} free, {p['rented']} rented{leaving}, "
         f"{p['banned']} banned, {p['disabled']} disabled")
-    say(f"Rentals:    {o['open']} open: {o['with_sms']} with SMS, {o['awaiting_sms']} waiting "
-        f"for their first SMS, {o['failed_awaiting_finish']} failed and awaiting FINISH")
-    say(f"Outbox:     {box['pending']} SMS waiting ({box['retrying']} retrying), "
+    stale = f" ({len(o['stale_failed'])} for over a day)" if o["stale_failed"] else ""
+    say(f"Rentals:    {o['open']} open: {o['with_sms']} met their guard window, "
+        f"{o['awaiting_sms']} waiting for an SMS, {o['failed_awaiting_finish']} failed and "
+        f"awaiting FINISH{stale}")
+    oldest = (f", the oldest for {render.duration(box['oldest_pending_age_s'])}"
+              if box["oldest_pending_age_s"] is not None else "")
+    say(f"Outbox:     {box['pending']} SMS waiting ({box['retrying']} retrying){oldest}, "
         f"{box['failed']} refused for good")
+    store = facts["database"]
+    say(f"Database:   {render.size(store['database_bytes'])} (WAL "
+        f"{render.size(store['wal_bytes'])}), {render.size(store['free_bytes'])} free on its "
+        f"disk" + (f"; cannot be written: {store['write_problem']}"
+                   if store["write_problem"] else ""))
     if facts["warnings"]:
         for warning in facts["warnings"]:
             out.print(f"[bold yellow]Warning:[/] {_escape(warning)}", soft_wrap=True)
@@ -642,7 +679,8 @@ def report(
     """Income and rentals: credited (FINISH status 3) and pending (open rentals with SMS).
 
     A closed rental counts on the day it closed, an open one on the day it started.
-    Success rate: rentals that received an SMS in their guard window, of those decided.
+    Success rate: rentals that met their guard window (Onlinesim accepted an SMS sent
+    within it), of those decided.
     """
     if json_output and csv_output:
         raise InvalidInput("choose one of --json and --csv")

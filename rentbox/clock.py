@@ -26,6 +26,16 @@ class SystemClock:
         return dt.datetime.now(UTC)
 
 
+class FixedClock:
+    """A clock stopped at one moment: for a command or a script that acts "as of" a time."""
+
+    def __init__(self, moment: dt.datetime):
+        self.moment = moment
+
+    def now(self) -> dt.datetime:
+        return self.moment
+
+
 def to_text(moment: dt.datetime) -> str:
     """Format an aware datetime the way the database stores it."""
     if moment.tzinfo is None:

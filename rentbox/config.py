@@ -47,6 +47,10 @@ SETTINGS: dict[str, Setting] = {
                 "Seconds one push attempt may take before it counts as failed."),
         Setting("guard_s", "RENTBOX_GUARD_S", 1200.0,
                 "Guard window: seconds a new rental has to receive its first SMS."),
+        Setting("guard_margin_s", "RENTBOX_GUARD_MARGIN_S", 15.0,
+                "Seconds after a guard window ends before its number is offered again: "
+                "Onlinesim records a rental a moment after rentbox commits it, and a push "
+                "sent before the window ended may still be on its way."),
         Setting("ban_after", "RENTBOX_BAN_AFTER", 3,
                 "Consecutive failed rentals after which a number is banned."),
         Setting("ban_s", "RENTBOX_BAN_S", 86400.0,
@@ -76,6 +80,12 @@ class Rules:
     guard_s: float = default("guard_s")
     ban_after: int = default("ban_after")
     ban_s: float = default("ban_s")
+    guard_margin_s: float = default("guard_margin_s")
+
+    @property
+    def guard_decided_s(self) -> float:
+        """Seconds after a rental opened when rentbox decides its guard window."""
+        return self.guard_s + self.guard_margin_s
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Iterator
 import sqlite_utils
 from sqlite_utils import Migrations
 
-from rentbox.errors import Conflict, DatabaseError
+from rentbox.errors import Conflict, DatabaseError, Unavailable
 
 # How long a writer in *another process* (a CLI import beside the server) waits for the
 # write lock before giving up. Writers inside one process queue on `Database.write_lock`
@@ -23,6 +23,74 @@ from rentbox.errors import Conflict, DatabaseError
 BUSY_TIMEOUT_S = 10.0
 # The longest pause between two tries for another process's write lock.
 LOCK_POLL_MAX_S = 0.002
+# After a checkpoint, SQLite truncates the -wal file back to this size. Without a limit
+# a WAL that once grew (a long import beside the server) keeps its size for ever, and on
+# a full disk freeing a little space would not be enough to write again (field notes).
+JOURNAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
+# Below this much free space on the database's filesystem, writes are taken to be
+# failing before one fails: a commit needs room for its WAL frames, and a checkpoint
+# for the pages it copies back.
+MIN_FREE_BYTES = 1024 * 1024
+
+# SQLite's primary result codes that mean "cannot write now, nothing is wrong with the
+# request": the write can succeed later, so callers get a retryable Unavailable.
+_UNWRITABLE = {
+    5: "the database is locked by another process",   # SQLITE_BUSY
+    6: "the database is locked",                      # SQLITE_LOCKED
+    8: "the database file is read-only",              # SQLITE_READONLY
+    10: "disk I/O error",                             # SQLITE_IOERR
+    13: "the disk is full",                           # SQLITE_FULL
+    14: "the database file cannot be opened",         # SQLITE_CANTOPEN
+}
+
+
+class WriteHealth:
+    """Whether writes to one database file are working, shared by one process's connections.
+
+    A failed write (disk full, I/O error, a lock held past the busy timeout) marks writes
+    as failing until a write succeeds again. The server reads this to answer 503 from
+    /health and to advertise nothing in GET_SERVICES; housekeeping probes with a small
+    write while it is set, so the state clears as soon as the disk has room again.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.failing_since: float | None = None   # time.time() of the first failure
+        self.reason: str | None = None
+
+    def failed(self, reason: str) -> None:
+        with self._lock:
+            if self.failing_since is None:
+                self.failing_since = time.time()
+            self.reason = reason
+
+    def succeeded(self) -> None:
+        if self.failing_since is None:  # the common case: no lock taken
+            return
+        with self._lock:
+            self.failing_since = None
+            self.reason = None
+
+    @property
+    def failing(self) -> bool:
+        return self.failing_since is not None
+
+
+def unwritable_reason(error: BaseException) -> str | None:
+    """The reason, if `error` is SQLite saying that the file cannot be written now."""
+    if not isinstance(error, sqlite3.Error):
+        return None
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return _UNWRITABLE.get(code & 0xFF)
+    text = str(error)  # errors raised before a statement ran carry no code
+    if "locked" in text:
+        return _UNWRITABLE[5]
+    if "disk is full" in text:
+        return _UNWRITABLE[13]
+    if "disk I/O error" in text:
+        return _UNWRITABLE[10]
+    return None
 
 
 class Database(sqlite_utils.Database):
@@ -34,7 +102,8 @@ class Database(sqlite_utils.Database):
     per-connection setting, which is why it is set here and not stored in the file.
     """
 
-    def __init__(self, path: Path | str, *, write_lock: threading.Lock | None = None):
+    def __init__(self, path: Path | str, *, write_lock: threading.Lock | None = None,
+                 health: WriteHealth | None = None):
         # check_same_thread=False only so that Connections.close_all() can close every
         # connection at shutdown; each one is still used by the thread that opened it.
         conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
@@ -42,9 +111,12 @@ class Database(sqlite_utils.Database):
         self.path = Path(path)
         # Shared by every connection of one process to this file (see Connections).
         self.write_lock = write_lock or threading.Lock()
+        self.health = health or WriteHealth()
         self.execute("PRAGMA journal_mode = WAL")
         self.execute("PRAGMA synchronous = FULL")
         self.execute("PRAGMA foreign_keys = ON")
+        # Per connection, like synchronous: the checkpointing connection applies it.
+        self.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator["Database"]:
@@ -56,16 +128,20 @@ class Database(sqlite_utils.Database):
         Threads of this process first queue on a Python lock, so they never meet
         SQLite's busy handler, whose polling sleeps turn sub-millisecond transactions
         into a tail of hundreds of milliseconds. Keep the body tiny: no I/O, no network.
+
+        A write that fails because the file cannot be written now (disk full, I/O
+        error, another process's lock held past BUSY_TIMEOUT_S) is rolled back and
+        raised as `Unavailable`, and marks `health` as failing until a write succeeds.
         """
         with self.write_lock:
-            self._begin_immediate()
             try:
-                yield self
-            except BaseException:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise
-            else:
+                self._begin_immediate()
+                try:
+                    yield self
+                except BaseException:
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                    raise
                 try:
                     self.conn.execute("COMMIT")
                 except BaseException:
@@ -74,6 +150,13 @@ class Database(sqlite_utils.Database):
                     if self.conn.in_transaction:
                         self.conn.execute("ROLLBACK")
                     raise
+            except sqlite3.Error as error:
+                reason = unwritable_reason(error)
+                if reason is None:
+                    raise
+                self.health.failed(reason)
+                raise Unavailable(f"the database cannot be written now: {reason}") from None
+        self.health.succeeded()
 
     def _begin_immediate(self) -> None:
         """BEGIN IMMEDIATE, waiting for another *process* (a CLI import) in short steps.
@@ -99,6 +182,51 @@ class Database(sqlite_utils.Database):
                 delay_s = min(delay_s * 2, LOCK_POLL_MAX_S)
         finally:
             self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+
+    def write_problem(self) -> str | None:
+        """Why writes cannot be expected to work now, or None when they can.
+
+        Either a write failed and none has succeeded since (in this process), or the
+        filesystem has less than MIN_FREE_BYTES free. Cheap: no query, one statvfs.
+        """
+        if self.health.failing:
+            return self.health.reason
+        try:
+            stat = os.statvfs(self.path.parent if str(self.path.parent) else ".")
+        except OSError:
+            return None
+        # root may write into the blocks reserved for it; anyone else only into f_bavail.
+        free_blocks = stat.f_bfree if os.geteuid() == 0 else stat.f_bavail
+        if free_blocks * stat.f_frsize < MIN_FREE_BYTES:
+            return "the disk is full"
+        return None
+
+    def storage(self) -> dict:
+        """Sizes of the database and its -wal file, and the free space beside them, in
+        bytes (`rentbox status`), and why writes fail now, if they do."""
+        def size(path: Path) -> int:
+            try:
+                return path.stat().st_size
+            except OSError:
+                return 0
+
+        try:
+            stat = os.statvfs(self.path.parent if str(self.path.parent) else ".")
+            free: int | None = stat.f_bavail * stat.f_frsize
+        except OSError:
+            free = None
+        return {"path": str(self.path), "database_bytes": size(self.path),
+                "wal_bytes": size(Path(str(self.path) + "-wal")), "free_bytes": free,
+                "write_problem": self.write_problem()}
+
+    def probe_write(self, stamp: str) -> None:
+        """One tiny real write (a row in `meta`), to learn whether writing works again.
+        Raises Unavailable if it still does not; clears `health` if it does."""
+        with self.transaction():
+            self.execute(
+                "INSERT INTO meta (key, value, updated_at) VALUES ('write_probe', '{}', ?)"
+                " ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at",
+                (stamp,))
 
     def ping(self) -> None:
         """A trivial read of rentbox's schema; raises if the database is unusable."""
@@ -266,6 +394,7 @@ class Connections:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.write_lock = threading.Lock()
+        self.health = WriteHealth()
         self._local = threading.local()
         self._all: list[Database] = []
         self._all_lock = threading.Lock()
@@ -274,7 +403,7 @@ class Connections:
         """This thread's connection, opened on first use."""
         db = getattr(self._local, "db", None)
         if db is None:
-            db = Database(self.path, write_lock=self.write_lock)
+            db = Database(self.path, write_lock=self.write_lock, health=self.health)
             self._local.db = db
             with self._all_lock:
                 self._all.append(db)
@@ -474,6 +603,17 @@ def m003_removed_numbers_and_meta(db: Database) -> None:
         value TEXT NOT NULL,                  -- JSON
         updated_at TEXT NOT NULL
     )
+    """)
+
+
+@migrations()
+def m004_guard_met_by_accepted_sms(db: Database) -> None:
+    _run(db, """
+    -- The guard window is met by an SMS that Onlinesim *accepted* within it (protocol.md
+    -- 5), not by one rentbox merely stored: the column says so now. Values written
+    -- before this migration are when the first SMS was stored. The partial index
+    -- operations_awaiting_sms follows the rename.
+    ALTER TABLE operations RENAME COLUMN first_sms_at TO sms_accepted_at
     """)
 
 

@@ -23,3 +23,8 @@ class Conflict(RentboxError):
 
 class DatabaseError(RentboxError):
     """The database file cannot be opened or migrated."""
+
+
+class Unavailable(RentboxError):
+    """The database cannot be written right now (disk full, an I/O error, or another
+    process holding the write lock too long). Nothing was changed; try again later."""

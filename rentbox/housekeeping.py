@@ -7,9 +7,10 @@ import logging
 import threading
 
 from rentbox import operations
-from rentbox.clock import Clock
+from rentbox.clock import Clock, to_text
 from rentbox.config import Rules
 from rentbox.db import Connections, Database
+from rentbox.errors import Unavailable
 
 log = logging.getLogger("rentbox.housekeeping")
 
@@ -20,7 +21,13 @@ def run_once(db: Database, now: dt.datetime, rules: Rules) -> int:
     Touches only what is due, through partial indexes, so its cost does not grow with
     history. Claims and counts apply the same rules themselves before answering, so
     the pass keeps the books current between calls rather than being needed for them.
+
+    While writes are failing (a full disk), the pass first tries one tiny write, so that
+    the server notices as soon as writing works again; raises Unavailable until it does.
     """
+    if db.health.failing:
+        db.probe_write(to_text(now))
+        log.info("the database can be written again")
     return operations.catch_up(db, now, rules)
 
 
@@ -51,6 +58,11 @@ class Housekeeper:
                 changed = run_once(self._connections.get(), self._clock.now(), self._rules)
                 if changed:
                     log.info("housekeeping: %d change(s)", changed)
+            except Unavailable as error:
+                # Expected while the disk is full: one line, no traceback. The web layer
+                # and /health report the same state.
+                log.warning("housekeeping skipped: %s; trying again in %g s", error,
+                            self._interval_s)
             except Exception:
                 # One failing pass must not end housekeeping for the life of the server.
                 log.exception("housekeeping pass failed; the next one runs in %g s",

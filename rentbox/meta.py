@@ -35,7 +35,8 @@ def server_rules(db: Database) -> Rules | None:
     facts = get(db, SERVER)
     if not facts or "guard_s" not in facts:
         return None
-    return Rules(facts["guard_s"], facts["ban_after"], facts["ban_s"])
+    return Rules(guard_s=facts["guard_s"], ban_after=facts["ban_after"], ban_s=facts["ban_s"],
+                 guard_margin_s=facts.get("guard_margin_s", Rules.guard_margin_s))
 
 
 class CallLog:

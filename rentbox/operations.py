@@ -4,20 +4,30 @@ States and transitions (each a conditional update plus an event row, in one writ
 transaction):
 
     (none) --GET_NUMBER--> open --FINISH_ACTIVATION(1|3|4|5)--> closed
+                           open --`rentbox ops close` (failed rentals only)--> closed
 
 While an operation is open and has not failed, it holds its number
 (`numbers.operation_id`). Two things can happen to an open operation before FINISH:
 
-- an SMS arrives (`first_sms_at`): within the guard window that makes the rental a
-  success, and the number's failure count starts again;
-- the guard window passes with no SMS (`failed_at`, failure `guard_expired`): Onlinesim
-  cancels such a rental on its side, so rentbox frees the number at once and counts a
-  failure, but keeps the operation open in its books until FINISH arrives (protocol.md:
-  never close before FINISH).
+- Onlinesim accepts an SMS of the rental (PUSH_SMS answered SUCCESS) that was sent
+  within the guard window (`sms_accepted_at`): the rental is a success, as Onlinesim
+  sees it, and the number's failure count starts again. An SMS that was only stored,
+  that Onlinesim refused (BAD_SERVICE) or that could not reach it in time does not
+  count: Onlinesim saw no SMS in that rental.
+- the guard window passes without that (`failed_at`, failure `guard_expired`):
+  Onlinesim cancels such a rental on its side, so rentbox frees the number and counts
+  a failure, but keeps the operation open in its books until FINISH arrives
+  (protocol.md: never close before FINISH). This is decided `rules.guard_margin_s`
+  after the window ends: Onlinesim records a rental a moment after rentbox commits it,
+  and a push sent just in time may still be on its way.
 
-A FINISH with status 4 inside the window with no SMS is the same failure
-(`cancelled_without_sms`). An operation counts as at most one failure. A repeated FINISH
-on a closed operation changes nothing (protocol.md 3.3).
+A FINISH with status 4 for a rental with no SMS accepted in its window is the same
+failure (`cancelled_without_sms`). An operation counts as at most one failure. A
+repeated FINISH on a closed operation changes nothing (protocol.md 3.3).
+
+The request's time is read once the write lock is held (functions that take a `clock`):
+a request that waited for the lock must not date its rental, or the end of its guard
+window, to before it was served.
 """
 
 from __future__ import annotations
@@ -28,10 +38,10 @@ import json
 import logging
 
 from rentbox import bans, events, pool
-from rentbox.clock import to_text
+from rentbox.clock import Clock, to_text
 from rentbox.config import Rules
 from rentbox.db import Database
-from rentbox.errors import InvalidInput, NotFound
+from rentbox.errors import Conflict, InvalidInput, NotFound, Unavailable
 from rentbox.pool import FREE
 from rentbox.protocol import (CANCELLED, FINISH_OUTCOMES, FinishRequest, NoOperation,
                               RentRequest)
@@ -55,15 +65,20 @@ class Rental:
 # ---------------------------------------------------------------------------------------
 
 
-# Open operations whose guard window ended by the parameter (now - guard) without an SMS
-# (served by the operations_awaiting_sms index).
-GUARD_DUE = ("state = 'open' AND first_sms_at IS NULL AND failed_at IS NULL"
+# Open operations whose guard window was decided by the parameter (now - guard - margin)
+# without an accepted SMS (served by the operations_awaiting_sms index).
+GUARD_DUE = ("state = 'open' AND sms_accepted_at IS NULL AND failed_at IS NULL"
              " AND created_at <= ?")
 
 
+def _guard_cutoff(now: dt.datetime, rules: Rules) -> str:
+    return to_text(now - dt.timedelta(seconds=rules.guard_decided_s))
+
+
 def expire_guard_windows(db: Database, now: dt.datetime, rules: Rules) -> int:
-    """Fail every open operation whose guard window passed without an SMS; free its number."""
-    cutoff = to_text(now - dt.timedelta(seconds=rules.guard_s))
+    """Fail every open operation whose guard window passed without an SMS that Onlinesim
+    accepted; free its number."""
+    cutoff = _guard_cutoff(now, rules)
     due = db.rows(f"SELECT id, number_id FROM operations WHERE {GUARD_DUE}", (cutoff,))
     for operation in due:
         _fail(db, now, rules, operation, "guard_expired")
@@ -81,7 +96,7 @@ def apply_due_rules(db: Database, now: dt.datetime, rules: Rules) -> int:
 
 def has_due_rules(db: Database, now: dt.datetime, rules: Rules) -> bool:
     """Whether `apply_due_rules` would change anything (a read: no write lock taken)."""
-    cutoff = to_text(now - dt.timedelta(seconds=rules.guard_s))
+    cutoff = _guard_cutoff(now, rules)
     row = db.execute(
         f"SELECT EXISTS (SELECT 1 FROM operations WHERE {GUARD_DUE})"
         f" OR EXISTS (SELECT 1 FROM numbers WHERE {bans.BAN_DUE})",
@@ -94,7 +109,7 @@ def _fail(db: Database, now: dt.datetime, rules: Rules, operation: dict, failure
     stamp = to_text(now)
     changed = db.execute(
         "UPDATE operations SET failed_at = ?, failure = ?"
-        " WHERE id = ? AND failed_at IS NULL AND first_sms_at IS NULL",
+        " WHERE id = ? AND failed_at IS NULL AND sms_accepted_at IS NULL",
         (stamp, failure, operation["id"]),
     ).rowcount
     if not changed:
@@ -108,16 +123,24 @@ def _fail(db: Database, now: dt.datetime, rules: Rules, operation: dict, failure
                         operation_id=operation["id"], reason=failure)
 
 
-def note_sms(db: Database, now: dt.datetime, *, operation_id: int, number_id: int) -> None:
-    """An SMS for this operation was stored: the first one meets the guard window."""
-    first = db.execute(
-        "UPDATE operations SET first_sms_at = ? WHERE id = ? AND first_sms_at IS NULL"
-        " AND failed_at IS NULL RETURNING id",
-        (to_text(now), operation_id),
+def note_accepted(db: Database, now: dt.datetime, rules: Rules, *, operation_id: int,
+                  number_id: int | None, sent_at: dt.datetime) -> bool:
+    """Onlinesim accepted an SMS of this rental, sent at `sent_at`: if it was sent within
+    the guard window and the window was not decided yet, the rental meets it. Returns
+    whether it did. Call inside the transaction that records the delivery.
+    """
+    window_opened = to_text(sent_at - dt.timedelta(seconds=rules.guard_s))
+    met = db.execute(
+        "UPDATE operations SET sms_accepted_at = ? WHERE id = ? AND sms_accepted_at IS NULL"
+        " AND failed_at IS NULL AND created_at >= ? RETURNING id",
+        (to_text(now), operation_id, window_opened),
     ).fetchone()
-    if first:
-        events.record(db, now, "first_sms", operation_id=operation_id, number_id=number_id)
-        bans.record_success(db, now, number_id=number_id, operation_id=operation_id)
+    if met:
+        events.record(db, now, "guard_met", operation_id=operation_id, number_id=number_id,
+                      reason="Onlinesim accepted an SMS sent within the guard window")
+        if number_id is not None:
+            bans.record_success(db, now, number_id=number_id, operation_id=operation_id)
+    return bool(met)
 
 
 # ---------------------------------------------------------------------------------------
@@ -137,17 +160,30 @@ def catch_up(db: Database, now: dt.datetime, rules: Rules) -> int:
 
 
 def available_counts(db: Database, now: dt.datetime, rules: Rules) -> dict[str, dict[str, int]]:
-    """GET_SERVICES: the pool that can be rented now, after applying what is due."""
-    catch_up(db, now, rules)
-    return pool.count_available(db)
+    """GET_SERVICES: the pool that can be rented now, after applying what is due.
+
+    Nothing while the database cannot be written: every GET_NUMBER would fail, and
+    advertising numbers that cannot be issued is over-reporting (protocol.md 3.1).
+    """
+    problem = db.write_problem()
+    if problem is None:
+        try:
+            catch_up(db, now, rules)
+            return pool.count_available(db)
+        except Unavailable as error:
+            problem = str(error)
+    log.warning("GET_SERVICES answered with no numbers: the database cannot be written "
+                "(%s)", problem)
+    return {}
 
 
-def open_rent(db: Database, now: dt.datetime, request: RentRequest, rules: Rules) -> Rental | None:
+def open_rent(db: Database, clock: Clock, request: RentRequest, rules: Rules) -> Rental | None:
     """Claim the free number that has been idle longest and open an operation on it.
 
     Returns None when no free number matches. Catching up on due rules, the read and
     both writes happen in one IMMEDIATE transaction, so concurrent callers can never
-    claim the same number; the conditional update is a second line of defence.
+    claim the same number; the conditional update is a second line of defence. The
+    rental is dated by `clock` once the write lock is held.
     """
     where = [FREE]
     params: list[object] = []
@@ -167,8 +203,9 @@ def open_rent(db: Database, now: dt.datetime, request: RentRequest, rules: Rules
         where.append(f"substr(numbers.number, 1, {length:d})"
                      " NOT IN (SELECT value FROM json_each(?))")
         params.append(json.dumps(prefixes))
-    stamp = to_text(now)
     with db.transaction():
+        now = clock.now()
+        stamp = to_text(now)
         apply_due_rules(db, now, rules)
         candidate = db.row(
             f"SELECT id, number FROM numbers WHERE {' AND '.join(where)}"
@@ -197,41 +234,39 @@ def open_rent(db: Database, now: dt.datetime, request: RentRequest, rules: Rules
     return Rental(activation_id, candidate["number"])
 
 
-def finish_rent(db: Database, now: dt.datetime, request: FinishRequest, rules: Rules) -> bool:
+def finish_rent(db: Database, clock: Clock, request: FinishRequest, rules: Rules) -> bool:
     """Close an open operation and free its number. Returns False if it was already closed.
 
-    Raises NoOperation for an id rentbox never issued.
+    Raises NoOperation for an id rentbox never issued. Dated by `clock` once the write
+    lock is held.
     """
-    stamp = to_text(now)
     with db.transaction():
+        now = clock.now()
+        stamp = to_text(now)
         apply_due_rules(db, now, rules)
         operation = db.row(
-            "SELECT id, number_id, state, finish_status, first_sms_at, failed_at"
+            "SELECT id, number_id, state, finish_status, sms_accepted_at, failed_at"
             " FROM operations WHERE id = ?",
             (request.activation_id,),
         )
         if operation is None:
             raise NoOperation(request.activation_id)
-        if operation["state"] == "closed":
+        if operation["state"] == "closed" and operation["finish_status"] is None:
+            # Closed by hand, then Onlinesim's FINISH came after all: its word is what
+            # the books keep (income included). The number was freed at the hand-close.
+            _record_finish(db, now, request, operation, note="after a close by hand")
+            closed = True
+        elif operation["state"] == "closed":
             closed = False
         else:
-            if request.status == CANCELLED and operation["first_sms_at"] is None:
-                # Cancelled inside the guard window with no SMS (after the window,
+            if request.status == CANCELLED and operation["sms_accepted_at"] is None:
+                # Cancelled with no SMS accepted in the window (after the window,
                 # apply_due_rules has already counted it): the same failure.
                 _fail(db, now, rules, operation, "cancelled_without_sms")
-            db.execute(
-                "UPDATE operations SET state = 'closed', finish_status = ?,"
-                " final_sum_kopecks = ?, finished_at = ? WHERE id = ? AND state = 'open'",
-                (request.status, request.sum_kopecks, stamp, request.activation_id),
-            )
+            _record_finish(db, now, request, operation)
             db.execute(
                 "UPDATE numbers SET operation_id = NULL, idle_since = ? WHERE operation_id = ?",
                 (stamp, request.activation_id),
-            )
-            events.record(
-                db, now, "rent_finished", operation_id=request.activation_id,
-                number_id=operation["number_id"], status=request.status,
-                outcome=FINISH_OUTCOMES[request.status], sum_kopecks=request.sum_kopecks,
             )
             closed = True
     if not closed and operation["finish_status"] != request.status:
@@ -240,21 +275,58 @@ def finish_rent(db: Database, now: dt.datetime, request: FinishRequest, rules: R
     return closed
 
 
+def _record_finish(db: Database, now: dt.datetime, request: FinishRequest, operation: dict,
+                   **detail: object) -> None:
+    db.execute(
+        "UPDATE operations SET state = 'closed', finish_status = ?, final_sum_kopecks = ?,"
+        " finished_at = ? WHERE id = ? AND finish_status IS NULL",
+        (request.status, request.sum_kopecks, to_text(now), request.activation_id),
+    )
+    events.record(
+        db, now, "rent_finished", operation_id=request.activation_id,
+        number_id=operation["number_id"], status=request.status,
+        outcome=FINISH_OUTCOMES[request.status], sum_kopecks=request.sum_kopecks, **detail,
+    )
+
+
+def close_by_hand(db: Database, now: dt.datetime, operation_id: int) -> None:
+    """`rentbox ops close`: close an open rental that failed its guard window and that
+    Onlinesim will never FINISH. A rental still holding its number is refused: only
+    Onlinesim's FINISH closes that (protocol.md 3.3). If FINISH comes after all, it is
+    recorded then."""
+    with db.transaction():
+        operation = db.row("SELECT id, number_id, state, failed_at FROM operations"
+                           " WHERE id = ?", (operation_id,))
+        if operation is None:
+            raise NotFound(f"no operation {operation_id}")
+        if operation["state"] == "closed":
+            raise Conflict(f"operation {operation_id} is already closed")
+        if operation["failed_at"] is None:
+            raise Conflict(f"operation {operation_id} has not failed its guard window: it "
+                           "holds its number until Onlinesim's FINISH closes it")
+        db.execute("UPDATE operations SET state = 'closed', finished_at = ?"
+                   " WHERE id = ? AND state = 'open'", (to_text(now), operation_id))
+        events.record(db, now, "closed_by_hand", operation_id=operation_id,
+                      number_id=operation["number_id"],
+                      reason="failed its guard window and got no FINISH from Onlinesim")
+
+
 # ---------------------------------------------------------------------------------------
 # Reading operations
 # ---------------------------------------------------------------------------------------
 
 # `failed` selects rentals that failed their guard window (or were cancelled in it without
 # an SMS), whatever FINISH said later; the others are FINISH's outcome, or still open.
-OUTCOMES = ("open", "failed", *FINISH_OUTCOMES.values())
+OUTCOMES = ("open", "failed", *FINISH_OUTCOMES.values(), "closed_by_hand")
 
 _OUTCOME_SQL = """CASE operations.finish_status
     WHEN 1 THEN 'wrong_service' WHEN 3 THEN 'sold' WHEN 4 THEN 'cancelled'
-    WHEN 5 THEN 'refunded' ELSE 'open' END"""
+    WHEN 5 THEN 'refunded'
+    ELSE CASE operations.state WHEN 'closed' THEN 'closed_by_hand' ELSE 'open' END END"""
 
 _COLUMNS = f"""operations.id, numbers.number, numbers.country, operations.state,
     {_OUTCOME_SQL} AS outcome, operations.failure, operations.created_at,
-    operations.first_sms_at, operations.failed_at, operations.finished_at,
+    operations.sms_accepted_at, operations.failed_at, operations.finished_at,
     operations.initial_sum_kopecks, operations.final_sum_kopecks,
     (SELECT count(*) FROM sms WHERE sms.operation_id = operations.id) AS sms_count"""
 
@@ -291,6 +363,22 @@ def list_operations(
         f"SELECT {_COLUMNS} FROM operations JOIN numbers ON numbers.id = operations.number_id"
         f" WHERE {' AND '.join(where)} ORDER BY operations.id DESC LIMIT ?",
         params,
+    )
+
+
+# Rentals that failed their guard window and got no FINISH: Onlinesim normally closes
+# them, but one whose GET_NUMBER answer was lost (a crash before the answer left) is
+# unknown to Onlinesim and would stay open for ever (status flags them after a day).
+STALE_FAILED = ("operations.state = 'open' AND operations.failed_at IS NOT NULL"
+                " AND operations.failed_at <= ?")
+
+
+def stale_failed(db: Database, now: dt.datetime, older_than_s: float) -> list[dict]:
+    """Open rentals that failed their guard window more than `older_than_s` ago."""
+    return db.rows(
+        f"SELECT {_COLUMNS} FROM operations JOIN numbers ON numbers.id = operations.number_id"
+        f" WHERE {STALE_FAILED} ORDER BY operations.id",
+        (to_text(now - dt.timedelta(seconds=older_than_s)),),
     )
 
 

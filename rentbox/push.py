@@ -22,8 +22,9 @@ import urllib.error
 import urllib.request
 from typing import Callable
 
-from rentbox import __version__, events
+from rentbox import __version__, events, operations
 from rentbox.clock import Clock, from_text, to_text
+from rentbox.config import Rules
 from rentbox.db import Connections, Database
 
 log = logging.getLogger("rentbox.push")
@@ -147,8 +148,13 @@ def seconds_until_next(db: Database, now: dt.datetime) -> float | None:
     return max(0.0, (from_text(row["due"]) - now).total_seconds())
 
 
-def record(db: Database, now: dt.datetime, sms: dict, outcome: Outcome, retry_s: float) -> None:
-    """Store the result of one attempt (a conditional update: only a pending SMS moves)."""
+def record(db: Database, now: dt.datetime, sms: dict, outcome: Outcome, retry_s: float, *,
+           sent_at: dt.datetime, rules: Rules) -> None:
+    """Store the result of one attempt (a conditional update: only a pending SMS moves).
+
+    A delivery of an SMS sent (`sent_at`) within its rental's guard window meets the
+    window: that is the moment Onlinesim sees an SMS in the rental (protocol.md 5).
+    """
     stamp = to_text(now)
     with db.transaction():
         if outcome.kind == "delivered":
@@ -172,6 +178,9 @@ def record(db: Database, now: dt.datetime, sms: dict, outcome: Outcome, retry_s:
                           "sms_push_failed", operation_id=sms["operation_id"],
                           number_id=sms["number_id"], sms_id=sms["id"],
                           attempts=sms["attempts"] + 1, detail=outcome.detail or None)
+            if outcome.kind == "delivered" and sms["operation_id"] is not None:
+                operations.note_accepted(db, now, rules, operation_id=sms["operation_id"],
+                                         number_id=sms["number_id"], sent_at=sent_at)
 
 
 @dataclasses.dataclass
@@ -183,7 +192,7 @@ class Round:
 
 
 def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: float,
-             timeout_s: float, sender: Callable = send,
+             timeout_s: float, rules: Rules, sender: Callable = send,
              should_stop: Callable[[], bool] = lambda: False) -> Round:
     """Send every SMS due now, oldest first, until none is due or `should_stop()`.
 
@@ -196,8 +205,9 @@ def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: flo
         if sms is None:
             return result
         # The network call runs outside any transaction: no lock is held while waiting.
+        sent_at = clock.now()
         outcome = sender(url, payload(sms, api_key), api_key, timeout_s)
-        record(db, clock.now(), sms, outcome, retry_s)
+        record(db, clock.now(), sms, outcome, retry_s, sent_at=sent_at, rules=rules)
         result.attempts += 1
         if outcome.kind == "delivered":
             log.info("SMS %d delivered to Onlinesim", sms["id"])
@@ -221,10 +231,11 @@ class Pusher:
     POLL_S = 1.0
 
     def __init__(self, connections: Connections, clock: Clock, *, url: str, api_key: str,
-                 retry_s: float, timeout_s: float):
+                 retry_s: float, timeout_s: float, rules: Rules):
         self._connections = connections
         self._clock = clock
-        self._options = dict(url=url, api_key=api_key, retry_s=retry_s, timeout_s=timeout_s)
+        self._options = dict(url=url, api_key=api_key, retry_s=retry_s, timeout_s=timeout_s,
+                             rules=rules)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rentbox-push", daemon=True)

@@ -88,3 +88,26 @@ def detail(values: dict) -> str:
 
 # How a rental failed its guard window, in a table's "guard" column.
 GUARD = {"guard_expired": "expired", "cancelled_without_sms": "no SMS"}
+
+
+def size(size_bytes: int | None) -> str:
+    """A size in bytes for people: 512 B, 3.4 MiB, 12.0 GiB."""
+    if size_bytes is None:
+        return "unknown"
+    for unit, scale in (("GiB", 1024 ** 3), ("MiB", 1024 ** 2), ("KiB", 1024)):
+        if size_bytes >= scale:
+            return f"{size_bytes / scale:.1f} {unit}"
+    return f"{size_bytes} B"
+
+
+def duration(seconds: float) -> str:
+    """A duration for people: 45 s, 12 min, 3 h 20 min, 2 d 4 h."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, hours, days = seconds // 60, seconds // 3600, seconds // 86400
+    if hours < 1:
+        return f"{minutes} min"
+    if days < 1:
+        return f"{hours} h {minutes % 60} min"
+    return f"{days} d {hours % 24} h"

@@ -4,10 +4,11 @@ Reads only. Every figure is computed from the operations, numbers and SMS tables
 same definitions everywhere:
 
 - credited income: the FINISH `sum` of operations closed with status 3;
-- pending income: open operations that received an SMS in their guard window (and did
-  not fail it), at their initial GET_NUMBER `sum` (protocol.md 5);
-- success rate: of the rentals whose guard window is decided, the share that received an
-  SMS in time (a rental still waiting for its first SMS is not counted either way).
+- pending income: open operations that met their guard window (Onlinesim accepted an SMS
+  sent within it), at their initial GET_NUMBER `sum` (protocol.md 5);
+- success rate: of the rentals whose guard window is decided, the share that met it (a
+  rental still waiting is not counted either way). An SMS only stored, or refused by
+  Onlinesim, does not meet the window: Onlinesim saw no SMS in that rental.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ BANNED_SHARE_WARNING = 0.2
 SILENCE_WARNING_S = 10 * 60
 # An SMS waiting this long in the outbox is worth a warning.
 STUCK_SMS_WARNING_S = 5 * 60
+# A rental that failed its guard window and got no FINISH for this long will most likely
+# never get one (its GET_NUMBER answer was lost): the operator closes it by hand.
+STALE_FAILED_S = 24 * 3600
+# Less free space than this beside the database is worth a warning before writes fail.
+LOW_DISK_WARNING_BYTES = 100 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------
@@ -54,9 +60,10 @@ def status(db: Database, now: dt.datetime) -> dict:
     ops = db.row(
         "SELECT count(*) AS open,"
         " coalesce(sum(failed_at IS NOT NULL), 0) AS failed_awaiting_finish,"
-        " coalesce(sum(first_sms_at IS NOT NULL AND failed_at IS NULL), 0) AS with_sms,"
-        " coalesce(sum(first_sms_at IS NULL AND failed_at IS NULL), 0) AS awaiting_sms"
+        " coalesce(sum(sms_accepted_at IS NOT NULL AND failed_at IS NULL), 0) AS with_sms,"
+        " coalesce(sum(sms_accepted_at IS NULL AND failed_at IS NULL), 0) AS awaiting_sms"
         " FROM operations WHERE state = 'open'")
+    ops["stale_failed"] = [r["id"] for r in operations.stale_failed(db, now, STALE_FAILED_S)]
     outbox = db.row(
         "SELECT count(*) AS pending, coalesce(sum(attempts > 0), 0) AS retrying,"
         " min(created_at) AS oldest_pending_at FROM sms WHERE push_state = 'pending'")
@@ -64,6 +71,9 @@ def status(db: Database, now: dt.datetime) -> dict:
     last_error = db.row("SELECT last_error FROM sms WHERE push_state = 'pending'"
                         " AND last_error IS NOT NULL ORDER BY next_attempt_at DESC LIMIT 1")
     outbox["last_error"] = last_error["last_error"] if last_error else None
+    outbox["oldest_pending_age_s"] = (
+        round((now - from_text(outbox["oldest_pending_at"])).total_seconds())
+        if outbox["oldest_pending_at"] else None)
     server = meta.get(db, meta.SERVER)
     if server is not None:
         # The serving lock, not the recorded pid: a backup or a copy of the file carries
@@ -74,6 +84,7 @@ def status(db: Database, now: dt.datetime) -> dict:
         "pool": counts,
         "operations": ops,
         "outbox": outbox,
+        "database": db.storage(),
         "server": server,
         "last_onlinesim_call": meta.get(db, meta.LAST_ONLINESIM_CALL),
     }
@@ -100,13 +111,27 @@ def _warnings(report: dict, now: dt.datetime) -> list[str]:
             1, BANNED_SHARE_WARNING * pool_counts["total"]):
         warnings.append(f"{pool_counts['banned']} of {pool_counts['total']} numbers are banned "
                         "after failed rentals: check that their SMS reach rentbox")
+    storage = report["database"]
+    if storage["write_problem"]:
+        warnings.append(f"the database cannot be written: {storage['write_problem']} "
+                        f"({_mib(storage['free_bytes'])} free): rentals and SMS are refused "
+                        "until there is room")
+    elif storage["free_bytes"] is not None and storage["free_bytes"] < LOW_DISK_WARNING_BYTES:
+        warnings.append(f"only {_mib(storage['free_bytes'])} free on the database's disk")
     if outbox["retrying"]:
-        warnings.append(f"{outbox['retrying']} SMS not yet accepted by Onlinesim, retrying "
+        warnings.append(f"{outbox['retrying']} SMS not yet accepted by Onlinesim, retrying; "
+                        f"the oldest waits since {_short_time(outbox['oldest_pending_at'])} "
                         f"(last error: {outbox['last_error'] or 'unknown'})")
     elif outbox["oldest_pending_at"] and (
             now - from_text(outbox["oldest_pending_at"])).total_seconds() > STUCK_SMS_WARNING_S:
         warnings.append(f"{outbox['pending']} SMS waiting in the outbox since "
                         f"{_short_time(outbox['oldest_pending_at'])}")
+    stale = report["operations"]["stale_failed"]
+    if stale:
+        shown = ", ".join(str(i) for i in stale[:5]) + (" …" if len(stale) > 5 else "")
+        warnings.append(f"{len(stale)} rental(s) failed their guard window over a day ago and "
+                        f"got no FINISH from Onlinesim ({shown}): close each with "
+                        "`rentbox ops close ID`")
     if outbox["failed"]:
         warnings.append(f"{outbox['failed']} SMS refused by Onlinesim for good "
                         "(`rentbox sms list --failed`)")
@@ -118,6 +143,10 @@ def _warnings(report: dict, now: dt.datetime) -> list[str]:
             warnings.append(f"Onlinesim has not called since {_short_time(last_call['at'])}: "
                             "check the URL it was given and the reverse proxy")
     return warnings
+
+
+def _mib(size: int | None) -> str:
+    return "unknown" if size is None else f"{size / 1024 / 1024:.1f} MiB"
 
 
 def _short_time(text: str) -> str:
@@ -192,10 +221,10 @@ def income_report(db: Database, *, by: str = "day", since: dt.datetime | None = 
             coalesce(sum(finish_status = 1), 0) AS wrong_service,
             coalesce(sum(state = 'open'), 0) AS open,
             coalesce(sum(failed_at IS NOT NULL), 0) AS failed,
-            coalesce(sum(first_sms_at IS NOT NULL), 0) AS with_sms,
+            coalesce(sum(sms_accepted_at IS NOT NULL), 0) AS with_sms,
             coalesce(sum(CASE WHEN finish_status = 3 THEN final_sum_kopecks END), 0)
                 AS credited_kopecks,
-            coalesce(sum(CASE WHEN state = 'open' AND first_sms_at IS NOT NULL
+            coalesce(sum(CASE WHEN state = 'open' AND sms_accepted_at IS NOT NULL
                               AND failed_at IS NULL THEN initial_sum_kopecks END), 0)
                 AS pending_kopecks
         FROM operations JOIN numbers ON numbers.id = operations.number_id

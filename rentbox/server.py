@@ -53,7 +53,8 @@ class Server:
             if settings.push_url:
                 self.pusher = Pusher(self.connections, self.clock, url=settings.push_url,
                                      api_key=settings.api_key, retry_s=settings.push_retry_s,
-                                     timeout_s=settings.push_timeout_s)
+                                     timeout_s=settings.push_timeout_s,
+                                     rules=settings.rules)
             self.housekeeper = Housekeeper(self.connections, self.clock, settings.rules,
                                            settings.housekeeping_s)
             app = web.wsgi(settings, self.clock, self.connections,
@@ -102,7 +103,8 @@ class Server:
         facts = {"started_at": to_text(now), "version": __version__, "pid": os.getpid(),
                  "url": self.url, "push_url_set": bool(s.push_url),
                  "sms_intake": bool(s.gateway_token), "smsgate_intake": bool(s.smsgate_key),
-                 "guard_s": s.rules.guard_s, "ban_after": s.rules.ban_after,
+                 "guard_s": s.rules.guard_s, "guard_margin_s": s.rules.guard_margin_s,
+                 "ban_after": s.rules.ban_after,
                  "ban_s": s.rules.ban_s, "push_retry_s": s.push_retry_s}
         meta.put(self.connections.get(), now, meta.SERVER, facts)
         self._facts = facts

@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 
 from rentbox import events, operations, pool
-from rentbox.clock import from_text, to_text
+from rentbox.clock import Clock, from_text, to_text
 from rentbox.config import Rules
 from rentbox.db import Database
 from rentbox.errors import Conflict, InvalidInput, NotFound
@@ -54,20 +54,25 @@ class Accepted:
     push_state: str
 
 
-def accept_sms(db: Database, now: dt.datetime, incoming: IncomingSms, rules: Rules) -> Accepted:
-    """Validate and store one SMS, routed to its rental. Idempotent per source id."""
+def accept_sms(db: Database, clock: Clock, incoming: IncomingSms, rules: Rules) -> Accepted:
+    """Validate and store one SMS, routed to its rental. Idempotent per source id.
+
+    Storing an SMS does not meet a rental's guard window: only Onlinesim accepting it
+    does (push.py). The SMS is dated by `clock` once the write lock is held.
+    """
     sender, text = _validate(incoming)
     number = pool.normalize_number(incoming.to) if incoming.to else None
     port = (incoming.port or "").strip() or None
     if number is None and port is None:
         raise InvalidInput("the receiving number is required")
-    received_at = incoming.received_at or now
-    if received_at.tzinfo is None:
+    if incoming.received_at is not None and incoming.received_at.tzinfo is None:
         raise InvalidInput("received_at needs a timezone (e.g. 2026-11-26T10:00:00Z)")
     # A source's ids are only unique per source and receiving line.
     dedupe_key = (f"{incoming.source}:{number or port}:{incoming.source_id}"
                   if incoming.source_id is not None else None)
     with db.transaction():
+        now = clock.now()
+        received_at = incoming.received_at or now
         if dedupe_key is not None:
             known = db.row("SELECT id, push_state FROM sms WHERE dedupe_key = ?", (dedupe_key,))
             if known:
@@ -106,8 +111,6 @@ def accept_sms(db: Database, now: dt.datetime, incoming: IncomingSms, rules: Rul
         ).lastrowid
         events.record(db, now, "sms_received", operation_id=operation_id, number_id=number_id,
                       sms_id=sms_id, source=incoming.source, routed=state == "pending")
-        if operation_id is not None:
-            operations.note_sms(db, now, operation_id=operation_id, number_id=number_id)
     return Accepted(sms_id, False, state)
 
 

@@ -57,7 +57,7 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
 
     def get_number(body: dict) -> dict:
         request = protocol.parse_rent_request(body)
-        rental = operations.open_rent(connections.get(), clock.now(), request, rules)
+        rental = operations.open_rent(connections.get(), clock, request, rules)
         if rental is None:
             return {"status": "NO_NUMBERS"}
         return {"number": int(rental.number), "activationId": rental.activation_id,
@@ -65,7 +65,7 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
 
     def finish_activation(body: dict) -> dict:
         request = protocol.parse_finish_request(body)
-        operations.finish_rent(connections.get(), clock.now(), request, rules)
+        operations.finish_rent(connections.get(), clock, request, rules)
         return {"status": "SUCCESS"}
 
     handlers: dict[str, Callable[[dict], dict]] = {
@@ -94,7 +94,7 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
         return answer
 
     def store_sms(incoming: sms.IncomingSms) -> dict:
-        accepted = sms.accept_sms(connections.get(), clock.now(), incoming, rules)
+        accepted = sms.accept_sms(connections.get(), clock, incoming, rules)
         if accepted.push_state == "pending" and not accepted.duplicate:
             on_sms()
         return {"status": "SUCCESS", "smsId": accepted.sms_id}

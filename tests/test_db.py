@@ -224,8 +224,8 @@ def test_a_database_from_the_first_release_is_migrated_not_rebuilt(tmp_path):
                   " FROM numbers") == {"number": "4915123456789", "operator": "o2",
                                        "operation_id": 1, "failures": 0, "banned_until": None,
                                        "removed_at": None}
-    assert db.row("SELECT id, state, first_sms_at, failed_at FROM operations") == {
-        "id": 1, "state": "open", "first_sms_at": None, "failed_at": None}
+    assert db.row("SELECT id, state, sms_accepted_at, failed_at FROM operations") == {
+        "id": 1, "state": "open", "sms_accepted_at": None, "failed_at": None}
     # The rebuilt free-number indexes know the new predicate.
     indexes = {r["name"]: r["sql"] for r in db.rows(
         "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name LIKE 'numbers_free%'")}

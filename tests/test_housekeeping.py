@@ -8,12 +8,12 @@ from rentbox.protocol import RentRequest
 
 from conftest import START, add_numbers, snapshot
 
-RULES = Rules(guard_s=60, ban_after=1, ban_s=120)
+RULES = Rules(guard_s=60, ban_after=1, ban_s=120, guard_margin_s=0)
 
 
 def test_run_once_expires_guards_then_lifts_bans(db, clock):
     add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
-    operations.open_rent(db, clock.now(), RentRequest(100), RULES)
+    operations.open_rent(db, clock, RentRequest(100), RULES)
     before = snapshot(db)
     assert housekeeping.run_once(db, clock.now(), RULES) == 0
     assert snapshot(db) == before  # nothing due, nothing written

@@ -5,7 +5,7 @@ import pytest
 from rentbox import events, housekeeping, operations, pool
 from rentbox.config import Rules
 from rentbox.db import Connections
-from rentbox.errors import InvalidInput, NotFound
+from rentbox.errors import Conflict, InvalidInput, NotFound
 from rentbox.protocol import FinishRequest, NoOperation, RentRequest
 
 from conftest import START, add_numbers, snapshot
@@ -18,11 +18,11 @@ RULES = Rules()
 
 
 def rent(db, clock, **kwargs):
-    return operations.open_rent(db, clock.now(), RentRequest(sum_kopecks=40000, **kwargs), RULES)
+    return operations.open_rent(db, clock, RentRequest(sum_kopecks=40000, **kwargs), RULES)
 
 
 def finish(db, clock, activation_id, status, sum_kopecks=None):
-    return operations.finish_rent(db, clock.now(), FinishRequest(activation_id, status,
+    return operations.finish_rent(db, clock, FinishRequest(activation_id, status,
                                                                  sum_kopecks), RULES)
 
 
@@ -144,20 +144,31 @@ def test_concurrent_claims_never_issue_a_number_twice(db_path, db, clock):
 
 # ---- the guard window and failures (protocol.md 5) ------------------------------------
 
-SHORT = Rules(guard_s=60, ban_after=3, ban_s=3600)
+SHORT = Rules(guard_s=60, ban_after=3, ban_s=3600, guard_margin_s=0)
 
 
-def sms_for(db, clock, number, rules=SHORT):
+def sms_for(db, clock, number, rules=SHORT, outcome="delivered", sent_at=None):
+    """An SMS for `number`, stored, then one push attempt that came to `outcome`
+    (delivered, BAD_SERVICE, retry, or None: not pushed), sent at `sent_at` (default now)."""
+    from rentbox import push
     from rentbox.sms import IncomingSms, accept_sms
 
-    return accept_sms(db, clock.now(), IncomingSms(source="cli", to=number, sender="bank",
-                                                   text="code 1234"), rules)
+    accepted = accept_sms(db, clock, IncomingSms(source="cli", to=number, sender="bank",
+                                                 text="code 1234"), rules)
+    if outcome is not None and accepted.push_state == "pending":
+        result = {"delivered": push.Outcome("delivered"),
+                  "BAD_SERVICE": push.Outcome("terminal", "BAD_SERVICE"),
+                  "retry": push.Outcome("retry", "cannot connect", unreachable=True)}[outcome]
+        row = db.row("SELECT * FROM sms WHERE id = ?", (accepted.sms_id,))
+        push.record(db, clock.now(), row, result, 10, sent_at=sent_at or clock.now(),
+                    rules=rules)
+    return accepted
 
 
 def test_guard_window_passing_without_sms_frees_the_number_but_keeps_the_operation_open(
         db, clock):
     add_numbers(db, START, *GERMANY[:1])
-    rental = operations.open_rent(db, clock.now(), RentRequest(100), SHORT)
+    rental = operations.open_rent(db, clock, RentRequest(100), SHORT)
     clock.advance(59)
     assert housekeeping.run_once(db, clock.now(), SHORT) == 0
     clock.advance(1)
@@ -168,9 +179,9 @@ def test_guard_window_passing_without_sms_frees_the_number_but_keeps_the_operati
     assert db.row("SELECT operation_id, failures FROM numbers") == {"operation_id": None,
                                                                      "failures": 1}
     # The number is offered again at once; the old operation still waits for its FINISH.
-    again = operations.open_rent(db, clock.now(), RentRequest(100), SHORT)
+    again = operations.open_rent(db, clock, RentRequest(100), SHORT)
     assert again.number == rental.number
-    assert operations.finish_rent(db, clock.now(), FinishRequest(rental.activation_id, 4), SHORT)
+    assert operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 4), SHORT)
     # ... which neither counts a second failure nor frees the number's new rental.
     assert db.row("SELECT operation_id, failures FROM numbers") == {
         "operation_id": again.activation_id, "failures": 1}
@@ -179,7 +190,7 @@ def test_guard_window_passing_without_sms_frees_the_number_but_keeps_the_operati
 def test_sms_inside_the_window_keeps_the_rental_and_resets_the_count(db, clock):
     add_numbers(db, START, *GERMANY[:1])
     db.execute("UPDATE numbers SET failures = 2")
-    rental = operations.open_rent(db, clock.now(), RentRequest(100), SHORT)
+    rental = operations.open_rent(db, clock, RentRequest(100), SHORT)
     clock.advance(30)
     assert sms_for(db, clock, "+4915123456789").push_state == "pending"
     clock.advance(3600)
@@ -187,15 +198,111 @@ def test_sms_inside_the_window_keeps_the_rental_and_resets_the_count(db, clock):
     assert db.row("SELECT operation_id, failures FROM numbers") == {
         "operation_id": rental.activation_id, "failures": 0}
     kinds = [e["kind"] for e in events.for_operation(db, rental.activation_id)]
-    assert kinds == ["rent_opened", "sms_received", "first_sms", "failures_reset"]
+    assert kinds == ["rent_opened", "sms_received", "sms_delivered", "guard_met",
+                     "failures_reset"]
+
+
+@pytest.mark.parametrize("outcome", ["BAD_SERVICE", "retry", None])
+def test_an_sms_onlinesim_did_not_accept_does_not_meet_the_window(db, clock, outcome):
+    """Refused for good (a bank SMS), Onlinesim unreachable, or no push URL at all:
+    Onlinesim saw no SMS in these rentals, so three of them ban the number."""
+    add_numbers(db, START, *GERMANY[:1])
+    for _ in range(3):
+        rental = operations.open_rent(db, clock, RentRequest(100), SHORT)
+        clock.advance(10)
+        sms_for(db, clock, "+4915123456789", outcome=outcome)
+        clock.advance(60)  # past the window
+        operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 4), SHORT)
+    assert db.row("SELECT failures, banned_until IS NOT NULL AS banned FROM numbers") == {
+        "failures": 3, "banned": 1}
+    assert operations.available_counts(db, clock.now(), SHORT) == {}
+
+
+def test_a_finish_4_in_the_window_is_a_failure_when_nothing_was_accepted(db, clock):
+    add_numbers(db, START, *GERMANY[:1])
+    rental = operations.open_rent(db, clock, RentRequest(100), SHORT)
+    clock.advance(10)
+    sms_for(db, clock, "+4915123456789", outcome="BAD_SERVICE")
+    operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 4), SHORT)
+    assert db.row("SELECT failure FROM operations")["failure"] == "cancelled_without_sms"
+    assert db.row("SELECT failures FROM numbers")["failures"] == 1
+
+
+def test_an_sms_sent_after_the_window_does_not_meet_it(db, clock):
+    rules = Rules(guard_s=60, ban_after=3, ban_s=3600, guard_margin_s=15)
+    add_numbers(db, START, *GERMANY[:1])
+    rental = operations.open_rent(db, clock, RentRequest(100), rules)
+    clock.advance(55)
+    sent_late = clock.advance(6)  # 61 s: after the window, inside the margin
+    sms_for(db, clock, "+4915123456789", rules, sent_at=sent_late)
+    assert db.row("SELECT sms_accepted_at FROM operations")["sms_accepted_at"] is None
+    clock.advance(15)
+    housekeeping.run_once(db, clock.now(), rules)
+    assert db.row("SELECT failure FROM operations WHERE id = ?",
+                  (rental.activation_id,))["failure"] == "guard_expired"
+
+
+def test_an_sms_sent_in_time_and_accepted_inside_the_margin_meets_the_window(db, clock):
+    rules = Rules(guard_s=60, ban_after=3, ban_s=3600, guard_margin_s=15)
+    add_numbers(db, START, *GERMANY[:1])
+    rental = operations.open_rent(db, clock, RentRequest(100), rules)
+    sent = clock.advance(59)
+    clock.advance(10)  # Onlinesim took 10 s to answer SUCCESS: 69 s, inside the margin
+    sms_for(db, clock, "+4915123456789", rules, sent_at=sent)
+    clock.advance(3600)
+    housekeeping.run_once(db, clock.now(), rules)
+    assert db.row("SELECT sms_accepted_at, failed_at FROM operations WHERE id = ?",
+                  (rental.activation_id,)) == {"sms_accepted_at": "2026-11-01T12:01:09.000000Z",
+                                               "failed_at": None}
+
+
+def test_a_guard_expired_number_is_offered_again_only_after_the_margin(db, clock):
+    rules = Rules(guard_s=60, ban_after=3, ban_s=3600, guard_margin_s=15)
+    add_numbers(db, START, *GERMANY[:1])
+    operations.open_rent(db, clock, RentRequest(100), rules)
+    clock.advance(60 + 14)
+    assert operations.available_counts(db, clock.now(), rules) == {}
+    assert operations.open_rent(db, clock, RentRequest(100), rules) is None
+    clock.advance(1)
+    assert operations.available_counts(db, clock.now(), rules) == {
+        "germany": {"any": 1, "telekom": 1}}
+    assert operations.open_rent(db, clock, RentRequest(100), rules) is not None
+
+
+def test_the_rental_is_dated_when_the_write_lock_is_held(db, db_path, clock):
+    """Another process holds the write lock while GET_NUMBER waits: the rental must be
+    dated when it is served, not when the request came in, or its guard window would
+    end early by the wait."""
+    import sqlite3
+    import time
+
+    add_numbers(db, START, *GERMANY[:1])
+    other = sqlite3.connect(str(db_path), isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    holding = threading.Event()
+
+    def release_later():
+        holding.set()
+        time.sleep(0.3)  # the other process, not rentbox, is slow
+        clock.advance(3)  # three seconds pass while the lock is held
+        other.execute("COMMIT")
+
+    thread = threading.Thread(target=release_later)
+    thread.start()
+    holding.wait(5)
+    rental = operations.open_rent(db, clock, RentRequest(100), SHORT)
+    thread.join(5)
+    other.close()
+    created = db.row("SELECT created_at FROM operations WHERE id = ?", (rental.activation_id,))
+    assert created["created_at"] == "2026-11-01T12:00:03.000000Z"
 
 
 def test_cancel_inside_the_window_without_sms_is_a_failure(db, clock):
     add_numbers(db, START, *GERMANY[:1])
     for status, counted in [(4, 1), (5, 1), (1, 1), (3, 1), (4, 2)]:
-        rental = operations.open_rent(db, clock.now(), RentRequest(100), SHORT)
+        rental = operations.open_rent(db, clock, RentRequest(100), SHORT)
         clock.advance(10)
-        operations.finish_rent(db, clock.now(), FinishRequest(rental.activation_id, status, 0),
+        operations.finish_rent(db, clock, FinishRequest(rental.activation_id, status, 0),
                                SHORT)
         assert db.row("SELECT failures FROM numbers")["failures"] == counted, status
 
@@ -204,7 +311,7 @@ def test_three_failures_ban_the_number_until_the_ban_ends(db, clock):
     add_numbers(db, START, *GERMANY[:2])
     target = "4915123456789"
     for _ in range(3):
-        rental = operations.open_rent(db, clock.now(), RentRequest(100, excluded_prefixes=(
+        rental = operations.open_rent(db, clock, RentRequest(100, excluded_prefixes=(
             "4915123456790",)), SHORT)
         assert rental.number == target
         clock.advance(61)
@@ -215,12 +322,12 @@ def test_three_failures_ban_the_number_until_the_ban_ends(db, clock):
     assert banned == {"failures": 3, "banned_until": "2026-11-01T13:03:03.000000Z"}
     # Neither offered nor counted while banned; the other number still is.
     assert [r["state"] for r in pool.list_numbers(db)] == ["banned", "free"]
-    assert operations.open_rent(db, clock.now(), RentRequest(100, country="germany",
+    assert operations.open_rent(db, clock, RentRequest(100, country="germany",
                                                              operator="telekom", excluded_prefixes=(
         "4915123456790",)), SHORT) is None
     clock.advance(3600)
     # A claim right after the ban ended gets the number, even before housekeeping ran.
-    rental = operations.open_rent(db, clock.now(), RentRequest(100, excluded_prefixes=(
+    rental = operations.open_rent(db, clock, RentRequest(100, excluded_prefixes=(
         "4915123456790",)), SHORT)
     assert rental.number == target
     assert db.row("SELECT failures, banned_until FROM numbers WHERE number = ?", (target,)) == {
@@ -235,11 +342,11 @@ def test_three_failures_ban_the_number_until_the_ban_ends(db, clock):
 def test_a_success_between_failures_restarts_the_count(db, clock):
     add_numbers(db, START, *GERMANY[:1])
     for got_sms in (False, False, True, False, False):
-        operations.open_rent(db, clock.now(), RentRequest(100), SHORT)
+        operations.open_rent(db, clock, RentRequest(100), SHORT)
         if got_sms:
             sms_for(db, clock, "+4915123456789")
             rental = db.row("SELECT operation_id FROM numbers")["operation_id"]
-            operations.finish_rent(db, clock.now(), FinishRequest(rental, 3, 100), SHORT)
+            operations.finish_rent(db, clock, FinishRequest(rental, 3, 100), SHORT)
         clock.advance(61)
         housekeeping.run_once(db, clock.now(), SHORT)
     assert db.row("SELECT failures, banned_until FROM numbers") == {"failures": 2,
@@ -248,11 +355,11 @@ def test_a_success_between_failures_restarts_the_count(db, clock):
 
 def test_list_and_show_operations(db, clock):
     add_numbers(db, START, *GERMANY[:2])
-    first = operations.open_rent(db, clock.now(), RentRequest(40000), SHORT)
+    first = operations.open_rent(db, clock, RentRequest(40000), SHORT)
     sms_for(db, clock, "+" + first.number)
     clock.advance(1)
-    operations.finish_rent(db, clock.now(), FinishRequest(first.activation_id, 3, 87000), SHORT)
-    second = operations.open_rent(db, clock.now(), RentRequest(100), SHORT)
+    operations.finish_rent(db, clock, FinishRequest(first.activation_id, 3, 87000), SHORT)
+    second = operations.open_rent(db, clock, RentRequest(100), SHORT)
     rows = operations.list_operations(db)
     assert [(r["id"], r["outcome"], r["sms_count"]) for r in rows] == [
         (second.activation_id, "open", 0), (first.activation_id, "sold", 1)]
@@ -261,9 +368,37 @@ def test_list_and_show_operations(db, clock):
     assert [r["id"] for r in operations.list_operations(db, number="+" + first.number)] == [1]
     shown = operations.show_operation(db, first.activation_id)
     assert [e["kind"] for e in shown["events"]] == [
-        "rent_opened", "sms_received", "first_sms", "rent_finished"]
+        "rent_opened", "sms_received", "sms_delivered", "guard_met", "rent_finished"]
     assert [m["text"] for m in shown["sms"]] == ["code 1234"]
     with pytest.raises(NotFound):
         operations.show_operation(db, 99)
     with pytest.raises(InvalidInput, match="outcome must be one of"):
         operations.list_operations(db, outcome="great")
+
+
+def test_close_by_hand_only_for_a_failed_rental_and_a_late_finish_is_still_booked(db, clock):
+    add_numbers(db, START, *GERMANY[:1])
+    held = operations.open_rent(db, clock, RentRequest(100), SHORT)
+    with pytest.raises(Conflict, match="has not failed its guard window"):
+        operations.close_by_hand(db, clock.now(), held.activation_id)
+    clock.advance(61)
+    housekeeping.run_once(db, clock.now(), SHORT)
+    operations.close_by_hand(db, clock.now(), held.activation_id)
+    with pytest.raises(Conflict, match="already closed"):
+        operations.close_by_hand(db, clock.now(), held.activation_id)
+    with pytest.raises(NotFound):
+        operations.close_by_hand(db, clock.now(), 99)
+    assert operations.list_operations(db, outcome="closed_by_hand")[0]["id"] == \
+        held.activation_id
+    # The number was re-rented meanwhile; a FINISH that comes after all is booked, and
+    # leaves the new rental alone.
+    again = operations.open_rent(db, clock, RentRequest(100), SHORT)
+    assert operations.finish_rent(db, clock, FinishRequest(held.activation_id, 3, 500), SHORT)
+    assert operations.show_operation(db, held.activation_id)["outcome"] == "sold"
+    assert db.row("SELECT operation_id FROM numbers")["operation_id"] == again.activation_id
+    kinds = [e["kind"] for e in events.for_operation(db, held.activation_id)]
+    assert kinds[-2:] == ["closed_by_hand", "rent_finished"]
+    # ... and only once.
+    assert not operations.finish_rent(db, clock, FinishRequest(held.activation_id, 3, 900),
+                                      SHORT)
+    assert operations.show_operation(db, held.activation_id)["final_sum_kopecks"] == 500

@@ -149,7 +149,7 @@ def test_disable_enable(db, clock):
 
     add_numbers(db, START, ("+4915123456789", "germany", "telekom"),
                 ("+4917612345678", "germany", "o2"))
-    rental = operations.open_rent(db, clock.now(), RentRequest(100, operator="telekom"), Rules())
+    rental = operations.open_rent(db, clock, RentRequest(100, operator="telekom"), Rules())
     assert pool.set_enabled(db, clock.now(), "+4915123456789", False)
     assert pool.set_enabled(db, clock.now(), "+4917612345678", False)
     assert not pool.set_enabled(db, clock.now(), "4917612345678", False)
@@ -157,7 +157,7 @@ def test_disable_enable(db, clock):
     assert db.row("SELECT operation_id FROM numbers WHERE number = '4915123456789'")[
         "operation_id"] == rental.activation_id
     assert [r["state"] for r in pool.list_numbers(db)] == ["rented, disabled", "disabled"]
-    operations.finish_rent(db, clock.now(), FinishRequest(rental.activation_id, 4), Rules())
+    operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 4), Rules())
     assert pool.count_available(db) == {}
     assert {r["state"] for r in pool.list_numbers(db)} == {"disabled"}
     assert pool.set_enabled(db, clock.now(), "+4917612345678", True)
@@ -173,10 +173,10 @@ def test_remove_keeps_history_and_reimport_restores(db, clock, tmp_path):
     from rentbox.protocol import FinishRequest, RentRequest
 
     add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
-    rental = operations.open_rent(db, clock.now(), RentRequest(100), Rules())
+    rental = operations.open_rent(db, clock, RentRequest(100), Rules())
     with pytest.raises(Conflict, match="is in open rental 1"):
         pool.remove_number(db, clock.now(), "+4915123456789")
-    operations.finish_rent(db, clock.now(), FinishRequest(rental.activation_id, 3, 100), Rules())
+    operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 3, 100), Rules())
     pool.remove_number(db, clock.now(), "+4915123456789")
     assert pool.list_numbers(db) == []
     assert [r["state"] for r in pool.list_numbers(db, include_removed=True)] == ["removed"]
@@ -245,12 +245,12 @@ def test_a_rental_that_failed_its_guard_window_does_not_block_removal(db, clock)
     from rentbox.config import Rules
     from rentbox.protocol import FinishRequest, RentRequest
 
-    rules = Rules(guard_s=60)
+    rules = Rules(guard_s=60, guard_margin_s=0)
     add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
-    rental = operations.open_rent(db, clock.now(), RentRequest(100), rules)
+    rental = operations.open_rent(db, clock, RentRequest(100), rules)
     clock.advance(61)
     housekeeping.run_once(db, clock.now(), rules)
     pool.remove_number(db, clock.now(), "+4915123456789")
     # Onlinesim's late FINISH is still booked.
-    assert operations.finish_rent(db, clock.now(), FinishRequest(rental.activation_id, 4), rules)
+    assert operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 4), rules)
     assert [r["state"] for r in pool.list_numbers(db, include_removed=True)] == ["removed"]

@@ -43,15 +43,15 @@ def test_classify(status, body, kind, detail):
 def routed(db, clock):
     """One open rental on +4915123456789 with one SMS waiting in the outbox."""
     add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
-    operations.open_rent(db, clock.now(), RentRequest(100), RULES)
-    accepted = sms.accept_sms(db, clock.now(), sms.IncomingSms(
+    operations.open_rent(db, clock, RentRequest(100), RULES)
+    accepted = sms.accept_sms(db, clock, sms.IncomingSms(
         source="api", to="+49 151 23456789", sender="Instagram",
         text="784958 is your secret code ✅ Код"), RULES)
     return accepted.sms_id
 
 
 def deliver(db, clock, url, **kwargs):
-    options = dict(url=url, api_key=API_KEY, retry_s=10, timeout_s=1)
+    options = dict(url=url, api_key=API_KEY, retry_s=10, timeout_s=1, rules=RULES)
     options.update(kwargs)
     return push.push_due(db, clock, **options).attempts
 
@@ -124,7 +124,7 @@ def test_terminal_answer_is_never_retried_until_requeued(db, clock, routed):
 
 
 def test_an_unreachable_onlinesim_ends_the_round(db, clock, routed):
-    second = sms.accept_sms(db, clock.now(), sms.IncomingSms(
+    second = sms.accept_sms(db, clock, sms.IncomingSms(
         source="api", to="+4915123456789", sender="x", text="second"), RULES).sms_id
     assert deliver(db, clock, refused_url()) == 1
     assert sms_row(db, second)["attempts"] == 0
@@ -135,7 +135,7 @@ def test_pusher_thread_pushes_at_once_when_woken(db_path, db, clock, routed, onl
 
     conns = Connections(db_path)
     pusher = push.Pusher(conns, clock, url=onlinesim.url, api_key=API_KEY, retry_s=10,
-                         timeout_s=2)
+                         timeout_s=2, rules=RULES)
     pusher.start()
     try:
         pusher.wake()
@@ -159,5 +159,5 @@ def test_a_redirect_is_not_followed(db, clock, routed):
 
 def test_a_round_stops_when_asked(db, clock, routed, onlinesim):
     assert push.push_due(db, clock, url=onlinesim.url, api_key=API_KEY, retry_s=10,
-                         timeout_s=1, should_stop=lambda: True).attempts == 0
+                         timeout_s=1, rules=RULES, should_stop=lambda: True).attempts == 0
     assert onlinesim.requests == []

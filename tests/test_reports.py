@@ -7,13 +7,14 @@ import os
 import pytest
 
 from rentbox import meta, operations, push, reports, sms
+from rentbox.clock import FixedClock
 from rentbox.config import Rules
 from rentbox.errors import InvalidInput
 from rentbox.protocol import FinishRequest, RentRequest
 
 from conftest import START, add_numbers
 
-RULES = Rules(guard_s=1200, ban_after=3, ban_s=86400)
+RULES = Rules(guard_s=1200, ban_after=3, ban_s=86400, guard_margin_s=0)
 A, B, C = "4915123456789", "4917612345678", "79123456789"
 DAY1 = START                                  # Sunday 2026-11-01 12:00 UTC
 DAY2 = START + dt.timedelta(days=1)           # Monday 2026-11-02 12:00 UTC
@@ -21,17 +22,23 @@ DAY2 = START + dt.timedelta(days=1)           # Monday 2026-11-02 12:00 UTC
 
 def rent(db, when, number, sum_kopecks):
     others = tuple(n for n in (A, B, C) if n != number)
-    return operations.open_rent(db, when, RentRequest(sum_kopecks, excluded_prefixes=others),
+    return operations.open_rent(db, FixedClock(when),
+                                RentRequest(sum_kopecks, excluded_prefixes=others),
                                 RULES).activation_id
 
 
-def sms_to(db, when, number):
-    sms.accept_sms(db, when, sms.IncomingSms(source="api", to=number, sender="x", text="y"),
-                   RULES)
+def sms_to(db, when, number, outcome=push.Outcome("delivered")):
+    """An SMS for the number, pushed to Onlinesim at once with `outcome` (None: not yet)."""
+    accepted = sms.accept_sms(db, FixedClock(when), sms.IncomingSms(
+        source="api", to=number, sender="x", text="y"), RULES)
+    if outcome is not None:
+        row = db.row("SELECT * FROM sms WHERE id = ?", (accepted.sms_id,))
+        push.record(db, when, row, outcome, 10, sent_at=when, rules=RULES)
+    return accepted.sms_id
 
 
 def finish(db, when, op, status, sum_kopecks):
-    operations.finish_rent(db, when, FinishRequest(op, status, sum_kopecks), RULES)
+    operations.finish_rent(db, FixedClock(when), FinishRequest(op, status, sum_kopecks), RULES)
 
 
 @pytest.fixture
@@ -49,6 +56,7 @@ def books(db):
     finish(db, DAY2, op3, 5, 0)
     rent(db, DAY2, A, 40000)                              # SMS, still open: pending 400
     sms_to(db, DAY2 + dt.timedelta(minutes=1), A)
+    sms_to(db, DAY2 + dt.timedelta(minutes=2), A, outcome=None)  # a second one, in the outbox
     rent(db, DAY2, B, 30000)                              # guard window passes: failed, open
     with db.transaction():
         operations.apply_due_rules(db, DAY2 + dt.timedelta(minutes=21), RULES)
@@ -107,12 +115,43 @@ def test_status_figures_and_warnings(books):
     assert facts["pool"] == {"total": 3, "free": 2, "rented": 1, "banned": 0, "disabled": 0,
                              "rented_disabled": 0}
     assert facts["operations"] == {"open": 2, "failed_awaiting_finish": 1, "with_sms": 1,
-                                   "awaiting_sms": 0}
-    assert facts["outbox"]["pending"] == 3 and facts["outbox"]["failed"] == 0
+                                   "awaiting_sms": 0, "stale_failed": []}
+    assert facts["outbox"]["pending"] == 1 and facts["outbox"]["failed"] == 0
+    assert facts["outbox"]["oldest_pending_age_s"] == 28 * 60
     assert facts["server"] is None and facts["last_onlinesim_call"] is None
+    store = facts["database"]
+    assert store["database_bytes"] == books.path.stat().st_size > 0
+    assert store["wal_bytes"] >= 0 and store["free_bytes"] > 0
+    assert store["write_problem"] is None
     assert facts["warnings"] == [
         "rentbox serve has never run on this database",
-        "3 SMS waiting in the outbox since 2026-11-01 12:05 UTC"]
+        "1 SMS waiting in the outbox since 2026-11-02 12:02 UTC"]
+
+
+def test_status_flags_failed_rentals_without_finish_after_a_day(books):
+    """A GET_NUMBER answer lost in a crash: Onlinesim never FINISHes that rental."""
+    [failed] = [r["id"] for r in operations.list_operations(books, outcome="failed",
+                                                             open_only=True)]
+    day_later = DAY2 + dt.timedelta(minutes=21, days=1)
+    assert reports.status(books, day_later - dt.timedelta(seconds=1))["operations"][
+        "stale_failed"] == []
+    facts = reports.status(books, day_later)
+    assert facts["operations"]["stale_failed"] == [failed]
+    assert (f"1 rental(s) failed their guard window over a day ago and got no FINISH from "
+            f"Onlinesim ({failed}): close each with `rentbox ops close ID`") in facts["warnings"]
+    operations.close_by_hand(books, day_later, failed)
+    assert reports.status(books, day_later)["operations"]["stale_failed"] == []
+    shown = operations.show_operation(books, failed)
+    assert (shown["state"], shown["outcome"]) == ("closed", "closed_by_hand")
+    assert shown["events"][-1]["kind"] == "closed_by_hand"
+
+
+def test_status_warns_when_the_database_cannot_be_written(books):
+    books.health.failed("the disk is full")
+    facts = reports.status(books, DAY2 + dt.timedelta(minutes=30))
+    assert facts["database"]["write_problem"] == "the disk is full"
+    assert any(w.startswith("the database cannot be written: the disk is full (")
+               for w in facts["warnings"])
 
 
 def test_status_of_a_running_server_without_push_url(books):
@@ -124,7 +163,8 @@ def test_status_of_a_running_server_without_push_url(books):
                                                     "action": "GET_SERVICES"})
     sms_row = books.row("SELECT id, operation_id, number_id, attempts FROM sms"
                         " WHERE push_state = 'pending' ORDER BY id LIMIT 1")
-    push.record(books, now, sms_row, push.Outcome("retry", "HTTP 500"), 10)
+    push.record(books, now, sms_row, push.Outcome("retry", "HTTP 500"), 10, sent_at=now,
+                rules=RULES)
     books.execute("UPDATE numbers SET banned_until = '2026-11-09T00:00:00.000000Z'"
                   " WHERE number = ?", (C,))
     from rentbox.db import hold_serving_lock
@@ -140,7 +180,8 @@ def test_status_of_a_running_server_without_push_url(books):
     assert facts["warnings"] == [
         "the server runs without RENTBOX_PUSH_URL: SMS are stored but not pushed to Onlinesim",
         "1 of 3 numbers are banned after failed rentals: check that their SMS reach rentbox",
-        "1 SMS not yet accepted by Onlinesim, retrying (last error: HTTP 500)",
+        "1 SMS not yet accepted by Onlinesim, retrying; the oldest waits since "
+        "2026-11-02 12:02 UTC (last error: HTTP 500)",
         "Onlinesim has not called since 2026-11-02 12:00 UTC: check the URL it was given "
         "and the reverse proxy"]
 
@@ -149,7 +190,7 @@ def test_number_history(books):
     history = reports.number_history(books, "+49 151 2345 6789")
     assert history["state"] == "rented"
     assert [r["outcome"] for r in history["rentals"]] == ["open", "sold"]
-    assert len(history["sms"]) == 2
+    assert len(history["sms"]) == 3
     assert history["events"][0]["kind"] == "number_added"
 
 

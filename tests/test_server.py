@@ -146,12 +146,12 @@ def test_a_restart_pushes_the_pending_outbox(start_server, db, onlinesim):
     assert sorted(b["text"] for b in onlinesim.bodies()) == ["m0", "m1", "m2"]
 
 
-def test_guard_window_and_ban_with_short_settings(start_server, db):
+def test_guard_window_and_ban_with_short_settings(start_server, db, onlinesim):
     from rentbox.config import Rules
 
     add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
-    server = start_server(rules=Rules(guard_s=1.0, ban_after=2, ban_s=2.0),
-                          housekeeping_s=0.05)
+    server = start_server(rules=Rules(guard_s=1.0, ban_after=2, ban_s=2.0, guard_margin_s=0.1),
+                          housekeeping_s=0.05, push_url=onlinesim.url)
     services = {"action": "GET_SERVICES", "key": API_KEY}
 
     def offered():
@@ -168,6 +168,7 @@ def test_guard_window_and_ban_with_short_settings(start_server, db):
     kept = rent_one(server)
     http_post(server.url + "/sms", {"to": "4915123456789", "from": "x", "text": "in time"},
               headers=SMS_AUTH)
+    onlinesim.wait_for(1)  # Onlinesim accepted it within the window
     time.sleep(1.2)  # past the guard window: the rental with an SMS keeps its number
     assert offered() == []
     http_post(server.url + "/finishActivationRent", {"action": "FINISH_ACTIVATION",

@@ -23,23 +23,24 @@ def incoming(**fields):
 def rented(db, clock):
     add_numbers(db, START, ("+4915123456789", "germany", "telekom", "dev1:1"),
                 ("+4915123456790", "germany", "telekom", "dev1:2"))
-    return operations.open_rent(db, clock.now(), RentRequest(100, excluded_prefixes=(
+    return operations.open_rent(db, clock, RentRequest(100, excluded_prefixes=(
         "4915123456790",)), RULES)
 
 
 def test_sms_for_a_rented_number_is_routed_and_queued(db, clock, rented):
-    accepted = sms.accept_sms(db, clock.now(), incoming(text=LONG_TEXT), RULES)
+    accepted = sms.accept_sms(db, clock, incoming(text=LONG_TEXT), RULES)
     assert accepted == sms.Accepted(1, False, "pending")
     row = db.row("SELECT * FROM sms")
     assert row["operation_id"] == rented.activation_id
     assert row["text"] == LONG_TEXT  # exactly, emoji and all
     assert row["next_attempt_at"] == row["created_at"] == "2026-11-01T12:00:00.000000Z"
-    assert db.row("SELECT first_sms_at FROM operations")["first_sms_at"] == row["created_at"]
+    # Stored is not accepted: only Onlinesim's SUCCESS to its push meets the guard window.
+    assert db.row("SELECT sms_accepted_at FROM operations")["sms_accepted_at"] is None
 
 
 def test_sms_for_a_free_or_unknown_number_is_kept_unrouted(db, clock, rented):
-    free = sms.accept_sms(db, clock.now(), incoming(to="4915123456790"), RULES)
-    unknown = sms.accept_sms(db, clock.now(), incoming(to="+79123456789"), RULES)
+    free = sms.accept_sms(db, clock, incoming(to="4915123456790"), RULES)
+    unknown = sms.accept_sms(db, clock, incoming(to="+79123456789"), RULES)
     assert (free.push_state, unknown.push_state) == ("unrouted", "unrouted")
     rows = db.rows("SELECT number, number_id, operation_id, next_attempt_at FROM sms")
     assert rows == [{"number": "4915123456790", "number_id": 2, "operation_id": None,
@@ -49,33 +50,33 @@ def test_sms_for_a_free_or_unknown_number_is_kept_unrouted(db, clock, rented):
 
 
 def test_routing_by_port_when_the_receiver_is_unknown(db, clock, rented):
-    accepted = sms.accept_sms(db, clock.now(), incoming(to=None, port="dev1:1"), RULES)
+    accepted = sms.accept_sms(db, clock, incoming(to=None, port="dev1:1"), RULES)
     assert accepted.push_state == "pending"
     assert db.row("SELECT number FROM sms")["number"] == "4915123456789"
-    lost = sms.accept_sms(db, clock.now(), incoming(to=None, port="dev9:1"), RULES)
+    lost = sms.accept_sms(db, clock, incoming(to=None, port="dev9:1"), RULES)
     assert lost.push_state == "unrouted"
     assert db.row("SELECT number, port FROM sms WHERE id = ?", (lost.sms_id,)) == {
         "number": None, "port": "dev9:1"}
 
 
 def test_a_redelivery_is_stored_once(db, clock, rented):
-    first = sms.accept_sms(db, clock.now(), incoming(source_id="m-1"), RULES)
+    first = sms.accept_sms(db, clock, incoming(source_id="m-1"), RULES)
     before = snapshot(db)
     clock.advance(5)
-    again = sms.accept_sms(db, clock.now(), incoming(source_id="m-1"), RULES)
+    again = sms.accept_sms(db, clock, incoming(source_id="m-1"), RULES)
     assert again == sms.Accepted(first.sms_id, True, "pending")
     assert snapshot(db) == before
     # The same id from another source, or for another line, is another SMS.
-    other = sms.accept_sms(db, clock.now(), incoming(source_id="m-1", source="cli"), RULES)
+    other = sms.accept_sms(db, clock, incoming(source_id="m-1", source="cli"), RULES)
     assert other.sms_id != first.sms_id
 
 
 def test_an_sms_after_the_guard_window_does_not_rescue_the_rental(db, clock, rented):
-    clock.advance(RULES.guard_s + 1)
-    accepted = sms.accept_sms(db, clock.now(), incoming(), RULES)
+    clock.advance(RULES.guard_decided_s + 1)
+    accepted = sms.accept_sms(db, clock, incoming(), RULES)
     assert accepted.push_state == "unrouted"
-    op = db.row("SELECT failure, first_sms_at FROM operations")
-    assert op == {"failure": "guard_expired", "first_sms_at": None}
+    op = db.row("SELECT failure, sms_accepted_at FROM operations")
+    assert op == {"failure": "guard_expired", "sms_accepted_at": None}
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -90,7 +91,7 @@ def test_an_sms_after_the_guard_window_does_not_rescue_the_rental(db, clock, ren
 def test_bad_sms_is_refused_and_changes_nothing(db, clock, rented, fields, message):
     before = snapshot(db)
     with pytest.raises(InvalidInput, match=message):
-        sms.accept_sms(db, clock.now(), incoming(**fields), RULES)
+        sms.accept_sms(db, clock, incoming(**fields), RULES)
     assert snapshot(db) == before
 
 
@@ -107,8 +108,8 @@ def test_parse_time():
 
 
 def test_list_and_retry(db, clock, rented):
-    routed = sms.accept_sms(db, clock.now(), incoming(), RULES).sms_id
-    sms.accept_sms(db, clock.now(), incoming(to="+79123456789"), RULES)
+    routed = sms.accept_sms(db, clock, incoming(), RULES).sms_id
+    sms.accept_sms(db, clock, incoming(to="+79123456789"), RULES)
     assert [r["id"] for r in sms.list_sms(db)] == [2, 1]
     assert [r["id"] for r in sms.list_sms(db, state="pending")] == [1]
     assert [r["id"] for r in sms.list_sms(db, number="+7 912 345-67-89")] == [2]
@@ -130,11 +131,11 @@ def test_port_routing_ignores_removed_numbers_and_refuses_ambiguous_ports(db, cl
     db.execute("UPDATE numbers SET port = 'dev1:9' WHERE number = '4915123456790'")
     pool.remove_number(db, clock.now(), "4915123456790")
     db.execute("UPDATE numbers SET port = 'dev1:9' WHERE number = '4915123456789'")
-    routed = sms.accept_sms(db, clock.now(), incoming(to=None, port="dev1:9"), RULES)
+    routed = sms.accept_sms(db, clock, incoming(to=None, port="dev1:9"), RULES)
     assert routed.push_state == "pending"  # the removed number on the same port is ignored
     pool.import_entries(db, clock.now(), [pool.PoolEntry("79123456789", "russia", None,
                                                          "dev1:9", 2)])
-    ambiguous = sms.accept_sms(db, clock.now(), incoming(to=None, port="dev1:9"), RULES)
+    ambiguous = sms.accept_sms(db, clock, incoming(to=None, port="dev1:9"), RULES)
     assert ambiguous.push_state == "unrouted"
 
 
@@ -142,7 +143,7 @@ def test_an_sms_received_before_the_rental_began_is_not_pushed_to_the_renter(db,
     clock.advance(600)
     early = clock.now() - dt.timedelta(seconds=600 + sms.ROUTING_SKEW_S + 1)
     late = clock.now() - dt.timedelta(seconds=600 + sms.ROUTING_SKEW_S - 1)
-    assert sms.accept_sms(db, clock.now(), incoming(received_at=early), RULES).push_state == \
+    assert sms.accept_sms(db, clock, incoming(received_at=early), RULES).push_state == \
         "unrouted"
-    assert sms.accept_sms(db, clock.now(), incoming(received_at=late), RULES).push_state == \
+    assert sms.accept_sms(db, clock, incoming(received_at=late), RULES).push_state == \
         "pending"
