@@ -61,6 +61,9 @@ def parse_body(raw: bytes) -> dict:
         raise InvalidInput("body is not UTF-8") from None
     except ValueError:
         raise InvalidInput("body is not valid JSON") from None
+    except RecursionError:
+        # A few kilobytes of '[' from anyone on the internet (field notes).
+        raise InvalidInput("body is nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidInput("body must be a JSON object")
     try:
@@ -69,6 +72,8 @@ def parse_body(raw: bytes) -> dict:
         json.dumps(body, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidInput("body has invalid Unicode (an unpaired surrogate)") from None
+    except RecursionError:
+        raise InvalidInput("body is nested too deeply") from None
     return body
 
 

@@ -20,7 +20,7 @@ from rentbox import __version__, gateways, meta, operations, protocol, sms
 from rentbox.clock import Clock
 from rentbox.config import Settings
 from rentbox.db import Connections
-from rentbox.errors import InvalidInput
+from rentbox.errors import InvalidInput, Unavailable
 
 log = logging.getLogger("rentbox.web")
 access_log = logging.getLogger("rentbox.access")
@@ -77,7 +77,7 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
     def onlinesim_call(path_action: str | None) -> dict:
         """One protocol call; `path_action` is None on `POST /`, which dispatches."""
         body = protocol.parse_body(_read_body(bottle.request.environ, settings.max_body_bytes))
-        _authenticate(body, bottle.request.get_header("Authorization"), key)
+        _authenticate(body, _header("Authorization"), key)
         action = body.get("action")
         if action is None:
             raise InvalidInput("action is required")
@@ -88,6 +88,8 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
         answer = handlers[action](body)
         try:
             calls.note(connections.get(), clock.now(), action)
+        except Unavailable:
+            pass  # the disk is full: /health, status and the log say so already
         except Exception:
             # The call itself is committed: its answer must go out whatever happens here.
             log.exception("could not note Onlinesim's call")
@@ -102,7 +104,7 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
     def sms_json() -> dict:
         """POST /sms: the generic intake for forwarders and scripts (Bearer token)."""
         token = _configured(settings.gateway_token, "RENTBOX_GATEWAY_TOKEN", "/sms")
-        _check_bearer(bottle.request.get_header("Authorization"), token)
+        _check_bearer(_header("Authorization"), token)
         body = protocol.parse_body(_read_body(bottle.request.environ, settings.max_body_bytes))
         return store_sms(gateways.parse_json_sms(body))
 
@@ -112,8 +114,7 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
         raw = _read_body(bottle.request.environ, settings.max_body_bytes)
         try:
             gateways.verify_smsgate_signature(
-                raw, signature=bottle.request.get_header("X-Signature"),
-                timestamp=bottle.request.get_header("X-Timestamp"),
+                raw, signature=_header("X-Signature"), timestamp=_header("X-Timestamp"),
                 key=signing_key, now=clock.now(), max_skew_s=settings.smsgate_max_skew_s)
         except gateways.BadSignature as error:
             raise ApiError(401, str(error)) from None
@@ -132,12 +133,17 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
 
     @app.get("/health")
     def health():
-        """Liveness for monitors and proxies: no authentication, nothing secret."""
+        """Liveness for monitors and proxies: no authentication, nothing secret. 503 when
+        the database cannot be read, or cannot be written (every rental would fail)."""
         try:
-            connections.get().ping()
+            db = connections.get()
+            db.ping()
+            problem = db.write_problem()
         except Exception:
             log.exception("health check: database unavailable")
             return _error(503, "database unavailable")
+        if problem is not None:
+            return _error(503, f"database cannot be written: {problem}")
         return _json(200, {"status": "SUCCESS", "version": __version__})
 
     def error_page(res: bottle.HTTPError) -> str:
@@ -157,8 +163,8 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
 
 def wsgi(settings: Settings, clock: Clock, connections: Connections,
          on_sms: Callable[[], None] = lambda: None):
-    """The app as served: Bottle wrapped in gzip answers and the access log."""
-    return AccessLog(GzipAnswers(make_app(settings, clock, connections, on_sms)))
+    """The app as served: Bottle wrapped in path checks, gzip answers and the access log."""
+    return AccessLog(GzipAnswers(StrictPaths(make_app(settings, clock, connections, on_sms))))
 
 
 def _answering(handler: Callable[[], dict]) -> Callable[[], str]:
@@ -174,12 +180,24 @@ def _answering(handler: Callable[[], dict]) -> Callable[[], str]:
             return _json(200, {"status": "ERROR", "error": protocol.NoOperation.code})
         except InvalidInput as error:
             return _error(400, str(error))
+        except Unavailable as error:
+            # Retryable: nothing was stored, and the caller (Onlinesim, a gateway) tries
+            # again. No traceback: a full disk is a state, not a bug.
+            log.warning("%s answered 503: %s", _printable(bottle.request.environ.get(
+                "PATH_INFO", "")), error)
+            return _error(503, str(error))
         except Exception:
             # The traceback names code, not values: no key or body reaches the log.
             log.exception("unexpected error in %s", bottle.request.path)
             return _error(500, "internal error; see the server log")
 
     return route
+
+
+def _header(name: str) -> str | None:
+    """A request header as WSGI hands it over (latin-1 text). Bottle's get_header decodes
+    it as UTF-8 and raises on other bytes: a 500 from any caller with a bad header."""
+    return bottle.request.environ.get("HTTP_" + name.upper().replace("-", "_"))
 
 
 def _configured(secret: str | None, env: str, path: str) -> bytes:
@@ -315,6 +333,32 @@ class GzipAnswers:
         headers += [("Content-Length", str(len(body))), ("Vary", "Accept-Encoding")]
         start_response(captured["status"], headers)
         return [body]
+
+
+def json_error_body(status: int, error: str) -> bytes:
+    """The one error shape, as bytes, for answers made outside Bottle."""
+    return json.dumps({"status": "ERROR", "error": error}, ensure_ascii=False,
+                      separators=(",", ":")).encode("utf-8")
+
+
+class StrictPaths:
+    """404 for a path whose percent-escapes are not UTF-8. The server hands PATH_INFO
+    over as latin-1 text of the unquoted bytes, and Bottle decodes it as UTF-8 dropping
+    what does not decode: `/getNumber%ffRent` would reach GET_NUMBER, `/%ff` reach `/`."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        try:
+            path.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            body = json_error_body(404, "no such path: it is not valid UTF-8")
+            start_response("404 Not Found", [("Content-Type", JSON_TYPE),
+                                             ("Content-Length", str(len(body)))])
+            return [body]
+        return self.app(environ, start_response)
 
 
 class AccessLog:

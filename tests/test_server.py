@@ -261,3 +261,36 @@ def test_stop_before_run_is_clean(settings, db):
     server.stop()  # before run(): no thread to join, the lock is released
     server.run()   # returns at once
     Server(settings).stop()  # the serving lock was released
+
+
+def _raw_exchange(url: str, request: bytes) -> tuple[int, bytes]:
+    """Send raw bytes over a socket, return the status code and body of the answer."""
+    import socket
+
+    host, port = url.rsplit("/", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def test_bad_header_bytes_and_bad_path_escapes_over_a_socket(live_server, db):
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
+    body = json.dumps(GET_NUMBER).encode()
+
+    def post(path: bytes, extra: bytes = b"") -> tuple[int, bytes]:
+        return _raw_exchange(live_server.url, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Type: application/json\r\n" + extra +
+                             b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+                             b"Connection: close\r\n\r\n" + body)
+
+    status, answer = post(b"/getNumberRent", b"Authorization: Bearer \xe9\r\n")
+    assert (status, json.loads(answer)) == (401, {"status": "ERROR", "error": "BAD_KEY"})
+    for path in (b"/getNumber%ffRent", b"/%ff"):
+        status, answer = post(path)
+        assert status == 404 and json.loads(answer)["status"] == "ERROR"
+    assert db.execute("SELECT count(*) FROM operations").fetchone()[0] == 0

@@ -271,3 +271,83 @@ def test_access_log_has_method_path_status_duration_and_no_key(client, pooled, c
     assert lines[0].startswith("POST /getNumberRent 200 ") and lines[0].endswith("ms")
     assert lines[1].startswith("POST /getNumberRent 401 ")
     assert API_KEY not in caplog.text
+
+
+# ---- what the internet sends (issue 8, items 7, 8, 9, 12) ----------------------------
+
+# WSGI hands header values over as latin-1 text: "\xe9" is the byte 0xE9, not UTF-8.
+NOT_UTF8 = "Bearer \xe9"
+
+
+@pytest.mark.parametrize("path, headers, status", [
+    ("/getNumberRent", {"Authorization": NOT_UTF8}, 401),
+    ("/getServicesRent", {"Authorization": NOT_UTF8}, 401),
+    ("/finishActivationRent", {"Authorization": NOT_UTF8}, 401),
+    ("/", {"Authorization": NOT_UTF8}, 401),
+    ("/sms", {"Authorization": NOT_UTF8}, 401),
+    ("/sms/smsgate", {"X-Signature": "\xe9", "X-Timestamp": "\xe9"}, 401),
+])
+def test_a_header_that_is_not_utf8_is_refused_not_a_500(client, pooled, caplog, path,
+                                                        headers, status):
+    before = snapshot(pooled)
+    with caplog.at_level(logging.INFO):
+        answer = client.post(path, {**GET_NUMBER, "key": API_KEY}, headers=headers)
+    assert answer.status == status
+    assert answer.json["status"] == "ERROR"
+    assert "Traceback" not in caplog.text
+    assert snapshot(pooled) == before
+    assert client.request("GET", "/health", headers={"Authorization": NOT_UTF8}).status == 200
+
+
+def test_deeply_nested_json_is_a_400_without_a_traceback(client, pooled, caplog):
+    with caplog.at_level(logging.INFO):
+        answer = client.post("/getNumberRent", raw=b"[" * 5000 + b"]" * 5000)
+        unclosed = client.post("/sms", raw=b"[" * 50000,
+                               headers={"Authorization": "Bearer gateway-token-91c2"})
+    assert (answer.status, answer.json) == (400, {"status": "ERROR",
+                                                  "error": "body is nested too deeply"})
+    assert unclosed.status == 400
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize("path", ["/getNumber\xffRent", "/\xff", "/getNumberRent\xc3"])
+def test_a_path_that_is_not_utf8_is_404_not_routed(client, pooled, path):
+    """What waitress makes of /getNumber%ffRent: the bytes, as latin-1 text."""
+    before = snapshot(pooled)
+    answer = client.post(path, GET_NUMBER)
+    assert answer.status == 404
+    assert answer.json == {"status": "ERROR", "error": "no such path: it is not valid UTF-8"}
+    assert snapshot(pooled) == before
+
+
+def test_a_database_that_cannot_be_written_answers_503(client, pooled, connections, caplog):
+    connections.health.failed("the disk is full")
+    health = client.request("GET", "/health")
+    assert (health.status, health.json) == (503, {
+        "status": "ERROR", "error": "database cannot be written: the disk is full"})
+    # Nothing it could not issue is advertised.
+    services = client.post("/getServicesRent", {"action": "GET_SERVICES", "key": API_KEY})
+    assert services.json == {"countryList": [], "status": "SUCCESS"}
+    connections.health.succeeded()
+
+
+def test_a_write_that_fails_for_a_full_disk_is_503_and_retryable(settings, clock, pooled,
+                                                                 caplog):
+    from rentbox.errors import Unavailable
+
+    class FullDisk:
+        def get(self):
+            class Db:
+                def write_problem(self):
+                    return None
+
+                def __getattr__(self, name):
+                    raise Unavailable("the database cannot be written now: the disk is full")
+            return Db()
+
+    client = WsgiClient(wsgi(settings, clock, FullDisk()))
+    with caplog.at_level(logging.INFO):
+        answer = client.post("/getNumberRent", GET_NUMBER)
+    assert (answer.status, answer.json) == (503, {
+        "status": "ERROR", "error": "the database cannot be written now: the disk is full"})
+    assert "Traceback" not in caplog.text
