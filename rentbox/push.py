@@ -2,11 +2,18 @@
 
 The outbox is the `sms` table itself: a routed SMS is `pending` with a `next_attempt_at`.
 A Pusher thread beside the web server sends what is due, so a slow or unreachable
-Onlinesim never delays the answers to Onlinesim's own calls. Nothing is held in memory:
-after a crash or restart, every pending SMS is simply due again.
+Onlinesim never delays the answers to Onlinesim's own calls.
 
-Delivery is at least once: if the process dies between Onlinesim's "OK" and the commit
-that records it, the SMS is sent again after the restart, with the same smsId.
+Retries: an SMS that Onlinesim answered with an error is tried again `retry_s` after that
+answer, each SMS on its own schedule. While Onlinesim cannot be reached at all (refused,
+timed out), one probe (the SMS that has waited longest) is sent every `retry_s`; the
+first answer ends the outage and every due SMS is then sent at once.
+
+An acknowledgement is never lost to a local failure: if Onlinesim answered but its
+outcome cannot be stored (disk full, the database locked by another process), the
+answer is kept in memory (`PushState`), storing it is retried with a growing pause, and
+nothing is pushed until it is stored. Only a crash in the instant between Onlinesim's
+answer and the commit that records it can send an SMS again, with the same smsId.
 """
 
 from __future__ import annotations
@@ -20,19 +27,27 @@ import socket
 import threading
 import urllib.error
 import urllib.request
+import zlib
 from typing import Callable
 
 from rentbox import __version__, events, operations
 from rentbox.clock import Clock, from_text, to_text
 from rentbox.config import Rules
 from rentbox.db import Connections, Database
+from rentbox.errors import Unavailable
 
 log = logging.getLogger("rentbox.push")
 
 # Answers after which an SMS is never sent again (protocol.md 4.1).
 TERMINAL_CODES = ("NO_OPERATION", "NO_OP", "BAD_SERVICE", "IGNORED", "SERVICE_BAN")
-# Plain-text 200 answers that mean "delivered".
+# Plain-text 2xx answers that mean "delivered".
 _PLAIN_SUCCESS = ("OK", "SUCCESS", "TRUE", "1")
+# The most of an answer that is read, and (after decoding gzip or deflate) looked at.
+MAX_ANSWER_BYTES = 64 * 1024
+# A failure that repeats is logged again at most this often (per SMS, or for an outage).
+LOG_EVERY_S = 300.0
+# The longest pause between two tries to store an answer the database refused.
+MAX_STORE_BACKOFF_S = 10.0
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -69,13 +84,14 @@ def payload(sms: dict, api_key: str) -> dict:
 
 
 def classify(status: int, body: bytes) -> Outcome:
-    """Read Onlinesim's answer to a push. Its error format is undocumented, so look for the
-    code in a JSON `status`, `error` or `response` field, or in a plain-text body."""
+    """Read Onlinesim's (decoded) answer to a push. Its error format is undocumented, so
+    look for the code in a JSON `status`, `error` or `response` field, or in a plain-text
+    body. Any 2xx is a success when its body says so or says nothing (a 204)."""
     text = body.decode("utf-8", "replace").strip()
     codes: list[str] = []
     try:
         parsed = json.loads(text) if text else None
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = None
     if isinstance(parsed, dict):
         codes = [str(parsed[f]).strip().upper() for f in ("status", "error", "response")
@@ -86,21 +102,50 @@ def classify(status: int, body: bytes) -> Outcome:
         for terminal in TERMINAL_CODES:
             if code == terminal or (not isinstance(parsed, dict) and terminal in code.split()):
                 return Outcome("terminal", terminal)
-    if status != 200:
-        return Outcome("retry", f"HTTP {status}" + (f": {text[:100]}" if text else ""))
+    if not 200 <= status < 300:
+        return Outcome("retry", f"HTTP {status}" + (f": {excerpt(text)}" if text else ""))
     if isinstance(parsed, dict):
         error = parsed.get("error")
         if error not in (None, "", 0, False):
-            return Outcome("retry", f"HTTP 200 with error {str(error)[:60]}")
+            return Outcome("retry", f"HTTP {status} with error {excerpt(str(error), 60)}")
         status_field = parsed.get("status")
         if status_field is None or str(status_field).upper() in ("SUCCESS", "OK", "TRUE", "1"):
             return Outcome("delivered")
-        return Outcome("retry", f"HTTP 200 with status {str(status_field)[:60]}")
-    # Any other 200 (a plain-text word, an HTML page from a proxy or a portal) is only a
+        return Outcome("retry", f"HTTP {status} with status {excerpt(str(status_field), 60)}")
+    # Any other 2xx (a plain-text word, an HTML page from a proxy or a portal) is only a
     # delivery if it plainly says so: when in doubt, send again rather than lose the SMS.
     if not text or text.upper() in _PLAIN_SUCCESS:
         return Outcome("delivered")
-    return Outcome("retry", f"HTTP 200: {text[:100]}")
+    return Outcome("retry", f"HTTP {status}: {excerpt(text)}")
+
+
+def excerpt(text: str, limit: int = 100) -> str:
+    """A printable excerpt of a peer's answer, for the log and `last_error`: control
+    characters and undecodable bytes become '?', and it is cut at `limit` characters."""
+    cut = text[:limit]
+    printable = "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in cut)
+    return printable + ("…" if len(text) > limit else "")
+
+
+def decode_answer(raw: bytes, content_encoding: str | None) -> bytes:
+    """An answer's body as sent before compression (gzip, deflate or none), at most
+    MAX_ANSWER_BYTES of it. A body that does not decode is returned as it came, and is
+    then read as an answer that does not say "delivered"."""
+    coding = (content_encoding or "").strip().lower()
+    if coding in ("", "identity"):
+        return raw
+    if coding in ("gzip", "x-gzip"):
+        attempts = [16 + zlib.MAX_WBITS]
+    elif coding == "deflate":  # zlib-wrapped as the RFC says, or raw as some servers send
+        attempts = [zlib.MAX_WBITS, -zlib.MAX_WBITS]
+    else:
+        return raw
+    for wbits in attempts:
+        try:
+            return zlib.decompressobj(wbits).decompress(raw, MAX_ANSWER_BYTES)
+        except zlib.error:
+            continue
+    return raw
 
 
 def send(url: str, body: dict, api_key: str, timeout_s: float) -> Outcome:
@@ -113,10 +158,12 @@ def send(url: str, body: dict, api_key: str, timeout_s: float) -> Outcome:
     })
     try:
         with _opener.open(request, timeout=timeout_s) as response:
-            return classify(response.status, response.read(64 * 1024))
+            return classify(response.status, decode_answer(
+                response.read(MAX_ANSWER_BYTES), response.headers.get("Content-Encoding")))
     except urllib.error.HTTPError as error:
         with error:
-            return classify(error.code, error.read(64 * 1024))
+            return classify(error.code, decode_answer(
+                error.read(MAX_ANSWER_BYTES), error.headers.get("Content-Encoding")))
     except (TimeoutError, socket.timeout):
         return Outcome("retry", f"no answer within {timeout_s:g} s", unreachable=True)
     except urllib.error.URLError as error:
@@ -189,17 +236,113 @@ class Round:
 
     attempts: int = 0
     unreachable: bool = False  # it ended at an attempt that found no Onlinesim
+    store_failed: bool = False  # an outcome could not be stored: nothing more was pushed
+
+
+@dataclasses.dataclass(frozen=True)
+class Answered:
+    """One attempt that Onlinesim answered for good (delivered or terminal), kept in
+    memory until its outcome is stored."""
+
+    sms: dict
+    outcome: Outcome
+    sent_at: dt.datetime
+    answered_at: dt.datetime
+
+
+class PushState:
+    """What the pusher keeps between rounds, in memory only: answers not yet stored, the
+    outage it is in, and when it last logged each repeating failure."""
+
+    def __init__(self):
+        self.unstored: list[Answered] = []
+        self.store_backoff_s = 0.0
+        self.unreachable_since: dt.datetime | None = None
+        self._outage_logged_at: dt.datetime | None = None
+        self._failing: dict[int, tuple[dt.datetime, int]] = {}  # sms id: (logged at, since)
+
+    def store_failed(self) -> float:
+        """The pause before the next try to store, growing to MAX_STORE_BACKOFF_S."""
+        self.store_backoff_s = min(MAX_STORE_BACKOFF_S, max(1.0, self.store_backoff_s * 2))
+        return self.store_backoff_s
+
+    def note(self, now: dt.datetime, sms: dict, outcome: Outcome, retry_s: float,
+             waiting: Callable[[], int]) -> None:
+        """Log one attempt's outcome, a repeating failure at most every LOG_EVERY_S."""
+        if outcome.unreachable:
+            if self.unreachable_since is None:
+                self.unreachable_since = self._outage_logged_at = now
+                log.warning("Onlinesim cannot be reached (%s): %d SMS wait; one is tried "
+                            "every %g s until it answers, then every due SMS at once",
+                            outcome.detail, waiting(), retry_s)
+            elif (now - self._outage_logged_at).total_seconds() >= LOG_EVERY_S:
+                self._outage_logged_at = now
+                log.warning("Onlinesim still cannot be reached, for %d s now (%s): %d SMS "
+                            "wait", (now - self.unreachable_since).total_seconds(),
+                            outcome.detail, waiting())
+            return
+        if self.unreachable_since is not None:
+            log.info("Onlinesim answers again after %d s: every due SMS is sent now",
+                     (now - self.unreachable_since).total_seconds())
+            self.unreachable_since = self._outage_logged_at = None
+        if outcome.kind == "delivered":
+            self._failing.pop(sms["id"], None)
+            log.info("SMS %d delivered to Onlinesim", sms["id"])
+        elif outcome.kind == "terminal":
+            self._failing.pop(sms["id"], None)
+            log.warning("SMS %d refused by Onlinesim (%s): not sent again", sms["id"],
+                        outcome.detail)
+        elif sms["id"] not in self._failing:
+            self._failing[sms["id"]] = (now, 0)
+            log.warning("SMS %d not delivered (%s): retrying every %g s", sms["id"],
+                        outcome.detail, retry_s)
+        else:
+            logged_at, since = self._failing[sms["id"]]
+            if (now - logged_at).total_seconds() >= LOG_EVERY_S:
+                self._failing[sms["id"]] = (now, 0)
+                log.warning("SMS %d still not delivered after %d more attempts (%s): "
+                            "retrying every %g s", sms["id"], since + 1, outcome.detail,
+                            retry_s)
+            else:
+                self._failing[sms["id"]] = (logged_at, since + 1)
+
+
+def store_held(db: Database, state: PushState, retry_s: float, rules: Rules) -> bool:
+    """Store the answers that could not be stored before. True when none is left."""
+    while state.unstored:
+        answer = state.unstored[0]
+        try:
+            record(db, answer.answered_at, answer.sms, answer.outcome, retry_s,
+                   sent_at=answer.sent_at, rules=rules)
+        except Unavailable:
+            return False
+        state.unstored.pop(0)
+        log.info("stored Onlinesim's answer to SMS %d (%s), held since %s", answer.sms["id"],
+                 answer.outcome.kind, to_text(answer.answered_at))
+    state.store_backoff_s = 0.0
+    return True
+
+
+def waiting_count(db: Database) -> int:
+    """How many SMS wait in the outbox."""
+    return db.row("SELECT count(*) AS n FROM sms WHERE push_state = 'pending'")["n"]
 
 
 def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: float,
-             timeout_s: float, rules: Rules, sender: Callable = send,
-             should_stop: Callable[[], bool] = lambda: False) -> Round:
+             timeout_s: float, rules: Rules, state: PushState | None = None,
+             sender: Callable = send, should_stop: Callable[[], bool] = lambda: False) -> Round:
     """Send every SMS due now, oldest first, until none is due or `should_stop()`.
 
-    Ends the round at the first attempt that found no Onlinesim at all (timeout,
-    refused connection): the others would only wait for the same timeout.
+    First stores any answer held from an earlier round; while one is held, or while
+    writes to the database are failing, nothing is sent (its answer could not be stored
+    either). Ends the round at the first attempt that found no Onlinesim at all
+    (timeout, refused connection): that attempt was the outage's probe.
     """
+    state = state or PushState()
     result = Round()
+    if not store_held(db, state, retry_s, rules) or db.health.failing:
+        result.store_failed = True
+        return result
     while not should_stop():
         sms = next_due(db, clock.now())
         if sms is None:
@@ -207,19 +350,22 @@ def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: flo
         # The network call runs outside any transaction: no lock is held while waiting.
         sent_at = clock.now()
         outcome = sender(url, payload(sms, api_key), api_key, timeout_s)
-        record(db, clock.now(), sms, outcome, retry_s, sent_at=sent_at, rules=rules)
+        answered_at = clock.now()
         result.attempts += 1
-        if outcome.kind == "delivered":
-            log.info("SMS %d delivered to Onlinesim", sms["id"])
-        elif outcome.kind == "terminal":
-            log.warning("SMS %d refused by Onlinesim (%s): not sent again", sms["id"],
-                        outcome.detail)
-        else:
-            log.warning("SMS %d not delivered (%s): retrying in %g s", sms["id"],
-                        outcome.detail, retry_s)
-            if outcome.unreachable:
-                result.unreachable = True
-                return result
+        state.note(answered_at, sms, outcome, retry_s, lambda: waiting_count(db))
+        try:
+            record(db, answered_at, sms, outcome, retry_s, sent_at=sent_at, rules=rules)
+        except Unavailable as error:
+            if outcome.kind != "retry":  # Onlinesim's word must not be lost
+                state.unstored.append(Answered(sms, outcome, sent_at, answered_at))
+            log.warning("Onlinesim's answer to SMS %d (%s) cannot be stored yet (%s): "
+                        "kept in memory, and nothing is pushed until it is stored",
+                        sms["id"], outcome.kind, error)
+            result.store_failed = True
+            return result
+        if outcome.unreachable:
+            result.unreachable = True
+            return result
     return result
 
 
@@ -236,6 +382,7 @@ class Pusher:
         self._clock = clock
         self._options = dict(url=url, api_key=api_key, retry_s=retry_s, timeout_s=timeout_s,
                              rules=rules)
+        self.state = PushState()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rentbox-push", daemon=True)
@@ -252,24 +399,30 @@ class Pusher:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+        if self.state.unstored:
+            log.error("stopping with %d answer(s) from Onlinesim not stored: those SMS "
+                      "will be sent again after the restart", len(self.state.unstored))
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
-            wait_s = self.POLL_S
             try:
-                db = self._connections.get()
-                done = push_due(db, self._clock, should_stop=self._stop.is_set,
-                                **self._options)
-                if done.unreachable:
-                    # Onlinesim is not there: the next try is due in retry_s anyway,
-                    # and trying the other SMS now would only wait out more timeouts.
-                    wait_s = self._options["retry_s"]
-                else:
-                    due_in = seconds_until_next(db, self._clock.now())
-                    if due_in is not None:
-                        wait_s = min(wait_s, due_in)
+                wait_s = self.round()
             except Exception:
                 log.exception("push round failed; trying again in %g s", self.POLL_S)
+                wait_s = self.POLL_S
             # Waiting on an Event, not sleeping: wake() and stop() end the wait at once.
             self._wake.wait(wait_s)
+
+    def round(self) -> float:
+        """One round; returns how long to wait before the next one."""
+        db = self._connections.get()
+        done = push_due(db, self._clock, should_stop=self._stop.is_set, state=self.state,
+                        **self._options)
+        if done.store_failed:
+            return self.state.store_failed()
+        if done.unreachable:
+            # Onlinesim is not there: the next probe is due in retry_s.
+            return self._options["retry_s"]
+        due_in = seconds_until_next(db, self._clock.now())
+        return self.POLL_S if due_in is None else min(self.POLL_S, due_in)

@@ -161,3 +161,229 @@ def test_a_round_stops_when_asked(db, clock, routed, onlinesim):
     assert push.push_due(db, clock, url=onlinesim.url, api_key=API_KEY, retry_s=10,
                          timeout_s=1, rules=RULES, should_stop=lambda: True).attempts == 0
     assert onlinesim.requests == []
+
+
+# ---- answers in other shapes (issue 8, item 4) ---------------------------------------
+
+@pytest.mark.parametrize("status, body, kind", [
+    (202, b"", "delivered"), (204, b"", "delivered"), (202, b'{"status":"SUCCESS"}', "delivered"),
+    (202, b'{"status":"ERROR"}', "retry"),
+])
+def test_any_2xx_that_says_success_or_nothing_is_delivered(status, body, kind):
+    assert push.classify(status, body).kind == kind
+
+
+def test_a_gzip_or_deflate_answer_is_decoded_before_it_is_read():
+    import gzip
+    import zlib
+
+    ok = b'{"status":"SUCCESS"}'
+    assert push.decode_answer(gzip.compress(ok), "gzip") == ok
+    assert push.decode_answer(zlib.compress(ok), "deflate") == ok
+    raw_deflate = zlib.compressobj(wbits=-15)
+    assert push.decode_answer(raw_deflate.compress(ok) + raw_deflate.flush(), "Deflate") == ok
+    assert push.decode_answer(ok, None) == ok
+    # A bomb is cut at the cap, not inflated into memory.
+    bomb = gzip.compress(b"0" * (50 * push.MAX_ANSWER_BYTES))
+    assert len(push.decode_answer(bomb, "gzip")) == push.MAX_ANSWER_BYTES
+
+
+def test_raw_bytes_of_an_answer_never_reach_the_log_or_last_error():
+    outcome = push.classify(200, b"\x1f\x8b\x08\x00garbage\x00\xff\xfe\r\n\x1b[31mred")
+    assert outcome.kind == "retry"
+    assert outcome.detail.isprintable()
+    assert "\x1b" not in outcome.detail and "\x00" not in outcome.detail
+
+
+class AnsweringOnlinesim:
+    """A loopback PUSH_SMS endpoint that answers every push with one fixed raw answer."""
+
+    def __init__(self, status: int, body: bytes, headers: dict):
+        import http.server
+        import threading
+
+        self.requests = 0
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                fake.requests += 1
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                if status != 204:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if status != 204:
+                    self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/pushSmsRent"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("status, body, headers", [
+    (200, "gzip", {"Content-Encoding": "gzip"}),
+    (202, b"", {}),
+    (204, b"", {}),
+])
+def test_gzip_202_and_204_answers_are_delivered_once(db, clock, routed, status, body, headers):
+    import gzip
+
+    if body == "gzip":
+        body = gzip.compress(b'{"status":"SUCCESS"}')
+    fake = AnsweringOnlinesim(status, body, headers)
+    try:
+        assert deliver(db, clock, fake.url) == 1
+        clock.advance(60)
+        assert deliver(db, clock, fake.url) == 0
+    finally:
+        fake.close()
+    assert fake.requests == 1
+    assert sms_row(db, routed)["push_state"] == "delivered"
+
+
+# ---- an acknowledgement is never lost to a local failure (item 3) ---------------------
+
+class Sender:
+    """A fake PUSH_SMS peer: records the smsIds sent, answers with `answer(now)`."""
+
+    def __init__(self, clock, answer=lambda now: push.Outcome("delivered")):
+        self.clock, self.answer, self.sent = clock, answer, []
+
+    def __call__(self, url, body, api_key, timeout_s):
+        self.sent.append(body["smsId"])
+        return self.answer(self.clock.now())
+
+
+def test_an_answer_that_cannot_be_stored_is_kept_and_the_sms_not_pushed_again(
+        db, clock, routed, monkeypatch):
+    from rentbox.errors import Unavailable
+
+    real_record, failures = push.record, {"left": 3}
+
+    def failing_record(*args, **kwargs):
+        if failures["left"]:
+            failures["left"] -= 1
+            db.health.failed("the disk is full")
+            raise Unavailable("the database cannot be written now: the disk is full")
+        return real_record(*args, **kwargs)
+
+    monkeypatch.setattr(push, "record", failing_record)
+    sender, state = Sender(clock), push.PushState()
+    rounds = []
+    for _ in range(5):
+        rounds.append(push.push_due(db, clock, url="x", api_key=API_KEY, retry_s=1,
+                                    timeout_s=1, rules=RULES, state=state, sender=sender))
+        clock.advance(1)
+    assert sender.sent == [routed]  # pushed once, however often the store failed
+    assert [r.store_failed for r in rounds] == [True, True, True, False, False]
+    row = sms_row(db, routed)
+    assert (row["push_state"], row["attempts"]) == ("delivered", 1)
+    assert row["delivered_at"] == "2026-11-01T12:00:00.000000Z"  # when Onlinesim answered
+    assert db.row("SELECT sms_accepted_at FROM operations")["sms_accepted_at"] is not None
+    assert state.unstored == [] and not db.health.failing
+
+
+def test_a_full_disk_never_makes_an_acknowledged_sms_go_out_twice(small_disk, onlinesim):
+    """On a real full filesystem: Onlinesim says SUCCESS, the commit fails; the SMS is
+    pushed once, its delivery is stored once there is room again."""
+    from conftest import FakeClock, fill_disk
+    from rentbox.db import open_database
+
+    clock = FakeClock()
+    db = open_database(small_disk / "rentbox.db")
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
+    operations.open_rent(db, clock, RentRequest(100), RULES)
+    sms_id = sms.accept_sms(db, clock, sms.IncomingSms(
+        source="api", to="+4915123456789", sender="x", text="y"), RULES).sms_id
+    filler = fill_disk(small_disk)
+    state = push.PushState()
+    options = dict(url=onlinesim.url, api_key=API_KEY, retry_s=1, timeout_s=5, rules=RULES,
+                   state=state)
+    for _ in range(6):  # six retry periods with the disk full
+        assert push.push_due(db, clock, **options).store_failed
+        clock.advance(1)
+    assert len(onlinesim.requests) == 1
+    assert len(state.unstored) == 1
+    filler.unlink()
+    assert not push.push_due(db, clock, **options).store_failed
+    assert len(onlinesim.requests) == 1
+    assert sms_row(db, sms_id)["push_state"] == "delivered"
+    db.close()
+
+
+# ---- the cadence during an outage (item 5) and its log lines (item 6) -----------------
+
+def test_during_an_outage_one_probe_per_period_then_the_whole_queue_at_once(db, clock, routed):
+    for i in range(199):
+        sms.accept_sms(db, clock, sms.IncomingSms(source="api", to="+4915123456789",
+                                                  sender="x", text=f"m{i}"), RULES)
+    outage_ends = clock.now() + __import__("datetime").timedelta(minutes=10)
+    sender = Sender(clock, lambda now: push.Outcome("retry", "cannot connect", True)
+                    if now < outage_ends else push.Outcome("delivered"))
+    state, retry_s = push.PushState(), 2.0
+    per_round = []
+    while clock.now() < outage_ends:
+        done = push.push_due(db, clock, url="x", api_key=API_KEY, retry_s=retry_s,
+                             timeout_s=1, rules=RULES, state=state, sender=sender)
+        per_round.append(done.attempts)
+        assert done.unreachable
+        clock.advance(retry_s)  # what Pusher.round() waits after an unreachable round
+    assert set(per_round) == {1}  # one probe per period, nothing hammered
+    assert len(per_round) == 300
+    done = push.push_due(db, clock, url="x", api_key=API_KEY, retry_s=retry_s, timeout_s=1,
+                         rules=RULES, state=state, sender=sender)
+    # The first round after the outage: every SMS at once.
+    assert done.attempts == 200
+    assert db.row("SELECT count(*) AS n FROM sms WHERE push_state = 'delivered'")["n"] == 200
+
+
+def test_a_repeating_failure_is_logged_first_then_every_few_minutes(db, clock, routed, caplog):
+    import logging
+
+    sender = Sender(clock, lambda now: push.Outcome("retry", "HTTP 500"))
+    state = push.PushState()
+    with caplog.at_level(logging.INFO, logger="rentbox.push"):
+        for _ in range(600):  # 20 minutes at one attempt every 2 s
+            push.push_due(db, clock, url="x", api_key=API_KEY, retry_s=2, timeout_s=1,
+                          rules=RULES, state=state, sender=sender)
+            clock.advance(2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(sender.sent) == 600
+    assert lines[0] == f"SMS {routed} not delivered (HTTP 500): retrying every 2 s"
+    assert lines[1] == (f"SMS {routed} still not delivered after 150 more attempts "
+                        "(HTTP 500): retrying every 2 s")
+    assert len(lines) == 4  # at 0, 5, 10 and 15 minutes
+
+
+def test_an_outage_is_logged_once_then_every_few_minutes_and_when_it_ends(db, clock, routed,
+                                                                         caplog):
+    import datetime as dt
+    import logging
+
+    ends = clock.now() + dt.timedelta(minutes=12)
+    sender = Sender(clock, lambda now: push.Outcome("retry", "cannot connect", True)
+                    if now < ends else push.Outcome("delivered"))
+    state = push.PushState()
+    with caplog.at_level(logging.INFO, logger="rentbox.push"):
+        while not db.row("SELECT delivered_at FROM sms")["delivered_at"]:
+            push.push_due(db, clock, url="x", api_key=API_KEY, retry_s=10, timeout_s=1,
+                          rules=RULES, state=state, sender=sender)
+            clock.advance(10)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == ("Onlinesim cannot be reached (cannot connect): 1 SMS wait; one is "
+                        "tried every 10 s until it answers, then every due SMS at once")
+    assert lines[1].startswith("Onlinesim still cannot be reached, for 300 s now")
+    assert lines[2].startswith("Onlinesim still cannot be reached, for 600 s now")
+    assert lines[3] == "Onlinesim answers again after 720 s: every due SMS is sent now"
+    assert lines[4] == f"SMS {routed} delivered to Onlinesim"
+    assert len(lines) == 5
