@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 
 from rentbox import operations
 from rentbox.clock import Clock, to_text
@@ -13,6 +14,9 @@ from rentbox.db import Connections, Database
 from rentbox.errors import Unavailable
 
 log = logging.getLogger("rentbox.housekeeping")
+
+# While the database cannot be written, the skipped passes are logged this often.
+UNAVAILABLE_LOG_EVERY_S = 300.0
 
 
 def run_once(db: Database, now: dt.datetime, rules: Rules) -> int:
@@ -39,6 +43,7 @@ class Housekeeper:
         self._clock = clock
         self._rules = rules
         self._interval_s = interval_s
+        self._unavailable_logged_s: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rentbox-housekeeping",
                                         daemon=True)
@@ -58,11 +63,16 @@ class Housekeeper:
                 changed = run_once(self._connections.get(), self._clock.now(), self._rules)
                 if changed:
                     log.info("housekeeping: %d change(s)", changed)
+                self._unavailable_logged_s = None
             except Unavailable as error:
-                # Expected while the disk is full: one line, no traceback. The web layer
-                # and /health report the same state.
-                log.warning("housekeeping skipped: %s; trying again in %g s", error,
-                            self._interval_s)
+                # Expected while the disk is full: no traceback, and a line when it starts
+                # and every few minutes (/health and `rentbox status` show it throughout).
+                now_s = time.monotonic()
+                if self._unavailable_logged_s is None or (
+                        now_s - self._unavailable_logged_s >= UNAVAILABLE_LOG_EVERY_S):
+                    self._unavailable_logged_s = now_s
+                    log.warning("housekeeping skipped: %s; trying every %g s", error,
+                                self._interval_s)
             except Exception:
                 # One failing pass must not end housekeeping for the life of the server.
                 log.exception("housekeeping pass failed; the next one runs in %g s",

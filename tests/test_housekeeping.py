@@ -69,3 +69,36 @@ def test_thread_survives_a_failing_pass_and_stops_promptly(db_path, db, clock, c
     assert not keeper._thread.is_alive()
     assert keeper._thread.name == "rentbox-housekeeping"
     assert "housekeeping pass failed" in caplog.text
+
+
+def test_a_full_disk_is_logged_once_not_at_every_pass(db_path, db, clock, caplog,
+                                                      monkeypatch):
+    from rentbox.db import Database
+
+    conns = Connections(db_path)
+    conns.health.failed("the disk is full")
+    passes = threading.Event()
+    calls = {"n": 0}
+
+    class CountingClock:
+        def now(self):
+            calls["n"] += 1
+            if calls["n"] >= 20:
+                passes.set()
+            return clock.now()
+
+    def failing_probe(self, stamp):
+        from rentbox.errors import Unavailable
+
+        raise Unavailable("the database cannot be written now: the disk is full")
+
+    monkeypatch.setattr(Database, "probe_write", failing_probe)
+    keeper = housekeeping.Housekeeper(conns, CountingClock(), RULES, interval_s=0.005)
+    with caplog.at_level(logging.INFO, logger="rentbox.housekeeping"):
+        keeper.start()
+        assert passes.wait(5)
+        keeper.stop(timeout_s=2)
+    conns.close_all()
+    assert [r.getMessage() for r in caplog.records] == [
+        "housekeeping skipped: the database cannot be written now: the disk is full; "
+        "trying every 0.005 s"]
