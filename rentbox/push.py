@@ -6,14 +6,16 @@ Onlinesim never delays the answers to Onlinesim's own calls.
 
 Retries: an SMS that Onlinesim answered with an error is tried again `retry_s` after that
 answer, each SMS on its own schedule. While Onlinesim cannot be reached at all (refused,
-timed out), one probe (the SMS that has waited longest) is sent every `retry_s`; the
-first answer ends the outage and every due SMS is then sent at once.
+timed out), one probe (the SMS that has waited longest) is sent `retry_s` after the
+previous probe failed, however many SMS arrive meanwhile; the first answer ends the
+outage and every due SMS is then sent at once.
 
 An acknowledgement is never lost to a local failure: if Onlinesim answered but its
-outcome cannot be stored (disk full, the database locked by another process), the
-answer is kept in memory (`PushState`), storing it is retried with a growing pause, and
-nothing is pushed until it is stored. Only a crash in the instant between Onlinesim's
-answer and the commit that records it can send an SMS again, with the same smsId.
+outcome cannot be stored (disk full, the database locked by another process, or any
+other error), the answer is kept in memory (`PushState`), storing it is retried with a
+growing pause, and nothing is pushed until it is stored. Only a crash in the instant
+between Onlinesim's answer and the commit that records it, or while an answer waits in
+memory, can send an SMS again, with the same smsId.
 """
 
 from __future__ import annotations
@@ -235,7 +237,7 @@ class Round:
     """What one push round did."""
 
     attempts: int = 0
-    unreachable: bool = False  # it ended at an attempt that found no Onlinesim
+    unreachable: bool = False  # Onlinesim was found unreachable, now or at the last probe
     store_failed: bool = False  # an outcome could not be stored: nothing more was pushed
 
 
@@ -258,7 +260,9 @@ class PushState:
         self.unstored: list[Answered] = []
         self.store_backoff_s = 0.0
         self.unreachable_since: dt.datetime | None = None
+        self.next_probe_at: dt.datetime | None = None  # during an outage
         self._outage_logged_at: dt.datetime | None = None
+        self._held_logged_at: dt.datetime | None = None
         self._failing: dict[int, tuple[dt.datetime, int]] = {}  # sms id: (logged at, since)
 
     def store_failed(self) -> float:
@@ -266,14 +270,22 @@ class PushState:
         self.store_backoff_s = min(MAX_STORE_BACKOFF_S, max(1.0, self.store_backoff_s * 2))
         return self.store_backoff_s
 
+    def probe_wait_s(self, now: dt.datetime) -> float:
+        """During an outage, how long until the next probe may go out (0 otherwise)."""
+        if self.unreachable_since is None or self.next_probe_at is None:
+            return 0.0
+        return max(0.0, (self.next_probe_at - now).total_seconds())
+
     def note(self, now: dt.datetime, sms: dict, outcome: Outcome, retry_s: float,
              waiting: Callable[[], int]) -> None:
         """Log one attempt's outcome, a repeating failure at most every LOG_EVERY_S."""
         if outcome.unreachable:
+            self.next_probe_at = now + dt.timedelta(seconds=retry_s)
             if self.unreachable_since is None:
                 self.unreachable_since = self._outage_logged_at = now
-                log.warning("Onlinesim cannot be reached (%s): %d SMS wait; one is tried "
-                            "every %g s until it answers, then every due SMS at once",
+                log.warning("Onlinesim cannot be reached (%s): %d SMS wait; the oldest is "
+                            "tried again %g s after each failed try until Onlinesim "
+                            "answers, then every due SMS at once",
                             outcome.detail, waiting(), retry_s)
             elif (now - self._outage_logged_at).total_seconds() >= LOG_EVERY_S:
                 self._outage_logged_at = now
@@ -284,7 +296,7 @@ class PushState:
         if self.unreachable_since is not None:
             log.info("Onlinesim answers again after %d s: every due SMS is sent now",
                      (now - self.unreachable_since).total_seconds())
-            self.unreachable_since = self._outage_logged_at = None
+            self.unreachable_since = self._outage_logged_at = self.next_probe_at = None
         if outcome.kind == "delivered":
             self._failing.pop(sms["id"], None)
             log.info("SMS %d delivered to Onlinesim", sms["id"])
@@ -307,14 +319,22 @@ class PushState:
                 self._failing[sms["id"]] = (logged_at, since + 1)
 
 
-def store_held(db: Database, state: PushState, retry_s: float, rules: Rules) -> bool:
-    """Store the answers that could not be stored before. True when none is left."""
+def store_held(db: Database, now: dt.datetime, state: PushState, retry_s: float,
+               rules: Rules) -> bool:
+    """Store the answers that could not be stored before, each with the times of its own
+    attempt. True when none is left. While they stay held, says so every LOG_EVERY_S."""
     while state.unstored:
         answer = state.unstored[0]
         try:
             record(db, answer.answered_at, answer.sms, answer.outcome, retry_s,
                    sent_at=answer.sent_at, rules=rules)
-        except Unavailable:
+        except Exception as error:  # whatever it is, Onlinesim's word stays in memory
+            logged_at = state._held_logged_at
+            if logged_at is None or (now - logged_at).total_seconds() >= LOG_EVERY_S:
+                state._held_logged_at = now
+                log.warning("%d answer(s) from Onlinesim still not stored (%s): nothing "
+                            "is pushed until they are", len(state.unstored),
+                            error if isinstance(error, Unavailable) else repr(error))
             return False
         state.unstored.pop(0)
         log.info("stored Onlinesim's answer to SMS %d (%s), held since %s", answer.sms["id"],
@@ -336,12 +356,16 @@ def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: flo
     First stores any answer held from an earlier round; while one is held, or while
     writes to the database are failing, nothing is sent (its answer could not be stored
     either). Ends the round at the first attempt that found no Onlinesim at all
-    (timeout, refused connection): that attempt was the outage's probe.
+    (timeout, refused connection): that attempt was the outage's probe. During an
+    outage, sends nothing until `state.probe_wait_s()` has passed, however often called.
     """
     state = state or PushState()
     result = Round()
-    if not store_held(db, state, retry_s, rules) or db.health.failing:
+    if not store_held(db, clock.now(), state, retry_s, rules) or db.health.failing:
         result.store_failed = True
+        return result
+    if state.probe_wait_s(clock.now()) > 0:
+        result.unreachable = True
         return result
     while not should_stop():
         sms = next_due(db, clock.now())
@@ -355,12 +379,16 @@ def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: flo
         state.note(answered_at, sms, outcome, retry_s, lambda: waiting_count(db))
         try:
             record(db, answered_at, sms, outcome, retry_s, sent_at=sent_at, rules=rules)
-        except Unavailable as error:
+        except Exception as error:
+            # Any failure, not only Unavailable: an answer lost here would have the SMS
+            # pushed again at every round, forever.
             if outcome.kind != "retry":  # Onlinesim's word must not be lost
                 state.unstored.append(Answered(sms, outcome, sent_at, answered_at))
+                state._held_logged_at = answered_at
             log.warning("Onlinesim's answer to SMS %d (%s) cannot be stored yet (%s): "
                         "kept in memory, and nothing is pushed until it is stored",
-                        sms["id"], outcome.kind, error)
+                        sms["id"], outcome.kind, error,
+                        exc_info=not isinstance(error, Unavailable))
             result.store_failed = True
             return result
         if outcome.unreachable:
@@ -377,11 +405,11 @@ class Pusher:
     POLL_S = 1.0
 
     def __init__(self, connections: Connections, clock: Clock, *, url: str, api_key: str,
-                 retry_s: float, timeout_s: float, rules: Rules):
+                 retry_s: float, timeout_s: float, rules: Rules, sender: Callable = send):
         self._connections = connections
         self._clock = clock
         self._options = dict(url=url, api_key=api_key, retry_s=retry_s, timeout_s=timeout_s,
-                             rules=rules)
+                             rules=rules, sender=sender)
         self.state = PushState()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -422,7 +450,8 @@ class Pusher:
         if done.store_failed:
             return self.state.store_failed()
         if done.unreachable:
-            # Onlinesim is not there: the next probe is due in retry_s.
-            return self._options["retry_s"]
+            # Onlinesim is not there: wait for the next probe (retry_s after the last one
+            # failed), even if woken meanwhile.
+            return self.state.probe_wait_s(self._clock.now())
         due_in = seconds_until_next(db, self._clock.now())
         return self.POLL_S if due_in is None else min(self.POLL_S, due_in)

@@ -232,14 +232,17 @@ class AnsweringOnlinesim:
 
 @pytest.mark.parametrize("status, body, headers", [
     (200, "gzip", {"Content-Encoding": "gzip"}),
+    (200, "deflate", {"Content-Encoding": "deflate"}),
     (202, b"", {}),
     (204, b"", {}),
 ])
 def test_gzip_202_and_204_answers_are_delivered_once(db, clock, routed, status, body, headers):
     import gzip
+    import zlib
 
-    if body == "gzip":
-        body = gzip.compress(b'{"status":"SUCCESS"}')
+    if body in ("gzip", "deflate"):
+        compress = gzip.compress if body == "gzip" else zlib.compress
+        body = compress(b'{"status":"SUCCESS"}')
     fake = AnsweringOnlinesim(status, body, headers)
     try:
         assert deliver(db, clock, fake.url) == 1
@@ -262,6 +265,19 @@ class Sender:
     def __call__(self, url, body, api_key, timeout_s):
         self.sent.append(body["smsId"])
         return self.answer(self.clock.now())
+
+
+def fail_to_store(monkeypatch, times, error):
+    """Make push.record raise `error` at its next `times` calls, then store again."""
+    real_record, left = push.record, [times]
+
+    def failing_record(*args, **kwargs):
+        if left[0]:
+            left[0] -= 1
+            raise error
+        return real_record(*args, **kwargs)
+
+    monkeypatch.setattr(push, "record", failing_record)
 
 
 def test_an_answer_that_cannot_be_stored_is_kept_and_the_sms_not_pushed_again(
@@ -305,20 +321,25 @@ def test_a_full_disk_never_makes_an_acknowledged_sms_go_out_twice(small_disk, on
     operations.open_rent(db, clock, RentRequest(100), RULES)
     sms_id = sms.accept_sms(db, clock, sms.IncomingSms(
         source="api", to="+4915123456789", sender="x", text="y"), RULES).sms_id
-    filler = fill_disk(small_disk)
-    state = push.PushState()
-    options = dict(url=onlinesim.url, api_key=API_KEY, retry_s=1, timeout_s=5, rules=RULES,
-                   state=state)
-    for _ in range(6):  # six retry periods with the disk full
-        assert push.push_due(db, clock, **options).store_failed
-        clock.advance(1)
-    assert len(onlinesim.requests) == 1
-    assert len(state.unstored) == 1
-    filler.unlink()
-    assert not push.push_due(db, clock, **options).store_failed
-    assert len(onlinesim.requests) == 1
-    assert sms_row(db, sms_id)["push_state"] == "delivered"
-    db.close()
+    try:
+        filler = fill_disk(small_disk)
+        state = push.PushState()
+        options = dict(url=onlinesim.url, api_key=API_KEY, retry_s=1, timeout_s=5,
+                       rules=RULES, state=state)
+        for _ in range(6):  # six retry periods with the disk full
+            assert push.push_due(db, clock, **options).store_failed
+            clock.advance(1)
+        assert len(onlinesim.requests) == 1
+        assert len(state.unstored) == 1
+        assert sms_row(db, sms_id)["push_state"] == "pending"  # reads still work
+        filler.unlink()
+        assert not push.push_due(db, clock, **options).store_failed
+        assert len(onlinesim.requests) == 1
+        row = sms_row(db, sms_id)
+        assert (row["push_state"], row["attempts"]) == ("delivered", 1)
+        assert row["delivered_at"] == push.to_text(START)  # when Onlinesim answered
+    finally:
+        db.close()
 
 
 # ---- the cadence during an outage (item 5) and its log lines (item 6) -----------------
@@ -380,10 +401,180 @@ def test_an_outage_is_logged_once_then_every_few_minutes_and_when_it_ends(db, cl
                           rules=RULES, state=state, sender=sender)
             clock.advance(10)
     lines = [r.getMessage() for r in caplog.records]
-    assert lines[0] == ("Onlinesim cannot be reached (cannot connect): 1 SMS wait; one is "
-                        "tried every 10 s until it answers, then every due SMS at once")
+    assert lines[0] == ("Onlinesim cannot be reached (cannot connect): 1 SMS wait; the "
+                        "oldest is tried again 10 s after each failed try until Onlinesim "
+                        "answers, then every due SMS at once")
     assert lines[1].startswith("Onlinesim still cannot be reached, for 300 s now")
     assert lines[2].startswith("Onlinesim still cannot be reached, for 600 s now")
     assert lines[3] == "Onlinesim answers again after 720 s: every due SMS is sent now"
     assert lines[4] == f"SMS {routed} delivered to Onlinesim"
     assert len(lines) == 5
+
+
+# ---- follow-ups: wake-ups during an outage, any store failure, the original sent_at ----
+
+def test_new_sms_during_an_outage_do_not_add_probes(db, clock, routed):
+    """A wake-up for every SMS that arrives (Pusher.wake) must not turn into a probe for
+    each: while Onlinesim is unreachable, one attempt per retry period, whatever wakes."""
+    sender = Sender(clock, lambda now: push.Outcome("retry", "cannot connect", True))
+    state, retry_s = push.PushState(), 2.0
+    attempts_at = []
+    for i in range(40):  # 20 s of an outage, an SMS arriving every 0.5 s
+        sms.accept_sms(db, clock, sms.IncomingSms(source="api", to="+4915123456789",
+                                                  sender="x", text=f"w{i}"), RULES)
+        done = push.push_due(db, clock, url="x", api_key=API_KEY, retry_s=retry_s,
+                             timeout_s=1, rules=RULES, state=state, sender=sender)
+        assert done.unreachable
+        attempts_at += [clock.now()] * done.attempts
+        clock.advance(0.5)
+    gaps = {(b - a).total_seconds() for a, b in zip(attempts_at, attempts_at[1:])}
+    assert len(attempts_at) == 10 and gaps == {retry_s}
+
+
+def test_the_pusher_waits_for_the_next_probe_even_when_woken(db_path, db, clock, routed):
+    from rentbox.db import Connections
+
+    sender = Sender(clock, lambda now: push.Outcome("retry", "cannot connect", True))
+    conns = Connections(db_path)
+    pusher = push.Pusher(conns, clock, url="x", api_key=API_KEY, retry_s=10, timeout_s=1,
+                         rules=RULES, sender=sender)
+    try:
+        assert pusher.round() == 10  # the probe failed: the next one in 10 s
+        clock.advance(4)
+        assert pusher.round() == 6  # woken early: nothing sent, the wait goes on
+        clock.advance(6)
+        assert pusher.round() == 10
+    finally:
+        conns.close_all()
+    assert sender.sent == [routed, routed]
+
+
+def test_the_pusher_backs_off_while_an_answer_cannot_be_stored(db_path, db, clock, routed,
+                                                               monkeypatch):
+    from rentbox.db import Connections
+    from rentbox.errors import Unavailable
+
+    fail_to_store(monkeypatch, 6, Unavailable("the database cannot be written now: full"))
+    sender = Sender(clock)
+    conns = Connections(db_path)
+    pusher = push.Pusher(conns, clock, url="x", api_key=API_KEY, retry_s=1, timeout_s=1,
+                         rules=RULES, sender=sender)
+    try:
+        waits = []
+        for _ in range(7):
+            waits.append(pusher.round())
+            clock.advance(waits[-1])
+    finally:
+        conns.close_all()
+    assert waits[:6] == [1, 2, 4, 8, push.MAX_STORE_BACKOFF_S, push.MAX_STORE_BACKOFF_S]
+    assert waits[6] <= pusher.POLL_S
+    assert sender.sent == [routed]
+    assert sms_row(db, routed)["push_state"] == "delivered"
+
+
+def test_any_failure_to_store_an_answer_keeps_it_and_does_not_push_again(
+        db, clock, routed, monkeypatch, caplog):
+    """Not only Unavailable: a store that fails for any reason (a corrupt page, a bug)
+    must not lose Onlinesim's word and send the SMS again at every round."""
+    import logging
+    import sqlite3
+
+    fail_to_store(monkeypatch, 3, sqlite3.DatabaseError("database disk image is malformed"))
+    sender, state = Sender(clock), push.PushState()
+    with caplog.at_level(logging.INFO, logger="rentbox.push"):
+        rounds = []
+        for _ in range(5):
+            rounds.append(push.push_due(db, clock, url="x", api_key=API_KEY, retry_s=1,
+                                        timeout_s=1, rules=RULES, state=state,
+                                        sender=sender))
+            clock.advance(1)
+    assert sender.sent == [routed]
+    assert [r.store_failed for r in rounds] == [True, True, True, False, False]
+    assert sms_row(db, routed)["push_state"] == "delivered"
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(errors) == 1 and errors[0].exc_info  # once, with the traceback of the bug
+
+
+def test_a_held_answer_is_stored_with_its_own_times_after_the_window(db, clock, routed,
+                                                                     monkeypatch):
+    """Sent within the guard window, stored only after it: the rental met the window
+    (Onlinesim saw the SMS in time), and the delivery is dated by Onlinesim's answer."""
+    import datetime as dt
+
+    from rentbox.errors import Unavailable
+
+    real_record, calls = push.record, []
+
+    def record_after_the_window(db_, now, *args, **kwargs):
+        calls.append(now)
+        if clock.now() < START + dt.timedelta(seconds=RULES.guard_s + 60):
+            raise Unavailable("the database cannot be written now: the disk is full")
+        return real_record(db_, now, *args, **kwargs)
+
+    monkeypatch.setattr(push, "record", record_after_the_window)
+    clock.advance(RULES.guard_s - 30)  # sent and answered 30 s before the window ends
+    answered = clock.now()
+    sender, state = Sender(clock), push.PushState()
+    while push.push_due(db, clock, url="x", api_key=API_KEY, retry_s=10, timeout_s=1,
+                        rules=RULES, state=state, sender=sender).store_failed:
+        clock.advance(10)
+    assert sender.sent == [routed]
+    assert set(calls) == {answered}
+    assert sms_row(db, routed)["delivered_at"] == push.to_text(answered)
+    assert db.row("SELECT sms_accepted_at FROM operations")["sms_accepted_at"] == \
+        push.to_text(answered)
+
+
+def test_an_answer_held_for_long_is_logged_again_every_few_minutes(db, clock, routed,
+                                                                  monkeypatch, caplog):
+    import logging
+
+    from rentbox.errors import Unavailable
+
+    fail_to_store(monkeypatch, 10**6,
+                  Unavailable("the database cannot be written now: the disk is full"))
+    sender, state = Sender(clock), push.PushState()
+    with caplog.at_level(logging.INFO, logger="rentbox.push"):
+        for _ in range(72):  # 12 minutes, a try to store every 10 s
+            push.push_due(db, clock, url="x", api_key=API_KEY, retry_s=1, timeout_s=1,
+                          rules=RULES, state=state, sender=sender)
+            clock.advance(10)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert sender.sent == [routed]
+    assert lines == [
+        f"Onlinesim's answer to SMS {routed} (delivered) cannot be stored yet (the database "
+        "cannot be written now: the disk is full): kept in memory, and nothing is pushed "
+        "until it is stored"] + ["1 answer(s) from Onlinesim still not stored (the database "
+                                 "cannot be written now: the disk is full): nothing is "
+                                 "pushed until they are"] * 2
+
+
+def test_a_write_lock_held_by_another_process_does_not_make_an_sms_go_out_twice(
+        db_path, db, clock, routed, monkeypatch):
+    """The other real case of item 3: another process (a CLI import) holds SQLite's write
+    lock past the busy timeout just as Onlinesim answers SUCCESS."""
+    import sqlite3
+
+    from rentbox import db as db_module
+
+    monkeypatch.setattr(db_module, "BUSY_TIMEOUT_S", 0.2)
+    other = sqlite3.connect(str(db_path), timeout=0.2, isolation_level=None)
+
+    def answer_then_lock(now):
+        other.execute("BEGIN IMMEDIATE")  # taken while the push is in flight
+        return push.Outcome("delivered")
+
+    sender, state = Sender(clock, answer_then_lock), push.PushState()
+    options = dict(url="x", api_key=API_KEY, retry_s=1, timeout_s=1, rules=RULES,
+                   state=state, sender=sender)
+    try:
+        for _ in range(4):
+            assert push.push_due(db, clock, **options).store_failed
+            clock.advance(1)
+        assert sender.sent == [routed] and db.health.failing
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert not push.push_due(db, clock, **options).store_failed
+    assert sender.sent == [routed]
+    assert sms_row(db, routed)["push_state"] == "delivered" and not db.health.failing
