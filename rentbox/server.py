@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
 import threading
+import time
 
 from waitress import wasyncore
-from waitress.server import create_server
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.server import TcpWSGIServer
+from waitress.task import ErrorTask
 
 from rentbox import __version__, meta, web
 from rentbox.clock import Clock, SystemClock, to_text
@@ -24,25 +29,164 @@ log = logging.getLogger("rentbox.server")
 _WAITRESS_BODY_CAP = 1024 * 1024
 
 
-def make_waitress(app, settings: Settings):
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """How much of the server one connection may hold, so that slow or idle connections
+    never lock Onlinesim and the gateways out. The reverse proxy is the first line of
+    defence (examples/reverse-proxy.md); these hold when it is missing or let them through.
+
+    Measured with benchmarks/slow_clients.py, 120 connections sending their headers a byte
+    a second plus 200 sending nothing: with waitress's defaults (100 connections, no
+    deadline for a request to arrive) 0 of 9 GET_NUMBER were answered within 10 s; with
+    these, all 2,804 calls of 30 s were, p99 21 ms.
+    """
+
+    # Seconds a request, header and body, may take to arrive from its first byte. Onlinesim
+    # gives up on a call after 10 s, so a request still arriving then is already cancelled.
+    request_deadline_s: float = 10.0
+    # Seconds a connection may stay open without starting a request, counted from when it
+    # opened or had its last answer (not from its last byte, as waitress's channel_timeout
+    # is: blank lines are bytes): a fresh connection that never speaks, or one kept alive
+    # after an answer. 15 s is ample for a caller to reuse it within a burst of calls.
+    idle_s: int = 15
+    # Open connections in all (waitress's default is 100). Far above what Onlinesim and the
+    # gateways open, and well under the usual 1024 file descriptors per process.
+    connection_limit: int = 500
+    # Open connections from one address. Onlinesim's acceptance test opens about 30 at once.
+    connections_per_address: int = 64
+    # Addresses the per-address cap does not apply to: the reverse proxy's. Behind it every
+    # connection comes from loopback, and capping it would starve every caller; for those,
+    # the deadlines above and the proxy's own limits do the work.
+    proxy_addresses: frozenset[str] = frozenset({"127.0.0.1", "::1"})
+
+
+def make_waitress(app, settings: Settings, limits: Limits = Limits()):
     """A waitress server for `app` with rentbox's adjustments (also used by benchmarks)."""
-    return create_server(
+    return _Waitress(
         app,
+        limits,
         host=settings.host,
         port=settings.port,
         threads=settings.threads,
         ident="rentbox",
         max_request_body_size=_WAITRESS_BODY_CAP,
-        # Onlinesim cancels a call after 10 s; a connection idle for a minute is dead.
-        channel_timeout=60,
+        channel_timeout=limits.idle_s,  # (unused: _Waitress.maintenance replaces its rule)
+        connection_limit=limits.connection_limit,
+        # Check the deadlines every second (waitress's default is every 30 s).
+        cleanup_interval=1,
+        # select() fails on a descriptor numbered 1024 or more; poll() has no such limit.
+        asyncore_use_poll=True,
         clear_untrusted_proxy_headers=True,
     )
+
+
+class _JsonErrorTask(ErrorTask):
+    """What waitress answers itself (a request it cannot parse, one over its size limits,
+    an application that raised), in rentbox's one error shape instead of plain text."""
+
+    def execute(self):
+        error = self.request.error
+        body = web.json_error_body(f"{error.reason}: {error.body}")
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", web.JSON_TYPE))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _TimedRequest(HTTPRequestParser):
+    """A request being received, with the time its first byte arrived."""
+
+    def __init__(self, adj):
+        super().__init__(adj)
+        self.started_at = time.time()  # waitress's clock: maintenance() is given time.time()
+
+
+class _Channel(HTTPChannel):
+    """One connection; refused at once when its address already holds its share."""
+
+    error_task_class = _JsonErrorTask
+    parser_class = _TimedRequest
+
+    def __init__(self, server, sock, addr, adj, map=None):
+        super().__init__(server, sock, addr, adj, map)
+        # When this connection was opened or last had a request answered: its idle time
+        # counts from here. (waitress counts from the last byte, and blank lines between
+        # requests are bytes that make no request: "\r\n\r\n" every few seconds would hold
+        # a connection for ever.)
+        self.answered_at = self.creation_time
+        if not server.admits(self):
+            self.will_close = True  # closed on the loop's next pass, never read
+
+    def service(self):
+        # Runs in a worker thread while maintenance() runs in the loop thread. Set before
+        # as well as after: waitress takes the answered request off `requests` inside
+        # service(), and in between the connection must not look idle since long ago.
+        self.answered_at = time.time()
+        super().service()
+        self.answered_at = time.time()
+
+
+class _Waitress(TcpWSGIServer):
+    """waitress's TCP server with rentbox's `Limits`. One listening socket: the first
+    address `host` resolves to (create_server would serve each, but `Server` needs one)."""
+
+    channel_class = _Channel
+
+    def __init__(self, app, limits: Limits, **adjustments):
+        self.limits = limits
+        self._refused = self._overdue = 0
+        self._next_report_at = 0.0
+        super().__init__(app, **adjustments)
+
+    def admits(self, channel: HTTPChannel) -> bool:
+        """Whether a new connection stays within the cap of its address."""
+        address = channel.addr[0]
+        if address in self.limits.proxy_addresses:
+            return True
+        held = sum(1 for c in self.active_channels.values()
+                   if c.addr[0] == address and not c.will_close)  # this one included
+        if held <= self.limits.connections_per_address:
+            return True
+        self._refused += 1
+        return False
+
+    def maintenance(self, now: float) -> None:
+        """Close connections idle for `idle_s` since they opened or had their last answer,
+        and those whose request is still arriving `request_deadline_s` after it began.
+        (This replaces waitress's pass, which only closes connections silent that long.)"""
+        idle_cutoff = now - self.limits.idle_s
+        request_cutoff = now - self.limits.request_deadline_s
+        for channel in self.active_channels.values():
+            if channel.requests or channel.will_close:
+                continue  # a request is waiting for or getting its answer; or closing
+            request = channel.request  # the one still arriving, if any
+            if request is None:
+                if channel.answered_at < idle_cutoff:
+                    channel.will_close = True
+            # (A request read while the one before it was answered starts its clock then.)
+            elif max(request.started_at, channel.answered_at) < request_cutoff:
+                channel.will_close = True
+                self._overdue += 1
+        if (self._refused or self._overdue) and now >= self._next_report_at:
+            # At most once a minute: under attack this would be every second.
+            what = []
+            if self._overdue:
+                what.append(f"closed {self._overdue} connection(s) whose request took over "
+                            f"{self.limits.request_deadline_s:g} s to arrive")
+            if self._refused:
+                what.append(f"refused {self._refused} connection(s) over "
+                            f"{self.limits.connections_per_address} from one address")
+            log.warning("%s (counted over up to a minute)", "; ".join(what))
+            self._refused = self._overdue = 0
+            self._next_report_at = now + 60
 
 
 class Server:
     """A running rentbox: waitress, the pusher, the housekeeper, and their connections."""
 
-    def __init__(self, settings: Settings, clock: Clock | None = None):
+    def __init__(self, settings: Settings, clock: Clock | None = None,
+                 limits: Limits = Limits()):
         self.settings = settings
         self.clock = clock or SystemClock()
         open_database(settings.db).close()  # create and migrate before the first request
@@ -59,7 +203,7 @@ class Server:
                                            settings.housekeeping_s)
             app = web.wsgi(settings, self.clock, self.connections,
                            on_sms=self.pusher.wake if self.pusher else lambda: None)
-            self._waitress = make_waitress(app, settings)
+            self._waitress = make_waitress(app, settings, limits)
         except BaseException:
             self._lock_file.close()
             raise

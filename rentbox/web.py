@@ -335,7 +335,7 @@ class GzipAnswers:
         return [body]
 
 
-def json_error_body(status: int, error: str) -> bytes:
+def json_error_body(error: str) -> bytes:
     """The one error shape, as bytes, for answers made outside Bottle."""
     return json.dumps({"status": "ERROR", "error": error}, ensure_ascii=False,
                       separators=(",", ":")).encode("utf-8")
@@ -354,7 +354,7 @@ class StrictPaths:
         try:
             path.encode("latin-1").decode("utf-8")
         except UnicodeError:
-            body = json_error_body(404, "no such path: it is not valid UTF-8")
+            body = json_error_body("no such path: it is not valid UTF-8")
             start_response("404 Not Found", [("Content-Type", JSON_TYPE),
                                              ("Content-Length", str(len(body)))])
             return [body]

@@ -145,13 +145,16 @@ def client(settings, clock, connections) -> WsgiClient:
 @pytest.fixture
 def start_server(settings, db):
     """Start real waitress servers on ephemeral loopback ports, with the system clock;
-    `start_server(push_url=...)` overrides settings. All are stopped at the end."""
+    `start_server(push_url=...)` overrides settings, `limits=` the connection limits. All
+    are stopped at the end."""
     import dataclasses
 
     running = []
 
-    def start(**overrides) -> Server:
-        server = Server(dataclasses.replace(settings, **overrides))
+    def start(limits=None, **overrides) -> Server:
+        from rentbox.server import Limits
+
+        server = Server(dataclasses.replace(settings, **overrides), limits=limits or Limits())
         running.append((server, server.start_in_thread()))
         return server
 

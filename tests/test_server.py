@@ -3,7 +3,10 @@
 import gzip
 import http.client
 import json
+import logging
 import threading
+
+import pytest
 
 from conftest import API_KEY, START, add_numbers, http_post
 
@@ -263,34 +266,105 @@ def test_stop_before_run_is_clean(settings, db):
     Server(settings).stop()  # the serving lock was released
 
 
-def _raw_exchange(url: str, request: bytes) -> tuple[int, bytes]:
-    """Send raw bytes over a socket, return the status code and body of the answer."""
+def _raw_exchange(url: str, request: bytes) -> tuple[int, bytes, bytes]:
+    """Send raw bytes over a socket, return the status code, head and body of the answer."""
     import socket
 
     host, port = url.rsplit("/", 1)[1].split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(request)
-        sock.shutdown(socket.SHUT_WR)
+        # No shutdown(SHUT_WR): waitress drops a request whose client went away before a
+        # worker took it. Every request here makes the server close (Connection: close,
+        # or an error), and the socket timeout bounds the loop.
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
+    return int(head.split(b" ", 2)[1]), head, body
 
 
-def test_bad_header_bytes_and_bad_path_escapes_over_a_socket(live_server, db):
+def test_bad_header_bytes_and_bad_path_escapes_over_a_socket(live_server, db, caplog):
     add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
     body = json.dumps(GET_NUMBER).encode()
 
-    def post(path: bytes, extra: bytes = b"") -> tuple[int, bytes]:
-        return _raw_exchange(live_server.url, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n"
-                             b"Content-Type: application/json\r\n" + extra +
-                             b"Content-Length: " + str(len(body)).encode() + b"\r\n"
-                             b"Connection: close\r\n\r\n" + body)
+    def send(method: bytes, path: bytes, extra: bytes = b"") -> tuple[int, bytes]:
+        status, _, answer = _raw_exchange(
+            live_server.url, method + b" " + path + b" HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\n" + extra + b"Content-Length: " +
+            str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        return status, answer
 
-    status, answer = post(b"/getNumberRent", b"Authorization: Bearer \xe9\r\n")
-    assert (status, json.loads(answer)) == (401, {"status": "ERROR", "error": "BAD_KEY"})
-    for path in (b"/getNumber%ffRent", b"/%ff"):
-        status, answer = post(path)
-        assert status == 404 and json.loads(answer)["status"] == "ERROR"
+    bearer = b"Authorization: Bearer \xe9\r\n"  # the byte 0xE9: not UTF-8
+    with caplog.at_level(logging.INFO):
+        for path, header, error in [
+            (b"/getNumberRent", bearer, "BAD_KEY"), (b"/getServicesRent", bearer, "BAD_KEY"),
+            (b"/finishActivationRent", bearer, "BAD_KEY"), (b"/", bearer, "BAD_KEY"),
+            (b"/sms", bearer, "BAD_TOKEN"),
+            (b"/sms/smsgate", b"X-Signature: \xe9\r\nX-Timestamp: \xe9\r\n", "BAD_SIGNATURE"),
+        ]:
+            status, answer = send(b"POST", path, header)
+            assert (status, json.loads(answer)) == (401, {"status": "ERROR", "error": error})
+        assert send(b"GET", b"/health", bearer)[0] == 200
+        for path in (b"/getNumber%ffRent", b"/%ff"):
+            status, answer = send(b"POST", path)
+            assert status == 404 and json.loads(answer)["status"] == "ERROR"
+    assert "Traceback" not in caplog.text
     assert db.execute("SELECT count(*) FROM operations").fetchone()[0] == 0
+
+
+# What waitress answers itself, before the application sees the request (item 10): in
+# the one JSON shape too, and without an access log line. The README lists them.
+WAITRESS_ANSWERS = [
+    ("invalid Content-Length", b"POST /getNumberRent HTTP/1.1\r\nHost: x\r\n"
+     b"Content-Length: abc\r\n\r\n", 400),
+    ("lower-case method", b"post /getNumberRent HTTP/1.1\r\nHost: x\r\n"
+     b"Content-Length: 2\r\n\r\n{}", 400),
+    ("bad chunk size", b"POST /getNumberRent HTTP/1.1\r\nHost: x\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", 400),
+    ("bad start line", b"GARBAGE\r\nHost: x\r\n\r\n", 400),
+    ("malformed header line", b"GET /health HTTP/1.1\r\nHost: x\r\nno colon\r\n\r\n", 400),
+    # (waitress answers as soon as it reads the length: the body need not follow)
+    ("body over 1 MiB", b"POST /getNumberRent HTTP/1.1\r\nHost: x\r\n"
+     b"Content-Length: 2000000\r\n\r\n", 413),
+    ("headers over 256 KiB", b"POST /getNumberRent HTTP/1.1\r\nHost: x\r\nX-Big: "
+     + b"a" * 263_000 + b"\r\n\r\n", 431),
+    ("Transfer-Encoding other than chunked", b"POST / HTTP/1.1\r\nHost: x\r\n"
+     b"Transfer-Encoding: gzip\r\n\r\n", 501),
+]
+
+_CHUNKED = (b"POST /getServicesRent HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+_SERVICES = json.dumps({"action": "GET_SERVICES", "key": API_KEY}).encode()
+# What looks as odd but reaches the application, which answers it itself.
+APP_ANSWERS = [
+    ("chunked body", _CHUNKED + b"%x\r\n%s\r\n0\r\n\r\n" % (len(_SERVICES), _SERVICES), 200),
+    ("chunked body over 64 KiB", _CHUNKED + b"%x\r\n%s\r\n0\r\n\r\n" % (70_000, b" " * 70_000),
+     413),
+    ("unknown method", b"PATCH / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 405),
+    ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 404),
+]
+
+
+@pytest.mark.parametrize("what, request_bytes, status", WAITRESS_ANSWERS + APP_ANSWERS,
+                         ids=[w[0] for w in WAITRESS_ANSWERS + APP_ANSWERS])
+def test_every_answer_is_json_and_which_ones_waitress_makes(live_server, caplog, what,
+                                                             request_bytes, status):
+    with caplog.at_level(logging.INFO, logger="rentbox.access"):
+        got, head, body = _raw_exchange(live_server.url, request_bytes)
+    assert got == status
+    assert b"\r\nContent-Type: application/json; charset=utf-8" in head
+    answer = json.loads(body)
+    assert answer["status"] == ("SUCCESS" if status == 200 else "ERROR")
+    # The application logs every request it sees (before the answer is sent).
+    seen_by_rentbox = any(r.name == "rentbox.access" for r in caplog.records)
+    assert seen_by_rentbox is (what not in {w[0] for w in WAITRESS_ANSWERS})
+
+
+def test_the_readme_lists_what_waitress_answers_itself():
+    from conftest import EXAMPLES
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    section = readme.split("Answered by the server before rentbox reads them", 1)[1][:2000]
+    section = " ".join(section.split())  # as read, whatever the line breaks
+    for what, _, status in WAITRESS_ANSWERS:
+        assert f"{what} ({status})" in section, what

@@ -351,3 +351,6 @@ def test_a_write_that_fails_for_a_full_disk_is_503_and_retryable(settings, clock
     assert (answer.status, answer.json) == (503, {
         "status": "ERROR", "error": "the database cannot be written now: the disk is full"})
     assert "Traceback" not in caplog.text
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING] \
+        == [("WARNING", "/getNumberRent answered 503: the database cannot be written now: "
+                        "the disk is full")]
