@@ -54,26 +54,18 @@ class WriteHealth:
     """
 
     def __init__(self):
-        self._lock = threading.Lock()
-        self.failing_since: float | None = None   # time.time() of the first failure
-        self.reason: str | None = None
+        # One assignment is atomic under the GIL: no lock needed to set or read it.
+        self.reason: str | None = None  # why the last write failed; None: writes work
 
     def failed(self, reason: str) -> None:
-        with self._lock:
-            if self.failing_since is None:
-                self.failing_since = time.time()
-            self.reason = reason
+        self.reason = reason
 
     def succeeded(self) -> None:
-        if self.failing_since is None:  # the common case: no lock taken
-            return
-        with self._lock:
-            self.failing_since = None
-            self.reason = None
+        self.reason = None
 
     @property
     def failing(self) -> bool:
-        return self.failing_since is not None
+        return self.reason is not None
 
 
 def unwritable_reason(error: BaseException) -> str | None:
@@ -191,15 +183,19 @@ class Database(sqlite_utils.Database):
         """
         if self.health.failing:
             return self.health.reason
+        free = self.free_bytes()
+        if free is not None and free < MIN_FREE_BYTES:
+            return "the disk is full"
+        return None
+
+    def free_bytes(self) -> int | None:
+        """Free space this process can write to beside the database (None if unknown):
+        root may also use the blocks the filesystem reserves for it."""
         try:
             stat = os.statvfs(self.path.parent if str(self.path.parent) else ".")
         except OSError:
             return None
-        # root may write into the blocks reserved for it; anyone else only into f_bavail.
-        free_blocks = stat.f_bfree if os.geteuid() == 0 else stat.f_bavail
-        if free_blocks * stat.f_frsize < MIN_FREE_BYTES:
-            return "the disk is full"
-        return None
+        return (stat.f_bfree if os.geteuid() == 0 else stat.f_bavail) * stat.f_frsize
 
     def storage(self) -> dict:
         """Sizes of the database and its -wal file, and the free space beside them, in
@@ -210,14 +206,9 @@ class Database(sqlite_utils.Database):
             except OSError:
                 return 0
 
-        try:
-            stat = os.statvfs(self.path.parent if str(self.path.parent) else ".")
-            free: int | None = stat.f_bavail * stat.f_frsize
-        except OSError:
-            free = None
         return {"path": str(self.path), "database_bytes": size(self.path),
-                "wal_bytes": size(Path(str(self.path) + "-wal")), "free_bytes": free,
-                "write_problem": self.write_problem()}
+                "wal_bytes": size(Path(str(self.path) + "-wal")),
+                "free_bytes": self.free_bytes(), "write_problem": self.write_problem()}
 
     def probe_write(self, stamp: str) -> None:
         """One tiny real write (a row in `meta`), to learn whether writing works again.

@@ -262,13 +262,27 @@ class PushState:
         self.unreachable_since: dt.datetime | None = None
         self.next_probe_at: dt.datetime | None = None  # during an outage
         self._outage_logged_at: dt.datetime | None = None
-        self._held_logged_at: dt.datetime | None = None
+        self._held_logged_at: dt.datetime | None = None  # when held answers were logged
         self._failing: dict[int, tuple[dt.datetime, int]] = {}  # sms id: (logged at, since)
 
     def store_failed(self) -> float:
         """The pause before the next try to store, growing to MAX_STORE_BACKOFF_S."""
         self.store_backoff_s = min(MAX_STORE_BACKOFF_S, max(1.0, self.store_backoff_s * 2))
         return self.store_backoff_s
+
+    def hold(self, answer: Answered) -> None:
+        """Keep an answer whose outcome could not be stored."""
+        self.unstored.append(answer)
+        self._held_logged_at = answer.answered_at  # its own warning says so already
+
+    def still_held(self, now: dt.datetime, error: Exception) -> None:
+        """Storing the held answers failed again: say so at most every LOG_EVERY_S."""
+        if self._held_logged_at is None or (
+                now - self._held_logged_at).total_seconds() >= LOG_EVERY_S:
+            self._held_logged_at = now
+            log.warning("%d answer(s) from Onlinesim still not stored (%s): nothing is "
+                        "pushed until they are", len(self.unstored),
+                        error if isinstance(error, Unavailable) else repr(error))
 
     def probe_wait_s(self, now: dt.datetime) -> float:
         """During an outage, how long until the next probe may go out (0 otherwise)."""
@@ -329,12 +343,7 @@ def store_held(db: Database, now: dt.datetime, state: PushState, retry_s: float,
             record(db, answer.answered_at, answer.sms, answer.outcome, retry_s,
                    sent_at=answer.sent_at, rules=rules)
         except Exception as error:  # whatever it is, Onlinesim's word stays in memory
-            logged_at = state._held_logged_at
-            if logged_at is None or (now - logged_at).total_seconds() >= LOG_EVERY_S:
-                state._held_logged_at = now
-                log.warning("%d answer(s) from Onlinesim still not stored (%s): nothing "
-                            "is pushed until they are", len(state.unstored),
-                            error if isinstance(error, Unavailable) else repr(error))
+            state.still_held(now, error)
             return False
         state.unstored.pop(0)
         log.info("stored Onlinesim's answer to SMS %d (%s), held since %s", answer.sms["id"],
@@ -383,8 +392,7 @@ def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: flo
             # Any failure, not only Unavailable: an answer lost here would have the SMS
             # pushed again at every round, forever.
             if outcome.kind != "retry":  # Onlinesim's word must not be lost
-                state.unstored.append(Answered(sms, outcome, sent_at, answered_at))
-                state._held_logged_at = answered_at
+                state.hold(Answered(sms, outcome, sent_at, answered_at))
             log.warning("Onlinesim's answer to SMS %d (%s) cannot be stored yet (%s): "
                         "kept in memory, and nothing is pushed until it is stored",
                         sms["id"], outcome.kind, error,
