@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import os
 import socket
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
+from typing import Iterator
 
 HOST = "127.0.0.1"
 KEY = "benchmark-key"
@@ -36,3 +42,20 @@ def latencies(values: list[float]) -> tuple[int, float, float, float]:
     ordered = sorted(values)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
     return len(ordered), statistics.median(ordered), p99, ordered[-1]
+
+
+@contextlib.contextmanager
+def serving(db_path: Path) -> Iterator[int]:
+    """Run `rentbox serve` on `db_path` and a free loopback port (yielded) until the block
+    ends; its output is discarded."""
+    port = free_port()
+    env = {**os.environ, "RENTBOX_API_KEY": KEY, "RENTBOX_DB": str(db_path)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rentbox", "serve", "--host", HOST, "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_up(port)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import HOST, KEY, free_port, latencies, wait_until_up
+from common import HOST, KEY, latencies, serving
 
 def call(conn: http.client.HTTPConnection, path: str, payload: dict) -> tuple[float, dict]:
     started = time.perf_counter()
@@ -75,11 +75,7 @@ def main() -> None:
         rentbox = [sys.executable, "-m", "rentbox"]
         subprocess.run(rentbox + ["numbers", "import", str(small)], env=env, check=True,
                        capture_output=True, timeout=120)
-        port = free_port()
-        server = subprocess.Popen(rentbox + ["serve", "--port", str(port)], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_until_up(port)
+        with serving(db) as port:
             stop, samples = threading.Event(), []
             threads = [threading.Thread(target=drive, args=(port, stop, samples))
                        for _ in range(args.callers)]
@@ -96,9 +92,6 @@ def main() -> None:
             stop.set()
             for t in threads:
                 t.join(timeout=30)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     print(result.stdout.strip() or result.stderr.strip())
     print(f"import of {args.rows} rows took {import_ended - import_started:.1f}s "
           f"(peak memory {peak_mb:.0f} MB), {args.callers} callers doing GET_NUMBER/FINISH "

@@ -20,16 +20,13 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from common import HOST, KEY, free_port, latencies, wait_until_up
+from common import HOST, KEY, latencies, serving
 
 
 def make_pool(db_path: Path, size: int) -> None:
@@ -117,16 +114,10 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=200, help="idle connections")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of calls")
     args = parser.parse_args()
-    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         db_path = Path(tmp) / "slow.db"
         make_pool(db_path, 1000)
-        env = {**os.environ, "RENTBOX_API_KEY": KEY, "RENTBOX_DB": str(db_path)}
-        server = subprocess.Popen(
-            [sys.executable, "-m", "rentbox", "serve", "--host", HOST, "--port", str(port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_until_up(port)
+        with serving(db_path) as port:
             stop = threading.Event()
             stats = Stats()
             holders = [threading.Thread(target=attack, args=(port, stop, stats, behaviour),
@@ -156,9 +147,6 @@ def main() -> None:
             stop.set()
             for thread in holders:
                 thread.join(timeout=5)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     counts = stats.counts
     print(f"attack: {args.slow} slow-header + {args.idle} idle attackers, each reconnecting "
           f"when closed; {counts['opened']} connections opened, {counts['refused']} refused, "
