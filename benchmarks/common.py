@@ -37,6 +37,22 @@ def wait_until_up(port: int, deadline_s: float = 20) -> None:
     raise SystemExit(f"server on port {port} did not come up")
 
 
+def post(conn: http.client.HTTPConnection, path: str, payload: dict) -> tuple[float, dict]:
+    """POST a JSON body on a keep-alive connection: (seconds taken, the JSON answer).
+    Anything but HTTP 200 stops the run."""
+    import json
+
+    body = json.dumps(payload).encode()
+    started = time.perf_counter()
+    conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    data = response.read()
+    elapsed = time.perf_counter() - started
+    if response.status != 200:
+        raise RuntimeError(f"{path}: HTTP {response.status} {data[:200]!r}")
+    return elapsed, json.loads(data)
+
+
 def latencies(values: list[float]) -> tuple[int, float, float, float]:
     """(count, p50, p99, worst) of a list of latencies."""
     ordered = sorted(values)

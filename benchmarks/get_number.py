@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import HOST, KEY, free_port, latencies, wait_until_up
+from common import HOST, KEY, free_port, latencies, post, wait_until_up
 
 def run_floor(port: int, threads: int) -> None:
     """The floor: the same waitress + Bottle + middleware stack, a constant JSON body."""
@@ -74,18 +74,6 @@ def make_pool(db_path: Path, size: int) -> None:
                               None, i) for i in range(size))
     pool.import_entries(db, now, entries)
     db.close()
-
-
-def post(conn: http.client.HTTPConnection, path: str, payload: dict) -> tuple[float, dict]:
-    body = json.dumps(payload).encode()
-    started = time.perf_counter()
-    conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
-    response = conn.getresponse()
-    data = response.read()
-    elapsed = time.perf_counter() - started
-    if response.status != 200:
-        raise RuntimeError(f"{path}: HTTP {response.status} {data[:200]!r}")
-    return elapsed, json.loads(data)
 
 
 def caller(args: tuple[int, int, bool]) -> dict:

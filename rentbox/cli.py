@@ -17,7 +17,8 @@ from typing import Annotated, Callable, Optional
 import typer
 from rich.console import Console
 
-from rentbox import __version__, bans, housekeeping, meta, operations, pool, render, reports, sms
+from rentbox import (__version__, bans, housekeeping, meta, operations, pool, presence, render,
+                     reports, sms)
 from rentbox import db as database_file
 from rentbox.clock import SystemClock
 from rentbox.config import (API_KEY_ENV, GATEWAY_TOKEN_ENV, SETTINGS, SMSGATE_KEY_ENV, Rules,
@@ -54,7 +55,7 @@ err = Console(stderr=True, highlight=False)
 def _option(name: str, **extra) -> typer.models.OptionInfo:
     """A CLI option built from the settings table: one name, env var and help for each."""
     setting = SETTINGS[name]
-    return typer.Option(setting.option, envvar=setting.env, help=setting.help,
+    return typer.Option(setting.flag, envvar=setting.env, help=setting.help,
                         show_envvar=True, **extra)
 
 
@@ -70,18 +71,22 @@ def _rule_option(name: str, **extra) -> typer.models.OptionInfo:
     """A rule option for commands that work beside the server: by default they follow the
     rules the server last started with, so that they never apply other ones."""
     setting = SETTINGS[name]
-    return typer.Option(setting.option, envvar=setting.env, show_envvar=True,
+    default = (("on" if setting.default else "off") if isinstance(setting.default, bool)
+               else f"{setting.default:g}")
+    return typer.Option(setting.flag, envvar=setting.env, show_envvar=True,
                         help=f"{setting.help} Default: as `rentbox serve` last started on "
-                             f"this database, else {setting.default:g}.", **extra)
+                             f"this database, else {default}.", **extra)
 
 
 ServerGuardOption = Annotated[Optional[float], _rule_option("guard_s", min=0)]
 ServerGuardMarginOption = Annotated[Optional[float], _rule_option("guard_margin_s", min=0)]
 ServerBanAfterOption = Annotated[Optional[int], _rule_option("ban_after", min=1)]
 ServerBanOption = Annotated[Optional[float], _rule_option("ban_s", min=0)]
+ServerPresenceOption = Annotated[Optional[bool], _rule_option("presence")]
+ServerPresenceWindowOption = Annotated[Optional[float], _rule_option("presence_s", min=1)]
 
 
-def _server_rules(database, **given: float | int | None) -> Rules:
+def _server_rules(database, **given: float | int | bool | None) -> Rules:
     """The rules given on the command line, else the server's, else the defaults."""
     recorded = meta.server_rules(database) or Rules()
     return dataclasses.replace(recorded, **{k: v for k, v in given.items() if v is not None})
@@ -195,6 +200,9 @@ def serve(
     ban_s: BanOption = SETTINGS["ban_s"].default,
     housekeeping_s: Annotated[float, _option("housekeeping_s", min=0.1)] = SETTINGS[
         "housekeeping_s"].default,
+    presence: Annotated[bool, _option("presence")] = SETTINGS["presence"].default,
+    presence_s: Annotated[float, _option("presence_s", min=1)] = SETTINGS[
+        "presence_s"].default,
 ) -> None:
     """Answer Onlinesim's rent calls, take in SMS and push them, until Ctrl-C or SIGTERM.
 
@@ -225,7 +233,7 @@ def serve(
         push_retry_s=push_retry_s, push_timeout_s=push_timeout_s,
         housekeeping_s=housekeeping_s,
         rules=Rules(guard_s=guard_s, ban_after=ban_after, ban_s=ban_s,
-                    guard_margin_s=guard_margin_s),
+                    guard_margin_s=guard_margin_s, presence=presence, presence_s=presence_s),
     )
     try:
         server.serve(settings)
@@ -255,15 +263,19 @@ def housekeep(
     guard_margin_s: ServerGuardMarginOption = None,
     ban_after: ServerBanAfterOption = None,
     ban_s: ServerBanOption = None,
+    presence: ServerPresenceOption = None,
+    presence_s: ServerPresenceWindowOption = None,
 ) -> None:
-    """Run one housekeeping pass now: expire guard windows, lift ended bans.
+    """Run one housekeeping pass now: expire guard windows, lift ended bans, turn offline
+    the SIMs whose presence window ended.
 
     `rentbox serve` does this by itself every few seconds; run it by hand only when
     the server is stopped and you want the books brought up to date.
     """
     database = open_database(db)
     rules = _server_rules(database, guard_s=guard_s, guard_margin_s=guard_margin_s,
-                          ban_after=ban_after, ban_s=ban_s)
+                          ban_after=ban_after, ban_s=ban_s, presence=presence,
+                          presence_s=presence_s)
     changed = housekeeping.run_once(database, _now(), rules)
     say(f"Housekeeping: {changed} change(s).")
 
@@ -325,16 +337,31 @@ def numbers_import(
 def numbers_list(
     include_removed: Annotated[bool, typer.Option("--all", help="Include removed numbers.")
                                ] = False,
+    online: Annotated[bool, typer.Option(
+        "--online", help="Only numbers whose SIM a gateway reports online now.")] = False,
+    offline: Annotated[bool, typer.Option(
+        "--offline", help="Only numbers whose SIM is offline (not offered).")] = False,
     json_output: JsonOption = False,
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
-    """Show the pool: every number with its country, operator, port and state."""
-    rows = pool.list_numbers(open_database(db), include_removed=include_removed)
-    if not _wants_table(rows, json_output, empty="The pool is empty. Add numbers with: rentbox numbers import FILE"):
+    """Show the pool: every number with its country, operator, port, state and SIM.
+
+    SIM: `online` (a gateway reported it within the presence window), `offline` (not
+    offered), or `-` (no gateway ever reported it: offered whenever free). `rented, at
+    risk`: a rented number whose SIM is offline.
+    """
+    if online and offline:
+        raise InvalidInput("--online and --offline exclude each other")
+    rows = pool.list_numbers(open_database(db), include_removed=include_removed,
+                             sim="online" if online else "offline" if offline else None)
+    empty = ("No number matches." if online or offline else
+             "The pool is empty. Add numbers with: rentbox numbers import FILE")
+    if not _wants_table(rows, json_output, empty=empty):
         return
-    _table(None, ["number", "country", "operator", "port", "state"],
-           [["+" + r["number"], r["country"], r["operator"] or "", r["port"] or "", r["state"]]
-            for r in rows], flexible=("port",))
+    _table(None, ["number", "country", "operator", "port", "state", "SIM", "last seen (UTC)"],
+           [["+" + r["number"], r["country"], r["operator"] or "", r["port"] or "", r["state"],
+             r["sim"], render.when(r["seen_at"]) or ""] for r in rows],
+           flexible=("port",))
     say(f"{len(rows)} number(s)")
 
 
@@ -356,6 +383,7 @@ def numbers_show(number: NumberArgument, json_output: JsonOption = False,
     say(f"+{h['number']} ({h['country']}, {h['operator'] or 'no operator'}"
         f"{', port ' + h['port'] if h['port'] else ''}): {h['state']}; "
         f"{h['failures']} failed rental(s) in a row{ban}")
+    say(f"SIM: {_sim_line(h)}")
     if h["rentals"]:
         _table("Rentals", ["id", "created (UTC)", "outcome", "guard", "SMS", "sum"],
                [[str(r["id"]), render.when(r["created_at"]), r["outcome"], render.GUARD.get(r["failure"], ""),
@@ -371,6 +399,16 @@ def numbers_show(number: NumberArgument, json_output: JsonOption = False,
     _table("Events", ["at (UTC)", "event", "detail"],
            [[render.when(e["at"]), e["kind"], render.detail(e["detail"])] for e in h["events"]],
            flexible=("detail",))
+
+
+def _sim_line(h: dict) -> str:
+    if h["sim"] == "offline":
+        seen = (f"last seen {render.when(h['seen_at'])} UTC via {h['seen_by']}"
+                if h["seen_at"] else "never reported present")
+        return f"offline since {render.when(h['offline_since'])} UTC ({h['offline_reason']}; {seen})"
+    if h["sim"] == "online":
+        return f"online, last seen {render.when(h['seen_at'])} UTC via {h['seen_by']}"
+    return "not reported by any gateway (offered whenever free)"
 
 
 @numbers_app.command("disable")
@@ -392,6 +430,47 @@ def _switch(number: str, db: Path, *, enabled: bool) -> None:
     word = "enabled" if enabled else "disabled"
     changed = pool.set_enabled(open_database(db), _now(), digits, enabled)
     say(f"+{digits} is {word}." if changed else f"+{digits} was already {word}.")
+
+
+@numbers_app.command("online")
+@fails_cleanly
+def numbers_online(
+    numbers: Annotated[list[str], typer.Argument(help="Numbers whose SIM is in a port now.")],
+    db: DbOption = SETTINGS["db"].default,
+    presence: ServerPresenceOption = None,
+    presence_s: ServerPresenceWindowOption = None,
+) -> None:
+    """Report SIMs as online now, as a gateway would (for scripts).
+
+    Like a gateway's report, this counts for the presence window: a script repeats it
+    more often than that, or the numbers go offline when it ends.
+    """
+    _presence_by_hand(numbers, db, presence, presence_s, online=True)
+
+
+@numbers_app.command("offline")
+@fails_cleanly
+def numbers_offline(
+    numbers: Annotated[list[str], typer.Argument(help="Numbers whose SIM is out of its port.")],
+    db: DbOption = SETTINGS["db"].default,
+    presence: ServerPresenceOption = None,
+    presence_s: ServerPresenceWindowOption = None,
+) -> None:
+    """Report SIMs as offline: they are not offered until a source reports them again.
+
+    A number in an open rental stays rented (only Onlinesim closes a rental) and is
+    shown as at risk.
+    """
+    _presence_by_hand(numbers, db, presence, presence_s, online=False)
+
+
+def _presence_by_hand(numbers: list[str], db: Path, presence_on: bool | None,
+                      presence_s: float | None, *, online: bool) -> None:
+    database = open_database(db)
+    rules = _server_rules(database, presence=presence_on, presence_s=presence_s)
+    changed = presence.set_by_hand(database, _now(), rules, numbers, online)
+    word, before = ("online", "offline") if online else ("offline", "online or not reported")
+    say(f"{len(numbers)} number(s) {word} now ({changed} of them were {before}).")
 
 
 @numbers_app.command("remove")
@@ -425,6 +504,8 @@ def sms_add(
     guard_margin_s: ServerGuardMarginOption = None,
     ban_after: ServerBanAfterOption = None,
     ban_s: ServerBanOption = None,
+    presence: ServerPresenceOption = None,
+    presence_s: ServerPresenceWindowOption = None,
 ) -> None:
     """Store an SMS, as a gateway would (for hooks such as Gammu's RunOnReceive).
 
@@ -437,7 +518,8 @@ def sms_add(
     accepted = sms.accept_sms(database, SystemClock(), incoming,
                               _server_rules(database, guard_s=guard_s,
                                             guard_margin_s=guard_margin_s,
-                                            ban_after=ban_after, ban_s=ban_s))
+                                            ban_after=ban_after, ban_s=ban_s,
+                                            presence=presence, presence_s=presence_s))
     where = {"pending": "queued for Onlinesim",
              "unrouted": "kept, not pushed: the number is in no open rental"}
     state = where.get(accepted.push_state, accepted.push_state)
@@ -521,7 +603,8 @@ def ops_list(
     if not _wants_table(rows, json_output, empty="No operations."):
         return
     _table(None, ["id", "number", "created (UTC)", "outcome", "guard", "SMS", "sum"],
-           [[str(r["id"]), "+" + r["number"], render.when(r["created_at"]), r["outcome"],
+           [[str(r["id"]), "+" + r["number"], render.when(r["created_at"]),
+             r["outcome"] + (", at risk" if r["at_risk"] else ""),
              render.GUARD.get(r["failure"], ""), str(r["sms_count"]),
              render.rub(r["final_sum_kopecks"] if r["final_sum_kopecks"] is not None
                   else r["initial_sum_kopecks"])] for r in rows])
@@ -542,7 +625,8 @@ def ops_show(
         _print_json(op)
         return
     say(f"Operation {op['id']} on +{op['number']} ({op['country']}): {op['state']}, "
-        f"outcome {op['outcome']}" + (f", failed: {op['failure']}" if op["failure"] else ""))
+        f"outcome {op['outcome']}" + (f", failed: {op['failure']}" if op["failure"] else "")
+        + (", at risk: the number's SIM is offline" if op["at_risk"] else ""))
     say(f"Created {render.when(op['created_at'])}, first SMS accepted by Onlinesim "
         f"{render.when(op['sms_accepted_at']) or '-'}, "
         f"finished {render.when(op['finished_at']) or '-'}; initial sum "
@@ -635,8 +719,13 @@ def status(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].defaul
     last_call = f"{render.when(call['at'])} UTC ({call['action']})" if call else "never"
     say(f"Onlinesim:  last call {last_call}")
     leaving = (f" ({p['rented_disabled']} of them disabled)" if p["rented_disabled"] else "")
+    offline = f", {p['offline']} offline" if p["offline"] else ""
     say(f"Pool:       {p['total']} numbers: {p['free']} free, {p['rented']} rented{leaving}, "
-        f"{p['banned']} banned, {p['disabled']} disabled")
+        f"{p['banned']} banned, {p['disabled']} disabled{offline}")
+    sims = facts["presence"]
+    risk = f", {len(sims['at_risk'])} rented at risk" if sims["at_risk"] else ""
+    say(f"SIMs:       {sims['online']} online, {sims['offline']} offline{risk}, "
+        f"{sims['unwatched']} not reported by any gateway")
     stale = f" ({len(o['stale_failed'])} for over a day)" if o["stale_failed"] else ""
     say(f"Rentals:    {o['open']} open: {o['with_sms']} met their guard window, "
         f"{o['awaiting_sms']} waiting for an SMS, {o['failed_awaiting_finish']} failed and "

@@ -19,6 +19,13 @@ class Setting:
     def option(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+    @property
+    def flag(self) -> str:
+        """The option as Click declares it: `--x/--no-x` for an on/off setting."""
+        if isinstance(self.default, bool):
+            return f"{self.option}/--no-{self.option[2:]}"
+        return self.option
+
 
 # The one table of settings. The CLI builds its options from it and the README's settings
 # table mirrors it (tests/test_readme.py checks that the README names every one).
@@ -56,7 +63,14 @@ SETTINGS: dict[str, Setting] = {
         Setting("ban_s", "RENTBOX_BAN_S", 86400.0,
                 "Seconds a ban lasts; the number then returns with its count reset."),
         Setting("housekeeping_s", "RENTBOX_HOUSEKEEPING_S", 5.0,
-                "Seconds between housekeeping passes (guard windows, bans)."),
+                "Seconds between housekeeping passes (guard windows, bans, presence)."),
+        Setting("presence", "RENTBOX_PRESENCE", True,
+                "Offer only numbers whose SIM is online, once a gateway has reported it "
+                "(--no-presence, or RENTBOX_PRESENCE=off: every number is offered, as if "
+                "no gateway reported any)."),
+        Setting("presence_s", "RENTBOX_PRESENCE_S", 300.0,
+                "Presence window: seconds after a gateway last reported a SIM present "
+                "before its number counts as offline."),
     ]
 }
 
@@ -81,6 +95,11 @@ class Rules:
     ban_after: int = default("ban_after")
     ban_s: float = default("ban_s")
     guard_margin_s: float = default("guard_margin_s")
+    # SIM presence (presence.py): whether it governs which numbers are offered, and how
+    # long a report of a SIM counts. Onlinesim blocks a partner who reports numbers that
+    # are not physically in a port (protocol.md 3.1).
+    presence: bool = default("presence")
+    presence_s: float = default("presence_s")
 
     @property
     def guard_decided_s(self) -> float:
@@ -106,6 +125,8 @@ class Settings:
     rules: Rules = Rules()
     # Largest request body accepted, after gzip decoding too.
     max_body_bytes: int = 64 * 1024
+    # Largest presence report: a SIM bank controller lists thousands of numbers.
+    max_presence_body_bytes: int = 512 * 1024
     # SMSGate webhooks older or newer than this are refused (replay protection).
     smsgate_max_skew_s: float = 300.0
 

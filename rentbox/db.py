@@ -608,6 +608,46 @@ def m004_guard_met_by_accepted_sms(db: Database) -> None:
     """)
 
 
+@migrations()
+def m005_sim_presence(db: Database) -> None:
+    _run(db, """
+    -- SIM presence (presence.py). A number is governed by presence once a source has
+    -- reported it (`seen_by` set); until then it is offered as before. `offline` is 1
+    -- only for a governed number whose SIM is not in a port now; every existing number
+    -- starts at 0, so an upgraded database offers exactly what it offered before.
+    ALTER TABLE numbers ADD COLUMN offline INTEGER NOT NULL DEFAULT 0
+        CHECK (offline IN (0, 1));
+    ALTER TABLE numbers ADD COLUMN offline_reason TEXT;  -- silent | dropped | by hand
+    ALTER TABLE numbers ADD COLUMN offline_since TEXT;
+    ALTER TABLE numbers ADD COLUMN seen_at TEXT;         -- last reported present
+    ALTER TABLE numbers ADD COLUMN seen_by TEXT;         -- the source of that report
+
+    -- "Free" now also means "SIM not offline" (pool.FREE): the free-number indexes are
+    -- rebuilt on the new predicate, same columns and purposes as in m001, so that a claim
+    -- on a pool that is mostly offline still reads one index entry.
+    DROP INDEX numbers_free_by_idle;
+    DROP INDEX numbers_free_by_country;
+    DROP INDEX numbers_free_by_operator;
+    CREATE INDEX numbers_free_by_idle ON numbers(idle_since)
+        WHERE operation_id IS NULL AND enabled = 1 AND banned_until IS NULL AND offline = 0;
+    CREATE INDEX numbers_free_by_country ON numbers(country, idle_since)
+        WHERE operation_id IS NULL AND enabled = 1 AND banned_until IS NULL AND offline = 0;
+    CREATE INDEX numbers_free_by_operator ON numbers(country, operator, idle_since)
+        WHERE operation_id IS NULL AND enabled = 1 AND banned_until IS NULL AND offline = 0;
+
+    -- Online governed numbers by last report: the ones whose window has ended are a
+    -- range at the head, whatever the history.
+    CREATE INDEX numbers_presence_due ON numbers(seen_at)
+        WHERE offline = 0 AND seen_by IS NOT NULL;
+    -- The offline numbers (status, presence turned off).
+    CREATE INDEX numbers_offline ON numbers(offline_since) WHERE offline = 1;
+    -- One gateway's numbers (its report replaces its previous one).
+    CREATE INDEX numbers_by_gateway ON numbers(seen_by) WHERE seen_by IS NOT NULL;
+    -- Numbers by gateway port (presence by port, SMS routed by port).
+    CREATE INDEX numbers_by_port ON numbers(port) WHERE port IS NOT NULL
+    """)
+
+
 def migrate(db: Database) -> None:
     """Bring the schema up to date. Safe to call on every start; never rebuilds data.
 

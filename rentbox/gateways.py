@@ -5,7 +5,9 @@
 - SMSGate (the open-source android-sms-gateway app and its AT-modem daemon): the signed
   `sms:received` webhook. When its payload has no `recipient`, the receiving number is
   the pool number whose `port` is `<deviceId>:<simNumber>` (or just `<deviceId>` for a
-  single-SIM device that sends no simNumber).
+  single-SIM device that sends no simNumber). Its `system:ping` and `app:started`
+  events report SIM presence for the device (gateway `smsgate:<deviceId>`).
+- Presence reports (`POST /presence`): the SIMs a gateway has online now.
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ import hashlib
 import hmac
 import math
 
+from rentbox import presence
 from rentbox.errors import InvalidInput
 from rentbox.sms import IncomingSms, parse_time
+
+# Longest number or port accepted in a presence report.
+MAX_ITEM_CHARS = 64
 
 
 class BadSignature(Exception):
@@ -99,6 +105,81 @@ def parse_smsgate(envelope: dict) -> IncomingSms | None:
         source_id=f"{device}:{event_id}" if event_id is not None else None,
         received_at=parse_time(payload.get("receivedAt"), "payload.receivedAt"),
     )
+
+
+SMSGATE_PRESENCE_EVENTS = ("system:ping", "app:started")
+
+
+def parse_smsgate_presence(envelope: dict) -> presence.Report | None:
+    """SMSGate's presence events; None for any other event.
+
+    `system:ping` (the app is alive): a heartbeat of the device, which stands for every
+    pool port of the device until an `app:started` has listed its SIMs. `app:started`
+    lists the device's SIM cards (`payload.simCards`, or `sims`): each card's slot
+    (`simNumber`, or `slot`) makes the port `<deviceId>:<slot>`, as in `sms:received`,
+    and a card's `phoneNumber`, when the app knows it, only serves as a hint where the
+    pool number has no port yet.
+    """
+    event = envelope.get("event")
+    if event not in SMSGATE_PRESENCE_EVENTS:
+        return None
+    device = _optional_id(envelope.get("deviceId"), "deviceId")
+    if device is None:
+        raise InvalidInput(f"deviceId is required for {event}")
+    gateway = presence.check_gateway(f"smsgate:{device}"[:100])
+    payload = envelope.get("payload")
+    if payload is not None and not isinstance(payload, dict):
+        raise InvalidInput("payload must be an object")
+    cards = (payload or {}).get("simCards", (payload or {}).get("sims"))
+    if event == "system:ping" or cards is None:
+        return presence.Report(gateway, device=device)
+    if not isinstance(cards, list) or len(cards) > presence.MAX_REPORT_ITEMS:
+        raise InvalidInput("payload.simCards must be a list of SIM cards")
+    ports, hints = [], []
+    for card in cards:
+        if not isinstance(card, dict):
+            raise InvalidInput("each of payload.simCards must be an object")
+        slot = card.get("simNumber", card.get("slot"))
+        if isinstance(slot, bool) or not isinstance(slot, int) or not 0 <= slot < 1000:
+            raise InvalidInput("each SIM card needs its slot: simNumber, an integer")
+        port = f"{device}:{slot}"
+        ports.append(port)
+        phone = card.get("phoneNumber", card.get("number"))
+        if phone is not None:
+            hints.append((port, _item(phone, "phoneNumber")))
+    return presence.Report(gateway, ports=tuple(ports), device=device,
+                           port_hints=tuple(hints))
+
+
+def parse_presence(body: dict) -> presence.Report:
+    """`POST /presence`: `{"gateway": "box-1", "numbers": [...], "ports": [...]}`, either
+    list or both (a list replaces the gateway's previous report), or neither (a
+    heartbeat). Numbers and ports that match nothing are answered back, not refused; a
+    body of the wrong shape is."""
+    gateway = presence.check_gateway(body.get("gateway"))
+    lists = {}
+    for field in ("numbers", "ports"):
+        value = body.get(field)
+        if value is None:
+            lists[field] = None
+            continue
+        if not isinstance(value, list):
+            raise InvalidInput(f"{field} must be a list")
+        if len(value) > presence.MAX_REPORT_ITEMS:
+            raise InvalidInput(f"{field} lists more than {presence.MAX_REPORT_ITEMS} items")
+        lists[field] = tuple(_item(item, field) for item in value)
+    return presence.Report(gateway, numbers=lists["numbers"], ports=lists["ports"])
+
+
+def _item(value: object, field: str) -> str:
+    """One number or port of a report: a string (or an integer, as numbers are often
+    sent), kept as sent."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or len(value) > MAX_ITEM_CHARS:
+        raise InvalidInput(f"each item of {field} must be a string of at most "
+                           f"{MAX_ITEM_CHARS} characters")
+    return value
 
 
 def _optional_id(value: object, field: str) -> str | None:

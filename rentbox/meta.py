@@ -16,12 +16,17 @@ LAST_ONLINESIM_CALL = "onlinesim.last_call"  # {at, action}
 def put(db: Database, now: dt.datetime, key: str, value: dict) -> None:
     """Set one fact (its own small write transaction)."""
     with db.transaction():
-        db.execute(
-            "INSERT INTO meta (key, value, updated_at) VALUES (?, ?, ?)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
-            " updated_at = excluded.updated_at",
-            (key, json.dumps(value, sort_keys=True), to_text(now)),
-        )
+        put_within(db, now, key, value)
+
+
+def put_within(db: Database, now: dt.datetime, key: str, value: dict) -> None:
+    """Set one fact inside the caller's write transaction."""
+    db.execute(
+        "INSERT INTO meta (key, value, updated_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+        " updated_at = excluded.updated_at",
+        (key, json.dumps(value, sort_keys=True), to_text(now)),
+    )
 
 
 def get(db: Database, key: str) -> dict | None:
@@ -36,7 +41,9 @@ def server_rules(db: Database) -> Rules | None:
     if not facts or "guard_s" not in facts:
         return None
     return Rules(guard_s=facts["guard_s"], ban_after=facts["ban_after"], ban_s=facts["ban_s"],
-                 guard_margin_s=facts.get("guard_margin_s", Rules.guard_margin_s))
+                 guard_margin_s=facts.get("guard_margin_s", Rules.guard_margin_s),
+                 presence=facts.get("presence", Rules.presence),
+                 presence_s=facts.get("presence_s", Rules.presence_s))
 
 
 class CallLog:

@@ -37,7 +37,7 @@ import datetime as dt
 import json
 import logging
 
-from rentbox import bans, events, pool
+from rentbox import bans, events, pool, presence
 from rentbox.clock import Clock, to_text
 from rentbox.config import Rules
 from rentbox.db import Database
@@ -86,12 +86,14 @@ def expire_guard_windows(db: Database, now: dt.datetime, rules: Rules) -> int:
 
 
 def apply_due_rules(db: Database, now: dt.datetime, rules: Rules) -> int:
-    """Everything that is due by `now`: guard expiries, then ban lifts. Returns the count.
+    """Everything that is due by `now`: guard expiries, ban lifts, and SIMs whose presence
+    window ended (at most presence.EXPIRE_BATCH of those). Returns the count.
 
     Called by housekeeping, and at the start of every claim and count, so that an answer
     is right at the moment of the request even if the last pass ran seconds ago.
     """
-    return expire_guard_windows(db, now, rules) + bans.lift_due_bans(db, now)
+    return (expire_guard_windows(db, now, rules) + bans.lift_due_bans(db, now)
+            + presence.apply_due(db, now, rules))
 
 
 def has_due_rules(db: Database, now: dt.datetime, rules: Rules) -> bool:
@@ -102,7 +104,7 @@ def has_due_rules(db: Database, now: dt.datetime, rules: Rules) -> bool:
         f" OR EXISTS (SELECT 1 FROM numbers WHERE {bans.BAN_DUE})",
         (cutoff, to_text(now)),
     ).fetchone()
-    return bool(row[0])
+    return bool(row[0]) or presence.has_due(db, now, rules)
 
 
 def _fail(db: Database, now: dt.datetime, rules: Rules, operation: dict, failure: str) -> None:
@@ -151,12 +153,18 @@ def note_accepted(db: Database, now: dt.datetime, rules: Rules, *, operation_id:
 def catch_up(db: Database, now: dt.datetime, rules: Rules) -> int:
     """Apply what is due by `now` in its own transaction; returns how many changes.
 
-    The common case, nothing due, is one indexed read and takes no write lock.
+    The common case, nothing due, is one indexed read and takes no write lock. Many SIMs
+    going offline at once are applied in batches, each its own transaction, so that
+    Onlinesim's calls get the lock in between.
     """
-    if not has_due_rules(db, now, rules):
-        return 0
-    with db.transaction():
-        return apply_due_rules(db, now, rules)
+    changed = 0
+    while has_due_rules(db, now, rules):
+        with db.transaction():
+            done = apply_due_rules(db, now, rules)
+        changed += done
+        if not done:
+            break
+    return changed
 
 
 def available_counts(db: Database, now: dt.datetime, rules: Rules) -> dict[str, dict[str, int]]:
@@ -207,6 +215,12 @@ def open_rent(db: Database, clock: Clock, request: RentRequest, rules: Rules) ->
         now = clock.now()
         stamp = to_text(now)
         apply_due_rules(db, now, rules)
+        if rules.presence:
+            # Exact even when more SIMs went silent at once than one batch turns
+            # offline: a number out of its presence window is never issued. Normally
+            # none is left, and this is one check on the candidate row the index gives.
+            where.append("NOT (numbers.seen_by IS NOT NULL AND numbers.seen_at < ?)")
+            params.append(presence.cutoff(now, rules))
         candidate = db.row(
             f"SELECT id, number FROM numbers WHERE {' AND '.join(where)}"
             " ORDER BY idle_since, id LIMIT 1",
@@ -328,7 +342,8 @@ _COLUMNS = f"""operations.id, numbers.number, numbers.country, operations.state,
     {_OUTCOME_SQL} AS outcome, operations.failure, operations.created_at,
     operations.sms_accepted_at, operations.failed_at, operations.finished_at,
     operations.initial_sum_kopecks, operations.final_sum_kopecks,
-    (SELECT count(*) FROM sms WHERE sms.operation_id = operations.id) AS sms_count"""
+    (SELECT count(*) FROM sms WHERE sms.operation_id = operations.id) AS sms_count,
+    (numbers.operation_id IS operations.id AND numbers.offline = 1) AS at_risk"""
 
 
 def list_operations(

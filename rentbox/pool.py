@@ -20,8 +20,9 @@ from rentbox.errors import Conflict, InvalidInput, NotFound
 # `numbers`). GET_NUMBER's claim and GET_SERVICES's counts both use it, so the pool
 # Onlinesim is told about is exactly the pool it can get: over-reporting is punished
 # with a 30-minute block (protocol.md 3.1). The partial indexes in db.py match it.
+# `offline` is SIM presence (presence.py): 1 only for a SIM a gateway no longer reports.
 FREE = ("numbers.operation_id IS NULL AND numbers.enabled = 1"
-        " AND numbers.banned_until IS NULL")
+        " AND numbers.banned_until IS NULL AND numbers.offline = 0")
 
 # Rows per write transaction during an import: small enough that a running server's
 # writers never wait long for the lock, large enough to amortise the fsync per commit.
@@ -385,28 +386,45 @@ class _Staging:
 
 STATE_SQL = """CASE
     WHEN numbers.removed_at IS NOT NULL THEN 'removed'
+    WHEN numbers.operation_id IS NOT NULL AND numbers.offline = 1 THEN 'rented, at risk'
     WHEN numbers.operation_id IS NOT NULL AND numbers.enabled = 0 THEN 'rented, disabled'
     WHEN numbers.operation_id IS NOT NULL THEN 'rented'
     WHEN numbers.enabled = 0 THEN 'disabled'
     WHEN numbers.banned_until IS NOT NULL THEN 'banned'
+    WHEN numbers.offline = 1 THEN 'offline'
     ELSE 'free' END"""
 
+# SIM presence as people read it: online, offline, or '-' when no gateway reports it.
+SIM_SQL = """CASE WHEN numbers.offline = 1 THEN 'offline'
+    WHEN numbers.seen_by IS NOT NULL THEN 'online' ELSE '-' END"""
+_SIM_FILTERS = {"online": "numbers.offline = 0 AND numbers.seen_by IS NOT NULL",
+                "offline": "numbers.offline = 1"}
 
-def list_numbers(db: Database, *, include_removed: bool = False) -> list[dict]:
-    """The pool with each number's state (free, rented, banned, disabled, or "rented,
-    disabled" for one that leaves the pool when its rental ends; removed ones only when
-    asked), by country and number."""
-    where = "" if include_removed else "WHERE numbers.removed_at IS NULL"
+
+def list_numbers(db: Database, *, include_removed: bool = False,
+                 sim: str | None = None) -> list[dict]:
+    """The pool with each number's state (free, rented, banned, disabled, offline;
+    "rented, disabled" for one that leaves the pool when its rental ends, "rented, at
+    risk" for a rented one whose SIM is offline; removed ones only when asked) and its SIM
+    presence (`sim`: online, offline or '-'; the filter takes online or offline), by
+    country and number."""
+    where = ["1" if include_removed else "numbers.removed_at IS NULL"]
+    if sim is not None:
+        if sim not in _SIM_FILTERS:
+            raise InvalidInput(f"sim must be one of {', '.join(_SIM_FILTERS)}")
+        where.append(_SIM_FILTERS[sim])
     return db.rows(
-        f"SELECT number, country, operator, port, {STATE_SQL} AS state"
-        f" FROM numbers {where} ORDER BY country, number"
+        f"SELECT number, country, operator, port, {STATE_SQL} AS state, {SIM_SQL} AS sim,"
+        f" seen_at, seen_by, offline_since FROM numbers WHERE {' AND '.join(where)}"
+        " ORDER BY country, number"
     )
 
 
 def find_number(db: Database, number: str) -> dict:
     """One number's row, by any common notation. Raises NotFound."""
     digits = normalize_number(number)
-    row = db.row(f"SELECT *, {STATE_SQL} AS state FROM numbers WHERE number = ?", (digits,))
+    row = db.row(f"SELECT *, {STATE_SQL} AS state, {SIM_SQL} AS sim FROM numbers"
+                 " WHERE number = ?", (digits,))
     if row is None:
         raise NotFound(f"+{digits} is not in the pool")
     return row

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from rentbox import events, meta, operations, pool, sms
+from rentbox import events, meta, operations, pool, presence, sms
 from rentbox.clock import from_text, to_text
 from rentbox.db import Database, is_being_served
 from rentbox.errors import InvalidInput
@@ -45,11 +45,13 @@ def status(db: Database, now: dt.datetime) -> dict:
     # Each number counts once, in the first state that applies: rented, disabled, banned
     # (a ban that has ended counts as free even before housekeeping lifts it), free.
     # `rented_disabled` are rented numbers that leave the pool when their rental ends.
+    # `offline`: free but for its SIM, which a gateway no longer reports (presence.py).
     counts = {"total": 0, "free": 0, "rented": 0, "banned": 0, "disabled": 0,
-              "rented_disabled": 0}
+              "offline": 0, "rented_disabled": 0}
     for row in db.rows(
         "SELECT CASE WHEN operation_id IS NOT NULL THEN 'rented'"
         " WHEN enabled = 0 THEN 'disabled' WHEN banned_until > ? THEN 'banned'"
+        " WHEN offline = 1 THEN 'offline'"
         " ELSE 'free' END AS state, count(*) AS n, sum(enabled = 0) AS n_disabled"
         " FROM numbers WHERE removed_at IS NULL GROUP BY state", (stamp,)
     ):
@@ -79,9 +81,13 @@ def status(db: Database, now: dt.datetime) -> dict:
         # The serving lock, not the recorded pid: a backup or a copy of the file carries
         # the record of a server that is not serving it.
         server["running"] = is_being_served(db.path)
+    sims = presence.counts(db)
+    sims["at_risk"] = presence.at_risk(db)
+    sims["unported"] = presence.unported(db)
     report = {
         "at": stamp,
         "pool": counts,
+        "presence": sims,
         "operations": ops,
         "outbox": outbox,
         "database": db.storage(),
@@ -111,6 +117,18 @@ def _warnings(report: dict, now: dt.datetime) -> list[str]:
             1, BANNED_SHARE_WARNING * pool_counts["total"]):
         warnings.append(f"{pool_counts['banned']} of {pool_counts['total']} numbers are banned "
                         "after failed rentals: check that their SMS reach rentbox")
+    sims = report["presence"]
+    if sims["at_risk"]:
+        shown = ", ".join(f"+{r['number']} (rental {r['operation_id']})"
+                          for r in sims["at_risk"][:10])
+        more = " …" if len(sims["at_risk"]) > 10 else ""
+        warnings.append(f"{len(sims['at_risk'])} rented number(s) have their SIM offline: "
+                        f"{shown}{more}; put them back into a port (their rentals stay open)")
+    if sims["unported"]:
+        shown = ", ".join(f"+{n} (port {v['port']})"
+                          for n, v in list(sims["unported"].items())[:10])
+        warnings.append(f"a gateway reports SIMs whose pool numbers have no port: {shown}; "
+                        "import them with that port so that presence can follow them")
     storage = report["database"]
     if storage["write_problem"]:
         warnings.append(f"the database cannot be written: {storage['write_problem']} "
@@ -252,6 +270,8 @@ def number_history(db: Database, number: str, *, limit: int = 50) -> dict:
         "port": row["port"], "state": row["state"], "enabled": bool(row["enabled"]),
         "failures": row["failures"], "banned_until": row["banned_until"],
         "removed_at": row["removed_at"], "added_at": row["created_at"],
+        "sim": row["sim"], "seen_at": row["seen_at"], "seen_by": row["seen_by"],
+        "offline_since": row["offline_since"], "offline_reason": row["offline_reason"],
         "rentals": rentals,
         "sms": sms.list_sms(db, number=row["number"], limit=limit),
         "events": events.for_number(db, row["id"])[-limit:],

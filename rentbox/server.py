@@ -249,7 +249,8 @@ class Server:
                  "sms_intake": bool(s.gateway_token), "smsgate_intake": bool(s.smsgate_key),
                  "guard_s": s.rules.guard_s, "guard_margin_s": s.rules.guard_margin_s,
                  "ban_after": s.rules.ban_after,
-                 "ban_s": s.rules.ban_s, "push_retry_s": s.push_retry_s}
+                 "ban_s": s.rules.ban_s, "push_retry_s": s.push_retry_s,
+                 "presence": s.rules.presence, "presence_s": s.rules.presence_s}
         meta.put(self.connections.get(), now, meta.SERVER, facts)
         self._facts = facts
 
@@ -322,5 +323,10 @@ def serve(settings: Settings) -> None:
         log.info("POST /sms is off: set RENTBOX_GATEWAY_TOKEN to take SMS from forwarders")
     if not settings.smsgate_key:
         log.info("POST /sms/smsgate is off: set RENTBOX_SMSGATE_KEY to take SMSGate webhooks")
+    if settings.rules.presence:
+        log.info("SIM presence is on: a number a gateway has reported is offered only while "
+                 "reported within %g s", settings.rules.presence_s)
+    else:
+        log.info("SIM presence is off: every number is offered whatever its SIM")
     server.run()
     log.info("rentbox stopped")

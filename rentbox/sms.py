@@ -12,7 +12,7 @@ import dataclasses
 import datetime as dt
 import logging
 
-from rentbox import events, operations, pool
+from rentbox import events, operations, pool, presence
 from rentbox.clock import Clock, from_text, to_text
 from rentbox.config import Rules
 from rentbox.db import Database
@@ -100,6 +100,8 @@ def accept_sms(db: Database, clock: Clock, incoming: IncomingSms, rules: Rules) 
             log.info("SMS for +%s received before its current rental began: kept unrouted",
                      number)
             operation_id = None
+        if number_id is not None:
+            presence.note_sms(db, now, rules, number_id)  # its SIM is evidently in a port
         state = "pending" if operation_id is not None else "unrouted"
         stamp = to_text(now)
         sms_id = db.execute(

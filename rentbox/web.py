@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 
 import bottle
 
-from rentbox import __version__, gateways, meta, operations, protocol, sms
+from rentbox import __version__, gateways, meta, operations, presence, protocol, sms
 from rentbox.clock import Clock
 from rentbox.config import Settings
 from rentbox.db import Connections
@@ -118,10 +118,28 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
                 key=signing_key, now=clock.now(), max_skew_s=settings.smsgate_max_skew_s)
         except gateways.BadSignature as error:
             raise ApiError(401, str(error)) from None
-        incoming = gateways.parse_smsgate(protocol.parse_body(raw))
-        if incoming is None:  # another event (sms:sent, system:ping …): nothing to store
+        envelope = protocol.parse_body(raw)
+        report = gateways.parse_smsgate_presence(envelope)
+        if report is not None:
+            if not rules.presence:
+                return {"status": "SUCCESS", "ignored": True}
+            return presence.report(connections.get(), clock, rules, report).as_dict()
+        incoming = gateways.parse_smsgate(envelope)
+        if incoming is None:  # another event (sms:sent …): nothing to store
             return {"status": "SUCCESS", "ignored": True}
         return store_sms(incoming)
+
+    def presence_report() -> dict:
+        """POST /presence: a gateway's list of the SIMs it has online now (Bearer token)."""
+        token = _configured(settings.gateway_token, "RENTBOX_GATEWAY_TOKEN", "/presence")
+        _check_bearer(_header("Authorization"), token)
+        body = protocol.parse_body(_read_body(bottle.request.environ,
+                                              settings.max_presence_body_bytes))
+        report = gateways.parse_presence(body)
+        try:
+            return presence.report(connections.get(), clock, rules, report).as_dict()
+        except presence.PresenceOff as error:
+            raise ApiError(409, str(error)) from None
 
     app.route("/getServicesRent", "POST", _answering(lambda: onlinesim_call("GET_SERVICES")))
     app.route("/getNumberRent", "POST", _answering(lambda: onlinesim_call("GET_NUMBER")))
@@ -130,6 +148,7 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
     app.route("/", "POST", _answering(lambda: onlinesim_call(None)))
     app.route("/sms", "POST", _answering(sms_json))
     app.route("/sms/smsgate", "POST", _answering(sms_smsgate))
+    app.route("/presence", "POST", _answering(presence_report))
 
     @app.get("/health")
     def health():

@@ -170,6 +170,18 @@ def live_server(start_server):
     return start_server()
 
 
+def wait_until(predicate, timeout_s: float = 10) -> bool:
+    """Poll `predicate` every 50 ms until it is true (True) or `timeout_s` passes (False)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def http_post(url: str, payload: object = None, *, raw: bytes | None = None,
               headers: dict | None = None, timeout: float = 10) -> Answer:
     """POST over a real socket with http.client (every call has a timeout)."""

@@ -26,7 +26,8 @@ def test_import_and_list(db_path):
     rows = json.loads(listed.stdout)
     assert len(rows) == 7
     assert rows[0] == {"number": "4915123456789", "country": "germany", "operator": "telekom",
-                       "port": "gw1:1", "state": "free"}
+                       "port": "gw1:1", "state": "free", "sim": "-", "seen_at": None,
+                       "seen_by": None, "offline_since": None}
     table = run("numbers", "list", "--db", db_path)
     assert "+4915123456789" in table.stdout and "telekom" in table.stdout
     assert table.stdout.rstrip().endswith("7 number(s)")
@@ -200,11 +201,12 @@ def test_status_on_a_fresh_database(db_path):
     lines = result.stdout.splitlines()
     # Sizes and free space vary from machine to machine: their shape is checked.
     assert re.fullmatch(r"Database:   \d+\.\d KiB \(WAL \d+(\.\d KiB| B)\), "
-                        r"\d+\.\d [KMG]iB free on its disk", lines.pop(5)), lines
+                        r"\d+\.\d [KMG]iB free on its disk", lines.pop(6)), lines
     assert lines == [
         "Server:     never started on this database",
         "Onlinesim:  last call never",
         "Pool:       0 numbers: 0 free, 0 rented, 0 banned, 0 disabled",
+        "SIMs:       0 online, 0 offline, 0 not reported by any gateway",
         "Rentals:    0 open: 0 met their guard window, 0 waiting for an SMS, 0 failed and "
         "awaiting FINISH",
         "Outbox:     0 SMS waiting (0 retrying), 0 refused for good",
@@ -338,3 +340,32 @@ def test_ops_close_by_hand(db_path):
     assert [r["id"] for r in listed] == [rental.activation_id]
     missing = run("ops", "close", "99", "--db", db_path)
     assert (missing.exit_code, missing.stderr) == (1, "Error: no operation 99\n")
+
+
+def test_numbers_online_offline_and_the_sim_column(db_path):
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    result = run("numbers", "offline", "+49 151 2345 6789", "+7 912 345-67-89", "--db", db_path)
+    assert (result.exit_code, result.stdout) == (0, "2 number(s) offline now (2 of them were "
+                                                    "online or not reported).\n")
+    result = run("numbers", "online", "+7 912 345-67-89", "--db", db_path)
+    assert result.stdout == "1 number(s) online now (1 of them were offline).\n"
+    offline = json.loads(run("numbers", "list", "--offline", "--json", "--db", db_path).stdout)
+    assert [(r["number"], r["state"], r["sim"]) for r in offline] == [
+        ("4915123456789", "offline", "offline")]
+    online = json.loads(run("numbers", "list", "--online", "--json", "--db", db_path).stdout)
+    assert [(r["number"], r["sim"], r["seen_by"]) for r in online] == [
+        ("79123456789", "online", "cli")]
+    table = run("numbers", "list", "--db", db_path, env={"COLUMNS": "200"}).stdout
+    assert "SIM" in table and "last seen (UTC)" in table
+    shown = run("numbers", "show", "+4915123456789", "--db", db_path).stdout
+    assert "SIM: offline since" in shown and "(by hand;" in shown
+    status = run("status", "--db", db_path).stdout
+    assert "1 offline" in status and "SIMs:       1 online, 1 offline, 5 not reported" in status
+    # Bad input changes nothing and says why.
+    result = run("numbers", "online", "+4915299999999", "--db", db_path)
+    assert result.exit_code == 1
+    assert result.stderr == "Error: +4915299999999 is not in the pool\n"
+    result = run("numbers", "list", "--online", "--offline", "--db", db_path)
+    assert result.stderr == "Error: --online and --offline exclude each other\n"
+    result = run("numbers", "offline", "+4915123456790", "--no-presence", "--db", db_path)
+    assert result.exit_code == 1 and "presence is off" in result.stderr

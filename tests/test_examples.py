@@ -63,3 +63,17 @@ def test_sample_pool_is_valid(db):
 
     result = pool.import_file(db, now, EXAMPLES / "pool.csv")
     assert result.added == 7 and result.rejected == []
+
+
+def test_presence_example_reports_against_a_real_server(live_server, db):
+    import json
+
+    from rentbox import pool
+
+    pool.import_file(db, START, EXAMPLES / "pool.csv")
+    env = {**os.environ, "RENTBOX_URL": live_server.url, "RENTBOX_GATEWAY_TOKEN": GATEWAY_TOKEN}
+    result = subprocess.run(["sh", str(EXAMPLES / "presence-curl.sh")], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"status": "SUCCESS", "online": 3, "keep": [],
+                                         "missing": [], "unknown": [], "ambiguous": []}

@@ -113,7 +113,7 @@ def test_status_figures_and_warnings(books):
     now = DAY2 + dt.timedelta(minutes=30)
     facts = reports.status(books, now)
     assert facts["pool"] == {"total": 3, "free": 2, "rented": 1, "banned": 0, "disabled": 0,
-                             "rented_disabled": 0}
+                             "offline": 0, "rented_disabled": 0}
     assert facts["operations"] == {"open": 2, "failed_awaiting_finish": 1, "with_sms": 1,
                                    "awaiting_sms": 0, "stale_failed": []}
     assert facts["outbox"]["pending"] == 1 and facts["outbox"]["failed"] == 0
@@ -201,4 +201,4 @@ def test_status_counts_rented_numbers_that_are_disabled(books):
     pool.set_enabled(books, DAY2, C, False)  # free: disabled at once
     counts = reports.status(books, DAY2 + dt.timedelta(minutes=30))["pool"]
     assert counts == {"total": 3, "free": 1, "rented": 1, "banned": 0, "disabled": 1,
-                      "rented_disabled": 1}
+                      "offline": 0, "rented_disabled": 1}

@@ -89,7 +89,7 @@ import subprocess
 import sys
 import time
 
-from conftest import GATEWAY_TOKEN, FakeOnlinesim, http_get_json
+from conftest import GATEWAY_TOKEN, FakeOnlinesim, http_get_json, wait_until
 
 SMS_AUTH = {"Authorization": f"Bearer {GATEWAY_TOKEN}"}
 
@@ -124,11 +124,7 @@ def test_retries_at_the_configured_cadence_until_delivered(start_server, db):
                   headers=SMS_AUTH)
         requests = fake.wait_for(3, timeout_s=10)
         assert len(requests) == 3
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if db.row("SELECT push_state FROM sms")["push_state"] == "delivered":
-                break
-            time.sleep(0.05)
+        wait_until(lambda: db.row("SELECT push_state FROM sms")["push_state"] == "delivered", 5)
         assert db.row("SELECT push_state, attempts FROM sms") == {"push_state": "delivered",
                                                                   "attempts": 3}
     finally:
@@ -159,14 +155,6 @@ def test_guard_window_and_ban_with_short_settings(start_server, db, onlinesim):
 
     def offered():
         return http_post(server.url + "/getServicesRent", services).json["countryList"]
-
-    def wait_until(predicate, timeout_s=10):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.05)
-        return False
 
     kept = rent_one(server)
     http_post(server.url + "/sms", {"to": "4915123456789", "from": "x", "text": "in time"},
