@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from rentbox import (__version__, bans, housekeeping, meta, operations, pool, presence, render,
-                     reports, sms)
+                     reports, sms, tallies)
 from rentbox import db as database_file
 from rentbox.clock import SystemClock
 from rentbox.config import (API_KEY_ENV, GATEWAY_TOKEN_ENV, SETTINGS, SMSGATE_KEY_ENV, Rules,
@@ -265,9 +265,15 @@ def housekeep(
     ban_s: ServerBanOption = None,
     presence: ServerPresenceOption = None,
     presence_s: ServerPresenceWindowOption = None,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Also recount the tallies (GET_SERVICES's counts, status, the "
+                         "books per day) from the rows, and repair any that differ.")] = False,
 ) -> None:
     """Run one housekeeping pass now: expire guard windows, lift ended bans, turn offline
     the SIMs whose presence window ended.
+
+    With `--verify`, exit code 1 if a tally differed from its recount (it is repaired; a
+    difference means a bug worth reporting).
 
     `rentbox serve` does this by itself every few seconds; run it by hand only when
     the server is stopped and you want the books brought up to date.
@@ -278,6 +284,17 @@ def housekeep(
                           presence_s=presence_s)
     changed = housekeeping.run_once(database, _now(), rules)
     say(f"Housekeeping: {changed} change(s).")
+    if verify:
+        differences = tallies.verify(database)
+        if not differences:
+            say("Tallies: every one equals a recount of the rows.")
+            return
+        tallies.rebuild(database)
+        for difference in differences:
+            err.print(f"Tally differed: {difference}", markup=False, soft_wrap=True)
+        err.print(f"Error: {len(differences)} tally figure(s) differed from the rows and were "
+                  "rebuilt", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------------------------------

@@ -648,6 +648,155 @@ def m005_sim_presence(db: Database) -> None:
     """)
 
 
+@migrations()
+def m006_counters_and_books(db: Database) -> None:
+    """Figures kept as the books change, so that reading them costs the same at 1,000 and
+    1,000,000 numbers or operations: triggers update them in the very transaction that
+    changes a row, whichever code path changes it. `rentbox housekeep --verify` recounts
+    them from the rows (books.verify). The expressions below are this migration's own
+    copies (a shipped migration never changes); later ones must keep them in step."""
+    free = ("{r}.operation_id IS NULL AND {r}.enabled = 1 AND {r}.banned_until IS NULL"
+            " AND {r}.offline = 0")
+    state = ("CASE WHEN {r}.removed_at IS NOT NULL THEN NULL"
+             " WHEN {r}.operation_id IS NOT NULL AND {r}.enabled = 0 THEN 'rented_disabled'"
+             " WHEN {r}.operation_id IS NOT NULL THEN 'rented'"
+             " WHEN {r}.enabled = 0 THEN 'disabled'"
+             " WHEN {r}.banned_until IS NOT NULL THEN 'banned'"
+             " WHEN {r}.offline = 1 THEN 'offline' ELSE 'free' END")
+    sim = ("CASE WHEN {r}.removed_at IS NOT NULL THEN NULL"
+           " WHEN {r}.offline = 1 THEN 'sim_offline'"
+           " WHEN {r}.seen_by IS NULL THEN 'sim_unwatched' ELSE 'sim_online' END")
+    # An operation's contribution to the books, and the day and country it counts under
+    # (reports.py: a closed rental on the day it closed, an open one on the day it began).
+    day = "substr(coalesce({r}.finished_at, {r}.created_at), 1, 10)"
+    country = ("coalesce({r}.country,"
+               " (SELECT country FROM numbers WHERE numbers.id = {r}.number_id))")
+    figures = {
+        "operations": "1",
+        "sold": "coalesce({r}.finish_status = 3, 0)",
+        "cancelled": "coalesce({r}.finish_status = 4, 0)",
+        "refunded": "coalesce({r}.finish_status = 5, 0)",
+        "wrong_service": "coalesce({r}.finish_status = 1, 0)",
+        "open": "{r}.state = 'open'",
+        "failed": "{r}.failed_at IS NOT NULL",
+        "with_sms": "{r}.sms_accepted_at IS NOT NULL",
+        "credited_kopecks": "CASE WHEN {r}.finish_status = 3"
+                            " THEN coalesce({r}.final_sum_kopecks, 0) ELSE 0 END",
+        "pending_kopecks": "CASE WHEN {r}.state = 'open' AND {r}.sms_accepted_at IS NOT NULL"
+                           " AND {r}.failed_at IS NULL THEN {r}.initial_sum_kopecks ELSE 0 END",
+    }
+    names = ", ".join(figures)
+
+    def on(template: str, row: str) -> str:
+        return template.format(r=row)
+
+    def add_books(row: str, sign: str) -> str:
+        values = ", ".join(f"{sign}({on(v, row)})" for v in figures.values())
+        updates = ", ".join(f"{k} = {k} + excluded.{k}" for k in figures)
+        return (f"INSERT INTO books_daily (day, country, {names}) SELECT {on(day, row)},"
+                f" {on(country, row)}, {values} WHERE true"
+                f" ON CONFLICT (day, country) DO UPDATE SET {updates};")
+
+    def count_keys(row: str, sign: int) -> str:
+        return (f"INSERT INTO pool_counts (key, n) SELECT key, {sign} FROM"
+                f" (SELECT {on(state, row)} AS key UNION ALL SELECT {on(sim, row)})"
+                f" WHERE key IS NOT NULL ON CONFLICT (key) DO UPDATE SET n = n + {sign};")
+
+    free_changed = (f"({on(free, 'OLD')}) IS NOT ({on(free, 'NEW')}) OR NEW.country IS NOT"
+                    " OLD.country OR NEW.operator IS NOT OLD.operator")
+    _run(db, f"""
+    -- The country a rental is booked under: its number's when it was issued (a number
+    -- whose country is corrected later keeps its past rentals where they were booked).
+    ALTER TABLE operations ADD COLUMN country TEXT;
+    UPDATE operations SET country =
+        (SELECT country FROM numbers WHERE numbers.id = operations.number_id);
+
+    -- What GET_SERVICES reports: free numbers per country and operator ('' for none).
+    CREATE TABLE free_counts (
+        country TEXT NOT NULL,
+        operator TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (country, operator)
+    ) WITHOUT ROWID;
+    -- The pool by state (free, rented, …) and by SIM presence, for `rentbox status`.
+    CREATE TABLE pool_counts (key TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+    -- The books per day and country, for `rentbox report` by day, week, month, country.
+    CREATE TABLE books_daily (
+        day TEXT NOT NULL,
+        country TEXT NOT NULL,
+        operations INTEGER NOT NULL, sold INTEGER NOT NULL, cancelled INTEGER NOT NULL,
+        refunded INTEGER NOT NULL, wrong_service INTEGER NOT NULL, open INTEGER NOT NULL,
+        failed INTEGER NOT NULL, with_sms INTEGER NOT NULL,
+        credited_kopecks INTEGER NOT NULL, pending_kopecks INTEGER NOT NULL,
+        PRIMARY KEY (day, country)
+    ) WITHOUT ROWID;
+
+    CREATE TRIGGER numbers_counted_insert AFTER INSERT ON numbers BEGIN
+        INSERT INTO free_counts (country, operator, n)
+            SELECT NEW.country, coalesce(NEW.operator, ''), 1 WHERE {on(free, 'NEW')}
+            ON CONFLICT (country, operator) DO UPDATE SET n = n + 1;
+        {count_keys('NEW', 1)}
+    END;
+    CREATE TRIGGER numbers_counted_delete AFTER DELETE ON numbers BEGIN
+        UPDATE free_counts SET n = n - 1 WHERE country = OLD.country
+            AND operator = coalesce(OLD.operator, '') AND {on(free, 'OLD')};
+        {count_keys('OLD', -1)}
+    END;
+    CREATE TRIGGER numbers_counted_free AFTER UPDATE
+        OF operation_id, enabled, banned_until, offline, country, operator ON numbers
+        WHEN {free_changed}
+    BEGIN
+        UPDATE free_counts SET n = n - 1 WHERE country = OLD.country
+            AND operator = coalesce(OLD.operator, '') AND {on(free, 'OLD')};
+        INSERT INTO free_counts (country, operator, n)
+            SELECT NEW.country, coalesce(NEW.operator, ''), 1 WHERE {on(free, 'NEW')}
+            ON CONFLICT (country, operator) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER numbers_counted_state AFTER UPDATE
+        OF operation_id, enabled, banned_until, offline, removed_at, seen_by ON numbers
+        WHEN ({on(state, 'OLD')}) IS NOT ({on(state, 'NEW')})
+          OR ({on(sim, 'OLD')}) IS NOT ({on(sim, 'NEW')})
+    BEGIN
+        {count_keys('OLD', -1)}
+        {count_keys('NEW', 1)}
+    END;
+
+    CREATE TRIGGER operations_booked_insert AFTER INSERT ON operations BEGIN
+        {add_books('NEW', '')}
+    END;
+    CREATE TRIGGER operations_booked_update AFTER UPDATE OF state, finish_status,
+        final_sum_kopecks, initial_sum_kopecks, failed_at, sms_accepted_at, finished_at,
+        created_at, number_id ON operations
+    BEGIN
+        {add_books('OLD', '-')}
+        {add_books('NEW', '')}
+    END;
+
+    INSERT INTO free_counts (country, operator, n)
+        SELECT country, coalesce(operator, ''), count(*) FROM numbers
+        WHERE {on(free, 'numbers')} GROUP BY 1, 2;
+    INSERT INTO pool_counts (key, n)
+        SELECT key, count(*) FROM (SELECT {on(state, 'numbers')} AS key FROM numbers
+            UNION ALL SELECT {on(sim, 'numbers')} FROM numbers)
+        WHERE key IS NOT NULL GROUP BY key;
+    INSERT INTO books_daily (day, country, {names})
+        SELECT {on(day, 'operations')}, {on(country, 'operations')},
+            {", ".join(f"sum({on(v, 'operations')})" for v in figures.values())}
+        FROM operations GROUP BY 1, 2;
+
+    -- The claim when a client's exclusions cover the head of the idle order: free numbers
+    -- in number order, to seek each allowed prefix range (operations.open_rent).
+    CREATE INDEX numbers_free_by_number ON numbers(number)
+        WHERE operation_id IS NULL AND enabled = 1 AND banned_until IS NULL AND offline = 0;
+    CREATE INDEX numbers_free_by_country_number ON numbers(country, number)
+        WHERE operation_id IS NULL AND enabled = 1 AND banned_until IS NULL AND offline = 0;
+    CREATE INDEX numbers_free_by_operator_number ON numbers(country, operator, number)
+        WHERE operation_id IS NULL AND enabled = 1 AND banned_until IS NULL AND offline = 0;
+    -- Operations by when they count in the books (a report over a period of the raw rows).
+    CREATE INDEX operations_by_booking ON operations(coalesce(finished_at, created_at))
+    """)
+
+
 def migrate(db: Database) -> None:
     """Bring the schema up to date. Safe to call on every start; never rebuilds data.
 

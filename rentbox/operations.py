@@ -36,6 +36,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import random
 
 from rentbox import bans, events, pool, presence
 from rentbox.clock import Clock, to_text
@@ -185,6 +186,14 @@ def available_counts(db: Database, now: dt.datetime, rules: Rules) -> dict[str, 
     return {}
 
 
+# A claim with exclusions first reads this many free numbers in idle order; when every one
+# of them is excluded, it seeks in the allowed prefix ranges instead (_seek_allowed).
+HEAD_SCAN = 64
+# Random starting points per allowed range in that seek; the idlest number found wins.
+SAMPLES_PER_RANGE = 2
+_random = random.Random()
+
+
 def open_rent(db: Database, clock: Clock, request: RentRequest, rules: Rules) -> Rental | None:
     """Claim the free number that has been idle longest and open an operation on it.
 
@@ -192,6 +201,14 @@ def open_rent(db: Database, clock: Clock, request: RentRequest, rules: Rules) ->
     both writes happen in one IMMEDIATE transaction, so concurrent callers can never
     claim the same number; the conditional update is a second line of defence. The
     rental is dated by `clock` once the write lock is held.
+
+    With `exceptionPhoneSet`, the idlest allowed number among the HEAD_SCAN idlest free
+    ones is taken. When a client always excludes the same prefixes, the numbers it never
+    takes collect at the head of the idle order; once all of the head is excluded, the
+    claim seeks instead: from random points of each prefix range the exclusions allow, the
+    next free number in number order, and takes the idlest of those. Either way the cost
+    depends on the number of prefixes, never on the size of the pool (and a number is
+    found whenever one matches).
     """
     where = [FREE]
     params: list[object] = []
@@ -201,16 +218,6 @@ def open_rent(db: Database, clock: Clock, request: RentRequest, rules: Rules) ->
     if request.operator is not None:
         where.append("numbers.operator = ?")
         params.append(request.operator)
-    # exceptionPhoneSet: one NOT IN per prefix length, each over a JSON array that SQLite
-    # reads once per query (a correlated subquery would re-parse it for every row: 5x
-    # slower when most of the pool is excluded). Numbers and prefixes are ASCII digits.
-    by_length: dict[int, list[str]] = {}
-    for prefix in request.excluded_prefixes:
-        by_length.setdefault(len(prefix), []).append(prefix)
-    for length, prefixes in sorted(by_length.items()):
-        where.append(f"substr(numbers.number, 1, {length:d})"
-                     " NOT IN (SELECT value FROM json_each(?))")
-        params.append(json.dumps(prefixes))
     with db.transaction():
         now = clock.now()
         stamp = to_text(now)
@@ -221,17 +228,26 @@ def open_rent(db: Database, clock: Clock, request: RentRequest, rules: Rules) ->
             # none is left, and this is one check on the candidate row the index gives.
             where.append("NOT (numbers.seen_by IS NOT NULL AND numbers.seen_at < ?)")
             params.append(presence.cutoff(now, rules))
-        candidate = db.row(
-            f"SELECT id, number FROM numbers WHERE {' AND '.join(where)}"
-            " ORDER BY idle_since, id LIMIT 1",
-            params,
-        )
+        base = " AND ".join(where)
+        if not request.excluded_prefixes:
+            candidate = db.row(f"SELECT id, number, country FROM numbers WHERE {base}"
+                               " ORDER BY idle_since, id LIMIT 1", params)
+        else:
+            excluded, excluded_params = _excluded(request.excluded_prefixes)
+            candidate = db.row(
+                f"SELECT id, number, country FROM (SELECT id, number, country, idle_since"
+                f" FROM numbers WHERE {base} ORDER BY idle_since, id LIMIT {HEAD_SCAN:d})"
+                f" WHERE {excluded} ORDER BY idle_since, id LIMIT 1",
+                params + excluded_params)
+            if candidate is None:
+                candidate = _seek_allowed(db, request, base, params)
         if candidate is None:
             return None
         activation_id = db.execute(
             "INSERT INTO operations (number_id, state, requested_country, requested_operator,"
-            " initial_sum_kopecks, created_at) VALUES (?, 'open', ?, ?, ?, ?)",
-            (candidate["id"], request.country, request.operator, request.sum_kopecks, stamp),
+            " initial_sum_kopecks, created_at, country) VALUES (?, 'open', ?, ?, ?, ?, ?)",
+            (candidate["id"], request.country, request.operator, request.sum_kopecks, stamp,
+             candidate["country"]),
         ).lastrowid
         claimed = db.execute(
             "UPDATE numbers SET operation_id = ? WHERE id = ? AND operation_id IS NULL",
@@ -323,6 +339,88 @@ def close_by_hand(db: Database, now: dt.datetime, operation_id: int) -> None:
         events.record(db, now, "closed_by_hand", operation_id=operation_id,
                       number_id=operation["number_id"],
                       reason="failed its guard window and got no FINISH from Onlinesim")
+
+
+def _excluded(prefixes: tuple[str, ...]) -> tuple[str, list[str]]:
+    """SQL that is true for a number matching none of the prefixes: one NOT IN per prefix
+    length, each over a JSON array that SQLite reads once per query. Numbers and prefixes
+    are ASCII digits."""
+    by_length: dict[int, list[str]] = {}
+    for prefix in prefixes:
+        by_length.setdefault(len(prefix), []).append(prefix)
+    terms, params = [], []
+    for length, group in sorted(by_length.items()):
+        terms.append(f"substr(number, 1, {length:d}) NOT IN (SELECT value FROM json_each(?))")
+        params.append(json.dumps(group))
+    return " AND ".join(terms), params
+
+
+def allowed_ranges(prefixes: tuple[str, ...]) -> list[tuple[str, str | None]]:
+    """The ranges of number strings, [low, high) (high None: no end), that start with none
+    of the prefixes. In string order, the numbers with prefix P are [P, P + ':'), since ':'
+    follows '9'; a prefix that extends another adds nothing."""
+    kept: list[str] = []
+    for prefix in sorted(set(prefixes)):
+        if not (kept and prefix.startswith(kept[-1])):
+            kept.append(prefix)
+    ranges, low = [], ""
+    for prefix in kept:
+        if low < prefix:
+            ranges.append((low, prefix))
+        low = prefix + ":"
+    ranges.append((low, None))
+    return ranges
+
+
+_SEEK_INDEX = {(False, False): "numbers_free_by_number",
+               (True, False): "numbers_free_by_country_number",
+               (True, True): "numbers_free_by_operator_number"}
+
+
+def _seek_allowed(db: Database, request: RentRequest, base: str, params: list
+                  ) -> dict | None:
+    """The idlest of a few free numbers sampled from each allowed prefix range: for each
+    sample, the first free number at or after a random point of the range (wrapping
+    round to its start), through a free-number index in number order."""
+    index = _SEEK_INDEX[(request.country is not None,
+                         request.country is not None and request.operator is not None)]
+
+    def first(low: str, high: str | None) -> dict | None:
+        bound = " AND number < ?" if high is not None else ""
+        return db.row(f"SELECT id, number, country, idle_since FROM numbers INDEXED BY {index}"
+                      f" WHERE {base} AND number >= ?{bound} ORDER BY number LIMIT 1",
+                      params + [low] + ([high] if high is not None else []))
+
+    found: dict[int, dict] = {}
+    for low, high in allowed_ranges(request.excluded_prefixes):
+        for _ in range(SAMPLES_PER_RANGE):
+            start = _random_point(low, high)
+            row = first(start, high) or (first(low, start) if start > low else None)
+            if row is None:
+                break  # nothing free in this range
+            found[row["id"]] = row
+    if not found:
+        return None
+    return min(found.values(), key=lambda r: (r["idle_since"], r["id"]))
+
+
+_DIGITS = 15  # the longest international number (ITU E.164)
+
+
+def _random_point(low: str, high: str | None) -> str:
+    """A random digit string in [low, high), roughly uniform over the numbers' space."""
+    def value(text: str) -> int:
+        if text.endswith(":"):
+            stem = text[:-1]
+            return int(stem.ljust(_DIGITS, "0")) + 10 ** (_DIGITS - len(stem))
+        return int(text.ljust(_DIGITS, "0")) if text else 0
+
+    top = value(high) if high is not None else 10 ** _DIGITS
+    bottom = value(low)
+    point = str(_random.randrange(bottom, top) if bottom < top else bottom).zfill(_DIGITS)
+    if point < low or (high is not None and point >= high):
+        return low
+    return point
 
 
 # ---------------------------------------------------------------------------------------

@@ -466,15 +466,15 @@ def remove_number(db: Database, now: dt.datetime, number: str) -> None:
 def count_available(db: Database) -> dict[str, dict[str, int]]:
     """Numbers that can be rented now: {country: {operator: count}}, with 'any' per country.
 
-    Numbers without an operator count only under 'any'.
+    Numbers without an operator count only under 'any'. Read from the `free_counts` tally
+    (tallies.py), which triggers keep equal to a count of FREE: the cost is the number of
+    countries and operators, not of numbers.
     """
     counts: dict[str, dict[str, int]] = {}
-    for row in db.rows(
-        f"SELECT country, operator, count(*) AS n FROM numbers WHERE {FREE}"
-        " GROUP BY country, operator ORDER BY country, operator"
-    ):
+    for row in db.rows("SELECT country, operator, n FROM free_counts WHERE n > 0"
+                       " ORDER BY country, operator"):
         per_operator = counts.setdefault(row["country"], {"any": 0})
         per_operator["any"] += row["n"]
-        if row["operator"] is not None:
+        if row["operator"]:
             per_operator[row["operator"]] = row["n"]
     return counts

@@ -410,12 +410,12 @@ def apply_due(db: Database, now: dt.datetime, rules: Rules, limit: int | None = 
 
 
 def counts(db: Database) -> dict[str, int]:
-    """Numbers in the pool by SIM presence: online, offline, not watched."""
-    row = db.row("SELECT count(*) AS total, coalesce(sum(offline), 0) AS offline,"
-                 " coalesce(sum(seen_by IS NULL), 0) AS unwatched FROM numbers"
-                 " WHERE removed_at IS NULL")
-    return {"online": row["total"] - row["offline"] - row["unwatched"],
-            "offline": row["offline"], "unwatched": row["unwatched"]}
+    """Numbers in the pool by SIM presence: online, offline, not watched (from the
+    `pool_counts` tally: no count of rows)."""
+    tally = {r["key"]: r["n"] for r in db.rows(
+        "SELECT key, n FROM pool_counts WHERE key LIKE 'sim~_%' ESCAPE '~'")}
+    return {"online": tally.get("sim_online", 0), "offline": tally.get("sim_offline", 0),
+            "unwatched": tally.get("sim_unwatched", 0)}
 
 
 def at_risk(db: Database) -> list[dict]:

@@ -369,3 +369,22 @@ def test_numbers_online_offline_and_the_sim_column(db_path):
     assert result.stderr == "Error: --online and --offline exclude each other\n"
     result = run("numbers", "offline", "+4915123456790", "--no-presence", "--db", db_path)
     assert result.exit_code == 1 and "presence is off" in result.stderr
+
+
+def test_housekeep_verify_recounts_and_repairs_the_tallies(db_path):
+    from rentbox.db import open_database
+
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    result = run("housekeep", "--verify", "--db", db_path)
+    assert (result.exit_code, result.stdout) == (0, "Housekeeping: 0 change(s).\nTallies: every "
+                                                    "one equals a recount of the rows.\n")
+    db = open_database(db_path)
+    with db.transaction():
+        db.execute("UPDATE free_counts SET n = 0 WHERE country = 'russia' AND operator = 'mts'")
+    db.close()
+    result = run("housekeep", "--verify", "--db", db_path)
+    assert result.exit_code == 1
+    assert result.stderr == ("Tally differed: free_counts russia/mts: stored 0, recounted 1\n"
+                             "Error: 1 tally figure(s) differed from the rows and were "
+                             "rebuilt\n")
+    assert run("housekeep", "--verify", "--db", db_path).exit_code == 0

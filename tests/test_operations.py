@@ -402,3 +402,60 @@ def test_close_by_hand_only_for_a_failed_rental_and_a_late_finish_is_still_booke
     assert not operations.finish_rent(db, clock, FinishRequest(held.activation_id, 3, 900),
                                       SHORT)
     assert operations.show_operation(db, held.activation_id)["final_sum_kopecks"] == 500
+
+
+# ---------------------------------------------------------------------------------------
+# The claim under exclusions (exceptionPhoneSet)
+# ---------------------------------------------------------------------------------------
+
+
+def test_allowed_ranges_are_the_complement_of_the_prefixes():
+    assert operations.allowed_ranges(("4915",)) == [("", "4915"), ("4915:", None)]
+    assert operations.allowed_ranges(("4916", "4915", "49150", "7")) == [
+        ("", "4915"), ("4915:", "4916"), ("4916:", "7"), ("7:", None)]
+    assert operations.allowed_ranges(("0",)) == [("", "0"), ("0:", None)]
+
+
+def test_a_claim_whose_exclusions_cover_the_whole_idle_head_seeks_the_allowed_ranges(db, clock):
+    """The worst case of the idle order: every number idle longer than the one allowed
+    number is excluded."""
+    rows = [(f"+4915{i:09d}", "germany", "o2") for i in range(operations.HEAD_SCAN * 3)]
+    add_numbers(db, START, *rows)
+    add_numbers(db, clock.advance(60), ("+4917612345678", "germany", "vodafone"),
+                ("+4916012345678", "germany", "o2"))
+    rentals = [rent(db, clock, country="germany", excluded_prefixes=("4915",))
+               for _ in range(2)]
+    assert sorted(r.number for r in rentals) == ["4916012345678", "4917612345678"]
+    assert rent(db, clock, country="germany", excluded_prefixes=("4915",)) is None
+    # The operator filter holds on the seek too.
+    for rental in rentals:
+        finish(db, clock, rental.activation_id, 3)
+    assert rent(db, clock, country="germany", operator="vodafone",
+                excluded_prefixes=("4915", "4916")).number == "4917612345678"
+    assert rent(db, clock, operator="o2", country="germany",
+                excluded_prefixes=("4915", "4917")).number == "4916012345678"
+
+
+def test_claims_with_random_exclusions_agree_with_a_brute_force_search(db, clock):
+    import random
+
+    chooser = random.Random(7)
+    numbers = sorted({f"+49{chooser.choice(['151', '152', '160', '176'])}{chooser.randrange(10**7, 10**8)}"
+                      for _ in range(300)})
+    add_numbers(db, START, *[(n, "germany", chooser.choice(["o2", "telekom"])) for n in numbers])
+    for trial in range(60):
+        prefixes = tuple({f"49{chooser.choice(['151', '152', '160', '176', '1', '15'])}"
+                          f"{chooser.randrange(0, 10) if chooser.random() < .5 else ''}"
+                          for _ in range(chooser.randrange(1, 5))})
+        operator = chooser.choice([None, "o2"])
+        free = db.rows("SELECT number, operator FROM numbers WHERE operation_id IS NULL")
+        allowed = {r["number"] for r in free if not r["number"].startswith(prefixes)
+                   and operator in (None, r["operator"])}
+        rental = rent(db, clock, country="germany", operator=operator,
+                      excluded_prefixes=prefixes)
+        if not allowed:
+            assert rental is None, (trial, prefixes)
+        else:
+            assert rental is not None and rental.number in allowed, (trial, prefixes)
+            if chooser.random() < .7:
+                finish(db, clock, rental.activation_id, 3)

@@ -1,0 +1,124 @@
+"""Tallies: figures the database keeps as the rows change, and their check.
+
+GET_SERVICES, `rentbox status` and `rentbox report` read tallies instead of counting
+rows, so they cost the same on 1,000 and 1,000,000 numbers or operations:
+
+- `free_counts`: the numbers that can be rented now, per country and operator (operator
+  '' for numbers without one), by the definition of pool.FREE;
+- `pool_counts`: the pool by state (free, rented, rented_disabled, disabled, banned,
+  offline) and by SIM presence (sim_online, sim_offline, sim_unwatched), removed numbers
+  left out;
+- `books_daily`: each day's and country's rentals and income, as reports.py defines
+  them (a closed rental on the day it closed, an open one on the day it began; under the
+  country its number had when the rental was issued, `operations.country`).
+
+Triggers (db.py, m006) update them inside the transaction that changes a row, whatever
+code changes it, so they cannot drift from the rows by a missed call. `verify` recounts
+each one from the rows, the way it was defined, and reports any difference;
+`rentbox housekeep --verify` runs it and repairs what differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rentbox.db import Database
+from rentbox.pool import FREE
+
+STATE_SQL = """CASE
+    WHEN operation_id IS NOT NULL AND enabled = 0 THEN 'rented_disabled'
+    WHEN operation_id IS NOT NULL THEN 'rented'
+    WHEN enabled = 0 THEN 'disabled'
+    WHEN banned_until IS NOT NULL THEN 'banned'
+    WHEN offline = 1 THEN 'offline' ELSE 'free' END"""
+SIM_SQL = """CASE WHEN offline = 1 THEN 'sim_offline'
+    WHEN seen_by IS NULL THEN 'sim_unwatched' ELSE 'sim_online' END"""
+BOOKS = ("operations", "sold", "cancelled", "refunded", "wrong_service", "open", "failed",
+         "with_sms", "credited_kopecks", "pending_kopecks")
+
+# Each tally: its key columns, its value columns, and the recount from the rows.
+_RECOUNT = {
+    "free_counts": (("country", "operator"), ("n",), f"""
+        SELECT country, coalesce(operator, '') AS operator, count(*) AS n FROM numbers
+        WHERE {FREE} GROUP BY 1, 2"""),
+    "pool_counts": (("key",), ("n",), f"""
+        SELECT key, count(*) AS n FROM (
+            SELECT {STATE_SQL} AS key FROM numbers WHERE removed_at IS NULL
+            UNION ALL SELECT {SIM_SQL} FROM numbers WHERE removed_at IS NULL)
+        GROUP BY key"""),
+    "books_daily": (("day", "country"), BOOKS, """
+        SELECT substr(coalesce(o.finished_at, o.created_at), 1, 10) AS day,
+            coalesce(o.country, n.country) AS country,
+            count(*) AS operations,
+            coalesce(sum(o.finish_status = 3), 0) AS sold,
+            coalesce(sum(o.finish_status = 4), 0) AS cancelled,
+            coalesce(sum(o.finish_status = 5), 0) AS refunded,
+            coalesce(sum(o.finish_status = 1), 0) AS wrong_service,
+            coalesce(sum(o.state = 'open'), 0) AS open,
+            coalesce(sum(o.failed_at IS NOT NULL), 0) AS failed,
+            coalesce(sum(o.sms_accepted_at IS NOT NULL), 0) AS with_sms,
+            coalesce(sum(CASE WHEN o.finish_status = 3 THEN o.final_sum_kopecks END), 0)
+                AS credited_kopecks,
+            coalesce(sum(CASE WHEN o.state = 'open' AND o.sms_accepted_at IS NOT NULL
+                              AND o.failed_at IS NULL THEN o.initial_sum_kopecks END), 0)
+                AS pending_kopecks
+        FROM operations o JOIN numbers n ON n.id = o.number_id GROUP BY 1, 2"""),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Difference:
+    """One key whose tally differs from the recount."""
+
+    tally: str
+    key: tuple
+    stored: dict | None
+    recounted: dict | None
+
+    def __str__(self) -> str:
+        return (f"{self.tally} {'/'.join(map(str, self.key))}: stored {_show(self.stored)},"
+                f" recounted {_show(self.recounted)}")
+
+
+def _show(figures: dict | None) -> str:
+    if not figures:
+        return "0"
+    if len(figures) == 1:
+        return str(next(iter(figures.values())))
+    return ", ".join(f"{k} {v}" for k, v in figures.items())
+
+
+def verify(db: Database) -> list[Difference]:
+    """Every key where a tally differs from a recount of the rows (rows of zeros count as
+    absent). A read: the recount and the tallies come from one snapshot."""
+    differences = []
+    db.conn.execute("BEGIN")  # one read transaction: the rows and the tallies agree in time
+    try:
+        for tally, (keys, values, recount) in _RECOUNT.items():
+            stored = _by_key(db.rows(f"SELECT * FROM {tally}"), keys, values)
+            expected = _by_key(db.rows(recount), keys, values)
+            for key in sorted(set(stored) | set(expected), key=repr):
+                if stored.get(key) != expected.get(key):
+                    differences.append(Difference(tally, key, stored.get(key),
+                                                  expected.get(key)))
+    finally:
+        db.conn.execute("ROLLBACK")
+    return differences
+
+
+def rebuild(db: Database) -> None:
+    """Replace every tally by a recount of the rows (after `verify` found a difference)."""
+    with db.transaction():
+        for tally, (keys, values, recount) in _RECOUNT.items():
+            columns = ", ".join(keys + values)
+            db.execute(f"DELETE FROM {tally}")
+            db.execute(f"INSERT INTO {tally} ({columns}) SELECT {columns} FROM ({recount})")
+
+
+def _by_key(rows: list[dict], keys: tuple, values: tuple) -> dict[tuple, dict]:
+    found = {}
+    for row in rows:
+        figures = {v: row[v] for v in values}
+        if any(figures.values()):
+            found[tuple(row[k] for k in keys)] = figures
+    return found
