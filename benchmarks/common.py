@@ -75,3 +75,52 @@ def serving(db_path: Path) -> Iterator[int]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def build_books(db_path: Path, numbers: int, operations: int = 0, *,
+                excluded_prefix: str = "49151", allowed_share: float = 1.0) -> None:
+    """A database of `numbers` German numbers and `operations` closed rentals spread over
+    the last year, written with plain SQL (the tallies' triggers fire as in production).
+
+    With `allowed_share` < 1, the numbers that a client excluding `excluded_prefix` may
+    take are only that share, and they are the ones idle the shortest: the worst case of
+    a claim under exclusions, where every number at the head of the idle order is
+    excluded."""
+    import datetime as dt
+
+    from rentbox.clock import to_text
+    from rentbox.db import open_database
+
+    db = open_database(db_path)
+    now = dt.datetime.now(dt.timezone.utc)
+    allowed = max(1, round(numbers * allowed_share))
+    operators = ("telekom", "o2", "vodafone")
+
+    def number_rows():
+        for i in range(numbers):
+            # Excluded ones first in the idle order, the allowed ones last.
+            prefix = "49160" if i >= numbers - allowed else excluded_prefix
+            stamp = to_text(now - dt.timedelta(seconds=numbers - i))
+            yield (f"{prefix}{i:08d}", operators[i % 3], stamp, stamp, stamp)
+
+    with db.transaction():
+        db.conn.executemany(
+            "INSERT INTO numbers (number, country, operator, idle_since, created_at,"
+            " updated_at) VALUES (?, 'germany', ?, ?, ?, ?)", number_rows())
+
+    def operation_rows():
+        for i in range(operations):
+            opened = now - dt.timedelta(days=365 * (operations - i) / operations, hours=2)
+            closed = opened + dt.timedelta(hours=1)
+            status = (3, 3, 3, 4, 5)[i % 5]
+            yield (i % numbers + 1, status, 40000, 87000 if status == 3 else 0,
+                   to_text(opened), to_text(closed),
+                   to_text(opened + dt.timedelta(minutes=2)) if status == 3 else None)
+
+    with db.transaction():
+        db.conn.executemany(
+            "INSERT INTO operations (number_id, state, finish_status, initial_sum_kopecks,"
+            " final_sum_kopecks, created_at, finished_at, sms_accepted_at, country)"
+            " VALUES (?, 'closed', ?, ?, ?, ?, ?, ?, 'germany')", operation_rows())
+    db.execute("ANALYZE")
+    db.close()

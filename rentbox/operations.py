@@ -472,9 +472,12 @@ def list_operations(
             where.append(f"{_OUTCOME_SQL} = ?")
             params.append(outcome)
     params.append(limit)
+    # The open ones are few: find them through operations_open and sort them (`+`), rather
+    # than walk all history newest first looking for them.
+    order = "+operations.id" if open_only else "operations.id"
     return db.rows(
         f"SELECT {_COLUMNS} FROM operations JOIN numbers ON numbers.id = operations.number_id"
-        f" WHERE {' AND '.join(where)} ORDER BY operations.id DESC LIMIT ?",
+        f" WHERE {' AND '.join(where)} ORDER BY {order} DESC LIMIT ?",
         params,
     )
 
@@ -490,7 +493,9 @@ def stale_failed(db: Database, now: dt.datetime, older_than_s: float) -> list[di
     """Open rentals that failed their guard window more than `older_than_s` ago."""
     return db.rows(
         f"SELECT {_COLUMNS} FROM operations JOIN numbers ON numbers.id = operations.number_id"
-        f" WHERE {STALE_FAILED} ORDER BY operations.id",
+        # `+`: sort the few open ones found through operations_open, rather than walk
+        # every operation in id order (0.16 s at 1,000,000 operations).
+        f" WHERE {STALE_FAILED} ORDER BY +operations.id",
         (to_text(now - dt.timedelta(seconds=older_than_s)),),
     )
 
