@@ -211,10 +211,12 @@ def _replace(db: Database, now: dt.datetime, gateway: str, reported: dict[int, d
     unchanged = []
     for row in reported.values():
         if row["offline"] == 0 and row["seen_by"] == gateway:
-            unchanged.append((stamp, row["id"]))
+            unchanged.append(row["id"])
         else:
             _come_online(db, now, row, gateway, f"reported by {gateway}")
-    db.conn.executemany("UPDATE numbers SET seen_at = ? WHERE id = ?", unchanged)
+    # The usual report repeats the last one: one statement refreshes them all.
+    db.execute("UPDATE numbers SET seen_at = ? WHERE id IN (SELECT value FROM json_each(?))",
+               (stamp, json.dumps(unchanged)))
 
 
 def _knows(db: Database, gateway: str) -> bool:
