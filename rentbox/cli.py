@@ -145,6 +145,12 @@ def _table(title: str | None, columns: list[str], rows: list[list[str]],
     render.table(sys.stdout, columns, rows, title=title, flexible=flexible, width=width)
 
 
+def _books(db: Path):
+    """The database of a command that works on existing books: a missing file is an
+    error, not new empty books (only serve, numbers import and sms add create one)."""
+    return open_database(db, create=False)
+
+
 def _now() -> dt.datetime:
     return SystemClock().now()
 
@@ -278,7 +284,7 @@ def housekeep(
     `rentbox serve` does this by itself every few seconds; run it by hand only when
     the server is stopped and you want the books brought up to date.
     """
-    database = open_database(db)
+    database = _books(db)
     rules = _server_rules(database, guard_s=guard_s, guard_margin_s=guard_margin_s,
                           ban_after=ban_after, ban_s=ban_s, presence=presence,
                           presence_s=presence_s)
@@ -369,7 +375,7 @@ def numbers_list(
     """
     if online and offline:
         raise InvalidInput("--online and --offline exclude each other")
-    rows = pool.list_numbers(open_database(db), include_removed=include_removed,
+    rows = pool.list_numbers(_books(db), include_removed=include_removed,
                              sim="online" if online else "offline" if offline else None)
     empty = ("No number matches." if online or offline else
              "The pool is empty. Add numbers with: rentbox numbers import FILE")
@@ -391,7 +397,7 @@ NumberArgument = Annotated[str, typer.Argument(help="The number (international, 
 def numbers_show(number: NumberArgument, json_output: JsonOption = False,
                  db: DbOption = SETTINGS["db"].default) -> None:
     """Show one number: its state, rentals, SMS, failures and ban history."""
-    history = reports.number_history(open_database(db), number)
+    history = reports.number_history(_books(db), number)
     if json_output:
         _print_json(history)
         return
@@ -445,7 +451,7 @@ def numbers_enable(number: NumberArgument, db: DbOption = SETTINGS["db"].default
 def _switch(number: str, db: Path, *, enabled: bool) -> None:
     digits = pool.normalize_number(number)
     word = "enabled" if enabled else "disabled"
-    changed = pool.set_enabled(open_database(db), _now(), digits, enabled)
+    changed = pool.set_enabled(_books(db), _now(), digits, enabled)
     say(f"+{digits} is {word}." if changed else f"+{digits} was already {word}.")
 
 
@@ -483,7 +489,7 @@ def numbers_offline(
 
 def _presence_by_hand(numbers: list[str], db: Path, presence_on: bool | None,
                       presence_s: float | None, *, online: bool) -> None:
-    database = open_database(db)
+    database = _books(db)
     rules = _server_rules(database, presence=presence_on, presence_s=presence_s)
     changed = presence.set_by_hand(database, _now(), rules, numbers, online)
     word, before = ("online", "offline") if online else ("offline", "online or not reported")
@@ -499,7 +505,7 @@ def numbers_remove(number: NumberArgument, db: DbOption = SETTINGS["db"].default
     `numbers show`, and importing it again brings it back.
     """
     digits = pool.normalize_number(number)
-    pool.remove_number(open_database(db), _now(), digits)
+    pool.remove_number(_books(db), _now(), digits)
     say(f"+{digits} is removed from the pool.")
 
 
@@ -562,7 +568,7 @@ def sms_list(
     if pending and failed:
         raise InvalidInput("--pending and --failed exclude each other")
     state = "pending" if pending else "failed" if failed else None
-    rows = sms.list_sms(open_database(db), number=number, operation_id=operation, state=state,
+    rows = sms.list_sms(_books(db), number=number, operation_id=operation, state=state,
                         limit=limit)
     if not _wants_table(rows, json_output, empty="No SMS."):
         return
@@ -589,7 +595,7 @@ def sms_retry(
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
     """Put an SMS whose push Onlinesim refused for good back into the outbox."""
-    sms.retry_sms(open_database(db), _now(), sms_id)
+    sms.retry_sms(_books(db), _now(), sms_id)
     say(f"SMS {sms_id} is queued again; a running `rentbox serve` pushes it within seconds.")
 
 
@@ -615,7 +621,7 @@ def ops_list(
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
     """Show rent operations, newest first."""
-    rows = operations.list_operations(open_database(db), open_only=open_only, number=number,
+    rows = operations.list_operations(_books(db), open_only=open_only, number=number,
                                       since=_since(since), outcome=outcome, limit=limit)
     if not _wants_table(rows, json_output, empty="No operations."):
         return
@@ -637,7 +643,7 @@ def ops_show(
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
     """Show one operation with its events and SMS."""
-    op = operations.show_operation(open_database(db), operation_id)
+    op = operations.show_operation(_books(db), operation_id)
     if json_output:
         _print_json(op)
         return
@@ -672,7 +678,7 @@ def ops_close(
     closed here: one that holds its number waits for Onlinesim. The close is recorded as
     made by hand; a FINISH that still comes later is recorded too.
     """
-    operations.close_by_hand(open_database(db), _now(), operation_id)
+    operations.close_by_hand(_books(db), _now(), operation_id)
     say(f"Operation {operation_id} closed by hand.")
 
 
@@ -685,7 +691,7 @@ def ops_close(
 @fails_cleanly
 def bans_list(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].default) -> None:
     """Show banned numbers, and numbers with failed rentals on their way to a ban."""
-    rows = bans.list_bans(open_database(db))
+    rows = bans.list_bans(_books(db))
     if not _wants_table(rows, json_output, empty="No bans, and no number has failed rentals."):
         return
     _table(None, ["number", "country", "operator", "failures", "banned until (UTC)"],
@@ -704,7 +710,7 @@ def bans_lift(
     On a number with failed rentals but no ban, only the count is reset.
     """
     digits = pool.normalize_number(number)
-    bans.lift_ban(open_database(db), _now(), digits)
+    bans.lift_ban(_books(db), _now(), digits)
     say(f"+{digits} is no longer banned and is offered again.")
 
 
@@ -720,7 +726,7 @@ def status(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].defaul
 
     Exit code 0 either way; with --json, monitoring can read `warnings`.
     """
-    facts = reports.status(open_database(db), _now())
+    facts = reports.status(_books(db), _now())
     if json_output:
         _print_json(facts)
         return
@@ -793,7 +799,7 @@ def report(
     since_at, until_at = _since(since, "--since"), _since(until, "--until")
     if since_at and until_at and since_at >= until_at:
         raise InvalidInput("--since must be before --until")
-    rows, totals = reports.income_report(open_database(db), by=by, since=since_at,
+    rows, totals = reports.income_report(_books(db), by=by, since=since_at,
                                          until=until_at)
     if json_output:
         _print_json({"by": by, "rows": [r.as_dict() for r in rows], "totals": totals.as_dict()})
@@ -842,7 +848,7 @@ def backup(
     To restore: stop the server, replace the database file with the copy (and delete
     any -wal and -shm files beside it), start the server.
     """
-    size = database_file.backup(open_database(db), path)
+    size = database_file.backup(_books(db), path)
     say(f"Backed up {db} to {path} ({size / 1024:,.0f} KiB).")
 
 

@@ -95,20 +95,26 @@ class Database(sqlite_utils.Database):
     """
 
     def __init__(self, path: Path | str, *, write_lock: threading.Lock | None = None,
-                 health: WriteHealth | None = None):
+                 health: WriteHealth | None = None, read_only: bool = False):
         # check_same_thread=False only so that Connections.close_all() can close every
         # connection at shutdown; each one is still used by the thread that opened it.
-        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        if read_only:
+            conn = _connect_read_only(Path(path))
+        else:
+            conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
         super().__init__(conn, execute_plugins=False)
         self.path = Path(path)
+        self.read_only = read_only
         # Shared by every connection of one process to this file (see Connections).
         self.write_lock = write_lock or threading.Lock()
         self.health = health or WriteHealth()
-        self.execute("PRAGMA journal_mode = WAL")
+        if not read_only:
+            self.execute("PRAGMA journal_mode = WAL")
         self.execute("PRAGMA synchronous = FULL")
         self.execute("PRAGMA foreign_keys = ON")
         # Per connection, like synchronous: the checkpointing connection applies it.
-        self.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
+        if not read_only:
+            self.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator["Database"]:
@@ -361,11 +367,19 @@ def hold_serving_lock(db_path: Path | str):
 
 
 def is_being_served(db_path: Path | str) -> bool:
-    """Whether a `rentbox serve` holds this database's serving lock right now."""
+    """Whether a `rentbox serve` holds this database's serving lock right now (a shared
+    lock on the file opened for reading: any user who can read it can tell)."""
     path = _serving_lock_path(db_path)
     if not path.exists():
         return False
-    with _open_lock_file(path) as handle:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        if os.path.islink(path):
+            raise Conflict(f"{path} is a symbolic link; rentbox keeps its own lock file "
+                           "there: remove the link") from None
+        raise Conflict(f"cannot open {path}: {error.strerror}") from None
+    with os.fdopen(fd, "r") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -409,17 +423,77 @@ class Connections:
             self._all.clear()
 
 
-def open_database(path: Path | str) -> Database:
-    """Open (creating if needed) and migrate the database file: what every command does first."""
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that never writes, for a database this process may not write (a
+    monitoring account). A WAL database needs its -shm file: while a server runs, the
+    -wal and -shm files exist and are read; when none does, nothing is writing the file,
+    and it is opened as immutable, which needs no -shm."""
+    from urllib.parse import quote
+
+    immutable = "" if Path(f"{path}-wal").exists() else "&immutable=1"
+    return sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro{immutable}", uri=True,
+                           timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process can write the database and create its -wal and -shm files."""
+    folder = path.parent if str(path.parent) else Path(".")
+    return os.access(path, os.W_OK) and os.access(folder, os.W_OK)
+
+
+def open_database(path: Path | str, *, create: bool = True) -> Database:
+    """Open and migrate the database file: what every command does first.
+
+    - `create=False` (every command that only works on existing books) refuses a missing
+      file, so that a mistyped `--db` does not quietly start empty books.
+    - A database this process cannot write is opened read-only: reading works (a
+      monitoring account runs `status --json`); a write fails with Unavailable.
+    - A database migrated by a newer rentbox is refused, and so is migrating a database
+      that an older running server holds: it would change the schema under it.
+    """
     path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise DatabaseError(f"cannot create {path}: the folder {path.parent} does not exist")
+    if not path.exists():
+        if not create:
+            raise DatabaseError(
+                f"{path} does not exist: check --db (or RENTBOX_DB); `rentbox numbers "
+                "import` or `rentbox serve` creates a new database")
+        if path.parent and not path.parent.exists():
+            raise DatabaseError(f"cannot create {path}: the folder {path.parent} does not exist")
     try:
-        db = Database(path)
-        migrate(db)
+        read_only = path.exists() and not _writable(path)
+        db = Database(path, read_only=read_only)
+        check_version(db)
+        if migrations.pending(db):
+            if read_only:
+                raise DatabaseError(f"{path} needs upgrading to this rentbox's schema, and this "
+                                    "user cannot write it: run rentbox as its owner once")
+            if is_being_served(path):
+                raise DatabaseError(
+                    f"a running rentbox serve holds {path} with an older schema than this "
+                    f"rentbox {_version()}: upgrade rentbox where the server runs and restart "
+                    "it (the server migrates the database when it starts)")
+            migrate(db)
     except sqlite3.DatabaseError as error:
         raise DatabaseError(f"cannot open {path} as a rentbox database: {error}") from None
     return db
+
+
+def check_version(db: Database) -> None:
+    """Refuse a database that a newer rentbox has migrated: this one does not know its
+    schema, and would read or write it wrongly."""
+    known = {m.name for m in migrations._migrations}
+    unknown = [m.name for m in migrations.applied(db) if m.name not in known]
+    if unknown:
+        raise DatabaseError(
+            f"{db.path} was upgraded by a newer rentbox (schema {', '.join(unknown)}); this is "
+            f"rentbox {_version()}, which knows only up to {migrations._migrations[-1].name}: "
+            "upgrade rentbox")
+
+
+def _version() -> str:
+    from rentbox import __version__
+
+    return __version__
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import click
 import pytest
@@ -36,10 +37,84 @@ def test_import_and_list(db_path):
 
 
 def test_db_from_environment(db_path):
+    result = run("numbers", "import", EXAMPLES / "pool.csv", env={"RENTBOX_DB": str(db_path)})
+    assert result.exit_code == 0 and db_path.exists()
     result = run("numbers", "list", env={"RENTBOX_DB": str(db_path)})
-    assert result.exit_code == 0
-    assert result.stdout == "The pool is empty. Add numbers with: rentbox numbers import FILE\n"
-    assert db_path.exists()
+    assert result.exit_code == 0 and result.stdout.endswith("7 number(s)\n")
+
+
+@pytest.mark.parametrize("command", [
+    ["status"], ["report"], ["numbers", "list"], ["numbers", "show", "+4915123456789"],
+    ["ops", "list"], ["sms", "list"], ["bans", "list"], ["housekeep"],
+    ["numbers", "disable", "+4915123456789"], ["backup", "copy.db"]])
+def test_a_mistyped_db_is_refused_not_created(tmp_path, command):
+    typo = tmp_path / "typo.db"
+    result = run(*command, "--db", typo)
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == (f"Error: {typo} does not exist: check --db (or RENTBOX_DB); "
+                             "`rentbox numbers import` or `rentbox serve` creates a new "
+                             "database\n")
+    assert not typo.exists()
+
+
+def test_a_database_from_a_newer_rentbox_is_refused(db_path):
+    from rentbox.db import open_database
+
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    db = open_database(db_path)
+    with db.transaction():
+        db.execute("INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
+                   " VALUES ('rentbox', 'm099_from_the_future', '2027-01-01')")
+    db.close()
+    for command in (["status"], ["numbers", "import", EXAMPLES / "pool.csv"]):
+        result = run(*command, "--db", db_path)
+        assert result.exit_code == 1
+        assert "was upgraded by a newer rentbox (schema m099_from_the_future)" in result.stderr
+        assert "upgrade rentbox" in result.stderr
+
+
+def test_the_cli_does_not_migrate_under_a_running_older_server(db_path, monkeypatch):
+    from rentbox import db as database
+
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    monkeypatch.setattr(database.migrations, "pending", lambda db: ["m099_new"])
+    held = database.hold_serving_lock(db_path)  # as a running server does
+    try:
+        result = run("status", "--db", db_path)
+    finally:
+        held.close()
+    assert result.exit_code == 1
+    assert "a running rentbox serve holds" in result.stderr
+    assert "upgrade rentbox where the server runs and restart it" in result.stderr
+
+
+@pytest.mark.parametrize("server_running", [False, True])
+def test_read_commands_work_on_a_database_they_cannot_write(db_path, monkeypatch,
+                                                           server_running):
+    """As a monitoring account that may read the file and not write it or its folder
+    (root can write anything, so the permission check is what is made to say no)."""
+    from rentbox import db as database
+
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    writer = database.open_database(db_path)  # a server's connection keeps -wal and -shm
+    if not server_running:
+        import gc
+
+        writer.close()
+        gc.collect()  # the import's connection, in this process (a CLI run exits instead)
+        assert not Path(f"{db_path}-wal").exists()
+    monkeypatch.setattr(database, "_writable", lambda path: False)
+    try:
+        status = run("status", "--json", "--db", db_path)
+        assert status.exit_code == 0, status.stderr
+        assert json.loads(status.stdout)["pool"]["total"] == 7
+        listed = run("numbers", "list", "--json", "--db", db_path)
+        assert len(json.loads(listed.stdout)) == 7
+        refused = run("numbers", "disable", "+4915123456789", "--db", db_path)
+        assert refused.exit_code == 1
+        assert "the database file is read-only" in refused.stderr
+    finally:
+        writer.close()
 
 
 def test_bad_rows_are_reported_and_nothing_imported(db_path, tmp_path):
@@ -196,6 +271,9 @@ def test_serve_refuses_a_bad_push_url(db_path):
 def test_status_on_a_fresh_database(db_path):
     import re
 
+    from rentbox.db import open_database
+
+    open_database(db_path).close()  # as `rentbox serve` leaves it before the first import
     result = run("status", "--db", db_path)
     assert (result.exit_code, result.stderr) == (0, "")
     lines = result.stdout.splitlines()
