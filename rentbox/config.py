@@ -33,7 +33,8 @@ SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in [
         Setting("db", "RENTBOX_DB", Path("rentbox.db"),
-                "SQLite database file; created and migrated on first use."),
+                "SQLite database file; serve, numbers import and sms add create it, "
+                "other commands need it to exist."),
         Setting("host", "RENTBOX_HOST", "127.0.0.1",
                 "Address the server listens on."),
         Setting("port", "RENTBOX_PORT", 8080,
