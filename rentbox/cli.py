@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -319,13 +320,39 @@ def numbers_import(
         help="Operator for rows without one.")] = None,
     skip_invalid: Annotated[bool, typer.Option(
         "--skip-invalid", help="Import the valid rows even if some rows are bad.")] = False,
+    json_output: JsonOption = False,
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
     """Add numbers to the pool, or update the ones already there.
 
-    Numbers are international (country code first; '+', spaces and dashes are fine).
-    If any row is bad, nothing is imported unless --skip-invalid is given.
+    FILE `-` reads standard input. Columns may be separated by commas or semicolons
+    (spreadsheets in many locales write `;`). Numbers are international (country code
+    first; '+', spaces and dashes are fine). If any row is bad, nothing is imported
+    unless --skip-invalid is given. Stopped with Ctrl-C while merging, it says how many
+    rows are in; running it again completes it.
     """
+    if str(file) == "-":
+        with _stdin_as_file() as copy:
+            return _import(copy, "standard input", country, operator, skip_invalid,
+                           json_output, db)
+    _import(file, str(file), country, operator, skip_invalid, json_output, db)
+
+
+@contextlib.contextmanager
+def _stdin_as_file():
+    """Standard input spooled to a private temporary file: the import reads its file
+    twice (to count rows for the progress bar, then to check them)."""
+    import shutil
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(prefix="rentbox-import-", suffix=".csv") as copy:
+        shutil.copyfileobj(sys.stdin.buffer, copy)
+        copy.flush()
+        yield Path(copy.name)
+
+
+def _import(file: Path, name: str, country: str | None, operator: str | None,
+            skip_invalid: bool, json_output: bool, db: Path) -> None:
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
 
@@ -342,16 +369,26 @@ def numbers_import(
 
         # Between two batches, leave the lock free a little longer than a waiting server
         # polls for it, or this process could take it again before the server notices.
-        result = pool.import_file(open_database(db), _now(), file, country=country,
-                                  operator=operator, skip_invalid=skip_invalid,
-                                  on_progress=on_progress,
-                                  between_batches=lambda: time.sleep(2 * LOCK_POLL_MAX_S))
+        try:
+            result = pool.import_file(open_database(db), _now(), file, country=country,
+                                      operator=operator, skip_invalid=skip_invalid,
+                                      on_progress=on_progress,
+                                      between_batches=lambda: time.sleep(2 * LOCK_POLL_MAX_S))
+        except pool.ImportInterrupted as stopped:
+            progress.stop()
+            err.print(f"Error: {stopped}", markup=False, soft_wrap=True)
+            raise typer.Exit(130)
+    if json_output:
+        _print_json({"file": name, "added": result.added, "updated": result.updated,
+                     "unchanged": result.unchanged, "rejected": result.rejected_count,
+                     "errors": [dataclasses.asdict(e) for e in result.rejected]})
+        return
     for problem in result.rejected:
         err.print(f"Skipped {problem}", markup=False, soft_wrap=True)
     if result.rejected_count > len(result.rejected):
         err.print(f"… and {result.rejected_count - len(result.rejected)} more rows skipped",
                   markup=False, soft_wrap=True)
-    say(f"{file}: {result.added} added, {result.updated} updated, "
+    say(f"{name}: {result.added} added, {result.updated} updated, "
         f"{result.unchanged} unchanged, {result.rejected_count} rejected.")
 
 
@@ -854,4 +891,10 @@ def backup(
 
 def main() -> None:
     """The console script `rentbox`."""
+    if not sys.stdout.isatty():
+        # Help and usage errors as plain text in a pipe or a file, not Rich's boxes.
+        # (Typer reads this switch, set from TYPER_USE_RICH, each time it formats.)
+        import typer.core
+
+        typer.core.HAS_RICH = False
     app()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import itertools
 import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TextIO
@@ -12,7 +13,7 @@ from typing import Callable, Iterable, Iterator, TextIO
 from rentbox import events
 from rentbox.clock import to_text
 from rentbox.db import Database
-from rentbox.errors import Conflict, InvalidInput, NotFound
+from rentbox.errors import Conflict, InvalidInput, NotFound, RentboxError
 
 # The one definition of "can be rented now" (a column alias-free SQL predicate on
 # `numbers`). GET_NUMBER's claim and GET_SERVICES's counts both use it, so the pool
@@ -144,12 +145,17 @@ def check_rows(
     default_operator = normalize_name(operator, "operator")
     if default_operator == "any":
         raise InvalidInput("operator 'any' is reserved: leave the operator empty instead")
-    reader = csv.DictReader(stream)
+    first = stream.readline()
+    delimiter = _delimiter(first)
+    reader = csv.DictReader(itertools.chain([first], stream), delimiter=delimiter)
     header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
     if "number" not in header:
+        shown = {",": "commas", ";": "semicolons", "\t": "tabs"}[delimiter]
         raise InvalidInput(
             "the file needs a header row with a 'number' column "
-            f"(columns understood: {', '.join(COLUMNS)})"
+            f"(columns understood: {', '.join(COLUMNS)}, separated by commas or "
+            f"semicolons; this header, read as separated by {shown}, is "
+            f"{first.strip()[:80]!r})"
         )
     reader.fieldnames = header
     for record in reader:
@@ -170,6 +176,25 @@ def check_rows(
             continue
         port = (record.get("port") or "").strip() or None
         yield PoolEntry(number, row_country, row_operator, port, line)
+
+
+def _delimiter(header: str) -> str:
+    """The header row's delimiter: ',' as CSV has it, or ';' as spreadsheets write CSV in
+    the many locales where ',' is the decimal mark, or a tab."""
+    counts = {d: header.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
+class ImportInterrupted(RentboxError):
+    """The import was stopped (Ctrl-C) while merging: `merged` of `total` rows are in."""
+
+    def __init__(self, merged: int, total: int):
+        self.merged, self.total = merged, total
+        super().__init__(
+            f"interrupted: {merged} of {total} rows were imported (each batch is committed "
+            "whole); run the same import again to complete it, rows already in are "
+            "counted as unchanged")
 
 
 def import_entries(
@@ -322,7 +347,10 @@ def import_file(
             if between_batches:
                 between_batches()
 
-        result = import_entries(db, now, staging.entries(), on_batch=merged_batch)
+        try:
+            result = import_entries(db, now, staging.entries(), on_batch=merged_batch)
+        except KeyboardInterrupt:
+            raise ImportInterrupted(merged, staging.count) from None
     finally:
         staging.drop()
     result.rejected = errors

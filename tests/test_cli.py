@@ -466,3 +466,44 @@ def test_housekeep_verify_recounts_and_repairs_the_tallies(db_path):
                              "Error: 1 tally figure(s) differed from the rows and were "
                              "rebuilt\n")
     assert run("housekeep", "--verify", "--db", db_path).exit_code == 0
+
+
+def test_numbers_import_reads_stdin_semicolons_and_answers_json(db_path):
+    text = "number;country;operator;port\n+49 151 2345 6789;germany;telekom;1.01\n" \
+           "+7 912 345-67-89;russia;mts;2.01\n"
+    result = runner.invoke(app, ["numbers", "import", "-", "--json", "--db", str(db_path)],
+                           input=text)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == {"file": "standard input", "added": 2, "updated": 0,
+                                         "unchanged": 0, "rejected": 0, "errors": []}
+    listed = json.loads(run("numbers", "list", "--json", "--db", db_path).stdout)
+    assert [(r["number"], r["port"]) for r in listed] == [("4915123456789", "1.01"),
+                                                          ("79123456789", "2.01")]
+    bad = runner.invoke(app, ["numbers", "import", "-", "--db", str(db_path)],
+                        input="nummer|land\n4915123456789|germany\n")
+    assert bad.exit_code == 1
+    assert "separated by commas or semicolons" in bad.stderr and "'nummer|land'" in bad.stderr
+
+
+def test_an_interrupted_import_says_what_is_in(db_path, tmp_path, monkeypatch):
+    from rentbox import pool
+
+    def interrupted(*args, **kwargs):
+        raise pool.ImportInterrupted(400, 1000)
+
+    monkeypatch.setattr(pool, "import_file", interrupted)
+    result = run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    assert result.exit_code == 130
+    assert result.stderr.startswith("Error: interrupted: 400 of 1000 rows were imported")
+    assert "run the same import again to complete it" in result.stderr
+
+
+def test_help_is_plain_text_in_a_pipe():
+    import subprocess
+    import sys
+
+    piped = subprocess.run([sys.executable, "-m", "rentbox", "numbers", "--help"],
+                           capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0
+    assert "Usage: python -m rentbox numbers [OPTIONS] COMMAND [ARGS]..." in piped.stdout
+    assert "import" in piped.stdout and not any(c in piped.stdout for c in "╭─│╰")

@@ -254,3 +254,26 @@ def test_a_rental_that_failed_its_guard_window_does_not_block_removal(db, clock)
     # Onlinesim's late FINISH is still booked.
     assert operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 4), rules)
     assert [r["state"] for r in pool.list_numbers(db, include_removed=True)] == ["removed"]
+
+
+def test_an_import_stopped_while_merging_reports_the_rows_committed(db, tmp_path):
+    import datetime as dt
+
+    path = tmp_path / "pool.csv"
+    path.write_text("number,country\n" + "".join(
+        f"+49151{i:08d},germany\n" for i in range(pool.IMPORT_BATCH_ROWS * 3)))
+    batches = []
+
+    def stop_after_two() -> None:
+        batches.append(1)
+        if len(batches) == 2:
+            raise KeyboardInterrupt
+
+    now = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+    with pytest.raises(pool.ImportInterrupted) as stopped:
+        pool.import_file(db, now, path, between_batches=stop_after_two)
+    assert (stopped.value.merged, stopped.value.total) == (2 * pool.IMPORT_BATCH_ROWS,
+                                                           3 * pool.IMPORT_BATCH_ROWS)
+    assert db.execute("SELECT count(*) FROM numbers").fetchone()[0] == 2 * pool.IMPORT_BATCH_ROWS
+    again = pool.import_file(db, now, path)
+    assert (again.added, again.unchanged) == (pool.IMPORT_BATCH_ROWS, 2 * pool.IMPORT_BATCH_ROWS)
