@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import datetime as dt
 import functools
 import json
@@ -91,6 +92,9 @@ def _server_rules(database, **given: float | int | bool | None) -> Rules:
     """The rules given on the command line, else the server's, else the defaults."""
     recorded = meta.server_rules(database) or Rules()
     return dataclasses.replace(recorded, **{k: v for k, v in given.items() if v is not None})
+# Choices as Typer's choices: listed in --help, and a wrong one is a usage error.
+Outcome = enum.Enum("Outcome", [(o, o) for o in operations.OUTCOMES], type=str)
+Grouping = enum.Enum("Grouping", [(g, g) for g in reports.GROUPINGS], type=str)
 LimitOption = Annotated[int, typer.Option(help="Show at most this many rows.", min=1,
                                           max=1_000_000)]
 # SQLite integers are 64-bit: a larger id could not exist, and would overflow.
@@ -650,16 +654,17 @@ def ops_list(
                       ] = None,
     since: Annotated[Optional[str], typer.Option(
         help="Only operations created at or after this date or ISO time (UTC).")] = None,
-    outcome: Annotated[Optional[str], typer.Option(
-        help=f"Only this outcome: {', '.join(operations.OUTCOMES)} ('failed': no SMS "
-             "accepted by Onlinesim in the guard window, whatever FINISH said).")] = None,
+    outcome: Annotated[Optional[Outcome], typer.Option(
+        help="Only this outcome ('failed': no SMS accepted by Onlinesim in the guard window, "
+             "whatever FINISH said).")] = None,
     limit: LimitOption = 100,
     json_output: JsonOption = False,
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
     """Show rent operations, newest first."""
     rows = operations.list_operations(_books(db), open_only=open_only, number=number,
-                                      since=_since(since), outcome=outcome, limit=limit)
+                                      since=_since(since),
+                                      outcome=outcome.value if outcome else None, limit=limit)
     if not _wants_table(rows, json_output, empty="No operations."):
         return
     _table(None, ["id", "number", "created (UTC)", "outcome", "guard", "SMS", "sum"],
@@ -815,7 +820,7 @@ def _escape(text: str) -> str:
 @app.command()
 @fails_cleanly
 def report(
-    by: Annotated[str, typer.Option(help=f"Group by {', '.join(reports.GROUPINGS)}.")] = "day",
+    by: Annotated[Grouping, typer.Option(help="How to group the rentals.")] = "day",
     since: Annotated[Optional[str], typer.Option(
         help="From this date or ISO time (UTC), inclusive.")] = None,
     until: Annotated[Optional[str], typer.Option(
@@ -836,6 +841,7 @@ def report(
     since_at, until_at = _since(since, "--since"), _since(until, "--until")
     if since_at and until_at and since_at >= until_at:
         raise InvalidInput("--since must be before --until")
+    by = Grouping(by).value
     rows, totals = reports.income_report(_books(db), by=by, since=since_at,
                                          until=until_at)
     if json_output:

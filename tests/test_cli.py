@@ -321,8 +321,10 @@ def test_report_outputs(db_path):
     empty = run("report", "--since", "2099-01-01", "--db", db_path)
     assert empty.stdout == "No operations in this period.\n"
     bad = run("report", "--by", "year", "--db", db_path)
-    assert (bad.exit_code, bad.stderr) == (
-        1, "Error: report by must be one of day, week, month, country, number, not 'year'\n")
+    assert bad.exit_code == 2  # a usage error, listing the choices
+    assert "'year' is not one of 'day', 'week', 'month'," in bad.stderr
+    bad = run("ops", "list", "--outcome", "won", "--db", db_path)
+    assert bad.exit_code == 2 and "'won' is not one of 'open', 'failed'" in bad.stderr
     assert run("report", "--until", "soon", "--db", db_path).stderr == \
         "Error: --until 'soon' is not a date (YYYY-MM-DD) or ISO time\n"
     assert run("report", "--since", "2026-02-02", "--until", "2026-02-01",
