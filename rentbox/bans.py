@@ -23,11 +23,10 @@ log = logging.getLogger("rentbox.rules")
 def record_failure(db: Database, now: dt.datetime, rules: Rules, *, number_id: int,
                    operation_id: int, reason: str) -> None:
     """Count one failed rental against the number; ban it when the count is reached."""
-    row = db.execute(
-        "UPDATE numbers SET failures = failures + 1 WHERE id = ? RETURNING failures",
+    failures, number = db.execute(
+        "UPDATE numbers SET failures = failures + 1 WHERE id = ? RETURNING failures, number",
         (number_id,),
     ).fetchone()
-    failures = row[0]
     if failures >= rules.ban_after:
         until = now + dt.timedelta(seconds=rules.ban_s)
         db.execute("UPDATE numbers SET banned_until = ? WHERE id = ? AND banned_until IS NULL",
@@ -35,8 +34,8 @@ def record_failure(db: Database, now: dt.datetime, rules: Rules, *, number_id: i
         events.record(db, now, "number_banned", number_id=number_id,
                       operation_id=operation_id, failures=failures, until=to_text(until),
                       reason=f"{failures} consecutive failed rentals, the last: {reason}")
-        log.info("number %d banned until %s after %d consecutive failed rentals",
-                 number_id, to_text(until), failures)
+        log.info("+%s banned until %s after %d consecutive failed rentals", number,
+                 to_text(until), failures)
 
 
 def record_success(db: Database, now: dt.datetime, *, number_id: int, operation_id: int) -> None:
@@ -59,12 +58,12 @@ def lift_due_bans(db: Database, now: dt.datetime) -> int:
     stamp = to_text(now)
     lifted = db.execute(
         "UPDATE numbers SET banned_until = NULL, failures = 0, idle_since = ?"
-        f" WHERE {BAN_DUE} RETURNING id",
+        f" WHERE {BAN_DUE} RETURNING id, number",
         (stamp, stamp),
     ).fetchall()
-    for (number_id,) in lifted:
+    for number_id, number in lifted:
         events.record(db, now, "ban_lifted", number_id=number_id, reason="the ban period ended")
-        log.info("number %d: ban ended, offered again", number_id)
+        log.info("+%s: ban ended, offered again", number)
     return len(lifted)
 
 

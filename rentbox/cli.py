@@ -8,7 +8,6 @@ import enum
 import datetime as dt
 import functools
 import json
-import logging
 import os
 import sqlite3
 import sys
@@ -19,8 +18,8 @@ from typing import Annotated, Callable, Optional
 import typer
 from rich.console import Console
 
-from rentbox import (__version__, bans, housekeeping, meta, operations, pool, presence, render,
-                     reports, sms, tallies)
+from rentbox import (__version__, bans, housekeeping, logs, meta, operations, pool, presence,
+                     render, reports, sms, tallies)
 from rentbox import db as database_file
 from rentbox.clock import SystemClock
 from rentbox.config import (API_KEY_ENV, GATEWAY_TOKEN_ENV, SETTINGS, SMSGATE_KEY_ENV, Rules,
@@ -95,6 +94,8 @@ def _server_rules(database, **given: float | int | bool | None) -> Rules:
 # Choices as Typer's choices: listed in --help, and a wrong one is a usage error.
 Outcome = enum.Enum("Outcome", [(o, o) for o in operations.OUTCOMES], type=str)
 Grouping = enum.Enum("Grouping", [(g, g) for g in reports.GROUPINGS], type=str)
+LogLevel = enum.Enum("LogLevel", [(v, v) for v in logs.LEVELS], type=str)
+LogFormat = enum.Enum("LogFormat", [(v, v) for v in logs.FORMATS], type=str)
 LimitOption = Annotated[int, typer.Option(help="Show at most this many rows.", min=1,
                                           max=1_000_000)]
 # SQLite integers are 64-bit: a larger id could not exist, and would overflow.
@@ -214,6 +215,8 @@ def serve(
     presence: Annotated[bool, _option("presence")] = SETTINGS["presence"].default,
     presence_s: Annotated[float, _option("presence_s", min=1)] = SETTINGS[
         "presence_s"].default,
+    log_level: Annotated[LogLevel, _option("log_level")] = SETTINGS["log_level"].default,
+    log_format: Annotated[LogFormat, _option("log_format")] = SETTINGS["log_format"].default,
 ) -> None:
     """Answer Onlinesim's rent calls, take in SMS and push them, until Ctrl-C or SIGTERM.
 
@@ -231,11 +234,7 @@ def serve(
         )
     if push_url:
         _check_push_url(push_url)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(LogLevel(log_level).value, LogFormat(log_format).value)
     settings = Settings(
         api_key=api_key,
         gateway_token=os.environ.get(GATEWAY_TOKEN_ENV, "").strip() or None,

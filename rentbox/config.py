@@ -65,6 +65,11 @@ SETTINGS: dict[str, Setting] = {
                 "Seconds a ban lasts; the number then returns with its count reset."),
         Setting("housekeeping_s", "RENTBOX_HOUSEKEEPING_S", 5.0,
                 "Seconds between housekeeping passes (guard windows, bans, presence)."),
+        Setting("log_level", "RENTBOX_LOG_LEVEL", "info",
+                "Least important log lines `serve` writes: debug (every GET_SERVICES poll "
+                "too), info, warning or error."),
+        Setting("log_format", "RENTBOX_LOG_FORMAT", "text",
+                "Log lines as text, or as one JSON object each (json) for log shippers."),
         Setting("presence", "RENTBOX_PRESENCE", True,
                 "Offer only numbers whose SIM is online, once a gateway has reported it "
                 "(--no-presence, or RENTBOX_PRESENCE=off: every number is offered, as if "

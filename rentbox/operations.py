@@ -121,7 +121,10 @@ def _fail(db: Database, now: dt.datetime, rules: Rules, operation: dict, failure
                (stamp, operation["id"]))
     events.record(db, now, failure, operation_id=operation["id"],
                   number_id=operation["number_id"])
-    log.info("operation %d failed (%s): its number is offered again", operation["id"], failure)
+    number = db.execute("SELECT number FROM numbers WHERE id = ?",
+                        (operation["number_id"],)).fetchone()[0]
+    log.info("rental %d on +%s failed (%s): the number is offered again", operation["id"],
+             number, failure)
     bans.record_failure(db, now, rules, number_id=operation["number_id"],
                         operation_id=operation["id"], reason=failure)
 

@@ -85,6 +85,9 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
             _check_dispatch(body)
         elif action != path_action:
             raise InvalidInput(f"action must be {path_action} on this path, not {action!r}")
+        if action == "GET_SERVICES":
+            # Polled every 2 minutes: its access-log line is debug, not info.
+            bottle.request.environ["rentbox.log_level"] = logging.DEBUG
         answer = handlers[action](body)
         try:
             calls.note(connections.get(), clock.now(), action)
@@ -398,7 +401,8 @@ class AccessLog:
         try:
             result: Iterable[bytes] = self.app(environ, record)
         finally:
-            access_log.info(
+            access_log.log(
+                environ.get("rentbox.log_level", logging.INFO),
                 "%s %s %s %.1fms",
                 environ.get("REQUEST_METHOD"),
                 _printable(environ.get("PATH_INFO", "")),

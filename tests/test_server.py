@@ -337,7 +337,7 @@ APP_ANSWERS = [
                          ids=[w[0] for w in WAITRESS_ANSWERS + APP_ANSWERS])
 def test_every_answer_is_json_and_which_ones_waitress_makes(live_server, caplog, what,
                                                              request_bytes, status):
-    with caplog.at_level(logging.INFO, logger="rentbox.access"):
+    with caplog.at_level(logging.DEBUG, logger="rentbox.access"):
         got, head, body = _raw_exchange(live_server.url, request_bytes)
     assert got == status
     assert b"\r\nContent-Type: application/json; charset=utf-8" in head

@@ -1,0 +1,52 @@
+"""Log lines: UTC with the zone, text or JSON, numbers by phone number, quiet polls."""
+
+import io
+import json
+import logging
+
+from rentbox import bans, logs
+from rentbox.config import Rules
+from rentbox.web import wsgi
+
+from conftest import API_KEY, START, WsgiClient, add_numbers
+
+
+def test_text_and_json_lines_carry_utc_times(monkeypatch):
+    out = io.StringIO()
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    logs.configure("info", "text", out)
+    logging.getLogger("rentbox.test").info("hello %s", "there")
+    line = out.getvalue().strip()
+    assert line.endswith("Z INFO rentbox.test: hello there") and line[10] == "T"
+    out.seek(0), out.truncate()
+    logs.configure("warning", "json", out)
+    logging.getLogger("rentbox.test").info("not shown")
+    logging.getLogger("rentbox.test").warning("shown")
+    record = json.loads(out.getvalue())
+    assert record["level"] == "warning" and record["message"] == "shown"
+    assert record["at"].endswith("Z") and record["logger"] == "rentbox.test"
+    logging.getLogger().setLevel(logging.WARNING)
+
+
+def test_a_ban_names_the_number_not_its_row(db, clock, caplog):
+    from rentbox import operations
+    from rentbox.protocol import RentRequest
+
+    add_numbers(db, START, ("+4915123456789", "germany", "o2"))
+    rental = operations.open_rent(db, clock, RentRequest(sum_kopecks=1), Rules())
+    caplog.set_level(logging.INFO)
+    with db.transaction():
+        bans.record_failure(db, START, Rules(ban_after=1), number_id=1,
+                            operation_id=rental.activation_id, reason="guard_expired")
+    assert "+4915123456789 banned until" in caplog.text
+
+
+def test_get_services_polls_are_logged_at_debug(settings, clock, connections, db, caplog):
+    client = WsgiClient(wsgi(settings, clock, connections))
+    caplog.set_level(logging.DEBUG, logger="rentbox.access")
+    client.post("/getServicesRent", {"action": "GET_SERVICES", "key": API_KEY})
+    client.post("/getNumberRent", {"action": "GET_NUMBER", "key": API_KEY, "service": "rent",
+                                   "sum": 1})
+    levels = {r.getMessage().split()[1]: r.levelname for r in caplog.records
+              if r.name == "rentbox.access"}
+    assert levels == {"/getServicesRent": "DEBUG", "/getNumberRent": "INFO"}
