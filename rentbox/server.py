@@ -15,7 +15,7 @@ from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask
 
-from rentbox import __version__, meta, web
+from rentbox import __version__, meta, reports, web
 from rentbox.clock import Clock, SystemClock, to_text
 from rentbox.config import Settings
 from rentbox.db import Connections, hold_serving_lock, open_database
@@ -229,6 +229,7 @@ class Server:
             return
         self._loop_thread = threading.current_thread()
         self._record_start()
+        self._warn_at_start()
         self.housekeeper.start()
         if self.pusher:
             self.pusher.start()
@@ -253,6 +254,18 @@ class Server:
                  "presence": s.rules.presence, "presence_s": s.rules.presence_s}
         meta.put(self.connections.get(), now, meta.SERVER, facts)
         self._facts = facts
+
+    def _warn_at_start(self) -> None:
+        """What `rentbox status` would warn about, once, in the log: an empty pool, no
+        push URL, … (Onlinesim's silence is only news later)."""
+        try:
+            facts = reports.status(self.connections.get(), self.clock.now())
+        except Exception:  # a warning that cannot be computed must not stop the server
+            log.exception("could not check the server's state at start")
+            return
+        for warning in facts["warnings"]:
+            if "Onlinesim has never called" not in warning:
+                log.warning("%s", warning)
 
     def start_in_thread(self) -> threading.Thread:
         """Serve from a background thread (tests, benchmarks)."""
@@ -316,9 +329,6 @@ def serve(settings: Settings) -> None:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     log.info("rentbox %s serving on %s (database %s, %d worker thread%s)", __version__,
              server.url, settings.db, settings.threads, "" if settings.threads == 1 else "s")
-    if not settings.push_url:
-        log.warning("RENTBOX_PUSH_URL is not set: SMS are stored and wait in the outbox, "
-                    "nothing is pushed to Onlinesim")
     if not settings.gateway_token:
         log.info("POST /sms is off: set RENTBOX_GATEWAY_TOKEN to take SMS from forwarders")
     if not settings.smsgate_key:

@@ -356,3 +356,14 @@ def test_the_readme_lists_what_waitress_answers_itself():
     section = " ".join(section.split())  # as read, whatever the line breaks
     for what, _, status in WAITRESS_ANSWERS:
         assert f"{what} ({status})" in section, what
+
+
+def test_serve_says_at_start_what_status_would_warn_about(start_server, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="rentbox.server"):
+        start_server()
+        assert wait_until(lambda: "the pool is empty" in caplog.text)
+    warned = [r.getMessage() for r in caplog.records if r.name == "rentbox.server"]
+    assert any("without RENTBOX_PUSH_URL" in w for w in warned)
+    assert not any("never called" in w for w in warned)
