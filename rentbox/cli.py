@@ -62,6 +62,7 @@ def _option(name: str, **extra) -> typer.models.OptionInfo:
 
 DbOption = Annotated[Path, _option("db", dir_okay=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+CsvOption = Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")]
 GuardOption = Annotated[float, _option("guard_s", min=0)]
 GuardMarginOption = Annotated[float, _option("guard_margin_s", min=0)]
 BanAfterOption = Annotated[int, _option("ban_after", min=1)]
@@ -127,16 +128,36 @@ def say(text: str) -> None:
     out.print(text, markup=False, soft_wrap=True)
 
 
+def _print_csv(rows: list[dict]) -> None:
+    """Rows as CSV with a header row (nothing for no rows); nested values as JSON."""
+    import csv
+
+    if not rows:
+        return
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(rows[0].keys())
+    for row in rows:
+        writer.writerow(json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list))
+                        else "" if v is None else v for v in row.values())
+
+
 def _print_json(value: object) -> None:
     # Plain stdout, not Rich: scripts need JSON that no terminal width can re-wrap.
     typer.echo(json.dumps(value, ensure_ascii=False, indent=2))
 
 
-def _wants_table(rows: list[dict], json_output: bool, *, empty: str) -> bool:
-    """The convention of every list command: with --json, the rows for scripts; with no
-    rows, `empty`; otherwise True, and the command prints its table for people."""
+def _wants_table(rows: list[dict], json_output: bool, *, empty: str,
+                 csv_output: bool = False) -> bool:
+    """The convention of every list command: with --json or --csv, every field of the rows
+    for scripts and spreadsheets; with no rows, `empty`; otherwise True, and the command
+    prints its table for people."""
+    if json_output and csv_output:
+        raise InvalidInput("choose one of --json and --csv")
     if json_output:
         _print_json(rows)
+        return False
+    if csv_output:
+        _print_csv(rows)
         return False
     if not rows:
         say(empty)
@@ -404,7 +425,10 @@ def numbers_list(
         "--online", help="Only numbers whose SIM a gateway reports online now.")] = False,
     offline: Annotated[bool, typer.Option(
         "--offline", help="Only numbers whose SIM is offline (not offered).")] = False,
+    limit: Annotated[Optional[int], typer.Option(help="Show at most this many numbers.",
+                                                 min=1)] = None,
     json_output: JsonOption = False,
+    csv_output: CsvOption = False,
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
     """Show the pool: every number with its country, operator, port, state and SIM.
@@ -416,10 +440,11 @@ def numbers_list(
     if online and offline:
         raise InvalidInput("--online and --offline exclude each other")
     rows = pool.list_numbers(_books(db), include_removed=include_removed,
-                             sim="online" if online else "offline" if offline else None)
+                             sim="online" if online else "offline" if offline else None,
+                             limit=limit)
     empty = ("No number matches." if online or offline else
              "The pool is empty. Add numbers with: rentbox numbers import FILE")
-    if not _wants_table(rows, json_output, empty=empty):
+    if not _wants_table(rows, json_output, empty=empty, csv_output=csv_output):
         return
     _table(None, ["number", "country", "operator", "port", "state", "SIM", "last seen (UTC)"],
            [["+" + r["number"], r["country"], r["operator"] or "", r["port"] or "", r["state"],
@@ -448,7 +473,7 @@ def numbers_show(number: NumberArgument, json_output: JsonOption = False,
         f"{h['failures']} failed rental(s) in a row{ban}")
     say(f"SIM: {_sim_line(h)}")
     if h["rentals"]:
-        _table("Rentals", ["id", "created (UTC)", "outcome", "guard", "SMS", "sum"],
+        _table("Rentals", ["id", "created (UTC)", "outcome", "guard", "SMS", "sum (RUB)"],
                [[str(r["id"]), render.when(r["created_at"]), r["outcome"], render.GUARD.get(r["failure"], ""),
                  str(r["sms_count"]), render.rub(r["final_sum_kopecks"] if r["final_sum_kopecks"]
                                            is not None else r["initial_sum_kopecks"])]
@@ -562,6 +587,7 @@ def sms_add(
     text: Annotated[str, typer.Option("--text", help="The message text, exactly as received.")],
     source_id: Annotated[Optional[str], typer.Option(
         "--id", help="The source's own message id: the same id is stored only once.")] = None,
+    json_output: JsonOption = False,
     db: DbOption = SETTINGS["db"].default,
     guard_s: ServerGuardOption = None,
     guard_margin_s: ServerGuardMarginOption = None,
@@ -583,6 +609,10 @@ def sms_add(
                                             guard_margin_s=guard_margin_s,
                                             ban_after=ban_after, ban_s=ban_s,
                                             presence=presence, presence_s=presence_s))
+    if json_output:
+        _print_json({"sms_id": accepted.sms_id, "duplicate": accepted.duplicate,
+                     "push_state": accepted.push_state})
+        return
     where = {"pending": "queued for Onlinesim",
              "unrouted": "kept, not pushed: the number is in no open rental"}
     state = where.get(accepted.push_state, accepted.push_state)
@@ -602,6 +632,7 @@ def sms_list(
                       ] = False,
     limit: LimitOption = 100,
     json_output: JsonOption = False,
+    csv_output: CsvOption = False,
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
     """Show SMS, newest first, with their delivery state, attempts and last error."""
@@ -610,7 +641,7 @@ def sms_list(
     state = "pending" if pending else "failed" if failed else None
     rows = sms.list_sms(_books(db), number=number, operation_id=operation, state=state,
                         limit=limit)
-    if not _wants_table(rows, json_output, empty="No SMS."):
+    if not _wants_table(rows, json_output, empty="No SMS.", csv_output=csv_output):
         return
     columns = ["id", "received (UTC)", "to", "state", "tries", "from", "text", "last error"]
     cells = [[str(r["id"]), render.when(r["received_at"]),
@@ -658,15 +689,16 @@ def ops_list(
              "whatever FINISH said).")] = None,
     limit: LimitOption = 100,
     json_output: JsonOption = False,
+    csv_output: CsvOption = False,
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
-    """Show rent operations, newest first."""
+    """Show rent operations, newest first (sums: RUB in the table, kopecks in JSON and CSV)."""
     rows = operations.list_operations(_books(db), open_only=open_only, number=number,
                                       since=_since(since),
                                       outcome=outcome.value if outcome else None, limit=limit)
-    if not _wants_table(rows, json_output, empty="No operations."):
+    if not _wants_table(rows, json_output, empty="No operations.", csv_output=csv_output):
         return
-    _table(None, ["id", "number", "created (UTC)", "outcome", "guard", "SMS", "sum"],
+    _table(None, ["id", "number", "created (UTC)", "outcome", "guard", "SMS", "sum (RUB)"],
            [[str(r["id"]), "+" + r["number"], render.when(r["created_at"]),
              r["outcome"] + (", at risk" if r["at_risk"] else ""),
              render.GUARD.get(r["failure"], ""), str(r["sms_count"]),
@@ -730,10 +762,12 @@ def ops_close(
 
 @bans_app.command("list")
 @fails_cleanly
-def bans_list(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].default) -> None:
+def bans_list(json_output: JsonOption = False, csv_output: CsvOption = False,
+              db: DbOption = SETTINGS["db"].default) -> None:
     """Show banned numbers, and numbers with failed rentals on their way to a ban."""
     rows = bans.list_bans(_books(db))
-    if not _wants_table(rows, json_output, empty="No bans, and no number has failed rentals."):
+    if not _wants_table(rows, json_output, csv_output=csv_output,
+                        empty="No bans, and no number has failed rentals."):
         return
     _table(None, ["number", "country", "operator", "failures", "banned until (UTC)"],
            [["+" + r["number"], r["country"], r["operator"] or "", str(r["failures"]),
@@ -849,9 +883,11 @@ def report(
     if csv_output:
         import csv
 
-        # For spreadsheets: plain numbers, the success rate as a fraction, RUB as decimals.
+        # For spreadsheets: plain numbers, the success rate as a fraction, sums in kopecks
+        # as in --json (the unit is in the column's name).
         columns = ["operations", "sold", "cancelled", "refunded", "wrong_service", "open",
-                   "failed", "with_sms", "success_rate", "credited_rub", "pending_rub"]
+                   "failed", "with_sms", "success_rate", "credited_kopecks",
+                   "pending_kopecks"]
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow([by] + columns)
         for row in rows:
@@ -859,8 +895,7 @@ def report(
             writer.writerow([row.key, row.operations, row.sold, row.cancelled, row.refunded,
                              row.wrong_service, row.open, row.failed, row.with_sms,
                              "" if rate is None else f"{rate:.4f}",
-                             f"{row.credited_kopecks / 100:.2f}",
-                             f"{row.pending_kopecks / 100:.2f}"])
+                             row.credited_kopecks, row.pending_kopecks])
         return
     if not rows:
         say("No operations in this period.")
@@ -868,15 +903,15 @@ def report(
     # The table folds cancelled, refunded and wrong_service into "other"; --csv and --json
     # have each.
     label = ("+{}" if by == "number" else "{}").format
-    _table(None, [by, "ops", "sold", "other", "open", "failed", "success", "credited",
-                  "pending"],
+    _table(None, [by, "ops", "sold", "other", "open", "failed", "success", "credited (RUB)",
+                  "pending (RUB)"],
            [[label(r.key) if r is not totals else "total", str(r.operations), str(r.sold),
              str(r.cancelled + r.refunded + r.wrong_service), str(r.open), str(r.failed),
              "" if r.success_rate is None else f"{r.success_rate:.0%}",
              render.rub(r.credited_kopecks), render.rub(r.pending_kopecks)]
             for r in rows + [totals]])
-    say("Sums in RUB. credited: FINISH status 3. pending: open rentals with SMS, at their")
-    say("initial sum. other: cancelled, refunded or wrong service.")
+    say("credited: FINISH status 3. pending: open rentals with SMS, at their initial sum.")
+    say("other: cancelled, refunded or wrong service. --json and --csv give kopecks.")
 
 
 @app.command()

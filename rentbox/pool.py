@@ -432,7 +432,7 @@ _SIM_FILTERS = {"online": "numbers.offline = 0 AND numbers.seen_by IS NOT NULL",
 
 
 def list_numbers(db: Database, *, include_removed: bool = False,
-                 sim: str | None = None) -> list[dict]:
+                 sim: str | None = None, limit: int | None = None) -> list[dict]:
     """The pool with each number's state (free, rented, banned, disabled, offline;
     "rented, disabled" for one that leaves the pool when its rental ends, "rented, at
     risk" for a rented one whose SIM is offline; removed ones only when asked) and its SIM
@@ -446,7 +446,7 @@ def list_numbers(db: Database, *, include_removed: bool = False,
     return db.rows(
         f"SELECT number, country, operator, port, {STATE_SQL} AS state, {SIM_SQL} AS sim,"
         f" seen_at, seen_by, offline_since FROM numbers WHERE {' AND '.join(where)}"
-        " ORDER BY country, number"
+        " ORDER BY country, number LIMIT ?", (-1 if limit is None else limit,)
     )
 
 

@@ -311,8 +311,8 @@ def test_report_outputs(db_path):
     csv_out = run("report", "--csv", "--db", db_path)
     assert csv_out.stdout.splitlines() == [
         "day,operations,sold,cancelled,refunded,wrong_service,open,failed,with_sms,"
-        "success_rate,credited_rub,pending_rub",
-        f"{day},2,1,0,0,0,1,0,0,,870.50,0.00"]
+        "success_rate,credited_kopecks,pending_kopecks",
+        f"{day},2,1,0,0,0,1,0,0,,87050,0"]
     data = json.loads(run("report", "--json", "--by", "country", "--db", db_path).stdout)
     assert data["totals"]["credited_kopecks"] == 87050
     assert [r["key"] for r in data["rows"]] == ["germany"]
@@ -509,3 +509,24 @@ def test_help_is_plain_text_in_a_pipe():
     assert piped.returncode == 0
     assert "Usage: python -m rentbox numbers [OPTIONS] COMMAND [ARGS]..." in piped.stdout
     assert "import" in piped.stdout and not any(c in piped.stdout for c in "╭─│╰")
+
+
+def test_lists_print_csv_and_sms_add_json(db_path):
+    import csv
+    import io
+
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    out = run("numbers", "list", "--csv", "--limit", "2", "--db", db_path).stdout
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["number"] for r in rows] == ["4915123456789", "4915123456790"]
+    assert rows[0]["sim"] == "-" and rows[0]["seen_at"] == ""
+    added = run("sms", "add", "--to", "+4915123456789", "--from", "x", "--text", "hi", "--json",
+                "--db", db_path)
+    assert json.loads(added.stdout) == {"sms_id": 1, "duplicate": False,
+                                        "push_state": "unrouted"}
+    listed = list(csv.DictReader(io.StringIO(run("sms", "list", "--csv", "--db", db_path).stdout)))
+    assert listed[0]["text"] == "hi"
+    for command in (["ops", "list"], ["bans", "list"]):
+        assert run(*command, "--csv", "--db", db_path).stdout == ""  # no rows, no header
+    both = run("numbers", "list", "--csv", "--json", "--db", db_path)
+    assert both.stderr == "Error: choose one of --json and --csv\n"
