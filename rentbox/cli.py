@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 
 from rentbox import (__version__, bans, housekeeping, logs, meta, operations, pool, presence,
-                     render, reports, sms, tallies)
+                     render, reports, retention, sms, tallies)
 from rentbox import db as database_file
 from rentbox.clock import SystemClock
 from rentbox.config import (API_KEY_ENV, GATEWAY_TOKEN_ENV, SETTINGS, SMSGATE_KEY_ENV, Rules,
@@ -236,6 +236,8 @@ def serve(
     presence: Annotated[bool, _option("presence")] = SETTINGS["presence"].default,
     presence_s: Annotated[float, _option("presence_s", min=1)] = SETTINGS[
         "presence_s"].default,
+    sms_keep_days: Annotated[float, _option("sms_keep_days", min=0)] = SETTINGS[
+        "sms_keep_days"].default,
     log_level: Annotated[LogLevel, _option("log_level")] = SETTINGS["log_level"].default,
     log_format: Annotated[LogFormat, _option("log_format")] = SETTINGS["log_format"].default,
 ) -> None:
@@ -262,7 +264,7 @@ def serve(
         smsgate_key=os.environ.get(SMSGATE_KEY_ENV, "").strip() or None,
         db=db, host=host, port=port, threads=threads, push_url=push_url or None,
         push_retry_s=push_retry_s, push_timeout_s=push_timeout_s,
-        housekeeping_s=housekeeping_s,
+        housekeeping_s=housekeeping_s, sms_keep_days=sms_keep_days,
         rules=Rules(guard_s=guard_s, ban_after=ban_after, ban_s=ban_s,
                     guard_margin_s=guard_margin_s, presence=presence, presence_s=presence_s),
     )
@@ -326,6 +328,25 @@ def housekeep(
         err.print(f"Error: {len(differences)} tally figure(s) differed from the rows and were "
                   "rebuilt", markup=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+@app.command()
+@fails_cleanly
+def prune(
+    sms_keep_days: Annotated[float, _option("sms_keep_days", min=0)] = SETTINGS[
+        "sms_keep_days"].default,
+    db: DbOption = SETTINGS["db"].default,
+) -> None:
+    """Remove the texts of SMS older than the retention period now.
+
+    `rentbox serve` does this by itself, a little at each housekeeping pass. The rows
+    stay, with sender, times and delivery state; an SMS still waiting to be pushed is
+    kept whole.
+    """
+    if sms_keep_days <= 0:
+        raise InvalidInput("--sms-keep-days is 0: SMS texts are kept for ever, nothing to prune")
+    count = retention.prune_all(_books(db), _now(), sms_keep_days)
+    say(f"Pruned the texts of {count} SMS older than {sms_keep_days:g} days.")
 
 
 # ---------------------------------------------------------------------------------------

@@ -65,6 +65,10 @@ SETTINGS: dict[str, Setting] = {
                 "Seconds a ban lasts; the number then returns with its count reset."),
         Setting("housekeeping_s", "RENTBOX_HOUSEKEEPING_S", 5.0,
                 "Seconds between housekeeping passes (guard windows, bans, presence)."),
+        Setting("sms_keep_days", "RENTBOX_SMS_KEEP_DAYS", 30.0,
+                "Days after a rental closed (or an SMS for no rental arrived) before its SMS "
+                "texts are removed; the rows and their delivery facts stay. 0 keeps them "
+                "for ever."),
         Setting("log_level", "RENTBOX_LOG_LEVEL", "info",
                 "Least important log lines `serve` writes: debug (every GET_SERVICES poll "
                 "too), info, warning or error."),
@@ -128,6 +132,7 @@ class Settings:
     push_retry_s: float = default("push_retry_s")
     push_timeout_s: float = default("push_timeout_s")
     housekeeping_s: float = default("housekeeping_s")
+    sms_keep_days: float = default("sms_keep_days")
     rules: Rules = Rules()
     # Largest request body accepted, after gzip decoding too.
     max_body_bytes: int = 64 * 1024

@@ -871,6 +871,18 @@ def m006_counters_and_books(db: Database) -> None:
     """)
 
 
+@migrations()
+def m007_sms_retention(db: Database) -> None:
+    _run(db, """
+    -- SMS texts (one-time codes) are not kept for ever (retention.py): when one is pruned,
+    -- its text is replaced and this says when; the row and its delivery facts stay.
+    ALTER TABLE sms ADD COLUMN pruned_at TEXT;
+    -- SMS that belong to no rental, not yet pruned, by age.
+    CREATE INDEX sms_unrouted_unpruned ON sms(created_at)
+        WHERE operation_id IS NULL AND pruned_at IS NULL
+    """)
+
+
 def migrate(db: Database) -> None:
     """Bring the schema up to date. Safe to call on every start; never rebuilds data.
 

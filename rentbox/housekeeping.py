@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 
-from rentbox import operations
+from rentbox import operations, retention
 from rentbox.clock import Clock, to_text
 from rentbox.config import Rules
 from rentbox.db import Connections, Database
@@ -19,8 +19,10 @@ log = logging.getLogger("rentbox.housekeeping")
 UNAVAILABLE_LOG_EVERY_S = 300.0
 
 
-def run_once(db: Database, now: dt.datetime, rules: Rules) -> int:
-    """One pass: expire guard windows, lift ended bans. Returns how many changes it made.
+def run_once(db: Database, now: dt.datetime, rules: Rules, sms_keep_days: float = 0) -> int:
+    """One pass: expire guard windows, lift ended bans, turn offline the SIMs whose
+    presence window ended, and prune one small batch of old SMS texts (retention.py; none
+    when `sms_keep_days` is 0). Returns how many changes it made.
 
     Touches only what is due, through partial indexes, so its cost does not grow with
     history. Claims and counts apply the same rules themselves before answering, so
@@ -32,16 +34,18 @@ def run_once(db: Database, now: dt.datetime, rules: Rules) -> int:
     if db.health.failing:
         db.probe_write(to_text(now))
         log.info("the database can be written again")
-    return operations.catch_up(db, now, rules)
+    return operations.catch_up(db, now, rules) + retention.prune_due(db, now, sms_keep_days)
 
 
 class Housekeeper:
     """A named background thread that calls `run_once` every `interval_s` seconds."""
 
-    def __init__(self, connections: Connections, clock: Clock, rules: Rules, interval_s: float):
+    def __init__(self, connections: Connections, clock: Clock, rules: Rules, interval_s: float,
+                 sms_keep_days: float = 0):
         self._connections = connections
         self._clock = clock
         self._rules = rules
+        self._sms_keep_days = sms_keep_days
         self._interval_s = interval_s
         self._unavailable_logged_s: float | None = None
         self._stop = threading.Event()
@@ -60,7 +64,8 @@ class Housekeeper:
         # Wait on an Event, not sleep(): stop() ends the wait at once.
         while not self._stop.wait(self._interval_s):
             try:
-                changed = run_once(self._connections.get(), self._clock.now(), self._rules)
+                changed = run_once(self._connections.get(), self._clock.now(), self._rules,
+                                   self._sms_keep_days)
                 if changed:
                     log.info("housekeeping: %d change(s)", changed)
                 self._unavailable_logged_s = None

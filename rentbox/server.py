@@ -200,7 +200,7 @@ class Server:
                                      timeout_s=settings.push_timeout_s,
                                      rules=settings.rules)
             self.housekeeper = Housekeeper(self.connections, self.clock, settings.rules,
-                                           settings.housekeeping_s)
+                                           settings.housekeeping_s, settings.sms_keep_days)
             app = web.wsgi(settings, self.clock, self.connections,
                            on_sms=self.pusher.wake if self.pusher else lambda: None)
             self._waitress = make_waitress(app, settings, limits)

@@ -6,7 +6,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "rentbox"
 BOTTOM = {"clock", "config", "errors", "db", "events", "meta", "logs"}
 MIDDLE = {"protocol", "pool", "bans", "operations", "sms", "gateways", "push", "housekeeping",
-          "presence", "tallies",
+          "presence", "tallies", "retention",
           "reports"}
 TOP = {"web", "server", "cli", "render"}
 # Who may import whom at the top: cli starts the server and renders tables, the server
