@@ -182,14 +182,14 @@ def _now() -> dt.datetime:
     return SystemClock().now()
 
 
-def _since(text: str | None, option: str = "--since") -> dt.datetime | None:
-    """A date or ISO time given on the command line; without a zone it is UTC."""
-    if text is None:
+# Dates and times as the CLI takes them: a usage error (exit 2) names these formats.
+TIME_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S"]
+
+
+def _utc(moment: dt.datetime | None) -> dt.datetime | None:
+    """A date or time given on the command line; without a zone it is UTC."""
+    if moment is None:
         return None
-    try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidInput(f"{option} {text!r} is not a date (YYYY-MM-DD) or ISO time") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
 
 
@@ -703,8 +703,10 @@ def ops_list(
                          ] = False,
     number: Annotated[Optional[str], typer.Option(help="Only operations on this number.")
                       ] = None,
-    since: Annotated[Optional[str], typer.Option(
-        help="Only operations created at or after this date or ISO time (UTC).")] = None,
+    since: Annotated[Optional[dt.datetime], typer.Option(
+        formats=TIME_FORMATS,
+        help="Only operations created at or after this date or time (UTC unless it has a "
+             "zone).")] = None,
     outcome: Annotated[Optional[Outcome], typer.Option(
         help="Only this outcome ('failed': no SMS accepted by Onlinesim in the guard window, "
              "whatever FINISH said).")] = None,
@@ -715,7 +717,7 @@ def ops_list(
 ) -> None:
     """Show rent operations, newest first (sums: RUB in the table, kopecks in JSON and CSV)."""
     rows = operations.list_operations(_books(db), open_only=open_only, number=number,
-                                      since=_since(since),
+                                      since=_utc(since),
                                       outcome=outcome.value if outcome else None, limit=limit)
     if not _wants_table(rows, json_output, empty="No operations.", csv_output=csv_output):
         return
@@ -875,10 +877,12 @@ def _escape(text: str) -> str:
 @fails_cleanly
 def report(
     by: Annotated[Grouping, typer.Option(help="How to group the rentals.")] = "day",
-    since: Annotated[Optional[str], typer.Option(
-        help="From this date or ISO time (UTC), inclusive.")] = None,
-    until: Annotated[Optional[str], typer.Option(
-        help="Up to this date or ISO time (UTC), exclusive.")] = None,
+    since: Annotated[Optional[dt.datetime], typer.Option(
+        formats=TIME_FORMATS,
+        help="From this date or time (UTC unless it has a zone), inclusive.")] = None,
+    until: Annotated[Optional[dt.datetime], typer.Option(
+        formats=TIME_FORMATS,
+        help="Up to this date or time (UTC unless it has a zone), exclusive.")] = None,
     json_output: JsonOption = False,
     csv_output: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")
                           ] = False,
@@ -892,7 +896,7 @@ def report(
     """
     if json_output and csv_output:
         raise InvalidInput("choose one of --json and --csv")
-    since_at, until_at = _since(since, "--since"), _since(until, "--until")
+    since_at, until_at = _utc(since), _utc(until)
     if since_at and until_at and since_at >= until_at:
         raise InvalidInput("--since must be before --until")
     by = Grouping(by).value
