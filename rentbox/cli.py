@@ -943,6 +943,7 @@ def report(
 @fails_cleanly
 def backup(
     path: Annotated[Path, typer.Argument(help="The file to write; it must not exist yet.")],
+    json_output: JsonOption = False,
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
     """Copy the database to PATH, consistently, even while the server runs.
@@ -951,6 +952,9 @@ def backup(
     any -wal and -shm files beside it), start the server.
     """
     size = database_file.backup(_books(db), path)
+    if json_output:
+        _print_json({"database": str(db), "backup": str(path), "bytes": size})
+        return
     say(f"Backed up {db} to {path} ({size / 1024:,.0f} KiB).")
 
 

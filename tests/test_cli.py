@@ -532,3 +532,12 @@ def test_lists_print_csv_and_sms_add_json(db_path):
         assert run(*command, "--csv", "--db", db_path).stdout == ""  # no rows, no header
     both = run("numbers", "list", "--csv", "--json", "--db", db_path)
     assert both.stderr == "Error: choose one of --json and --csv\n"
+
+
+def test_backup_answers_json(db_path, tmp_path):
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    copy = tmp_path / "copy.db"
+    result = run("backup", copy, "--json", "--db", db_path)
+    answer = json.loads(result.stdout)
+    assert answer == {"database": str(db_path), "backup": str(copy),
+                      "bytes": copy.stat().st_size}
