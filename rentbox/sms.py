@@ -1,6 +1,6 @@
 """Inbound SMS: normalise, de-duplicate, store, and route to the open rental of the number.
 
-Every source (the JSON intake, SMSGate's webhook, the CLI) goes through `accept_sms`,
+Every source (the JSON intake, the gateways' adapters, the CLI) goes through `accept_sms`,
 which commits the SMS, durably, before the source is told "accepted". An SMS for a
 number held by an open rental belongs to that rental and enters the outbox (`pending`);
 any other SMS is kept, marked `unrouted`, and never pushed.
@@ -20,7 +20,7 @@ from rentbox.errors import Conflict, InvalidInput, NotFound
 
 log = logging.getLogger("rentbox.sms")
 
-SOURCES = ("api", "smsgate", "cli")
+SOURCES = ("api", "smsgate", "cli", "ejoin", "dinstar", "goip")
 # Longer than any joined multipart SMS (255 parts of 153 characters is about 39,000).
 # Over HTTP the 64 KiB body limit comes first for texts that JSON-escape to several bytes
 # per character (about 10,000 Cyrillic characters with \u escapes).
@@ -90,6 +90,9 @@ def accept_sms(db: Database, clock: Clock, incoming: IncomingSms, rules: Rules) 
                 log.warning("SMS on gateway port %s: several numbers have this port, "
                             "so it cannot be routed; give each SIM its own port", port)
                 candidates = []
+            elif not candidates:
+                log.warning("SMS on gateway port %s: no pool number has this port, so it is "
+                            "kept unrouted; import the SIM's number with this port", port)
         holder = candidates[0] if candidates else None
         number = holder["number"] if holder else number
         number_id = holder["id"] if holder else None
@@ -190,8 +193,8 @@ def list_sms(
         params.append(state)
     params.append(limit)
     return db.rows(
-        "SELECT id, number, operation_id, sender, text, received_at, push_state, attempts,"
-        " next_attempt_at, last_error, delivered_at FROM sms"
+        "SELECT id, number, port, operation_id, sender, text, received_at, push_state,"
+        " attempts, next_attempt_at, last_error, delivered_at FROM sms"
         f" WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
         params,
     )

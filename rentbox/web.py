@@ -13,6 +13,7 @@ import logging
 import time
 import zlib
 from typing import Callable, Iterable
+from urllib.parse import parse_qs
 
 import bottle
 
@@ -21,6 +22,7 @@ from rentbox.clock import Clock
 from rentbox.config import Settings
 from rentbox.db import Connections
 from rentbox.errors import InvalidInput, Unavailable
+from rentbox.gateways import common, dinstar, ejoin
 
 log = logging.getLogger("rentbox.web")
 access_log = logging.getLogger("rentbox.access")
@@ -49,6 +51,7 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
     app = bottle.Bottle()
     key = settings.api_key.encode("utf-8")
     rules = settings.rules
+    dinstar_tz = dinstar.time_zone(settings.dinstar_tz)
     calls = meta.CallLog()
 
     def get_services(body: dict) -> dict:
@@ -104,12 +107,36 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
             on_sms()
         return {"status": "SUCCESS", "smsId": accepted.sms_id}
 
+    def store_push(source: str, rows: list[common.Row]) -> dict:
+        result = common.accept_push(connections.get(), clock, rules, source, rows)
+        if result.has_new_for_rentals:
+            on_sms()
+        return result.as_dict()
+
+    def gateway_body(path: str) -> dict:
+        """The JSON body of a gateway's call, once its token checks out."""
+        token = _configured(settings.gateway_token, "RENTBOX_GATEWAY_TOKEN", path)
+        _check_token(bottle.request.environ, token)
+        return protocol.parse_body(_read_body(bottle.request.environ, settings.max_body_bytes))
+
     def sms_json() -> dict:
-        """POST /sms: the generic intake for forwarders and scripts (Bearer token)."""
-        token = _configured(settings.gateway_token, "RENTBOX_GATEWAY_TOKEN", "/sms")
-        _check_bearer(_header("Authorization"), token)
-        body = protocol.parse_body(_read_body(bottle.request.environ, settings.max_body_bytes))
-        return store_sms(gateways.parse_json_sms(body))
+        """POST /sms: the generic intake for forwarders and scripts (gateway token)."""
+        return store_sms(gateways.parse_json_sms(gateway_body("/sms")))
+
+    def sms_ejoin() -> dict:
+        """POST /sms/ejoin: an Ejoin box's pushes, SMS and port states (gateway token)."""
+        body = gateway_body("/sms/ejoin")
+        push = ejoin.parse_push(body, box=_query(bottle.request.environ, "box"))
+        if push.rows is not None:
+            return store_push(ejoin.SOURCE, push.rows)
+        return common.report_ports(connections.get(), clock, rules, push.ports)
+
+    def sms_dinstar() -> dict:
+        """POST /sms/dinstar: a Dinstar box's Push SMS (gateway token)."""
+        rows = dinstar.parse_push(gateway_body("/sms/dinstar"), dinstar_tz)
+        if rows is None:  # another push of the box (SMS results, USSD, …): not used
+            return {"status": "SUCCESS", "ignored": True}
+        return store_push(dinstar.SOURCE, rows)
 
     def sms_smsgate() -> dict:
         """POST /sms/smsgate: SMSGate's signed `sms:received` webhook."""
@@ -133,9 +160,9 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
         return store_sms(incoming)
 
     def presence_report() -> dict:
-        """POST /presence: a gateway's list of the SIMs it has online now (Bearer token)."""
+        """POST /presence: a gateway's list of the SIMs it has online now (gateway token)."""
         token = _configured(settings.gateway_token, "RENTBOX_GATEWAY_TOKEN", "/presence")
-        _check_bearer(_header("Authorization"), token)
+        _check_token(bottle.request.environ, token)
         body = protocol.parse_body(_read_body(bottle.request.environ,
                                               settings.max_presence_body_bytes))
         report = gateways.parse_presence(body)
@@ -151,6 +178,8 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
     app.route("/", "POST", _answering(lambda: onlinesim_call(None)))
     app.route("/sms", "POST", _answering(sms_json))
     app.route("/sms/smsgate", "POST", _answering(sms_smsgate))
+    app.route("/sms/ejoin", "POST", _answering(sms_ejoin))
+    app.route("/sms/dinstar", "POST", _answering(sms_dinstar))
     app.route("/presence", "POST", _answering(presence_report))
 
     @app.get("/health")
@@ -229,10 +258,30 @@ def _configured(secret: str | None, env: str, path: str) -> bytes:
     return secret.encode("utf-8")
 
 
-def _check_bearer(authorization: str | None, token: bytes) -> None:
-    scheme, _, value = (authorization or "").strip().partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token):
+def _check_token(environ: dict, token: bytes) -> None:
+    """The gateway token, as a Bearer header or, for boxes that cannot set headers, in the
+    query string (`?token=…`); every one presented must match, compared in constant time.
+    (The access log never writes the query string.)"""
+    presented: list[bytes | None] = []
+    authorization = environ.get("HTTP_AUTHORIZATION")
+    if authorization is not None:
+        scheme, _, value = authorization.strip().partition(" ")
+        presented.append(value.strip().encode("latin-1", "replace")
+                         if scheme.lower() == "bearer" else None)
+    presented += [value.encode("utf-8", "replace") for value in _query_values(environ, "token")]
+    if not presented or not all(
+            value is not None and hmac.compare_digest(value, token) for value in presented):
         raise ApiError(401, "BAD_TOKEN")
+
+
+def _query_values(environ: dict, name: str) -> list[str]:
+    return parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True).get(name, [])
+
+
+def _query(environ: dict, name: str) -> str | None:
+    """One query-string parameter (the last if repeated), or None."""
+    values = _query_values(environ, name)
+    return values[-1] if values else None
 
 
 def _json(status: int, payload: dict) -> str:

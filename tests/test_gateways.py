@@ -87,3 +87,13 @@ def test_signature_good_bad_and_stale():
         with pytest.raises(gateways.BadSignature, match=message):
             gateways.verify_smsgate_signature(raw, signature=signature, timestamp=timestamp,
                                               key=KEY, now=NOW, max_skew_s=300)
+
+
+def test_json_sms_by_port_when_the_number_is_unknown():
+    parsed = gateways.parse_json_sms({"port": "GSM1", "from": "Bank", "text": "hi"})
+    assert (parsed.to, parsed.port) == (None, "GSM1")
+    both = gateways.parse_json_sms({"to": "+4915123456789", "port": "GSM1", "from": "a",
+                                    "text": "b"})
+    assert (both.to, both.port) == ("+4915123456789", "GSM1")
+    with pytest.raises(InvalidInput, match="port must be"):
+        gateways.parse_json_sms({"port": "GSM 1", "from": "a", "text": "b"})

@@ -121,3 +121,21 @@ def test_smsgate_other_events_are_acknowledged_and_ignored(client, clock, db):
                                           "payload": {}})
     assert answer.json == {"status": "SUCCESS", "ignored": True}
     assert snapshot(db) == before
+
+
+def test_a_token_in_the_url_works_and_never_reaches_the_log(live_server, db, caplog):
+    import logging
+
+    from conftest import http_post
+
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom", "GSM1"))
+    with caplog.at_level(logging.DEBUG):
+        answer = http_post(f"{live_server.url}/sms?token={GATEWAY_TOKEN}",
+                           {"port": "GSM1", "from": "a", "text": "b"})
+        refused = http_post(f"{live_server.url}/sms?token=wrong-{GATEWAY_TOKEN}",
+                            {"port": "GSM1", "from": "a", "text": "b"})
+    assert (answer.status, answer.json) == (200, {"status": "SUCCESS", "smsId": 1})
+    assert (refused.status, refused.json) == (401, {"status": "ERROR", "error": "BAD_TOKEN"})
+    access = [r.getMessage().split()[:3] for r in caplog.records if r.name == "rentbox.access"]
+    assert access == [["POST", "/sms", "200"], ["POST", "/sms", "401"]]
+    assert GATEWAY_TOKEN not in caplog.text and "token=" not in caplog.text

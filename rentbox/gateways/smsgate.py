@@ -1,13 +1,10 @@
-"""SMS gateways: what each source sends, checked and turned into an IncomingSms.
+"""SMSGate (the open-source android-sms-gateway app and its AT-modem daemon): its signed
+webhook (`POST /sms/smsgate`).
 
-- The generic JSON intake (`POST /sms`): `to`, `from`, `text`, optional `id` and
-  `received_at`, for any forwarder or script.
-- SMSGate (the open-source android-sms-gateway app and its AT-modem daemon): the signed
-  `sms:received` webhook. When its payload has no `recipient`, the receiving number is
-  the pool number whose `port` is `<deviceId>:<simNumber>` (or just `<deviceId>` for a
-  single-SIM device that sends no simNumber). Its `system:ping` and `app:started`
-  events report SIM presence for the device (gateway `smsgate:<deviceId>`).
-- Presence reports (`POST /presence`): the SIMs a gateway has online now.
+`sms:received`: when its payload has no `recipient`, the receiving number is the pool
+number whose `port` is `<deviceId>:<simNumber>` (or just `<deviceId>` for a single-SIM
+device that sends no simNumber). `system:ping` and `app:started` report SIM presence for
+the device (gateway `smsgate:<deviceId>`).
 """
 
 from __future__ import annotations
@@ -19,34 +16,12 @@ import math
 
 from rentbox import presence
 from rentbox.errors import InvalidInput
+from rentbox.gateways.common import item, optional_id
 from rentbox.sms import IncomingSms, parse_time
-
-# Longest number or port accepted in a presence report.
-MAX_ITEM_CHARS = 64
 
 
 class BadSignature(Exception):
     """A webhook whose signature or timestamp does not check out."""
-
-
-def parse_json_sms(body: dict) -> IncomingSms:
-    """The generic intake's body."""
-    to = body.get("to")
-    if isinstance(to, int) and not isinstance(to, bool):
-        to = str(to)
-    if not isinstance(to, str) or not to.strip():
-        raise InvalidInput("to is required: the receiving number")
-    sender = body.get("from")
-    if not isinstance(sender, str) or not sender.strip():
-        raise InvalidInput("from is required: the sender's name or number")
-    text = body.get("text")
-    if not isinstance(text, str):
-        raise InvalidInput("text is required and must be a string")
-    return IncomingSms(
-        source="api", to=to.strip(), sender=sender, text=text,
-        source_id=_optional_id(body.get("id"), "id"),
-        received_at=parse_time(body.get("received_at"), "received_at"),
-    )
 
 
 def verify_smsgate_signature(raw: bytes, *, signature: str | None, timestamp: str | None,
@@ -80,8 +55,8 @@ def parse_smsgate(envelope: dict) -> IncomingSms | None:
     payload = envelope.get("payload")
     if not isinstance(payload, dict):
         raise InvalidInput("payload must be an object")
-    event_id = _optional_id(envelope.get("id"), "id")
-    device = _optional_id(envelope.get("deviceId"), "deviceId")
+    event_id = optional_id(envelope.get("id"), "id")
+    device = optional_id(envelope.get("deviceId"), "deviceId")
     sender = payload.get("sender", payload.get("phoneNumber"))  # older apps: phoneNumber
     if not isinstance(sender, str) or not sender.strip():
         raise InvalidInput("payload.sender is required")
@@ -123,7 +98,7 @@ def parse_smsgate_presence(envelope: dict) -> presence.Report | None:
     event = envelope.get("event")
     if event not in SMSGATE_PRESENCE_EVENTS:
         return None
-    device = _optional_id(envelope.get("deviceId"), "deviceId")
+    device = optional_id(envelope.get("deviceId"), "deviceId")
     if device is None:
         raise InvalidInput(f"deviceId is required for {event}")
     gateway = presence.check_gateway(f"smsgate:{device}"[:100])
@@ -146,48 +121,6 @@ def parse_smsgate_presence(envelope: dict) -> presence.Report | None:
         ports.append(port)
         phone = card.get("phoneNumber", card.get("number"))
         if phone is not None:
-            hints.append((port, _item(phone, "phoneNumber")))
+            hints.append((port, item(phone, "phoneNumber")))
     return presence.Report(gateway, ports=tuple(ports), device=device,
                            port_hints=tuple(hints))
-
-
-def parse_presence(body: dict) -> presence.Report:
-    """`POST /presence`: `{"gateway": "box-1", "numbers": [...], "ports": [...]}`, either
-    list or both (a list replaces the gateway's previous report), or neither (a
-    heartbeat). Numbers and ports that match nothing are answered back, not refused; a
-    body of the wrong shape is."""
-    gateway = presence.check_gateway(body.get("gateway"))
-    lists = {}
-    for field in ("numbers", "ports"):
-        value = body.get(field)
-        if value is None:
-            lists[field] = None
-            continue
-        if not isinstance(value, list):
-            raise InvalidInput(f"{field} must be a list")
-        if len(value) > presence.MAX_REPORT_ITEMS:
-            raise InvalidInput(f"{field} lists more than {presence.MAX_REPORT_ITEMS} items")
-        lists[field] = tuple(_item(item, field) for item in value)
-    return presence.Report(gateway, numbers=lists["numbers"], ports=lists["ports"])
-
-
-def _item(value: object, field: str) -> str:
-    """One number or port of a report: a string (or an integer, as numbers are often
-    sent), kept as sent."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str) or len(value) > MAX_ITEM_CHARS:
-        raise InvalidInput(f"each item of {field} must be a string of at most "
-                           f"{MAX_ITEM_CHARS} characters")
-    return value
-
-
-def _optional_id(value: object, field: str) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise InvalidInput(f"{field} must be a string or an integer")
-    text = str(value).strip()
-    if not text:
-        raise InvalidInput(f"{field} must not be empty")
-    return text

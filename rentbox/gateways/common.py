@@ -1,0 +1,259 @@
+"""What the gateway adapters share: ids, a push of several SMS, the state of a box's ports."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import re
+from typing import Callable, Iterable, Union
+
+from rentbox import meta, pool, presence, sms
+from rentbox.clock import Clock, to_text
+from rentbox.config import Rules
+from rentbox.db import Database
+from rentbox.errors import InvalidInput
+
+log = logging.getLogger("rentbox.gateways")
+
+# Longest number or port accepted from a box.
+MAX_ITEM_CHARS = 64
+# What a port may look like: it becomes part of a presence gateway name and of log lines.
+_PORT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,63}$")
+# A reported number agrees with the pool's when their last this-many digits agree, so that a
+# box showing a national notation (8 916 …, 0176 …) is not taken for another SIM.
+SAME_NUMBER_DIGITS = 9
+
+
+def optional_id(value: object, field: str) -> str | None:
+    """An id a box sends as a string or an integer; None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidInput(f"{field} must be a string or an integer")
+    text = str(value).strip()
+    if not text:
+        raise InvalidInput(f"{field} must not be empty")
+    return text
+
+
+def item(value: object, field: str) -> str:
+    """One number or port: a string (or an integer, as numbers are often sent), kept as
+    sent."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or len(value) > MAX_ITEM_CHARS:
+        raise InvalidInput(f"each item of {field} must be a string of at most "
+                           f"{MAX_ITEM_CHARS} characters")
+    return value
+
+
+def port_name(value: object, field: str = "port") -> str:
+    """A box's port (or line) name, as the pool's `port` column holds it."""
+    text = item(value, field).strip()
+    if not _PORT.match(text):
+        raise InvalidInput(f"{field} must be 1 to 64 letters, digits and . _ : @ / + -")
+    return text
+
+
+def text_field(value: object, field: str) -> str:
+    """A text a box sends as a string (numbers as integers too); '' when absent."""
+    if value is None:
+        return ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be a string")
+    return value
+
+
+def content_id(*parts: object) -> str:
+    """A message id made of what a box sends, for boxes that send none: the same SMS sent
+    again has the same id, so a retransmitted push stores nothing twice."""
+    joined = "\x1f".join(str(p) for p in parts)
+    return "h:" + hashlib.sha256(joined.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def decode_text(raw: bytes) -> str:
+    """The text of an SMS as a box hands over its bytes: UTF-8, or UCS2 (UTF-16, big-endian
+    unless a byte-order mark says otherwise), as boxes do for Cyrillic and other scripts.
+
+    UCS2 of Latin or Cyrillic letters is valid UTF-8 too (of control characters), so bytes
+    below a tab, which no text has and every such UCS2 text has (its high bytes), mark it."""
+    bom = raw[:2] in (b"\xfe\xff", b"\xff\xfe")
+    ucs2_codec = "utf-16" if bom else "utf-16-be"
+    ucs2 = len(raw) % 2 == 0 and (bom or any(byte < 0x09 for byte in raw))
+    for codec in (ucs2_codec, "utf-8") if ucs2 else ("utf-8", ucs2_codec):
+        try:
+            return raw.decode(codec)
+        except UnicodeDecodeError:
+            continue
+    raise InvalidInput("the text is neither UTF-8 nor UCS2")
+
+
+def receiving_number(*candidates: str | None) -> str | None:
+    """The first candidate that is a valid international number, as sent; None if none is
+    (the SMS is then routed by its port)."""
+    for candidate in candidates:
+        if candidate and candidate.strip():
+            try:
+                pool.normalize_number(candidate)
+            except InvalidInput:
+                continue
+            return candidate.strip()
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# A push of several SMS
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BadRow:
+    """One SMS of a push that cannot be used: logged and skipped, never the whole push."""
+
+    reason: str
+
+
+# One row of a push: an SMS, a bad row, or None for a row that is not an SMS (a delivery
+# report) and is acknowledged without being stored.
+Row = Union[sms.IncomingSms, BadRow, None]
+
+
+def parse_rows(items: Iterable[object], parse_one: Callable[[object], sms.IncomingSms | None]
+               ) -> list[Row]:
+    """Each row of a push parsed on its own: a row that does not parse becomes a BadRow."""
+    rows: list[Row] = []
+    for row in items:
+        try:
+            rows.append(parse_one(row))
+        except InvalidInput as error:
+            rows.append(BadRow(str(error)))
+    return rows
+
+
+@dataclasses.dataclass
+class PushResult:
+    """What became of a push's rows."""
+
+    accepted: list[sms.Accepted] = dataclasses.field(default_factory=list)
+    skipped: int = 0     # bad rows, logged
+    ignored: int = 0     # rows that are no SMS (delivery reports)
+
+    @property
+    def has_new_for_rentals(self) -> bool:
+        """Whether an SMS new to rentbox entered the outbox (the pusher should wake)."""
+        return any(a.push_state == "pending" and not a.duplicate for a in self.accepted)
+
+    def as_dict(self) -> dict:
+        return {"status": "SUCCESS",
+                "accepted": sum(not a.duplicate for a in self.accepted),
+                "duplicates": sum(a.duplicate for a in self.accepted),
+                "skipped": self.skipped, "ignored": self.ignored,
+                "smsIds": [a.sms_id for a in self.accepted]}
+
+
+def accept_push(db: Database, clock: Clock, rules: Rules, source: str,
+                rows: list[Row]) -> PushResult:
+    """Store each SMS of a multi-SMS push on its own (`sms.accept_sms`, one commit each):
+    a bad row is logged and skipped and never costs the others. Returns once every good
+    row is committed, so the box is answered only then. `Unavailable` (the disk is full)
+    is raised as is: the box retries the push, and what was stored is not stored twice."""
+    result = PushResult()
+    for number, row in enumerate(rows, start=1):
+        if row is None:
+            result.ignored += 1
+            continue
+        if isinstance(row, sms.IncomingSms):
+            try:
+                result.accepted.append(sms.accept_sms(db, clock, row, rules))
+                continue
+            except InvalidInput as error:
+                row = BadRow(str(error))
+        result.skipped += 1
+        log.warning("%s push: SMS %d of %d skipped: %s", source, number, len(rows),
+                    row.reason)
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# The state of a box's ports
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PortState:
+    """What a box says about one of its ports: whether its SIM is online (as a presence
+    report of the port's own gateway name) and, when it says, the SIM's number."""
+
+    report: presence.Report
+    port: str
+    number: str | None = None
+
+
+def report_ports(db: Database, clock: Clock, rules: Rules, states: list[PortState]) -> dict:
+    """Apply a box's port states to SIM presence, one port at a time, and check the
+    numbers it gives against the pool (`note_port_number`). With presence off, nothing
+    is applied and the box is simply acknowledged."""
+    if not rules.presence:
+        return {"status": "SUCCESS", "ignored": True}
+    online = 0
+    for state in states:
+        online += bool(presence.report(db, clock, rules, state.report).online)
+        if state.number:
+            note_port_number(db, clock, state.report.gateway, state.port, state.number)
+    return {"status": "SUCCESS", "ports": len(states), "online": online}
+
+
+# meta key: ports where a box reports another number than the pool has there.
+PORT_MISMATCH = "gateways.port_mismatch"
+
+
+def note_port_number(db: Database, clock: Clock, gateway: str, port: str,
+                     reported: str) -> None:
+    """A box says the SIM in `port` has the number `reported`. When the pool has another
+    number on that port, say so once (log, `rentbox status`): an SMS on this port is routed
+    to the pool's number, so one of the two is wrong. Cleared once they agree again.
+    Writes only when what is noted changes."""
+    rows = db.rows("SELECT number FROM numbers WHERE port = ? AND removed_at IS NULL LIMIT 2",
+                   (port,))
+    pool_number = rows[0]["number"] if len(rows) == 1 else None
+    wrong = pool_number is not None and not _same_number(pool_number, reported)
+    wanted = {"reported": reported, "pool": pool_number, "gateway": gateway} if wrong else None
+    noted = (meta.get(db, PORT_MISMATCH) or {}).get(port)
+    if (noted and {k: v for k, v in noted.items() if k != "at"}) == wanted:
+        return
+    with db.transaction():
+        now = clock.now()
+        everything = meta.get(db, PORT_MISMATCH) or {}
+        if wanted:
+            everything[port] = {**wanted, "at": to_text(now)}
+        else:
+            everything.pop(port, None)
+        meta.put_within(db, now, PORT_MISMATCH, everything)
+    if wanted:
+        log.warning("%s says the SIM in port %s has the number %s, but the pool has +%s on "
+                    "that port: SMS on this port go to +%s; correct the port in the pool CSV "
+                    "or the number in the box", gateway, port, _loggable(reported),
+                    pool_number, pool_number)
+    else:
+        log.info("%s: port %s and the pool agree again", gateway, port)
+
+
+def port_mismatches(db: Database) -> dict[str, dict]:
+    """Ports where a box reported another number than the pool has (see
+    `note_port_number`): {port: {reported, pool, gateway, at}}."""
+    return meta.get(db, PORT_MISMATCH) or {}
+
+
+def _same_number(pool_number: str, reported: str) -> bool:
+    digits = re.sub(r"\D", "", reported)
+    if len(digits) < SAME_NUMBER_DIGITS:
+        return digits == pool_number
+    return pool_number[-SAME_NUMBER_DIGITS:] == digits[-SAME_NUMBER_DIGITS:]
+
+
+def _loggable(text: str) -> str:
+    text = str(text)[:40]
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)

@@ -1,0 +1,252 @@
+"""The GoIP SMS server (rentbox/gateways/goip.py): the protocol, and a real server over UDP."""
+
+import dataclasses
+import logging
+import socket
+import threading
+
+import pytest
+
+from rentbox import reports, sms
+from rentbox.config import Rules
+from rentbox.db import Database
+from rentbox.errors import Conflict, InvalidInput, Unavailable
+from rentbox.gateways import goip
+from rentbox.server import Server
+
+from conftest import START, add_numbers, rent_number, snapshot, wait_until
+
+A = "79123456789"
+PASSWORD = "s3cret-goip"
+KEEP_ALIVE = (f"req:57;id:goip1-1;pass:{PASSWORD};num:+79123456789;signal:23;gsm_status:LOGIN;"
+              "voip_status:LOGOUT;imei:862345678901234;imsi:250021234567890;"
+              "iccid:8970102123456789012;")
+
+
+def receive(recvid="1764151200", text="Ваш код: 3141; никому: не говорите", password=PASSWORD,
+            extra="") -> bytes:
+    return (f"RECEIVE:{recvid};id:goip1-1;password:{password};srcnum:+79990001122;{extra}"
+            f"msg:{text}").encode()
+
+
+@pytest.fixture
+def handler():
+    return goip.GoipHandler(PASSWORD, Rules())
+
+
+@pytest.fixture
+def line(db):
+    add_numbers(db, START, (A, "russia", "megafon", "goip1-1"))
+    return db
+
+
+def sims(db):
+    return db.row("SELECT offline, seen_by FROM numbers WHERE number = ?", (A,))
+
+
+# ---- keep-alives -----------------------------------------------------------------------
+
+
+def test_a_keep_alive_is_answered_and_is_presence(handler, db, clock, line):
+    outcome = handler.handle(db, clock, KEEP_ALIVE.encode())
+    assert outcome == goip.Outcome(b"reg:57;status:200;")
+    assert sims(db) == {"offline": 0, "seen_by": "goip:goip1-1"}
+    logged_out = KEEP_ALIVE.replace("gsm_status:LOGIN", "gsm_status:LOGOUT")
+    assert handler.handle(db, clock, logged_out.encode()).reply == b"reg:57;status:200;"
+    assert sims(db) == {"offline": 1, "seen_by": "goip:goip1-1"}
+
+
+def test_a_keep_alive_with_only_the_documented_minimum(handler, db, clock, line):
+    outcome = handler.handle(db, clock, f"req:1;id:goip1-1;pass:{PASSWORD};".encode())
+    assert outcome.reply == b"reg:1;status:200;"
+    assert sims(db)["seen_by"] == "goip:goip1-1"
+
+
+def test_a_wrong_password_is_refused_logged_once_and_never_shown(handler, db, clock, line,
+                                                                 caplog):
+    before = snapshot(db)
+    wrong = KEEP_ALIVE.replace(PASSWORD, "guess")
+    with caplog.at_level(logging.DEBUG, logger="rentbox"):
+        for _ in range(3):
+            assert handler.handle(db, clock, wrong.encode(), "10.0.0.7:5060") == goip.Outcome(
+                b"reg:57;status:400;")
+        refused = handler.handle(db, clock, receive(password="guess"))
+        no_password = handler.handle(db, clock, KEEP_ALIVE.replace(f"pass:{PASSWORD};",
+                                                                   "").encode())
+    assert refused == goip.Outcome(b"RECEIVE 1764151200 ERROR wrong password")
+    assert no_password.reply == b"reg:57;status:400;"
+    assert snapshot(db) == before and db.rows("SELECT id FROM sms") == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "GoIP line goip1-1 (10.0.0.7:5060): wrong password, refused; set the SMS server "
+        "password of the line to RENTBOX_GOIP_PASSWORD"]
+    assert "guess" not in caplog.text
+
+
+def test_a_sim_number_other_than_the_pool_is_logged_and_shown_in_status(handler, db, clock,
+                                                                        line, caplog):
+    other = KEEP_ALIVE.replace("num:+79123456789", "num:+79039998877")
+    with caplog.at_level(logging.WARNING, logger="rentbox.gateways"):
+        for _ in range(2):  # said once, not at every keep-alive
+            handler.handle(db, clock, other.encode())
+    assert [r.getMessage() for r in caplog.records] == [
+        "goip:goip1-1 says the SIM in port goip1-1 has the number +79039998877, but the pool "
+        f"has +{A} on that port: SMS on this port go to +{A}; correct the port in the pool "
+        "CSV or the number in the box"]
+    assert [w for w in reports.status(db, clock.now())["warnings"] if "goip1-1" in w] == [
+        "a gateway reports other numbers than the pool on its ports (port goip1-1: "
+        f"+79039998877 reported, +{A} in the pool): SMS there go to the pool's number; "
+        "correct the pool CSV or the box"]
+    national = KEEP_ALIVE.replace("num:+79123456789", "num:89123456789")  # the same SIM
+    handler.handle(db, clock, national.encode())
+    assert not [w for w in reports.status(db, clock.now())["warnings"] if "goip1-1" in w]
+
+
+def test_with_presence_off_a_keep_alive_is_answered_and_ignored(db, clock, line):
+    before = snapshot(db)
+    off = goip.GoipHandler(PASSWORD, Rules(presence=False))
+    assert off.handle(db, clock, KEEP_ALIVE.encode()).reply == b"reg:57;status:200;"
+    assert snapshot(db) == before
+
+
+# ---- received SMS ----------------------------------------------------------------------
+
+
+def test_an_sms_is_acknowledged_once_committed_and_a_retransmission_again(handler, db, clock,
+                                                                        line, db_path):
+    first = handler.handle(db, clock, receive())
+    assert first.reply == b"RECEIVE 1764151200 OK" and not first.accepted.duplicate
+    # Acknowledged only after the commit: another connection already sees it.
+    other = Database(db_path)
+    try:
+        assert other.rows("SELECT number, port, sender, text, source FROM sms") == [
+            {"number": A, "port": "goip1-1", "sender": "+79990001122",
+             "text": "Ваш код: 3141; никому: не говорите", "source": "goip"}]
+    finally:
+        other.close()
+    again = handler.handle(db, clock, receive())
+    assert again.reply == b"RECEIVE 1764151200 OK" and again.accepted.duplicate
+    assert db.execute("SELECT count(*) FROM sms").fetchone()[0] == 1
+
+
+def test_firmware_that_adds_the_smsc(handler, db, clock, line):
+    outcome = handler.handle(db, clock, receive("77", "VK: 662 901", extra="smscnum:+7916;"))
+    assert outcome.reply == b"RECEIVE 77 OK"
+    assert db.row("SELECT text FROM sms")["text"] == "VK: 662 901"
+
+
+def test_an_sms_that_cannot_be_stored_yet_is_not_acknowledged(handler, db, clock, line,
+                                                              monkeypatch):
+    def disk_full(*args):
+        raise Unavailable("the disk is full")
+
+    monkeypatch.setattr(sms, "accept_sms", disk_full)
+    assert handler.handle(db, clock, receive()) == goip.Outcome(None)
+
+
+@pytest.mark.parametrize("data, reply", [
+    (b"RECEIVE:9;id:goip1-1;password:" + PASSWORD.encode() + b";srcnum:;msg:x",
+     b"RECEIVE 9 ERROR the sender ('from') is required"),
+    (b"RECEIVE:9;id:goip1-1;password:" + PASSWORD.encode() + b";srcnum:+7999",
+     b"RECEIVE 9 ERROR msg is missing"),
+    (b"STATE:5;id:goip1-1;password:" + PASSWORD.encode() + b";gsm_remain_state:IDLE",
+     b"STATE 5 OK"),
+    (b"DELIVER:6;id:goip1-1;password:" + PASSWORD.encode() + b";sms_no:1;state:0;num:1",
+     b"DELIVER 6 OK"),
+])
+def test_other_answers(handler, db, clock, line, data, reply):
+    assert handler.handle(db, clock, data).reply == reply
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"hello", b"req:;id:goip1-1", b"req:1;pass:" + PASSWORD.encode(),
+    b"RECEIVE:5;password:" + PASSWORD.encode() + b";srcnum:1;msg:no line id",
+    b"RECEIVE:5;id:bad id;password:" + PASSWORD.encode() + b";srcnum:1;msg:x",
+    b"\xff\xfe\x00req", b"req:" + b"9" * 100 + b";id:goip1-1",
+])
+def test_a_malformed_datagram_is_logged_without_its_password_and_ignored(
+        handler, db, clock, line, caplog, data):
+    before = snapshot(db)
+    with caplog.at_level(logging.WARNING, logger="rentbox.gateways"):
+        assert handler.handle(db, clock, data, "10.0.0.7:5060") == goip.Outcome(None)
+    assert snapshot(db) == before and db.rows("SELECT id FROM sms") == []
+    [record] = caplog.records
+    assert record.getMessage().startswith("GoIP datagram from 10.0.0.7:5060 ignored: ")
+    assert PASSWORD not in caplog.text
+
+
+def test_reports_rentbox_does_not_use_are_ignored_quietly(handler, db, clock, line, caplog):
+    with caplog.at_level(logging.INFO, logger="rentbox.gateways"):
+        assert handler.handle(db, clock, b"CELLINFO:1;id:goip1-1;x:y") == goip.Outcome(None)
+    assert caplog.records == []
+
+
+def test_redacted_hides_both_spellings_of_the_password():
+    assert goip.redacted(b"req:1;id:a;pass:p1;x:y;password:p2") == (
+        "req:1;id:a;pass:***;x:y;password:***")
+
+
+# ---- the listener inside rentbox serve ---------------------------------------------------
+
+
+def udp_exchange(address, *datagrams: bytes) -> list[bytes]:
+    """Send each datagram and read its answer (every wait has a timeout)."""
+    answers = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(10)
+        for datagram in datagrams:
+            client.sendto(datagram, address)
+            answers.append(client.recvfrom(65535)[0])
+    return answers
+
+
+def test_a_real_server_acknowledges_and_pushes_each_sms_once(start_server, db, line, onlinesim):
+    server = start_server(push_url=onlinesim.url, goip_port=0, goip_host="127.0.0.1",
+                          goip_password=PASSWORD)
+    rent_number(server)
+    answers = udp_exchange(server.goip.address, KEEP_ALIVE.encode(), receive(),
+                           receive(),  # the box did not get the acknowledgement
+                           receive(password="guess"))
+    assert answers == [b"reg:57;status:200;", b"RECEIVE 1764151200 OK",
+                       b"RECEIVE 1764151200 OK", b"RECEIVE 1764151200 ERROR wrong password"]
+    onlinesim.wait_for(1)
+    assert wait_until(lambda: db.row("SELECT push_state FROM sms")["push_state"] == "delivered")
+    assert [(b["phone"], b["phoneFrom"], b["text"]) for b in onlinesim.bodies()] == [
+        (A, "+79990001122", "Ваш код: 3141; никому: не говорите")]
+    assert len(onlinesim.requests) == 1
+    assert sims(db) == {"offline": 0, "seen_by": "goip:goip1-1"}
+    server.stop()
+    assert "rentbox-goip" not in [t.name for t in threading.enumerate()]
+
+
+def test_the_listener_is_off_by_default_and_needs_its_password(settings, db):
+    server = Server(settings)
+    assert server.goip is None
+    server.stop()
+    with pytest.raises(InvalidInput, match="RENTBOX_GOIP_PASSWORD is not"):
+        Server(dataclasses.replace(settings, goip_port=0))
+    Server(settings).stop()  # the failed start left nothing held
+
+
+def test_a_port_in_use_fails_the_start(settings, db):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        with pytest.raises(Conflict, match=f"cannot listen for GoIP on udp 127.0.0.1:{port}"):
+            Server(dataclasses.replace(settings, goip_port=port, goip_host="127.0.0.1",
+                                       goip_password=PASSWORD))
+    Server(settings).stop()  # the failed start left nothing held: the database is free
+
+
+def test_the_sample_datagrams_get_the_answers_they_show(db, clock):
+    from conftest import EXAMPLES
+
+    add_numbers(db, START, ("+79123456789", "russia", "megafon", "goip1-1"))
+    sample = goip.GoipHandler("secret", Rules())
+    lines = (EXAMPLES / "gateways" / "goip-datagrams.txt").read_text().splitlines()
+    datagrams = [line for line in lines if line and not line.startswith("#")]
+    answers = [line.split("answer: ", 1)[1] for line in lines if "# answer: " in line]
+    assert len(datagrams) == len(answers) == 3
+    for datagram, answer in zip(datagrams, answers):
+        assert sample.handle(db, clock, datagram.encode()).reply == answer.encode()
+    assert [r["text"] for r in db.rows("SELECT text FROM sms ORDER BY id")] == [
+        "Ваш код: 3141; никому не говорите", "VK: 662 901 — код подтверждения."]
