@@ -11,6 +11,8 @@ from rentbox.db import Database
 
 SERVER = "server"                    # {started_at, version, pid, url, push_url_set, ...}
 LAST_ONLINESIM_CALL = "onlinesim.last_call"  # {at, action}
+BACKUPS = "backups"                  # scheduled backups: the last one, any failure
+REPLICATION = "replication"          # Litestream: its state, how current the replica is
 
 
 def put(db: Database, now: dt.datetime, key: str, value: dict) -> None:
