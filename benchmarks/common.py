@@ -61,14 +61,14 @@ def latencies(values: list[float]) -> tuple[int, float, float, float]:
 
 
 @contextlib.contextmanager
-def serving(db_path: Path) -> Iterator[int]:
+def serving(db_path: Path, *options: str, env: dict | None = None) -> Iterator[int]:
     """Run `rentbox serve` on `db_path` and a free loopback port (yielded) until the block
-    ends; its output is discarded."""
+    ends, with more `options` and environment variables `env`; its output is discarded."""
     port = free_port()
-    env = {**os.environ, "RENTBOX_API_KEY": KEY, "RENTBOX_DB": str(db_path)}
+    env = {**os.environ, "RENTBOX_API_KEY": KEY, "RENTBOX_DB": str(db_path), **(env or {})}
     server = subprocess.Popen(
-        [sys.executable, "-m", "rentbox", "serve", "--host", HOST, "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [sys.executable, "-m", "rentbox", "serve", "--host", HOST, "--port", str(port),
+         *options], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until_up(port)
         yield port

@@ -18,12 +18,13 @@ from typing import Annotated, Callable, Optional
 import typer
 from rich.console import Console
 
-from rentbox import (__version__, bans, housekeeping, logs, meta, operations, pool, presence,
-                     render, reports, retention, sms, tallies)
+from rentbox import (__version__, alerts, backups, bans, housekeeping, logs, meta, operations,
+                     pool, presence, render, replication, reports, retention, sms, tallies)
 from rentbox import db as database_file
 from rentbox.clock import SystemClock
-from rentbox.config import (API_KEY_ENV, GATEWAY_TOKEN_ENV, SETTINGS, SMSGATE_KEY_ENV, Rules,
-                            Settings)
+from rentbox.config import (API_KEY_ENV, GATEWAY_TOKEN_ENV, GOIP_PASSWORD_ENV, SETTINGS,
+                            SMSGATE_KEY_ENV, TELEGRAM_TOKEN_ENV, Alerting, BackupPlan,
+                            ReplicaPlan, Rules, Settings)
 from rentbox.db import LOCK_POLL_MAX_S, open_database
 from rentbox.errors import InvalidInput, RentboxError
 
@@ -44,10 +45,13 @@ ops_app = typer.Typer(help="Inspect rent operations.", no_args_is_help=True,
                       rich_markup_mode="markdown")
 bans_app = typer.Typer(help="Inspect and lift bans of numbers.", no_args_is_help=True,
                        rich_markup_mode="markdown")
+alerts_app = typer.Typer(help="See alerts, and test the channels they go to.",
+                         no_args_is_help=True, rich_markup_mode="markdown")
 app.add_typer(numbers_app, name="numbers")
 app.add_typer(sms_app, name="sms")
 app.add_typer(ops_app, name="ops")
 app.add_typer(bans_app, name="bans")
+app.add_typer(alerts_app, name="alerts")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -227,6 +231,8 @@ def serve(
         "push_retry_s"].default,
     push_timeout_s: Annotated[float, _option("push_timeout_s", min=0.1)] = SETTINGS[
         "push_timeout_s"].default,
+    push_parallel: Annotated[int, _option("push_parallel", min=1, max=64)] = SETTINGS[
+        "push_parallel"].default,
     guard_s: GuardOption = SETTINGS["guard_s"].default,
     guard_margin_s: GuardMarginOption = SETTINGS["guard_margin_s"].default,
     ban_after: BanAfterOption = SETTINGS["ban_after"].default,
@@ -238,14 +244,41 @@ def serve(
         "presence_s"].default,
     sms_keep_days: Annotated[float, _option("sms_keep_days", min=0)] = SETTINGS[
         "sms_keep_days"].default,
+    alert_silence_s: Annotated[float, _option("alert_silence_s", min=1)] = SETTINGS[
+        "alert_silence_s"].default,
+    alert_undelivered_s: Annotated[float, _option("alert_undelivered_s", min=1)] = SETTINGS[
+        "alert_undelivered_s"].default,
+    alert_disk_free_mb: Annotated[float, _option("alert_disk_free_mb", min=0)] = SETTINGS[
+        "alert_disk_free_mb"].default,
+    alert_summary_hour: Annotated[int, _option("alert_summary_hour", min=-1, max=23)] = SETTINGS[
+        "alert_summary_hour"].default,
+    telegram_chat_id: Annotated[Optional[str], _option("telegram_chat_id")] = None,
+    telegram_api_url: Annotated[str, _option("telegram_api_url")] = SETTINGS[
+        "telegram_api_url"].default,
+    alert_webhook_url: Annotated[Optional[str], _option("alert_webhook_url")] = None,
     log_level: Annotated[LogLevel, _option("log_level")] = SETTINGS["log_level"].default,
     log_format: Annotated[LogFormat, _option("log_format")] = SETTINGS["log_format"].default,
+    dinstar_tz: Annotated[str, _option("dinstar_tz")] = SETTINGS["dinstar_tz"].default,
+    goip_port: Annotated[Optional[int], _option("goip_port", min=0, max=65535)] = None,
+    goip_host: Annotated[str, _option("goip_host")] = SETTINGS["goip_host"].default,
+    backup_dir: Annotated[Optional[Path], _option("backup_dir", file_okay=False)] = None,
+    backup_every_s: Annotated[float, _option("backup_every_s", min=1)] = SETTINGS[
+        "backup_every_s"].default,
+    backup_keep: Annotated[int, _option("backup_keep", min=1)] = SETTINGS["backup_keep"].default,
+    backup_mib_s: Annotated[float, _option("backup_mib_s", min=0.1)] = SETTINGS[
+        "backup_mib_s"].default,
+    replica_url: Annotated[Optional[str], _option("replica_url")] = None,
+    replica_sync_s: Annotated[float, _option("replica_sync_s", min=0.1)] = SETTINGS[
+        "replica_sync_s"].default,
+    replica_restart_s: Annotated[float, _option("replica_restart_s", min=1)] = SETTINGS[
+        "replica_restart_s"].default,
 ) -> None:
     """Answer Onlinesim's rent calls, take in SMS and push them, until Ctrl-C or SIGTERM.
 
     Secrets come from the environment only: RENTBOX_API_KEY (required),
-    RENTBOX_GATEWAY_TOKEN (turns on POST /sms), RENTBOX_SMSGATE_KEY (turns on
-    POST /sms/smsgate).
+    RENTBOX_GATEWAY_TOKEN (turns on POST /sms and the gateways' routes),
+    RENTBOX_SMSGATE_KEY (turns on POST /sms/smsgate), RENTBOX_GOIP_PASSWORD (needed with
+    --goip-port).
     """
     from rentbox import server  # waitress is only needed here
 
@@ -257,16 +290,27 @@ def serve(
         )
     if push_url:
         _check_push_url(push_url)
+    if replica_url:
+        replication.check_replica_url(replica_url)
     logs.configure(LogLevel(log_level).value, LogFormat(log_format).value)
     settings = Settings(
         api_key=api_key,
         gateway_token=os.environ.get(GATEWAY_TOKEN_ENV, "").strip() or None,
         smsgate_key=os.environ.get(SMSGATE_KEY_ENV, "").strip() or None,
+        dinstar_tz=dinstar_tz, goip_port=goip_port, goip_host=goip_host,
+        goip_password=os.environ.get(GOIP_PASSWORD_ENV, "").strip() or None,
         db=db, host=host, port=port, threads=threads, push_url=push_url or None,
-        push_retry_s=push_retry_s, push_timeout_s=push_timeout_s,
+        push_retry_s=push_retry_s, push_timeout_s=push_timeout_s, push_parallel=push_parallel,
         housekeeping_s=housekeeping_s, sms_keep_days=sms_keep_days,
+        alerting=_alerting(alert_silence_s, alert_undelivered_s, alert_disk_free_mb,
+                           alert_summary_hour, telegram_chat_id, telegram_api_url,
+                           alert_webhook_url),
         rules=Rules(guard_s=guard_s, ban_after=ban_after, ban_s=ban_s,
                     guard_margin_s=guard_margin_s, presence=presence, presence_s=presence_s),
+        backups=BackupPlan(folder=backup_dir, every_s=backup_every_s, keep=backup_keep,
+                           mib_s=backup_mib_s),
+        replication=ReplicaPlan(url=replica_url or None, sync_s=replica_sync_s,
+                                restart_s=replica_restart_s),
     )
     try:
         server.serve(settings)
@@ -274,18 +318,39 @@ def serve(
         raise RentboxError(f"cannot listen on {host}:{port}: {error.strerror}") from None
 
 
-def _check_push_url(url: str) -> None:
-    """The API key travels in every push: HTTPS, except to this machine (tests, a local
-    relay)."""
+def _alerting(silence_s: float, undelivered_s: float, disk_free_mb: float, summary_hour: int,
+              chat_id: str | None, api_url: str, webhook_url: str | None) -> Alerting:
+    """Where alerts go: the bot token from the environment only, as every secret."""
+    token = os.environ.get(TELEGRAM_TOKEN_ENV, "").strip() or None
+    if bool(token) != bool(chat_id):
+        raise InvalidInput(f"Telegram alerts need both {TELEGRAM_TOKEN_ENV} and "
+                           "RENTBOX_TELEGRAM_CHAT_ID")
+    for name, url in (("--telegram-api-url", api_url), ("--alert-webhook-url", webhook_url)):
+        if url:
+            _check_outbound_url(url, name)
+    return Alerting(silence_s=silence_s, undelivered_s=undelivered_s,
+                    disk_free_mb=disk_free_mb, summary_hour=summary_hour,
+                    telegram_token=token, telegram_chat_id=chat_id,
+                    telegram_api_url=api_url, webhook_url=webhook_url or None)
+
+
+def _check_outbound_url(url: str, option: str, what: str = "what it carries") -> None:
+    """A URL rentbox sends to: http(s), and https unless it stays on this machine."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput(f"--push-url must be an https:// URL, not {url!r}")
+        raise InvalidInput(f"{option} must be an https:// URL, not {url!r}")
     local = parts.hostname in ("localhost", "::1") or parts.hostname.startswith("127.")
     if parts.scheme == "http" and not local:
-        raise InvalidInput(f"--push-url must use https: the API key would cross the "
+        raise InvalidInput(f"{option} must use https: {what} would cross the "
                            f"network in clear text ({url!r})")
+
+
+def _check_push_url(url: str) -> None:
+    """The API key travels in every push: HTTPS, except to this machine (tests, a local
+    relay)."""
+    _check_outbound_url(url, "--push-url", "the API key")
 
 
 @app.command()
@@ -666,7 +731,8 @@ def sms_list(
         return
     columns = ["id", "received (UTC)", "to", "state", "tries", "from", "text", "last error"]
     cells = [[str(r["id"]), render.when(r["received_at"]),
-              "+" + r["number"] if r["number"] else "?", r["push_state"], str(r["attempts"]),
+              "+" + r["number"] if r["number"] else f"port {r['port']}" if r["port"] else "?",
+              r["push_state"], str(r["attempts"]),
               r["sender"], render.flat(r["text"]), r["last_error"] or ""] for r in rows]
     if not any(r["last_error"] for r in rows):  # room for the text instead
         columns, cells = columns[:-1], [c[:-1] for c in cells]
@@ -813,6 +879,48 @@ def bans_lift(
 
 
 # ---------------------------------------------------------------------------------------
+# alerts
+# ---------------------------------------------------------------------------------------
+
+
+@alerts_app.command("list")
+@fails_cleanly
+def alerts_list(json_output: JsonOption = False, csv_output: CsvOption = False,
+                limit: LimitOption = 50, db: DbOption = SETTINGS["db"].default) -> None:
+    """Show the alerts that hold now, then the ones cleared most recently."""
+    rows = alerts.recent(_books(db), limit)
+    if not _wants_table(rows, json_output, csv_output=csv_output,
+                        empty="No alerts: nothing has needed you yet."):
+        return
+    _table(None, ["state", "since (UTC)", "cleared (UTC)", "alert"],
+           [[r["state"], render.when(r["started_at"]), render.when(r["cleared_at"]) or "",
+             r["message"]] for r in rows], flexible=("alert",))
+
+
+@alerts_app.command("test")
+@fails_cleanly
+def alerts_test(
+    telegram_chat_id: Annotated[Optional[str], _option("telegram_chat_id")] = None,
+    telegram_api_url: Annotated[str, _option("telegram_api_url")] = SETTINGS[
+        "telegram_api_url"].default,
+    alert_webhook_url: Annotated[Optional[str], _option("alert_webhook_url")] = None,
+) -> None:
+    """Send one test message through every configured channel and say what each answered.
+
+    Exit code 1 if a channel failed or none is configured.
+    """
+    alerting = _alerting(1, 1, 0, -1, telegram_chat_id, telegram_api_url, alert_webhook_url)
+    if not alerting.channels:
+        raise InvalidInput(f"no alert channel is set up: set {TELEGRAM_TOKEN_ENV} and "
+                           "RENTBOX_TELEGRAM_CHAT_ID, or RENTBOX_ALERT_WEBHOOK_URL")
+    answers = alerts.try_channels(alerting, _now())
+    for channel, delivery in answers.items():
+        say(f"{channel}: {'sent' if delivery.ok else 'FAILED'} ({delivery.answer})")
+    if not all(d.ok for d in answers.values()):
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------
 # status, report, backup
 # ---------------------------------------------------------------------------------------
 
@@ -860,11 +968,35 @@ def status(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].defaul
         f"{render.size(store['wal_bytes'])}), {render.size(store['free_bytes'])} free on its "
         f"disk" + (f"; cannot be written: {store['write_problem']}"
                    if store["write_problem"] else ""))
+    _say_safekeeping(facts["backups"], facts["replication"])
     if facts["warnings"]:
         for warning in facts["warnings"]:
             out.print(f"[bold yellow]Warning:[/] {_escape(warning)}", soft_wrap=True)
     else:
         out.print("[green]No warnings.[/]")
+
+
+def _say_safekeeping(kept: dict | None, replica: dict | None) -> None:
+    """The status lines of scheduled backups and of the replica."""
+    if kept is None:
+        say("Backups:    no scheduled backups (RENTBOX_BACKUP_DIR is not set)")
+    else:
+        last = ("none yet" if not kept.get("last_at") else
+                f"last {render.when(kept['last_at'])} UTC ({render.size(kept['last_bytes'])}, "
+                f"{kept.get('verified', 'checked')}), {kept.get('kept', 0)} kept")
+        failed = (f"; FAILED {render.when(kept['failed_at'])} UTC: {kept['last_error']}"
+                  if kept.get("failed_at") and kept["failed_at"] > (kept.get("last_at") or "")
+                  else "")
+        say(f"Backups:    every {render.duration(kept['every_s'])} into "
+            f"{kept.get('folder', '?')}: {last}{failed}")
+    if replica is None:
+        say("Replica:    none (RENTBOX_REPLICA_URL is not set)")
+        return
+    lag = (f", current as of {render.duration(replica['lag_s'])} ago"
+           if replica.get("lag_s") is not None else "")
+    restarts = f", restarted {replica['restarts']} time(s)" if replica.get("restarts") else ""
+    say(f"Replica:    Litestream {replica.get('state', 'not started')} to "
+        f"{replica.get('replica', '?')}{lag}{restarts}")
 
 
 def _escape(text: str) -> str:
@@ -948,14 +1080,48 @@ def backup(
 ) -> None:
     """Copy the database to PATH, consistently, even while the server runs.
 
-    To restore: stop the server, replace the database file with the copy (and delete
-    any -wal and -shm files beside it), start the server.
+    To restore it: stop the server and run `rentbox restore PATH`.
     """
     size = database_file.backup(_books(db), path)
     if json_output:
         _print_json({"database": str(db), "backup": str(path), "bytes": size})
         return
     say(f"Backed up {db} to {path} ({size / 1024:,.0f} KiB).")
+
+
+@app.command()
+@fails_cleanly
+def restore(
+    source: Annotated[str, typer.Argument(
+        help="A backup file, or a replica URL (s3://..., file:///...) read through "
+             "Litestream.")],
+    json_output: JsonOption = False,
+    db: DbOption = SETTINGS["db"].default,
+) -> None:
+    """Put a backup or a replica in place of the database, and say what may be missing.
+
+    Refused while a server runs on the database. The database it replaces is kept aside
+    as `<db>.before-restore-<UTC time>`. The copy is checked first (SQLite's integrity
+    check, rentbox's schema), and new activationIds and smsIds continue past any that the
+    lost server may have issued after the restored point.
+    """
+    result = backups.restore(source, db, _now())
+    if json_output:
+        _print_json(result)
+        return
+    point = result["restored_point_at"]
+    when = (f"the books as of {render.when(point)} UTC, {render.duration(result['age_s'])} ago"
+            if point else "empty books")
+    say(f"Restored {db} from {result['source']}: {when}.")
+    if result["kept_aside"]:
+        say(f"The database it replaced is kept as {result['kept_aside']} (with its -wal and "
+            "-shm files, if any).")
+    say(f"New activationIds continue from {result['next_activation_id']} and smsIds from "
+        f"{result['next_sms_id']}: past any the lost server could have issued since.")
+    since = f"{render.when(point)} UTC" if point else "the start"
+    say(f"What changed after {since} is not in these books. Check:")
+    for line in backups.what_to_check(result):
+        say(f"- {line}")
 
 
 def main() -> None:

@@ -7,9 +7,9 @@ import logging
 import threading
 import time
 
-from rentbox import operations, retention
+from rentbox import alerts, operations, retention
 from rentbox.clock import Clock, to_text
-from rentbox.config import Rules
+from rentbox.config import Alerting, Rules
 from rentbox.db import Connections, Database
 from rentbox.errors import Unavailable
 
@@ -19,10 +19,12 @@ log = logging.getLogger("rentbox.housekeeping")
 UNAVAILABLE_LOG_EVERY_S = 300.0
 
 
-def run_once(db: Database, now: dt.datetime, rules: Rules, sms_keep_days: float = 0) -> int:
+def run_once(db: Database, now: dt.datetime, rules: Rules, sms_keep_days: float = 0,
+             alerting: Alerting | None = None) -> int:
     """One pass: expire guard windows, lift ended bans, turn offline the SIMs whose
-    presence window ended, and prune one small batch of old SMS texts (retention.py; none
-    when `sms_keep_days` is 0). Returns how many changes it made.
+    presence window ended, prune one small batch of old SMS texts (retention.py; none
+    when `sms_keep_days` is 0), and start or clear alerts (alerts.py, with `alerting`).
+    Returns how many changes it made.
 
     Touches only what is due, through partial indexes, so its cost does not grow with
     history. Claims and counts apply the same rules themselves before answering, so
@@ -34,18 +36,22 @@ def run_once(db: Database, now: dt.datetime, rules: Rules, sms_keep_days: float 
     if db.health.failing:
         db.probe_write(to_text(now))
         log.info("the database can be written again")
-    return operations.catch_up(db, now, rules) + retention.prune_due(db, now, sms_keep_days)
+    changed = operations.catch_up(db, now, rules) + retention.prune_due(db, now, sms_keep_days)
+    if alerting is not None:  # last: the alerts see the books as this pass left them
+        changed += alerts.evaluate(db, now, alerting)
+    return changed
 
 
 class Housekeeper:
     """A named background thread that calls `run_once` every `interval_s` seconds."""
 
     def __init__(self, connections: Connections, clock: Clock, rules: Rules, interval_s: float,
-                 sms_keep_days: float = 0):
+                 sms_keep_days: float = 0, alerting: Alerting | None = None):
         self._connections = connections
         self._clock = clock
         self._rules = rules
         self._sms_keep_days = sms_keep_days
+        self._alerting = alerting
         self._interval_s = interval_s
         self._unavailable_logged_s: float | None = None
         self._stop = threading.Event()
@@ -65,7 +71,7 @@ class Housekeeper:
         while not self._stop.wait(self._interval_s):
             try:
                 changed = run_once(self._connections.get(), self._clock.now(), self._rules,
-                                   self._sms_keep_days)
+                                   self._sms_keep_days, self._alerting)
                 if changed:
                     log.info("housekeeping: %d change(s)", changed)
                 self._unavailable_logged_s = None

@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from rentbox import bans, events, meta, operations, pool, presence, sms, tallies
+from rentbox import (backups, bans, events, gateways, meta, operations, pool, presence,
+                     replication, sms, tallies)
 from rentbox.clock import from_text, to_text
 from rentbox.db import Database, is_being_served
 from rentbox.errors import InvalidInput
@@ -84,6 +85,7 @@ def status(db: Database, now: dt.datetime) -> dict:
     sims = presence.counts(db)
     sims["at_risk"] = presence.at_risk(db)
     sims["unported"] = presence.unported(db)
+    sims["port_mismatch"] = gateways.port_mismatches(db)
     report = {
         "at": stamp,
         "pool": counts,
@@ -94,7 +96,11 @@ def status(db: Database, now: dt.datetime) -> dict:
         "server": server,
         "last_onlinesim_call": meta.get(db, meta.LAST_ONLINESIM_CALL),
     }
-    report["warnings"] = _warnings(report, now)
+    # Scheduled backups and the replica (None when the server takes none).
+    report["backups"], backup_warnings = backups.status(meta.get(db, meta.BACKUPS), server, now)
+    report["replication"], replica_warnings = replication.status(
+        meta.get(db, meta.REPLICATION), server, now)
+    report["warnings"] = _warnings(report, now) + backup_warnings + replica_warnings
     return report
 
 
@@ -129,6 +135,11 @@ def _warnings(report: dict, now: dt.datetime) -> list[str]:
                           for n, v in list(sims["unported"].items())[:10])
         warnings.append(f"a gateway reports SIMs whose pool numbers have no port: {shown}; "
                         "import them with that port so that presence can follow them")
+    if sims["port_mismatch"]:
+        shown = ", ".join(f"port {port}: {v['reported']} reported, +{v['pool']} in the pool"
+                          for port, v in list(sims["port_mismatch"].items())[:10])
+        warnings.append(f"a gateway reports other numbers than the pool on its ports ({shown}): "
+                        "SMS there go to the pool's number; correct the pool CSV or the box")
     storage = report["database"]
     if storage["write_problem"]:
         warnings.append(f"the database cannot be written: {storage['write_problem']} "

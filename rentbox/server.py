@@ -19,8 +19,12 @@ from rentbox import __version__, meta, reports, web
 from rentbox.clock import Clock, SystemClock, to_text
 from rentbox.config import Settings
 from rentbox.db import Connections, hold_serving_lock, open_database
+from rentbox.gateways.goip import GoipListener
+from rentbox.alerts import AlertSender
+from rentbox.backups import BackupScheduler
 from rentbox.housekeeping import Housekeeper
 from rentbox.push import Pusher
+from rentbox.replication import Replicator
 
 log = logging.getLogger("rentbox.server")
 
@@ -192,19 +196,38 @@ class Server:
         open_database(settings.db).close()  # create and migrate before the first request
         self._lock_file = hold_serving_lock(settings.db)
         try:
-            self.connections = Connections(settings.db)
+            # While Litestream replicates, it owns the checkpoints (replication.py).
+            self.connections = Connections(settings.db,
+                                           autocheckpoint=not settings.replication.url)
+            # Scheduled backups and Litestream, each in its own thread (off unless set).
+            self.backups = (BackupScheduler(self.connections, self.clock, settings.backups)
+                            if settings.backups.folder else None)
+            self.replicator = (Replicator(self.connections, self.clock,
+                                          settings.replication, settings.db)
+                               if settings.replication.url else None)
             self.pusher = None
             if settings.push_url:
                 self.pusher = Pusher(self.connections, self.clock, url=settings.push_url,
                                      api_key=settings.api_key, retry_s=settings.push_retry_s,
                                      timeout_s=settings.push_timeout_s,
-                                     rules=settings.rules)
+                                     parallel=settings.push_parallel, rules=settings.rules)
             self.housekeeper = Housekeeper(self.connections, self.clock, settings.rules,
-                                           settings.housekeeping_s, settings.sms_keep_days)
+                                           settings.housekeeping_s, settings.sms_keep_days,
+                                           settings.alerting)
+            self.alert_sender = (AlertSender(self.connections, self.clock, settings.alerting)
+                                 if settings.alerting.channels else None)
+            self.goip = None  # the GoIP SMS server, when RENTBOX_GOIP_PORT is set
+            if settings.goip_port is not None:
+                self.goip = GoipListener(
+                    self.connections, self.clock, settings.rules, host=settings.goip_host,
+                    port=settings.goip_port, password=settings.goip_password or "",
+                    on_sms=self.pusher.wake if self.pusher else lambda: None)
             app = web.wsgi(settings, self.clock, self.connections,
                            on_sms=self.pusher.wake if self.pusher else lambda: None)
             self._waitress = make_waitress(app, settings, limits)
         except BaseException:
+            if getattr(self, "goip", None) is not None:
+                self.goip.stop()
             self._lock_file.close()
             raise
         self._loop_thread: threading.Thread | None = None
@@ -231,8 +254,16 @@ class Server:
         self._record_start()
         self._warn_at_start()
         self.housekeeper.start()
+        if self.replicator:
+            self.replicator.start()
+        if self.backups:
+            self.backups.start()
         if self.pusher:
             self.pusher.start()
+        if self.alert_sender:
+            self.alert_sender.start()
+        if self.goip:
+            self.goip.start()
         try:
             self._waitress.run()  # returns on SystemExit/KeyboardInterrupt in its loop
         except (KeyboardInterrupt, SystemExit):
@@ -251,7 +282,9 @@ class Server:
                  "guard_s": s.rules.guard_s, "guard_margin_s": s.rules.guard_margin_s,
                  "ban_after": s.rules.ban_after,
                  "ban_s": s.rules.ban_s, "push_retry_s": s.push_retry_s,
-                 "presence": s.rules.presence, "presence_s": s.rules.presence_s}
+                 "presence": s.rules.presence, "presence_s": s.rules.presence_s,
+                 "backup_every_s": s.backups.every_s if s.backups.folder else None,
+                 "replication": bool(s.replication.url)}
         meta.put(self.connections.get(), now, meta.SERVER, facts)
         self._facts = facts
 
@@ -303,8 +336,16 @@ class Server:
         self._waitress.task_dispatcher.shutdown()
         self._waitress.close()
         self.housekeeper.stop()
+        if self.alert_sender:
+            self.alert_sender.stop()
+        if self.goip:
+            self.goip.stop()
         if self.pusher:
             self.pusher.stop(timeout_s=self.settings.push_timeout_s + 5)
+        if self.backups:
+            self.backups.stop()
+        if self.replicator:
+            self.replicator.quiesce()  # serve's last write below is its own
         if self._facts is not None:
             try:
                 stopped = {**self._facts, "stopped_at": to_text(self.clock.now())}
@@ -312,6 +353,10 @@ class Server:
             except Exception:  # a clean stop matters more than this note
                 log.exception("could not record the server's stop")
         self.connections.close_all()
+        if self.replicator:
+            # After serve's connections are closed: Litestream's last sync has every
+            # change, and Litestream, not serve, closes the file last.
+            self.replicator.stop()
         # Last: a new server may start once this one can no longer push anything.
         self._lock_file.close()
 
@@ -338,5 +383,10 @@ def serve(settings: Settings) -> None:
                  "reported within %g s", settings.rules.presence_s)
     else:
         log.info("SIM presence is off: every number is offered whatever its SIM")
+    if settings.backups.folder:
+        log.info("scheduled backups: every %g s into %s, the last %d kept",
+                 settings.backups.every_s, settings.backups.folder, settings.backups.keep)
+    else:
+        log.info("scheduled backups are off: set RENTBOX_BACKUP_DIR to have them")
     server.run()
     log.info("rentbox stopped")

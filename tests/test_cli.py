@@ -288,6 +288,8 @@ def test_status_on_a_fresh_database(db_path):
         "Rentals:    0 open: 0 met their guard window, 0 waiting for an SMS, 0 failed and "
         "awaiting FINISH",
         "Outbox:     0 SMS waiting (0 retrying), 0 refused for good",
+        "Backups:    no scheduled backups (RENTBOX_BACKUP_DIR is not set)",
+        "Replica:    none (RENTBOX_REPLICA_URL is not set)",
         "Warning: rentbox serve has never run on this database",
         "Warning: the pool is empty: import numbers with `rentbox numbers import`",
     ]

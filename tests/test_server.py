@@ -189,19 +189,7 @@ def test_kill_9_loses_no_accepted_sms(tmp_path, onlinesim):
                    capture_output=True, timeout=60)
 
     def serve(*extra):
-        port = _free_port()
-        process = subprocess.Popen(run + ["serve", "--port", str(port), *extra], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if http_get_json(url + "/health")["status"] == "SUCCESS":
-                    return process, url
-            except OSError:
-                time.sleep(0.05)
-        process.kill()
-        raise AssertionError("rentbox serve did not start")
+        return _rentbox_serve(env, *extra)
 
     process, url = serve()  # no push URL yet
     try:
@@ -222,6 +210,80 @@ def test_kill_9_loses_no_accepted_sms(tmp_path, onlinesim):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def _rentbox_serve(env: dict, *extra: str) -> tuple[subprocess.Popen, str]:
+    """A real `rentbox serve` process on a free port: (process, its URL) once it answers."""
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "rentbox", "serve", "--port", str(port),
+                                *extra], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if http_get_json(url + "/health")["status"] == "SUCCESS":
+                return process, url
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise AssertionError("rentbox serve did not start")
+
+
+def test_kill_9_with_several_pushes_in_flight(tmp_path):
+    """SIGKILL while pushes to a slow Onlinesim are in flight, 4 at a time: after the
+    restart every SMS reaches Onlinesim, none whose delivery was stored is pushed again,
+    and the SMS of each rental arrive in order."""
+    import sqlite3
+
+    db_path = tmp_path / "kill.db"
+    csv = tmp_path / "pool.csv"
+    numbers = [f"491512345678{i}" for i in range(4)]
+    csv.write_text("number,country,operator\n" +
+                   "".join(f"+{n},germany,telekom\n" for n in numbers))
+    env = {**os.environ, "RENTBOX_API_KEY": API_KEY, "RENTBOX_GATEWAY_TOKEN": GATEWAY_TOKEN,
+           "RENTBOX_DB": str(db_path)}
+    subprocess.run([sys.executable, "-m", "rentbox", "numbers", "import", str(csv)], env=env,
+                   check=True, capture_output=True, timeout=60)
+    slow, fast = FakeOnlinesim(["hang"], hang_s=0.3), FakeOnlinesim()
+
+    def delivered() -> set[int]:
+        books = sqlite3.connect(db_path)
+        try:
+            return {r[0] for r in books.execute(
+                "SELECT id FROM sms WHERE push_state = 'delivered'")}
+        finally:
+            books.close()
+
+    try:
+        process, url = _rentbox_serve(env, "--push-url", slow.url, "--push-parallel", "4")
+        try:
+            for _ in numbers:
+                assert http_post(url + "/getNumberRent", GET_NUMBER).json["status"] == "SUCCESS"
+            accepted = [http_post(url + "/sms", {"to": numbers[i % 4], "from": "x",
+                                                 "text": f"sms {i}"}, headers=SMS_AUTH).json
+                        for i in range(20)]
+            slow.wait_for(8, timeout_s=20)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+        stored, sent_before = delivered(), {b["smsId"] for b in slow.bodies()}
+        assert stored and sent_before - stored  # some delivered, some on their way
+        process, url = _rentbox_serve(env, "--push-url", fast.url, "--push-parallel", "4")
+        try:
+            assert wait_until(lambda: len(delivered()) == 20, 20)
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+        again = [b["smsId"] for b in fast.bodies()]
+        assert not stored & set(again)  # never pushed again once its SUCCESS was stored
+        assert sorted(again) == sorted({a["smsId"] for a in accepted} - stored)
+        for number in numbers:
+            seen = [b["smsId"] for b in slow.bodies() + fast.bodies() if b["phone"] == number]
+            assert list(dict.fromkeys(seen)) == sorted(set(seen))  # in order, per rental
+    finally:
+        slow.close()
+        fast.close()
 
 
 def _free_port() -> int:

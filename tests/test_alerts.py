@@ -1,0 +1,186 @@
+"""Alerts (alerts.py): conditions start and clear once, survive restarts, and reach
+Telegram or a webhook from their own thread."""
+
+import dataclasses
+import json
+
+import pytest
+
+from rentbox import alerts, bans, operations, presence
+from rentbox.config import Alerting, Rules
+from rentbox.db import open_database
+from rentbox.protocol import RentRequest
+
+from conftest import API_KEY, START, FakeOnlinesim, add_numbers, http_post, wait_until
+
+TOKEN = "123456:telegram-secret-token"
+A, B = "4915123456789", "4917612345678"
+
+
+def alerting(fake_url: str = "http://127.0.0.1:9", **changes) -> Alerting:
+    base = fake_url.rsplit("/", 1)[0]
+    return dataclasses.replace(Alerting(
+        telegram_token=TOKEN, telegram_chat_id="42", telegram_api_url=base,
+        webhook_url=base + "/hook", summary_hour=-1, disk_free_mb=0, silence_s=600,
+        undelivered_s=300), **changes)
+
+
+def queued(db) -> list[dict]:
+    return db.rows("SELECT channel, kind, text, detail FROM alert_outbox ORDER BY id")
+
+
+def test_conditions_start_once_and_clear_once(db, clock):
+    add_numbers(db, START, (A, "germany", "o2", "1.01"), (B, "germany", "o2", "1.02"))
+    setup = alerting()
+    assert alerts.evaluate(db, clock.now(), setup) == 0
+    rental = operations.open_rent(db, clock, RentRequest(sum_kopecks=1), Rules())  # on A
+    presence.report(db, clock, Rules(), presence.Report("box", ports=("1.01", "1.02")))
+    with db.transaction():  # B fails a rental and is banned
+        bans.record_failure(db, clock.now(), Rules(ban_after=1), number_id=2,
+                            operation_id=rental.activation_id, reason="guard_expired")
+    presence.report(db, clock, Rules(), presence.Report("box", ports=("1.02",)))  # A's SIM out
+    assert alerts.evaluate(db, clock.now(), setup) == 3
+    keys = [r["key"] for r in alerts.recent(db)]
+    assert sorted(keys) == [f"banned:{B}", "pool_empty", f"sim_offline:{A}"]
+    messages = queued(db)
+    assert [m["channel"] for m in messages] == ["telegram", "webhook"]  # one message each
+    text = messages[0]["text"]
+    assert f"+{B} is banned until" in text and f"the SIM of +{A} (rental 1)" in text
+    assert "no number can be rented now" in text
+    assert json.loads(messages[1]["detail"])["kind"] == "alert"
+    # While the conditions hold, nothing more; a restart (a new connection) neither.
+    assert alerts.evaluate(db, clock.now(), setup) == 0
+    again = open_database(db.path)
+    assert alerts.evaluate(again, clock.now(), setup) == 0
+    again.close()
+    assert len(queued(db)) == 2
+    # The ban is lifted: that one clears, once.
+    bans.lift_ban(db, clock.now(), B)
+    assert alerts.evaluate(db, clock.now(), setup) == 2  # the ban, and the empty pool
+    last = queued(db)[-1]
+    assert "resolved" in last["text"] and f"+{B} is banned" in last["text"]
+    states = {r["key"]: r["state"] for r in alerts.recent(db)}
+    assert states == {f"banned:{B}": "cleared", "pool_empty": "cleared",
+                      f"sim_offline:{A}": "active"}
+
+
+def test_silence_and_undelivered_sms_and_the_daily_summary(db, clock):
+    from rentbox import meta
+    from rentbox.clock import to_text
+
+    add_numbers(db, START, (A, "germany", "o2"))
+    clock.current = START.replace(hour=7)
+    meta.put(db, clock.now(), meta.SERVER, {"started_at": to_text(clock.now())})
+    setup = alerting(summary_hour=8)
+    assert alerts.evaluate(db, clock.now(), setup) == 0
+    clock.advance(601)
+    assert alerts.evaluate(db, clock.now(), setup) == 1
+    assert "Onlinesim has not called since" in alerts.recent(db)[0]["message"]
+    clock.current = START.replace(hour=8, minute=29)
+    meta.put(db, clock.now(), meta.LAST_ONLINESIM_CALL, {"at": to_text(clock.now()),
+                                                         "action": "GET_SERVICES"})
+    clock.advance(60)
+    assert alerts.evaluate(db, clock.now(), setup) == 1  # silence cleared, summary queued
+    kinds = [m["kind"] for m in queued(db)]
+    assert kinds.count("summary") == 2  # one per channel
+    assert alerts.evaluate(db, clock.now(), setup) == 0  # once a day
+
+
+def test_delivery_retries_with_a_growing_pause(db, clock):
+    add_numbers(db, START, (A, "germany", "o2"))
+    with db.transaction():
+        db.execute("UPDATE numbers SET enabled = 0")
+    setup = alerting(webhook_url=None)
+    alerts.evaluate(db, clock.now(), setup)
+    answers = [alerts.Delivery(False, "HTTP 502: bad gateway"), alerts.Delivery(True, "ok")]
+    calls = []
+
+    def sender(alerting, channel, text, detail):
+        calls.append(channel)
+        return answers[len(calls) - 1]
+
+    assert alerts.deliver_due(db, clock.now(), setup, sender) == 0
+    row = db.row("SELECT attempts, last_error, next_attempt_at FROM alert_outbox")
+    assert row["attempts"] == 1 and row["last_error"] == "HTTP 502: bad gateway"
+    assert alerts.deliver_due(db, clock.now(), setup, sender) == 0  # not due yet
+    clock.advance(alerts.RETRY_S)
+    assert alerts.deliver_due(db, clock.now(), setup, sender) == 1
+    assert calls == ["telegram", "telegram"]
+
+
+def test_send_speaks_the_bot_api_and_keeps_the_token_out_of_answers():
+    telegram = FakeOnlinesim(answers=[(200, b'{"ok":true,"result":{}}'),
+                                      (401, b'{"ok":false,"description":"Unauthorized"}'),
+                                      (200, b"{}")])
+    try:
+        setup = alerting(telegram.url)
+        assert alerts.send(setup, "telegram", "hello", {}) == alerts.Delivery(True, "HTTP 200, ok")
+        request = telegram.requests[0]
+        assert request["path"] == f"/bot{TOKEN}/sendMessage"
+        assert json.loads(request["body"]) == {"chat_id": "42", "text": "hello",
+                                               "disable_web_page_preview": True}
+        failed = alerts.send(setup, "telegram", "hello", {})
+        assert failed == alerts.Delivery(False, "HTTP 401: Unauthorized")
+        assert alerts.send(setup, "webhook", "hello", {"kind": "test"}).ok
+        assert json.loads(telegram.requests[2]["body"]) == {"text": "hello", "kind": "test"}
+    finally:
+        telegram.close()
+    dead = alerts.send(alerting("http://127.0.0.1:9/x"), "telegram", "hello", {})
+    assert not dead.ok and TOKEN not in dead.answer and dead.answer.startswith("no answer")
+
+
+def test_a_real_server_alerts_once_and_a_dead_channel_delays_nothing(start_server, db):
+    """The webhook hangs on its first message: GET_NUMBER is answered meanwhile, and the
+    alert arrives once, however many passes see the condition."""
+    add_numbers(db, START, (A, "germany", "o2"))
+    hook = FakeOnlinesim(answers=["hang", (204, b"")], hang_s=3)
+    try:
+        setup = alerting(hook.url, telegram_token=None, telegram_chat_id=None,
+                         webhook_url=hook.url)
+        server = start_server(alerting=setup, housekeeping_s=0.05)
+        get_number = {"action": "GET_NUMBER", "key": API_KEY, "service": "rent", "sum": 1}
+        assert http_post(server.url + "/getNumberRent", get_number).json["status"] == "SUCCESS"
+        assert hook.wait_for(1)  # "no number can be rented now": the webhook hangs on it
+        rented = http_post(server.url + "/finishActivationRent", {
+            "action": "FINISH_ACTIVATION", "key": API_KEY, "service": "rent",
+            "activationId": 1, "status": 3, "sum": 1})
+        assert rented.json == {"status": "SUCCESS"}  # answered while the channel hangs
+        assert wait_until(lambda: len(hook.requests) >= 2)  # "resolved", after the hang
+        bodies = [json.loads(r["body"]) for r in hook.requests]
+        assert [b["started"] and b["started"][0]["key"] for b in bodies] == ["pool_empty", []]
+        assert bodies[1]["cleared"][0]["key"] == "pool_empty"
+    finally:
+        hook.close()
+
+
+@pytest.mark.parametrize("with_token", [True, False])
+def test_alerts_cli(db_path, monkeypatch, with_token):
+    from typer.testing import CliRunner
+
+    from rentbox.cli import app
+
+    hook = FakeOnlinesim(answers=[(200, b"ok")])
+    try:
+        env = {"RENTBOX_ALERT_WEBHOOK_URL": hook.url}
+        if with_token:
+            env["RENTBOX_TELEGRAM_BOT_TOKEN"] = TOKEN
+        result = CliRunner().invoke(app, ["alerts", "test"], env=env)
+        if with_token:  # a token without a chat is a mistake, said plainly
+            assert result.exit_code == 1
+            assert "need both RENTBOX_TELEGRAM_BOT_TOKEN and RENTBOX_TELEGRAM_CHAT_ID" in \
+                result.stderr
+            return
+        assert (result.exit_code, result.stdout) == (0, "webhook: sent (HTTP 200)\n")
+        assert json.loads(hook.requests[0]["body"])["kind"] == "test"
+    finally:
+        hook.close()
+    db = open_database(db_path)
+    add_numbers(db, START, (A, "germany", "o2"))
+    with db.transaction():
+        db.execute("UPDATE numbers SET enabled = 0")
+    alerts.evaluate(db, START, alerting())
+    db.close()
+    listed = CliRunner().invoke(app, ["alerts", "list", "--json", "--db", str(db_path)])
+    assert [r["key"] for r in json.loads(listed.stdout)] == ["pool_empty"]
+    none = CliRunner().invoke(app, ["alerts", "test"], env={"RENTBOX_ALERT_WEBHOOK_URL": ""})
+    assert none.exit_code == 1 and "no alert channel is set up" in none.stderr
