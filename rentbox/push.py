@@ -1,21 +1,34 @@
-"""PUSH_SMS to Onlinesim: the outbox, one attempt at a time, retries and terminal answers.
+"""PUSH_SMS to Onlinesim: the outbox, a few attempts in flight, retries and terminal answers.
 
 The outbox is the `sms` table itself: a routed SMS is `pending` with a `next_attempt_at`.
 A Pusher thread beside the web server sends what is due, so a slow or unreachable
 Onlinesim never delays the answers to Onlinesim's own calls.
 
+Threads: the Pusher thread alone reads the outbox and stores every outcome (short
+transactions, never one around network I/O); each attempt runs on a thread of its own,
+at most `parallel` at a time, over kept-alive connections (`Link`): one TCP and TLS
+handshake per connection, not per SMS.
+
+Order within a rental: at most one SMS of an operation is on its way at a time, from the
+moment it is handed to a thread until its outcome is stored. Due SMS go out oldest first
+(`next_attempt_at`, then id), so a later SMS of a rental is sent only after Onlinesim
+answered the earlier one, or its attempt failed: an earlier SMS that waits for its retry
+does not hold the later ones back (a fresh one-time code must not wait behind an SMS that
+Onlinesim keeps refusing).
+
 Retries: an SMS that Onlinesim answered with an error is tried again `retry_s` after that
 answer, each SMS on its own schedule. While Onlinesim cannot be reached at all (refused,
-timed out), one probe (the SMS that has waited longest) is sent `retry_s` after the
-previous probe failed, however many SMS arrive meanwhile; the first answer ends the
-outage and every due SMS is then sent at once.
+timed out), one probe (the SMS that has waited longest) is sent, alone, `retry_s` after
+the previous probe failed, however many SMS arrive meanwhile; the first answer ends the
+outage and every due SMS is then sent, `parallel` at a time.
 
 An acknowledgement is never lost to a local failure: if Onlinesim answered but its
 outcome cannot be stored (disk full, the database locked by another process, or any
 other error), the answer is kept in memory (`PushState`), storing it is retried with a
 growing pause, and nothing is pushed until it is stored. Only a crash in the instant
 between Onlinesim's answer and the commit that records it, or while an answer waits in
-memory, can send an SMS again, with the same smsId.
+memory, can send an SMS again, with the same smsId: at most the `parallel` SMS then on
+their way, and the answers held.
 """
 
 from __future__ import annotations
@@ -25,16 +38,18 @@ import datetime as dt
 import http.client
 import json
 import logging
-import socket
+import queue
+import select
+import ssl
 import threading
-import urllib.error
-import urllib.request
+import traceback
 import zlib
-from typing import Callable
+from typing import Callable, Iterable
+from urllib.parse import urlsplit
 
 from rentbox import __version__, events, operations
 from rentbox.clock import Clock, from_text, to_text
-from rentbox.config import Rules
+from rentbox.config import Rules, default
 from rentbox.db import Connections, Database
 from rentbox.errors import Unavailable
 
@@ -52,15 +67,11 @@ LOG_EVERY_S = 300.0
 MAX_STORE_BACKOFF_S = 10.0
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """Refuse redirects: urllib would turn the POST into a bodiless GET (and take the
-    Bearer key to wherever the redirect points); a 3xx is then retried like any error."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirects)
+# A kept-alive connection idle longer than this is closed, not reused: a NAT or firewall
+# on the way may have dropped it without a word, and a push sent on it would only find
+# out after its timeout. (Servers close idle keep-alive connections after 5 s (Apache) to
+# 75 s (nginx); one that the server closed is noticed before it is used, see Link.)
+KEEPALIVE_IDLE_S = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,43 +161,177 @@ def decode_answer(raw: bytes, content_encoding: str | None) -> bytes:
     return raw
 
 
-def send(url: str, body: dict, api_key: str, timeout_s: float) -> Outcome:
-    """One POST to Onlinesim. Never raises for network trouble: that is a retry."""
-    data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-    request = urllib.request.Request(url, data=data, method="POST", headers={
-        "Content-Type": "application/json; charset=utf-8",
-        "Authorization": f"Bearer {api_key}",
-        "User-Agent": f"rentbox/{__version__}",
-    })
-    try:
-        with _opener.open(request, timeout=timeout_s) as response:
-            return classify(response.status, decode_answer(
-                response.read(MAX_ANSWER_BYTES), response.headers.get("Content-Encoding")))
-    except urllib.error.HTTPError as error:
-        with error:
-            return classify(error.code, decode_answer(
-                error.read(MAX_ANSWER_BYTES), error.headers.get("Content-Encoding")))
-    except (TimeoutError, socket.timeout):
-        return Outcome("retry", f"no answer within {timeout_s:g} s", unreachable=True)
-    except urllib.error.URLError as error:
-        reason = error.reason
-        if isinstance(reason, (TimeoutError, socket.timeout)):
+class Link:
+    """Kept-alive connections to Onlinesim, shared by the attempts in flight.
+
+    Called as `link(url, body, api_key, timeout_s) -> Outcome`, from any thread; never
+    raises for network trouble (that is a retry). Each call takes an idle connection to
+    the URL's server, or opens one, and gives it back once the answer was read to its end
+    and the server keeps the connection open: never more connections than attempts in
+    flight, and one TCP and TLS handshake per connection. Redirects are not followed (the
+    Bearer key would go wherever they point): a 3xx is an error answer, retried later.
+
+    When a kept-alive connection is closed by the server:
+    - found closed (or idle longer than KEEPALIVE_IDLE_S) before use: it is dropped and
+      the request goes on a new connection;
+    - the request cannot be written whole on it: Onlinesim cannot have taken a request
+      it did not receive whole, so it is written once more, at once, on a new connection;
+    - the request was written but no answer comes: it may have reached Onlinesim, so that
+      is a failed attempt like any other, for the outbox to retry after `retry_s`; never
+      sent again at once.
+    """
+
+    def __init__(self, clock: Clock, keepalive_s: float = KEEPALIVE_IDLE_S):
+        self._clock = clock
+        self._keepalive_s = keepalive_s
+        self._lock = threading.Lock()  # guards the fields below
+        # (scheme, host, port), connection, idle since: most recently used last.
+        self._idle: list[tuple[tuple, http.client.HTTPConnection, dt.datetime]] = []
+        self._tls: ssl.SSLContext | None = None
+        self._closed = False
+        self.opened = 0  # connections opened so far
+
+    def __call__(self, url: str, body: dict, api_key: str, timeout_s: float) -> Outcome:
+        target = urlsplit(url)
+        origin = (target.scheme, target.hostname, target.port)
+        path = (target.path or "/") + (f"?{target.query}" if target.query else "")
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        headers = {"Content-Type": "application/json; charset=utf-8",
+                   "Authorization": f"Bearer {api_key}",
+                   "User-Agent": f"rentbox/{__version__}"}
+        connection, step = None, "connect"
+        try:
+            connection = self._take(origin, timeout_s)
+            reused = connection is not None
+            if connection is None:
+                connection = self._open(target, timeout_s)
+            step = "send"
+            try:
+                connection.request("POST", path, body=data, headers=headers)
+            except (OSError, http.client.HTTPException):
+                if not reused:
+                    raise
+                # Not written whole (an error while writing means the last bytes never
+                # left): the server closed this kept-alive connection, and cannot have
+                # taken the request. Once more, on a new connection.
+                connection.close()
+                connection, reused, step = None, False, "connect"
+                connection = self._open(target, timeout_s)
+                step = "send"
+                connection.request("POST", path, body=data, headers=headers)
+            step = "answer"
+            response = connection.getresponse()
+            raw = response.read(MAX_ANSWER_BYTES)
+        except TimeoutError:
+            if connection is not None:
+                connection.close()
             return Outcome("retry", f"no answer within {timeout_s:g} s", unreachable=True)
-        why = getattr(reason, "strerror", None) or reason
-        return Outcome("retry", f"cannot connect: {why}", unreachable=True)
-    except (OSError, http.client.HTTPException) as error:
-        return Outcome("retry", f"connection failed: {type(error).__name__}", unreachable=True)
+        except (OSError, http.client.HTTPException) as error:
+            if connection is not None:
+                connection.close()
+            if step == "connect":
+                why = getattr(error, "strerror", None) or type(error).__name__
+                return Outcome("retry", f"cannot connect: {why}", unreachable=True)
+            if reused:  # a kept-alive connection closed as the request went out
+                return Outcome("retry", "connection closed before an answer: "
+                               f"{type(error).__name__}")
+            return Outcome("retry", f"connection failed: {type(error).__name__}",
+                           unreachable=True)
+        self._give_back(origin, connection, response)
+        return classify(response.status,
+                        decode_answer(raw, response.getheader("Content-Encoding")))
+
+    def close(self) -> None:
+        """Close the idle connections; one still in use is closed when its attempt ends."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for _, connection, _ in idle:
+            connection.close()
+
+    def _take(self, origin: tuple, timeout_s: float) -> http.client.HTTPConnection | None:
+        """The most recently used idle connection to `origin` that is still open, or None.
+        Closes the idle connections kept too long on the way."""
+        now = self._clock.now()
+        with self._lock:
+            stale = [e for e in self._idle
+                     if (now - e[2]).total_seconds() > self._keepalive_s]
+            self._idle = [e for e in self._idle if e not in stale]
+            found = [e for e in self._idle if e[0] == origin]
+            while found and _is_closed_by_peer(found[-1][1]):
+                stale.append(found.pop())
+            chosen = found[-1] if found else None
+            self._idle = [e for e in self._idle if e not in stale and e is not chosen]
+        for _, connection, _ in stale:
+            connection.close()
+        if chosen is None:
+            return None
+        connection = chosen[1]
+        connection.timeout = timeout_s
+        connection.sock.settimeout(timeout_s)
+        return connection
+
+    def _open(self, target, timeout_s: float) -> http.client.HTTPConnection:
+        """A new connection, connected (and its TLS handshake done)."""
+        if target.scheme == "https":
+            with self._lock:
+                self._tls = self._tls or ssl.create_default_context()
+            connection = http.client.HTTPSConnection(target.hostname, target.port,
+                                                     timeout=timeout_s, context=self._tls)
+        else:
+            connection = http.client.HTTPConnection(target.hostname, target.port,
+                                                    timeout=timeout_s)
+        connection.connect()
+        with self._lock:
+            self.opened += 1
+        return connection
+
+    def _give_back(self, origin: tuple, connection: http.client.HTTPConnection,
+                   response: http.client.HTTPResponse) -> None:
+        """Keep the connection for the next attempt if its answer was read to the end and
+        the server keeps it open; close it otherwise."""
+        reusable = (response.isclosed() and not response.will_close
+                    and connection.sock is not None)
+        if reusable:
+            with self._lock:
+                if not self._closed:
+                    self._idle.append((origin, connection, self._clock.now()))
+                    return
+        response.close()
+        connection.close()
+
+
+def _is_closed_by_peer(connection: http.client.HTTPConnection) -> bool:
+    """Whether an idle kept-alive connection can no longer be used: the server closed it
+    (or sent something nobody asked for), so its socket is readable with no request out."""
+    sock = connection.sock
+    if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+        return True
+    poller = select.poll()  # not select(): descriptors above 1024 are fine
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 # The outbox's next SMS (served by the sms_outbox index).
-NEXT_DUE_SQL = ("SELECT id, number, sender, text, attempts, operation_id, number_id FROM sms"
-                " WHERE push_state = 'pending' AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at, id LIMIT 1")
+_DUE_SQL = ("SELECT id, number, sender, text, attempts, operation_id, number_id FROM sms"
+            " WHERE push_state = 'pending' AND next_attempt_at <= ?")
+_DUE_ORDER = " ORDER BY next_attempt_at, id LIMIT 1"
+NEXT_DUE_SQL = _DUE_SQL + _DUE_ORDER
 
 
-def next_due(db: Database, now: dt.datetime) -> dict | None:
-    """The pending SMS that has waited longest among those due by `now`."""
-    return db.row(NEXT_DUE_SQL, (to_text(now),))
+def next_due(db: Database, now: dt.datetime, busy: Iterable[dict] = ()) -> dict | None:
+    """The pending SMS that has waited longest among those due by `now`, leaving out the
+    SMS in `busy` (on their way) and every other SMS of their operations."""
+    busy = list(busy)
+    if not busy:
+        return db.row(NEXT_DUE_SQL, (to_text(now),))
+    ids = [s["id"] for s in busy]
+    rentals = [s["operation_id"] for s in busy if s["operation_id"] is not None]
+    sql = _DUE_SQL + f" AND id NOT IN ({', '.join('?' * len(ids))})"
+    if rentals:
+        sql += (" AND (operation_id IS NULL OR operation_id NOT IN"
+                f" ({', '.join('?' * len(rentals))}))")
+    return db.row(sql + _DUE_ORDER, (to_text(now), *ids, *rentals))
 
 
 def seconds_until_next(db: Database, now: dt.datetime) -> float | None:
@@ -359,14 +504,21 @@ def waiting_count(db: Database) -> int:
 
 def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: float,
              timeout_s: float, rules: Rules, state: PushState | None = None,
-             sender: Callable = send, should_stop: Callable[[], bool] = lambda: False) -> Round:
-    """Send every SMS due now, oldest first, until none is due or `should_stop()`.
+             sender: Callable | None = None, should_stop: Callable[[], bool] = lambda: False,
+             parallel: int = default("push_parallel")) -> Round:
+    """Send every SMS due now, oldest first, `parallel` at a time, until none is due or
+    `should_stop()`; then wait for the attempts in flight and store their outcomes.
+
+    At most one SMS of an operation is in flight (see the module's docstring for the
+    order within a rental). `sender(url, body, api_key, timeout_s) -> Outcome` makes one
+    attempt, on a thread of its own; by default a `Link` kept for this round only.
 
     First stores any answer held from an earlier round; while one is held, or while
     writes to the database are failing, nothing is sent (its answer could not be stored
-    either). Ends the round at the first attempt that found no Onlinesim at all
-    (timeout, refused connection): that attempt was the outage's probe. During an
-    outage, sends nothing until `state.probe_wait_s()` has passed, however often called.
+    either). Sends nothing more after the first attempt that found no Onlinesim at all
+    (timeout, refused connection) or whose outcome could not be stored. During an outage,
+    sends nothing until `state.probe_wait_s()` has passed, however often called, and then
+    the probe alone: more only once Onlinesim answered it.
     """
     state = state or PushState()
     result = Round()
@@ -376,33 +528,91 @@ def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: flo
     if state.probe_wait_s(clock.now()) > 0:
         result.unreachable = True
         return result
-    while not should_stop():
-        sms = next_due(db, clock.now())
-        if sms is None:
-            return result
-        # The network call runs outside any transaction: no lock is held while waiting.
-        sent_at = clock.now()
-        outcome = sender(url, payload(sms, api_key), api_key, timeout_s)
-        answered_at = clock.now()
-        result.attempts += 1
-        state.note(answered_at, sms, outcome, retry_s, lambda: waiting_count(db))
+    link = Link(clock) if sender is None else None
+    attempt = _Attempts(sender or link, clock, url=url, api_key=api_key, timeout_s=timeout_s)
+    # Every SMS from the moment it is handed to a thread until its outcome is stored (or
+    # held): the operations they belong to send nothing else meanwhile.
+    in_flight: dict[int, dict] = {}
+    sending = True
+    try:
+        while True:
+            limit = 1 if state.unreachable_since is not None else max(1, parallel)
+            while sending and len(in_flight) < limit and not should_stop():
+                sms = next_due(db, clock.now(), busy=in_flight.values())
+                if sms is None:
+                    break
+                in_flight[sms["id"]] = sms
+                attempt.start(sms)
+                result.attempts += 1
+            if not in_flight:
+                return result
+            sms, outcome, sent_at, answered_at = attempt.next_answer()
+            state.note(answered_at, sms, outcome, retry_s, lambda: waiting_count(db))
+            if not store_outcome(db, state, Answered(sms, outcome, sent_at, answered_at),
+                                 retry_s, rules):
+                result.store_failed = True
+                sending = False
+            del in_flight[sms["id"]]
+            if outcome.unreachable:
+                result.unreachable = True
+                sending = False
+    finally:
+        if link is not None:
+            link.close()
+
+
+def store_outcome(db: Database, state: PushState, answer: Answered, retry_s: float,
+                  rules: Rules) -> bool:
+    """Store one attempt's outcome; False if it could not be. Onlinesim's word (delivered,
+    terminal) is then held in `state` to be stored later; a retry needs no keeping."""
+    try:
+        record(db, answer.answered_at, answer.sms, answer.outcome, retry_s,
+               sent_at=answer.sent_at, rules=rules)
+        return True
+    except Exception as error:
+        # Any failure, not only Unavailable: an answer lost here would have the SMS
+        # pushed again at every round, forever.
+        if answer.outcome.kind != "retry":
+            state.hold(answer)
+        log.warning("Onlinesim's answer to SMS %d (%s) cannot be stored yet (%s): "
+                    "kept in memory, and nothing is pushed until it is stored",
+                    answer.sms["id"], answer.outcome.kind, error,
+                    exc_info=not isinstance(error, Unavailable))
+        return False
+
+
+class _Attempts:
+    """The attempts of one round: each on a daemon thread of its own (so an attempt that
+    hangs can never keep the process from exiting), its answer handed back on a queue to
+    the thread that stores it."""
+
+    def __init__(self, sender: Callable, clock: Clock, *, url: str, api_key: str,
+                 timeout_s: float):
+        self._sender, self._clock = sender, clock
+        self._url, self._api_key, self._timeout_s = url, api_key, timeout_s
+        self._answers: queue.SimpleQueue = queue.SimpleQueue()
+
+    def start(self, sms: dict) -> None:
+        threading.Thread(target=self._run, args=(sms,), name=f"rentbox-push-{sms['id']}",
+                         daemon=True).start()
+
+    def next_answer(self) -> tuple[dict, Outcome, dt.datetime, dt.datetime]:
+        """The next attempt to end: (sms, outcome, sent at, answered at). Each attempt
+        ends within its own timeouts, so this wait ends too."""
+        return self._answers.get()
+
+    def _run(self, sms: dict) -> None:
+        sent_at = self._clock.now()
         try:
-            record(db, answered_at, sms, outcome, retry_s, sent_at=sent_at, rules=rules)
-        except Exception as error:
-            # Any failure, not only Unavailable: an answer lost here would have the SMS
-            # pushed again at every round, forever.
-            if outcome.kind != "retry":  # Onlinesim's word must not be lost
-                state.hold(Answered(sms, outcome, sent_at, answered_at))
-            log.warning("Onlinesim's answer to SMS %d (%s) cannot be stored yet (%s): "
-                        "kept in memory, and nothing is pushed until it is stored",
-                        sms["id"], outcome.kind, error,
-                        exc_info=not isinstance(error, Unavailable))
-            result.store_failed = True
-            return result
-        if outcome.unreachable:
-            result.unreachable = True
-            return result
-    return result
+            outcome = self._sender(self._url, payload(sms, self._api_key), self._api_key,
+                                   self._timeout_s)
+        except Exception as error:  # a bug, not Onlinesim: the SMS must not be stuck
+            # The frames, not the message: a message may quote the request (its key).
+            log.error("push of SMS %d failed inside rentbox (%s); retrying later\n%s",
+                      sms["id"], type(error).__name__,
+                      "".join(traceback.format_tb(error.__traceback__)).rstrip())
+            outcome = Outcome("retry", f"failed inside rentbox: {type(error).__name__}")
+        self._answers.put((sms, outcome, sent_at, self._clock.now()))
 
 
 class Pusher:
@@ -413,11 +623,14 @@ class Pusher:
     POLL_S = 1.0
 
     def __init__(self, connections: Connections, clock: Clock, *, url: str, api_key: str,
-                 retry_s: float, timeout_s: float, rules: Rules, sender: Callable = send):
+                 retry_s: float, timeout_s: float, rules: Rules,
+                 parallel: int = default("push_parallel"), sender: Callable | None = None):
         self._connections = connections
         self._clock = clock
+        # Kept for the Pusher's life: connections stay open from one round to the next.
+        self.link = Link(clock) if sender is None else None
         self._options = dict(url=url, api_key=api_key, retry_s=retry_s, timeout_s=timeout_s,
-                             rules=rules, sender=sender)
+                             rules=rules, parallel=parallel, sender=sender or self.link)
         self.state = PushState()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -430,11 +643,13 @@ class Pusher:
         self._wake.set()
 
     def stop(self, timeout_s: float = 15) -> None:
-        """Stop after the attempt in flight, if any (each has its own timeout)."""
+        """Stop after the attempts in flight, if any (each has its own timeout)."""
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+        if self.link is not None:
+            self.link.close()
         if self.state.unstored:
             log.error("stopping with %d answer(s) from Onlinesim not stored: those SMS "
                       "will be sent again after the restart", len(self.state.unstored))

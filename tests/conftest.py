@@ -93,8 +93,9 @@ class WsgiClient:
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict | None = None) -> "Answer":
         body = body or b""
+        path, _, query = path.partition("?")
         environ = {
-            "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "",
+            "REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
             "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
             "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
             "wsgi.url_scheme": "http", "wsgi.version": (1, 0), "wsgi.multithread": True,
@@ -191,7 +192,8 @@ def http_post(url: str, payload: object = None, *, raw: bytes | None = None,
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:
         body = raw if raw is not None else json.dumps(payload).encode()
-        conn.request("POST", parts.path or "/", body=body,
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request("POST", path, body=body,
                      headers={"Content-Type": "application/json", **(headers or {})})
         response = conn.getresponse()
         return Answer(response.status, dict(response.getheaders()), response.read())
@@ -202,21 +204,39 @@ def http_post(url: str, payload: object = None, *, raw: bytes | None = None,
 class FakeOnlinesim:
     """Onlinesim's PUSH_SMS endpoint on a real loopback HTTP server.
 
-    `answers` is a list of (status, body) or the string "hang" (answer only after
-    `hang_s`), used in order; the last one repeats. Every request is recorded.
+    `answers` is a list of (status, body), the string "hang" (answer only after
+    `hang_s`) or "drop" (close the connection without an answer), used in order; the
+    last one repeats. Every request is recorded, and `events` lists ("received", i) and
+    ("answered", i) (as the answer starts to leave) for the i-th request as they happen.
+    HTTP/1.1: connections are kept alive, `connections` counts those opened, and
+    `close_connections()` closes them as a server does after a keep-alive timeout.
     """
 
     def __init__(self, answers=((200, b'{"status":"SUCCESS"}'),), hang_s: float = 3.0):
         import http.server
+        import socket
         import threading
 
         self.answers = list(answers)
         self.hang_s = hang_s
         self.requests: list[dict] = []
+        self.events: list[tuple[str, int]] = []
+        self.connections = 0
+        self._sockets = []
         self.received = threading.Condition()
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as Onlinesim's servers do
+
+            def setup(self):
+                super().setup()
+                # As web servers do: no Nagle wait between the answer's headers and body.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                with fake.received:
+                    fake.connections += 1
+                    fake._sockets.append(self.connection)
+
             def do_GET(self):
                 fake.requests.append({"path": self.path, "headers": dict(self.headers),
                                       "body": b""})
@@ -231,13 +251,20 @@ class FakeOnlinesim:
                     fake.requests.append({"path": self.path, "headers": dict(self.headers),
                                           "body": body})
                     answer = fake.answers[min(len(fake.requests), len(fake.answers)) - 1]
+                    index = len(fake.requests) - 1
+                    fake.events.append(("received", index))
                     fake.received.notify_all()
+                if answer == "drop":  # the request arrived; its answer never leaves
+                    self.close_connection = True
+                    return
                 if answer == "hang":
                     import time
 
                     time.sleep(fake.hang_s)  # the fake peer is slow, not rentbox
                     answer = (200, b'{"status":"SUCCESS"}')
                 status, payload = answer
+                with fake.received:
+                    fake.events.append(("answered", index))
                 self.send_response(status)
                 if 300 <= status < 400:  # a redirect to a page that would answer 200
                     self.send_header("Location", "/landing")
@@ -262,6 +289,18 @@ class FakeOnlinesim:
     def bodies(self) -> list[dict]:
         return [json.loads(r["body"]) for r in self.requests]
 
+    def close_connections(self) -> None:
+        """Close every connection from this side, as after a keep-alive timeout."""
+        import socket
+
+        with self.received:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed
+                pass
+
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
@@ -272,6 +311,14 @@ def onlinesim():
     fake = FakeOnlinesim()
     yield fake
     fake.close()
+
+
+def rent_number(server) -> int:
+    """Rent a number from a running server, as Onlinesim does; returns the activation id."""
+    answer = http_post(server.url + "/getNumberRent", {"action": "GET_NUMBER", "key": API_KEY,
+                                                       "service": "rent", "sum": 400}).json
+    assert answer["status"] == "SUCCESS", answer
+    return answer["activationId"]
 
 
 def refused_url() -> str:

@@ -558,7 +558,9 @@ def test_a_write_lock_held_by_another_process_does_not_make_an_sms_go_out_twice(
     from rentbox import db as db_module
 
     monkeypatch.setattr(db_module, "BUSY_TIMEOUT_S", 0.2)
-    other = sqlite3.connect(str(db_path), timeout=0.2, isolation_level=None)
+    # Used from the attempt's own thread (the sender runs there).
+    other = sqlite3.connect(str(db_path), timeout=0.2, isolation_level=None,
+                            check_same_thread=False)
 
     def answer_then_lock(now):
         other.execute("BEGIN IMMEDIATE")  # taken while the push is in flight
@@ -578,3 +580,250 @@ def test_a_write_lock_held_by_another_process_does_not_make_an_sms_go_out_twice(
     assert not push.push_due(db, clock, **options).store_failed
     assert sender.sent == [routed]
     assert sms_row(db, routed)["push_state"] == "delivered" and not db.health.failing
+
+
+# ---- several pushes in flight, kept-alive connections (issue 11, item 4) --------------
+
+def open_rentals(db, clock, count):
+    """`count` open rentals; returns their numbers as SMS are addressed to them."""
+    add_numbers(db, START, *[(f"+49151234{i:05d}", "germany", "telekom")
+                             for i in range(count)])
+    for _ in range(count):
+        operations.open_rent(db, clock, RentRequest(100), RULES)
+    return [r["number"] for r in db.rows("SELECT number FROM numbers ORDER BY id")]
+
+
+def add_sms(db, clock, number, text):
+    return sms.accept_sms(db, clock, sms.IncomingSms(
+        source="api", to="+" + number, sender="x", text=text), RULES).sms_id
+
+
+class RentalAwareSender:
+    """A fake Onlinesim that answers by text ("bank": BAD_SERVICE, "flaky": an error at the
+    first try), and checks that no two SMS of one phone are ever in flight at once. The
+    first `parallel` calls meet at a barrier: they can only return if they were all in
+    flight together."""
+
+    def __init__(self, parallel):
+        import threading
+
+        self.lock = threading.Lock()
+        self.barrier = threading.Barrier(parallel) if parallel > 1 else None
+        self.in_flight, self.overlaps, self.sent, self.calls = set(), [], [], 0
+
+    def __call__(self, url, body, api_key, timeout_s):
+        with self.lock:
+            first = self.calls < (self.barrier.parties if self.barrier else 0)
+            self.calls += 1
+            if body["phone"] in self.in_flight:
+                self.overlaps.append(body["smsId"])
+            self.in_flight.add(body["phone"])
+            tries = self.sent.count(body["smsId"])
+            self.sent.append(body["smsId"])
+        if first:
+            self.barrier.wait(timeout=5)
+        with self.lock:
+            self.in_flight.discard(body["phone"])
+        if "bank" in body["text"]:
+            return push.Outcome("terminal", "BAD_SERVICE")
+        if "flaky" in body["text"] and tries == 0:
+            return push.Outcome("retry", "HTTP 500")
+        return push.Outcome("delivered")
+
+
+@pytest.mark.parametrize("parallel", [1, 4])
+def test_several_in_flight_each_sms_once_in_order_within_its_rental(db, clock, parallel):
+    numbers = open_rentals(db, clock, 6)
+    texts = ["code", "bank", "flaky", "code", "code"]
+    ids = {n: [add_sms(db, clock, n, f"{t} {i}") for i, t in enumerate(texts)]
+           for n in numbers}
+    sender, state = RentalAwareSender(parallel), push.PushState()
+    for _ in range(5):
+        push.push_due(db, clock, url="x", api_key=API_KEY, retry_s=10, timeout_s=1,
+                      rules=RULES, state=state, sender=sender, parallel=parallel)
+        clock.advance(10)
+    assert sender.overlaps == []  # never two SMS of one rental at once
+    by_id = {s: n for n, sms_ids in ids.items() for s in sms_ids}
+    for number, sms_ids in ids.items():
+        first_tries = [s for s in dict.fromkeys(sender.sent) if by_id[s] == number]
+        assert first_tries == sms_ids  # in the order they arrived
+        bank, flaky = sms_ids[1], sms_ids[2]
+        assert [sender.sent.count(s) for s in sms_ids] == [1, 1, 2, 1, 1]
+        assert sms_row(db, bank)["push_state"] == "failed"
+        # The flaky one waited for its retry without holding back the later ones.
+        assert sender.sent.index(sms_ids[3]) < len(sender.sent) - sender.sent[::-1].index(flaky)
+    states = db.rows("SELECT push_state, count(*) AS n FROM sms GROUP BY push_state")
+    assert states == [{"push_state": "delivered", "n": 24}, {"push_state": "failed", "n": 6}]
+    clock.advance(3600)
+    assert deliver(db, clock, "x", sender=sender) == 0  # nothing is ever sent again
+
+
+def test_within_a_rental_order_is_kept_when_onlinesim_answers_slowly(db, clock):
+    numbers = open_rentals(db, clock, 2)
+    ids = {n: [add_sms(db, clock, n, f"m{i}") for i in range(3)] for n in numbers}
+    fake = FakeOnlinesim(["hang"], hang_s=0.2)
+    try:
+        assert deliver(db, clock, fake.url, parallel=4, timeout_s=5) == 6
+    finally:
+        fake.close()
+    phone_of = [json.loads(r["body"])["phone"] for r in fake.requests]
+    id_of = [json.loads(r["body"])["smsId"] for r in fake.requests]
+    for number in numbers:
+        mine = [(what, id_of[i]) for what, i in fake.events if phone_of[i] == number]
+        # One at a time: each answered before the next one was received, in order.
+        assert mine == [(what, s) for s in ids[number] for what in ("received", "answered")]
+    # ... while the two rentals were pushed side by side.
+    first_answer = next(i for i, (what, _) in enumerate(fake.events) if what == "answered")
+    assert {phone_of[i] for _, i in fake.events[:first_answer]} == set(numbers)
+    assert db.row("SELECT count(*) AS n FROM sms WHERE push_state = 'delivered'")["n"] == 6
+
+
+def test_pushes_reuse_kept_alive_connections(db, clock):
+    numbers = open_rentals(db, clock, 12)
+    fake = FakeOnlinesim()
+    link = push.Link(clock)
+    try:
+        for round_ in range(2):  # a second burst, later, on the same connections
+            for n in numbers:
+                add_sms(db, clock, n, f"burst {round_}")
+            assert deliver(db, clock, fake.url, sender=link, parallel=3) == 12
+            clock.advance(5)
+        assert len(fake.requests) == 24
+        assert link.opened == fake.connections <= 3
+    finally:
+        link.close()
+        fake.close()
+    assert len({b["smsId"] for b in fake.bodies()}) == 24  # each SMS once
+
+
+def test_a_connection_onlinesim_closed_while_idle_is_replaced_before_use(db, clock):
+    from conftest import wait_until
+
+    numbers = open_rentals(db, clock, 1)
+    fake = FakeOnlinesim()
+    link = push.Link(clock)
+    try:
+        add_sms(db, clock, numbers[0], "first")
+        assert deliver(db, clock, fake.url, sender=link) == 1
+        fake.close_connections()  # Onlinesim's keep-alive timeout
+        assert wait_until(lambda: all(push._is_closed_by_peer(c) for _, c, _ in link._idle))
+        second = add_sms(db, clock, numbers[0], "second")
+        assert deliver(db, clock, fake.url, sender=link) == 1
+        assert sms_row(db, second)["push_state"] == "delivered"
+        assert (len(fake.requests), fake.connections, link.opened) == (2, 2, 2)
+    finally:
+        link.close()
+        fake.close()
+
+
+def test_a_connection_idle_too_long_is_not_reused(db, clock):
+    numbers = open_rentals(db, clock, 1)
+    fake = FakeOnlinesim()
+    link = push.Link(clock, keepalive_s=30)
+    try:
+        for wait_s in (30, 30.1):
+            add_sms(db, clock, numbers[0], f"after {wait_s}")
+            assert deliver(db, clock, fake.url, sender=link) == 1
+            clock.advance(wait_s)
+        add_sms(db, clock, numbers[0], "last")
+        assert deliver(db, clock, fake.url, sender=link) == 1
+        assert link.opened == fake.connections == 2  # reused after 30 s, not after 30.1 s
+    finally:
+        link.close()
+        fake.close()
+
+
+def test_a_request_not_written_whole_is_sent_at_once_on_a_new_connection(db, clock,
+                                                                        monkeypatch):
+    import http.client
+
+    numbers = open_rentals(db, clock, 1)
+    fake = FakeOnlinesim()
+    link = push.Link(clock)
+    try:
+        add_sms(db, clock, numbers[0], "first")
+        assert deliver(db, clock, fake.url, sender=link) == 1
+        real_send, failures = http.client.HTTPConnection.send, [1]
+
+        def send_failing_once(self, data):
+            if failures[0]:
+                failures[0] -= 1
+                raise BrokenPipeError(32, "Broken pipe")  # the server had closed it
+            return real_send(self, data)
+
+        monkeypatch.setattr(http.client.HTTPConnection, "send", send_failing_once)
+        second = add_sms(db, clock, numbers[0], "second")
+        assert deliver(db, clock, fake.url, sender=link) == 1
+        row = sms_row(db, second)
+        assert (row["push_state"], row["attempts"]) == ("delivered", 1)
+        assert [b["smsId"] for b in fake.bodies()] == [second - 1, second]
+        assert fake.connections == 2
+    finally:
+        link.close()
+        fake.close()
+
+
+def test_a_request_that_may_have_reached_onlinesim_is_not_sent_again_at_once(db, clock):
+    """Written on a kept-alive connection, then the connection closes with no answer:
+    Onlinesim may have it. That is a failed attempt, retried after retry_s like any."""
+    numbers = open_rentals(db, clock, 1)
+    fake = FakeOnlinesim([(200, b""), "drop", (200, b"")])
+    link = push.Link(clock)
+    try:
+        first = add_sms(db, clock, numbers[0], "first")
+        second = add_sms(db, clock, numbers[0], "second")
+        done = push.push_due(db, clock, url=fake.url, api_key=API_KEY, retry_s=10,
+                             timeout_s=1, rules=RULES, sender=link)
+        assert (done.attempts, done.unreachable) == (2, False)  # not an outage
+        assert [b["smsId"] for b in fake.bodies()] == [first, second]
+        row = sms_row(db, second)
+        assert (row["push_state"], row["attempts"]) == ("pending", 1)
+        assert row["last_error"] == "connection closed before an answer: RemoteDisconnected"
+        clock.advance(10)
+        assert deliver(db, clock, fake.url, sender=link) == 1
+        assert sms_row(db, second)["push_state"] == "delivered"
+        assert [b["smsId"] for b in fake.bodies()] == [first, second, second]
+    finally:
+        link.close()
+        fake.close()
+
+
+def test_an_error_inside_rentbox_is_a_retry_and_never_logs_the_request(db, clock, routed,
+                                                                       caplog):
+    import logging
+
+    def broken(url, body, api_key, timeout_s):
+        raise ValueError(f"Invalid header value {api_key!r}")
+
+    with caplog.at_level(logging.INFO, logger="rentbox.push"):
+        assert deliver(db, clock, "x", sender=broken) == 1
+    row = sms_row(db, routed)
+    assert (row["push_state"], row["last_error"]) == ("pending",
+                                                      "failed inside rentbox: ValueError")
+    assert API_KEY not in caplog.text
+    assert "test_push.py" in caplog.text  # where it happened is logged
+
+
+def test_during_an_outage_the_probe_goes_alone_then_several_at_once(db, clock):
+    import threading
+
+    numbers = open_rentals(db, clock, 8)
+    for n in numbers:
+        add_sms(db, clock, n, "code")
+    up = threading.Event()
+
+    def sender(url, body, api_key, timeout_s):
+        return (push.Outcome("delivered") if up.is_set()
+                else push.Outcome("retry", "cannot connect", unreachable=True))
+
+    state = push.PushState()
+    options = dict(url="x", api_key=API_KEY, retry_s=5, timeout_s=1, rules=RULES,
+                   state=state, sender=sender, parallel=4)
+    push.push_due(db, clock, **options)  # the outage starts: up to 4 find no Onlinesim
+    for _ in range(3):
+        clock.advance(5)
+        assert push.push_due(db, clock, **options).attempts == 1  # the probe, alone
+    clock.advance(5)
+    up.set()
+    assert push.push_due(db, clock, **options).attempts == 8
+    assert state.unreachable_since is None
