@@ -89,3 +89,24 @@ def test_the_wal_shrinks_back_after_a_checkpoint(db):
         db.execute("CREATE TABLE t (x)")  # a write after the checkpoint resets the WAL
     db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     assert wal.stat().st_size <= JOURNAL_SIZE_LIMIT_BYTES
+
+
+def test_a_presence_report_on_a_full_disk_changes_nothing(small_disk):
+    """A gateway's report that cannot be stored is refused whole (the web layer answers
+    503, so the gateway sends it again); no number goes offline half-way."""
+    from rentbox import presence
+
+    clock = FakeClock()
+    db = open_database(small_disk / "rentbox.db")
+    add_numbers(db, START, ("+4915123456789", "germany", "o2", "1.01"),
+                ("+4915123456790", "germany", "o2", "1.02"))
+    presence.report(db, clock, RULES, presence.Report("box", ports=("1.01", "1.02")))
+    before = db.rows("SELECT number, offline, seen_at FROM numbers ORDER BY id")
+    filler = fill_disk(small_disk)
+    clock.advance(5)
+    with pytest.raises(Unavailable):
+        presence.report(db, clock, RULES, presence.Report("box", ports=("1.01",)))
+    assert db.rows("SELECT number, offline, seen_at FROM numbers ORDER BY id") == before
+    filler.unlink()
+    assert presence.report(db, clock, RULES, presence.Report("box", ports=("1.01",))).online == 1
+    db.close()
