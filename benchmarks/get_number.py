@@ -40,7 +40,7 @@ def run_floor(port: int, threads: int) -> None:
 
     from rentbox.config import Settings
     from rentbox.server import make_waitress
-    from rentbox.web import AccessLog, GzipAnswers
+    from rentbox.web.middleware import AccessLog, GzipAnswers
 
     logging.basicConfig(level=logging.INFO)  # the access log costs the same as rentbox's
 

@@ -6,7 +6,9 @@ import pytest
 
 
 from conftest import API_KEY, START, WsgiClient, add_numbers, snapshot
-from rentbox.web import wsgi
+import bottle
+
+from rentbox.web import Context, console, intake, onlinesim, wsgi
 
 POOL = [("+4915123456789", "germany", "telekom"), ("+4917612345678", "germany", "o2"),
         ("+79123456789", "russia", "mts"), ("+380501234567", "ukraine", None)]
@@ -354,3 +356,18 @@ def test_a_write_that_fails_for_a_full_disk_is_503_and_retryable(settings, clock
     assert [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING] \
         == [("WARNING", "/getNumberRent answered 503: the database cannot be written now: "
                         "the disk is full")]
+
+
+def test_routes_are_grouped_by_caller(settings, clock, connections):
+    """Onlinesim's calls, the gateways' and the partner's browser each sit in their own
+    module: the page and the metrics never sit next to Onlinesim's calls (issue 13)."""
+    app, groups = bottle.Bottle(), {}
+    for module in (onlinesim, intake, console):
+        before = len(app.routes)
+        module.routes(app, Context(settings, clock, connections))
+        groups[module.__name__.rsplit(".", 1)[1]] = {r.rule for r in app.routes[before:]}
+    assert groups["onlinesim"] == {"/", "/getServicesRent", "/getNumberRent",
+                                   "/finishActivationRent"}
+    assert all(rule.startswith(("/sms", "/presence")) for rule in groups["intake"])
+    assert "/health" in groups["console"]
+    assert not groups["console"] & (groups["onlinesim"] | groups["intake"])

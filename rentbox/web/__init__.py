@@ -1,0 +1,67 @@
+"""The HTTP face, one module per caller: `onlinesim` (the rent calls), `intake` (the
+gateways' SMS and presence), `console` (the partner's browser and monitoring). `answers`
+holds what they share (one JSON error shape, bodies, tokens); `middleware` wraps them all
+(path checks, gzip answers, the access log).
+
+Routes are thin: read the body, authenticate, parse, call one core function, shape the
+answer. No SQL here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import bottle
+
+from rentbox import meta
+from rentbox.clock import Clock
+from rentbox.config import Settings
+from rentbox.db import Connections
+from rentbox.web import console, intake, onlinesim
+from rentbox.web.answers import JSON_TYPE, error_answer, json_error_body
+from rentbox.web.middleware import AccessLog, GzipAnswers, StrictPaths
+
+__all__ = ["Context", "JSON_TYPE", "json_error_body", "make_app", "wsgi"]
+
+
+@dataclasses.dataclass
+class Context:
+    """What the routes of every group are made with."""
+
+    settings: Settings
+    clock: Clock
+    connections: Connections
+    # Called after an SMS was stored for a rental (it wakes the pusher).
+    on_sms: Callable[[], None] = lambda: None
+    # When Onlinesim last called, per action (status, alerts).
+    calls: meta.CallLog = dataclasses.field(default_factory=meta.CallLog)
+
+
+def make_app(settings: Settings, clock: Clock, connections: Connections,
+             on_sms: Callable[[], None] = lambda: None) -> bottle.Bottle:
+    """The Bottle app with every group's routes. Serve it via `wsgi()`."""
+    app = bottle.Bottle()
+    ctx = Context(settings, clock, connections, on_sms)
+    for group in (onlinesim, intake, console):
+        group.routes(app, ctx)
+
+    def error_page(res: bottle.HTTPError) -> str:
+        if res.status_code == 404:
+            message = f"no such path: {bottle.request.path}"
+        elif res.status_code == 405:
+            message = (f"method {bottle.request.method} is not allowed on "
+                       f"{bottle.request.path}; allowed: {res.headers.get('Allow', '')}")
+        else:
+            message = "internal error; see the server log"
+        return error_answer(res.status_code, message)
+
+    # Bottle answers with an HTML page unless told otherwise, for every status.
+    app.default_error_handler = error_page
+    return app
+
+
+def wsgi(settings: Settings, clock: Clock, connections: Connections,
+         on_sms: Callable[[], None] = lambda: None):
+    """The app as served: Bottle wrapped in path checks, gzip answers and the access log."""
+    return AccessLog(GzipAnswers(StrictPaths(make_app(settings, clock, connections, on_sms))))

@@ -1,0 +1,113 @@
+"""Onlinesim's rent calls: GET_SERVICES, GET_NUMBER, FINISH_ACTIVATION, on their own paths
+and dispatched from `POST /` (protocol.md 1–3). Authenticated by the API key."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import TYPE_CHECKING, Callable
+
+import bottle
+
+from rentbox import operations, protocol
+from rentbox.errors import InvalidInput, Unavailable
+from rentbox.web.answers import ApiError, answering, header, read_body
+
+if TYPE_CHECKING:
+    from rentbox.web import Context
+
+log = logging.getLogger("rentbox.web")
+
+BAD_KEY = ApiError(401, "BAD_KEY")
+
+# Path → the action it serves; None is `POST /`, which dispatches on the body's action.
+PATHS: dict[str, str | None] = {
+    "/getServicesRent": "GET_SERVICES",
+    "/getNumberRent": "GET_NUMBER",
+    "/finishActivationRent": "FINISH_ACTIVATION",
+    "/": None,
+}
+
+
+def routes(app: bottle.Bottle, ctx: "Context") -> None:
+    key = ctx.settings.api_key.encode("utf-8")
+    rules = ctx.settings.rules
+    clock, connections = ctx.clock, ctx.connections
+
+    def get_services(body: dict) -> dict:
+        counts = operations.available_counts(connections.get(), clock.now(), rules)
+        return protocol.services_answer(counts)
+
+    def get_number(body: dict) -> dict:
+        request = protocol.parse_rent_request(body)
+        rental = operations.open_rent(connections.get(), clock, request, rules)
+        if rental is None:
+            return {"status": "NO_NUMBERS"}
+        return {"number": int(rental.number), "activationId": rental.activation_id,
+                "status": "SUCCESS"}
+
+    def finish_activation(body: dict) -> dict:
+        request = protocol.parse_finish_request(body)
+        operations.finish_rent(connections.get(), clock, request, rules)
+        return {"status": "SUCCESS"}
+
+    handlers: dict[str, Callable[[dict], dict]] = {
+        "GET_SERVICES": get_services,
+        "GET_NUMBER": get_number,
+        "FINISH_ACTIVATION": finish_activation,
+    }
+
+    def call(path_action: str | None) -> dict:
+        """One protocol call; `path_action` is None on `POST /`, which dispatches."""
+        body = protocol.parse_body(read_body(bottle.request.environ,
+                                             ctx.settings.max_body_bytes))
+        authenticate(body, header("Authorization"), key)
+        action = body.get("action")
+        if action is None:
+            raise InvalidInput("action is required")
+        if path_action is None:
+            check_dispatch(body)
+        elif action != path_action:
+            raise InvalidInput(f"action must be {path_action} on this path, not {action!r}")
+        if action == "GET_SERVICES":
+            # Polled every 2 minutes: its access-log line is debug, not info.
+            bottle.request.environ["rentbox.log_level"] = logging.DEBUG
+        answer = handlers[action](body)
+        try:
+            ctx.calls.note(connections.get(), clock.now(), action)
+        except Unavailable:
+            pass  # the disk is full: /health, status and the log say so already
+        except Exception:
+            # The call itself is committed: its answer must go out whatever happens here.
+            log.exception("could not note Onlinesim's call")
+        return answer
+
+    for path, action in PATHS.items():
+        app.route(path, "POST", answering(lambda action=action: call(action)))
+
+
+def authenticate(body: dict, authorization: str | None, key: bytes) -> None:
+    """protocol.md 2: the body `key` or a Bearer token; every one presented must match."""
+    presented = []
+    if "key" in body:
+        presented.append(body["key"])
+    if authorization is not None:
+        scheme, _, token = authorization.strip().partition(" ")
+        presented.append(token.strip() if scheme.lower() == "bearer" else None)
+    if not presented:
+        raise BAD_KEY
+    for candidate in presented:
+        if not isinstance(candidate, str) or not hmac.compare_digest(
+            candidate.encode("utf-8"), key
+        ):
+            raise BAD_KEY
+
+
+def check_dispatch(body: dict) -> None:
+    """`POST /` (a single URL, SMSHub style): route on `action` and `service` (protocol.md 1)."""
+    action = body["action"]
+    if action in ("GET_NUMBER", "FINISH_ACTIVATION"):
+        if body.get("service") != "rent":
+            raise InvalidInput(f"{action} is served for service 'rent' only")
+    elif action != "GET_SERVICES":
+        raise InvalidInput(f"unknown action {action!r}")
