@@ -22,7 +22,8 @@ from rentbox import (__version__, alerts, backups, bans, housekeeping, logs, met
                      pool, presence, render, replication, reports, retention, sms, tallies)
 from rentbox import db as database_file
 from rentbox.clock import SystemClock
-from rentbox.config import (API_KEY_ENV, GATEWAY_TOKEN_ENV, GOIP_PASSWORD_ENV, SETTINGS,
+from rentbox.config import (API_KEY_ENV, CONSOLE_PASSWORD_ENV, GATEWAY_TOKEN_ENV,
+                            GOIP_PASSWORD_ENV, METRICS_TOKEN_ENV, SETTINGS,
                             SMSGATE_KEY_ENV, TELEGRAM_TOKEN_ENV, Alerting, BackupPlan,
                             ReplicaPlan, Rules, Settings)
 from rentbox.db import LOCK_POLL_MAX_S, open_database
@@ -278,7 +279,8 @@ def serve(
     Secrets come from the environment only: RENTBOX_API_KEY (required),
     RENTBOX_GATEWAY_TOKEN (turns on POST /sms and the gateways' routes),
     RENTBOX_SMSGATE_KEY (turns on POST /sms/smsgate), RENTBOX_GOIP_PASSWORD (needed with
-    --goip-port).
+    --goip-port), RENTBOX_CONSOLE_PASSWORD (turns on the status page at GET /),
+    RENTBOX_METRICS_TOKEN (turns on GET /metrics).
     """
     from rentbox import server  # waitress is only needed here
 
@@ -299,6 +301,8 @@ def serve(
         smsgate_key=os.environ.get(SMSGATE_KEY_ENV, "").strip() or None,
         dinstar_tz=dinstar_tz, goip_port=goip_port, goip_host=goip_host,
         goip_password=os.environ.get(GOIP_PASSWORD_ENV, "").strip() or None,
+        console_password=os.environ.get(CONSOLE_PASSWORD_ENV, "").strip() or None,
+        metrics_token=os.environ.get(METRICS_TOKEN_ENV, "").strip() or None,
         db=db, host=host, port=port, threads=threads, push_url=push_url or None,
         push_retry_s=push_retry_s, push_timeout_s=push_timeout_s, push_parallel=push_parallel,
         housekeeping_s=housekeeping_s, sms_keep_days=sms_keep_days,

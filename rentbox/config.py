@@ -142,8 +142,10 @@ GATEWAY_TOKEN_ENV = "RENTBOX_GATEWAY_TOKEN"  # Bearer token of POST /sms
 SMSGATE_KEY_ENV = "RENTBOX_SMSGATE_KEY"    # signing key of SMSGate's webhooks
 TELEGRAM_TOKEN_ENV = "RENTBOX_TELEGRAM_BOT_TOKEN"  # the alert bot's token
 GOIP_PASSWORD_ENV = "RENTBOX_GOIP_PASSWORD"  # password of the GoIP lines (SMS server)
+CONSOLE_PASSWORD_ENV = "RENTBOX_CONSOLE_PASSWORD"  # HTTP Basic password of the status page
+METRICS_TOKEN_ENV = "RENTBOX_METRICS_TOKEN"  # Bearer token of GET /metrics
 SECRETS = (API_KEY_ENV, GATEWAY_TOKEN_ENV, SMSGATE_KEY_ENV, TELEGRAM_TOKEN_ENV,
-           GOIP_PASSWORD_ENV)
+           GOIP_PASSWORD_ENV, CONSOLE_PASSWORD_ENV, METRICS_TOKEN_ENV)
 
 
 def default(name: str):
@@ -252,13 +254,18 @@ class Settings:
     goip_port: int | None = default("goip_port")
     goip_host: str = default("goip_host")
     goip_password: str | None = None
+    # The status page at GET / (HTTP Basic, any user name) and GET /metrics (Bearer):
+    # each off until its secret is set.
+    console_password: str | None = None
+    metrics_token: str | None = None
     # Keeping the books safe: scheduled backups and continuous replication.
     backups: BackupPlan = BackupPlan()
     replication: ReplicaPlan = ReplicaPlan()
 
     def __repr__(self) -> str:
         # Never let a secret reach a log line or a traceback through repr().
-        hidden = {"api_key", "gateway_token", "smsgate_key", "goip_password"}
+        hidden = {"api_key", "gateway_token", "smsgate_key", "goip_password",
+                  "console_password", "metrics_token"}
         fields = ", ".join(
             f"{f.name}={'<hidden>' if f.name in hidden else repr(getattr(self, f.name))}"
             for f in dataclasses.fields(self)
