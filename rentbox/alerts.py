@@ -10,7 +10,11 @@ housekeeping pass evaluates, every few seconds, the conditions below; each one i
 - `banned:<number>`: a number is banned after failed rentals;
 - `sim_offline:<number>`: a rented number's SIM is offline (presence.py);
 - `pool_empty`: no number can be rented;
-- `disk_low`: the database's disk is below `disk_free_mb`, or cannot be written.
+- `disk_low`: the database's disk is below `disk_free_mb`, or cannot be written;
+- `backup_failed`, `backup_overdue`: the last scheduled backup failed, or the last good
+  one is older than twice RENTBOX_BACKUP_EVERY_S (backups.py);
+- `replica_down`, `replica_behind`: Litestream is not running, or the replica has not
+  been seen current for a while (replication.py).
 
 A condition is announced once when it starts and once when it clears, never while it
 holds, and the table survives restarts, so a restart announces nothing that was already
@@ -31,7 +35,7 @@ import urllib.error
 import urllib.request
 from typing import Callable
 
-from rentbox import meta, pool, presence, reports
+from rentbox import backups, meta, pool, presence, replication, reports
 from rentbox.clock import Clock, from_text, to_text
 from rentbox.config import Alerting
 from rentbox.db import Connections, Database
@@ -99,6 +103,11 @@ def conditions(db: Database, now: dt.datetime, alerting: Alerting) -> dict[str, 
     elif storage["free_bytes"] is not None and storage["free_bytes"] < low:
         found["disk_low"] = (f"only {storage['free_bytes'] / 1024 / 1024:.0f} MiB free on the "
                              "database's disk")
+    # The same judgement as `rentbox status`, on the server's own facts: this pass runs
+    # inside it, so it runs unless it has recorded its stop.
+    running = {**(server or {}), "running": bool(server) and not server.get("stopped_at")}
+    found.update(backups.trouble(meta.get(db, meta.BACKUPS), running, now))
+    found.update(replication.trouble(meta.get(db, meta.REPLICATION), running, now))
     return found
 
 

@@ -192,27 +192,36 @@ class BackupScheduler:
 
 
 def status(note: dict | None, server: dict | None, now: dt.datetime) -> tuple[dict | None, list[str]]:
-    """Scheduled backups as `rentbox status` shows them, and their warnings: a failure, or
-    a last backup older than twice the period while the server runs. None when the server
-    (running or last run) takes none."""
+    """Scheduled backups as `rentbox status` shows them, and their warnings (`trouble`).
+    None when the server (running or last run) takes none."""
     every_s = (server or {}).get("backup_every_s")
     if not every_s:
         return None, []
     facts = {"every_s": every_s, **(note or {})}
     facts["last_age_s"] = (round((now - from_text(facts["last_at"])).total_seconds())
                            if facts.get("last_at") else None)
-    warnings = []
+    return facts, list(trouble(note, server, now).values())
+
+
+def trouble(note: dict | None, server: dict | None, now: dt.datetime) -> dict[str, str]:
+    """What is wrong with the scheduled backups, by kind: `backup_failed` when the last one
+    failed, `backup_overdue` when the last good one (or the server's start) is older than
+    twice the period while the server runs. Empty when all is well or none are taken."""
+    every_s = (server or {}).get("backup_every_s")
+    if not every_s:
+        return {}
+    facts = note or {}
     failed_at = facts.get("failed_at")
     if failed_at and (not facts.get("last_at") or failed_at > facts["last_at"]):
-        warnings.append(f"the last scheduled backup failed at {failed_at[:10]} "
-                        f"{failed_at[11:16]} UTC: {facts.get('last_error')}")
-    elif server.get("running"):
+        return {"backup_failed": f"the last scheduled backup failed at {failed_at[:10]} "
+                                 f"{failed_at[11:16]} UTC: {facts.get('last_error')}"}
+    if server.get("running"):
         since = facts.get("last_at") or server.get("started_at")
         if since and (now - from_text(since)).total_seconds() > 2 * every_s:
             what = (f"the last scheduled backup is from {since[:10]} {since[11:16]} UTC"
                     if facts.get("last_at") else "no scheduled backup has been written")
-            warnings.append(f"{what}, over twice RENTBOX_BACKUP_EVERY_S ago")
-    return facts, warnings
+            return {"backup_overdue": f"{what}, over twice RENTBOX_BACKUP_EVERY_S ago"}
+    return {}
 
 
 # ---------------------------------------------------------------------------------------

@@ -417,8 +417,8 @@ class Replicator:
 
 
 def status(note: dict | None, server: dict | None, now: dt.datetime) -> tuple[dict | None, list[str]]:
-    """Replication as `rentbox status` shows it, and its warnings: None when the server
-    (running or last run) does not replicate."""
+    """Replication as `rentbox status` shows it, and its warnings (`trouble`): None when
+    the server (running or last run) does not replicate."""
     if not server or not server.get("replication"):
         return None, []
     running = bool(server.get("running"))
@@ -428,20 +428,30 @@ def status(note: dict | None, server: dict | None, now: dt.datetime) -> tuple[di
     caught_up = facts.get("caught_up_at")
     facts["lag_s"] = (max(0, round((now - from_text(caught_up)).total_seconds()))
                       if caught_up and running else None)
-    warnings = []
-    if running:
-        since = caught_up or facts.get("started_at") or server.get("started_at")
-        behind_s = (now - from_text(since)).total_seconds() if since else 0
-        if facts.get("state") != "running":
-            warnings.append(f"Litestream is {facts.get('state') or 'not started'} "
-                            f"(restarted {facts.get('restarts', 0)} time(s); last error: "
-                            f"{facts.get('last_error') or 'none'}): the replica falls behind")
-        elif behind_s > STALE_AFTER_S:
-            last = (f"since {caught_up[:10]} {caught_up[11:19]} UTC" if caught_up
-                    else "since it started")
-            warnings.append(f"the replica has not been seen current {last} (last error: "
-                            f"{facts.get('last_error') or 'none'})")
-    return facts, warnings
+    return facts, list(trouble(note, server, now).values())
+
+
+def trouble(note: dict | None, server: dict | None, now: dt.datetime) -> dict[str, str]:
+    """What is wrong with replication while the server runs, by kind: `replica_down` when
+    Litestream is not running, `replica_behind` when the replica has not been seen current
+    for STALE_AFTER_S. Empty when all is well or the server does not replicate."""
+    if not server or not server.get("replication") or not server.get("running"):
+        return {}
+    facts = note or {}
+    caught_up = facts.get("caught_up_at")
+    since = caught_up or facts.get("started_at") or server.get("started_at")
+    behind_s = (now - from_text(since)).total_seconds() if since else 0
+    if facts.get("state") != "running":
+        return {"replica_down": f"Litestream is {facts.get('state') or 'not started'} "
+                                f"(restarted {facts.get('restarts', 0)} time(s); last error: "
+                                f"{facts.get('last_error') or 'none'}): the replica falls "
+                                "behind"}
+    if behind_s > STALE_AFTER_S:
+        last = (f"since {caught_up[:10]} {caught_up[11:19]} UTC" if caught_up
+                else "since it started")
+        return {"replica_behind": f"the replica has not been seen current {last} (last "
+                                  f"error: {facts.get('last_error') or 'none'})"}
+    return {}
 
 
 # ---------------------------------------------------------------------------------------

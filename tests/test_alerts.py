@@ -184,3 +184,42 @@ def test_alerts_cli(db_path, monkeypatch, with_token):
     assert [r["key"] for r in json.loads(listed.stdout)] == ["pool_empty"]
     none = CliRunner().invoke(app, ["alerts", "test"], env={"RENTBOX_ALERT_WEBHOOK_URL": ""})
     assert none.exit_code == 1 and "no alert channel is set up" in none.stderr
+
+
+def test_backups_failing_or_overdue_and_the_replica_behind_alert_once(db, clock):
+    from rentbox import meta
+    from rentbox.clock import to_text
+
+    add_numbers(db, START, (A, "germany", "o2"))
+    setup = alerting(silence_s=10 ** 9)
+    meta.put(db, clock.now(), meta.SERVER, {"started_at": to_text(clock.now()),
+                                            "backup_every_s": 3600, "replication": True})
+    meta.put(db, clock.now(), meta.REPLICATION, {"state": "running",
+                                                 "caught_up_at": to_text(clock.now())})
+    assert alerts.evaluate(db, clock.now(), setup) == 0
+    clock.advance(2 * 3600 + 1)  # no backup written in twice the period
+    meta.put(db, clock.now(), meta.REPLICATION, {"state": "running",
+                                                 "caught_up_at": to_text(clock.now())})
+    assert alerts.evaluate(db, clock.now(), setup) == 1
+    assert alerts.recent(db)[0]["key"] == "backup_overdue"
+    assert "no scheduled backup has been written" in alerts.recent(db)[0]["message"]
+    assert alerts.evaluate(db, clock.now(), setup) == 0  # no repeat while it holds
+    good = {"last_at": to_text(clock.now()), "last_path": "/b/1.db", "failed_at": None}
+    meta.put(db, clock.now(), meta.BACKUPS, good)
+    assert alerts.evaluate(db, clock.now(), setup) == 1  # cleared
+    clock.advance(60)
+    meta.put(db, clock.now(), meta.BACKUPS, {**good, "failed_at": to_text(clock.now()),
+                                             "last_error": "disk I/O error"})
+    meta.put(db, clock.now(), meta.REPLICATION, {"state": "restarting", "restarts": 3,
+                                                 "last_error": "exit status 1"})
+    assert alerts.evaluate(db, clock.now(), setup) == 2
+    active = {r["key"]: r["message"] for r in alerts.recent(db) if r["state"] == "active"}
+    assert active.keys() == {"backup_failed", "replica_down"}
+    assert "disk I/O error" in active["backup_failed"]
+    assert "restarted 3 time(s)" in active["replica_down"]
+    text = queued(db)[-1]["text"]
+    assert "the last scheduled backup failed" in text and "Litestream is restarting" in text
+    # The same failure judged again (a restart of the pass) announces nothing new.
+    again = open_database(db.path)
+    assert alerts.evaluate(again, clock.now(), setup) == 0
+    again.close()
