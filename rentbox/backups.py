@@ -33,6 +33,10 @@ log = logging.getLogger("rentbox.backups")
 # rentbox-2026-11-01T12-00-00Z.db: sorting the names sorts the backups by time.
 _NAME = re.compile(r"^rentbox-(\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ)\.db$")
 _NAME_TIME = "%Y-%m-%dT%H-%M-%SZ"
+# What a scheduled backup that died mid-copy (kill -9, power loss) leaves behind: its
+# partial copy and SQLite's side files of it, as large as the database.
+_LEFTOVER = re.compile(r"^rentbox-\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ\.db\.partial"
+                       r"(-journal|-wal|-shm)?$")
 
 # The restore's id jump (see `restore`): an upper bound of the ids per second one server
 # could issue, several times the fastest measured (benchmarks/get_number.py: about
@@ -63,11 +67,19 @@ def scheduled_backups(folder: Path) -> list[Path]:
 
 
 def prune(folder: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` scheduled backups in `folder`; returns the deleted
-    ones. Touches no other file."""
+    """Delete all but the newest `keep` scheduled backups in `folder`, and what a scheduled
+    backup that died mid-copy left (its `.partial` files: only one scheduled backup is
+    written at a time, and it has finished when this runs); returns the deleted ones.
+    Touches no other file."""
     found = scheduled_backups(folder)
+    try:
+        leftovers = sorted(Path(folder) / entry.name for entry in os.scandir(folder)
+                           if _LEFTOVER.match(entry.name)
+                           and entry.is_file(follow_symlinks=False))
+    except OSError:
+        leftovers = []
     deleted = []
-    for path in found[:max(0, len(found) - keep)]:
+    for path in found[:max(0, len(found) - keep)] + leftovers:
         try:
             path.unlink()
             deleted.append(path)

@@ -43,12 +43,18 @@ def test_backup_names_sort_by_time_and_pruning_touches_only_backups(tmp_path):
         (tmp_path / backups.backup_name(moment)).write_bytes(b"x")
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / "rentbox-manual.db").write_bytes(b"mine")
+    (tmp_path / "rentbox-manual.db.partial").write_bytes(b"mine")
+    # A scheduled backup killed mid-copy left its partial copy and a side file.
+    died = backups.backup_name(START + dt.timedelta(hours=5))
+    for leftover in (f"{died}.partial", f"{died}.partial-journal"):
+        (tmp_path / leftover).write_bytes(b"half")
     assert backups.backup_name(START) == "rentbox-2026-11-01T12-00-00Z.db"
     deleted = backups.prune(tmp_path, keep=2)
-    assert [p.name for p in deleted] == [backups.backup_name(t) for t in times[:2]]
+    assert [p.name for p in deleted] == [backups.backup_name(t) for t in times[:2]] + [
+        f"{died}.partial", f"{died}.partial-journal"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "notes.txt", "rentbox-2026-11-01T14-00-00Z.db", "rentbox-2026-11-01T22-00-00Z.db",
-        "rentbox-manual.db"]
+        "rentbox-manual.db", "rentbox-manual.db.partial"]
 
 
 def test_write_backup_checks_prunes_and_notes(db, clock, tmp_path):
