@@ -30,7 +30,6 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import threading
 import urllib.error
 import urllib.request
 from typing import Callable
@@ -39,7 +38,7 @@ from rentbox import backups, meta, pool, presence, replication, reports
 from rentbox.clock import Clock, from_text, to_text
 from rentbox.config import Alerting
 from rentbox.db import Connections, Database
-from rentbox.errors import Unavailable
+from rentbox.workers import Periodic
 
 log = logging.getLogger("rentbox.alerts")
 
@@ -288,31 +287,22 @@ def try_channels(alerting: Alerting, now: dt.datetime) -> dict[str, Delivery]:
             for channel in alerting.channels}
 
 
-class AlertSender:
-    """A background thread that sends queued alerts every `interval_s` seconds."""
+class AlertSender(Periodic):
+    """The thread that sends queued alerts every `interval_s` seconds."""
+
+    name = "rentbox-alerts"
+    what = "alert delivery pass"
+    log = logging.getLogger("rentbox.alerts")
 
     def __init__(self, connections: Connections, clock: Clock, alerting: Alerting,
                  interval_s: float = 2.0):
+        super().__init__(interval_s)
         self._connections = connections
         self._clock = clock
         self._alerting = alerting
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rentbox-alerts", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     def stop(self, timeout_s: float = SEND_TIMEOUT_S + 5) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
+        super().stop(timeout_s)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            try:
-                deliver_due(self._connections.get(), self._clock.now(), self._alerting)
-            except Unavailable:
-                pass  # the disk is full: the log and /health say so already
-            except Exception:
-                log.exception("sending alerts failed; trying again in %g s", self._interval_s)
+    def run_pass(self) -> None:
+        deliver_due(self._connections.get(), self._clock.now(), self._alerting)

@@ -16,7 +16,6 @@ import math
 import os
 import re
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -27,6 +26,7 @@ from rentbox.config import BackupPlan
 from rentbox.db import (Connections, Database, backup, hold_serving_lock, is_being_served,
                         open_database)
 from rentbox.errors import Conflict, DatabaseError, InvalidInput, NotFound, RentboxError
+from rentbox.workers import Worker
 
 log = logging.getLogger("rentbox.backups")
 
@@ -135,7 +135,7 @@ def next_backup_at(note: dict | None, plan: BackupPlan, now: dt.datetime) -> dt.
     return now
 
 
-class BackupScheduler:
+class BackupScheduler(Worker):
     """A named background thread that writes a scheduled backup every `plan.every_s`.
 
     It owns its own connection (from `connections`), never holds the write lock while
@@ -144,24 +144,20 @@ class BackupScheduler:
     finished first: SQLite cannot pause one).
     """
 
+    name = "rentbox-backups"
+
     def __init__(self, connections: Connections, clock: Clock, plan: BackupPlan):
         folder = Path(plan.folder) if plan.folder else None
         if folder is None or not folder.is_dir():
             raise Conflict(f"the backup folder {folder} does not exist (RENTBOX_BACKUP_DIR): "
                            "create it, on another disk than the database")
+        super().__init__()
         self._connections = connections
         self._clock = clock
         self._plan = plan
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rentbox-backups", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     def stop(self, timeout_s: float = 600) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
+        super().stop(timeout_s)
 
     def _run(self) -> None:
         try:

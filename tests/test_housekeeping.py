@@ -100,5 +100,5 @@ def test_a_full_disk_is_logged_once_not_at_every_pass(db_path, db, clock, caplog
         keeper.stop(timeout_s=2)
     conns.close_all()
     assert [r.getMessage() for r in caplog.records] == [
-        "housekeeping skipped: the database cannot be written now: the disk is full; "
+        "housekeeping pass skipped: the database cannot be written now: the disk is full; "
         "trying every 0.005 s"]
