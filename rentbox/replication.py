@@ -43,6 +43,7 @@ from rentbox.clock import Clock, from_text, to_text
 from rentbox.config import ReplicaPlan
 from rentbox.db import Connections
 from rentbox.errors import Conflict, InvalidInput
+from rentbox.workers import Worker
 
 log = logging.getLogger("rentbox.replication")
 
@@ -214,7 +215,7 @@ def _die_with_parent_hook():
     return hook
 
 
-class Replicator:
+class Replicator(Worker):
     """Litestream as a supervised child of serve, in one named thread.
 
     The thread starts Litestream with a generated config, reads its log until it exits,
@@ -225,9 +226,12 @@ class Replicator:
     once serve has closed its connections, `stop()`.
     """
 
+    name = "rentbox-litestream"
+
     def __init__(self, connections: Connections, clock: Clock, plan: ReplicaPlan,
                  db_path: Path, litestream: str | None = None):
         check_replica_url(plan.url or "")
+        super().__init__()
         self._binary = litestream or find_litestream()
         self._connections = connections
         self._clock = clock
@@ -246,9 +250,6 @@ class Replicator:
         self._exit_code: int | None = None
         self._started_at: dt.datetime | None = None
         self._spawned_at: dt.datetime | None = None  # when this run of Litestream began
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rentbox-litestream",
-                                        daemon=True)
 
     @property
     def pid(self) -> int | None:
@@ -259,7 +260,7 @@ class Replicator:
         self._config = write_private_config(
             litestream_config(self._db_path, self._plan.url, self._plan.sync_s))
         self._started_at = self._clock.now()
-        self._thread.start()
+        super().start()
 
     def quiesce(self) -> None:
         """Write nothing more to the database (serve is about to close its connections)."""

@@ -30,7 +30,6 @@ import hmac
 import logging
 import re
 import socket
-import threading
 from typing import Callable
 
 from rentbox import presence, sms
@@ -39,6 +38,7 @@ from rentbox.config import Rules
 from rentbox.db import Connections, Database
 from rentbox.errors import Conflict, InvalidInput, Unavailable
 from rentbox.gateways.common import PortState, port_name, report_ports
+from rentbox.workers import Worker
 
 log = logging.getLogger("rentbox.gateways.goip")
 
@@ -177,15 +177,18 @@ class GoipHandler:
         return Outcome(f"RECEIVE {recvid} OK".encode(), accepted)
 
 
-class GoipListener:
+class GoipListener(Worker):
     """The UDP socket and the thread that answers it, for `rentbox serve`. Binds at once
     (so that a port in use fails the start), serves from `start()` to `stop()`."""
+
+    name = "rentbox-goip"
 
     def __init__(self, connections: Connections, clock: Clock, rules: Rules, *, host: str,
                  port: int, password: str, on_sms: Callable[[], None] = lambda: None):
         if not password:
             raise InvalidInput("RENTBOX_GOIP_PORT is set but RENTBOX_GOIP_PASSWORD is not: "
                                "set the password that the GoIP lines use for the SMS server")
+        super().__init__()
         family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -200,8 +203,6 @@ class GoipListener:
         self._clock = clock
         self._handler = GoipHandler(password, rules)
         self._on_sms = on_sms
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rentbox-goip", daemon=True)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -212,12 +213,10 @@ class GoipListener:
     def start(self) -> None:
         host, port = self.address
         log.info("GoIP SMS server listening on udp %s:%d", host, port)
-        self._thread.start()
+        super().start()
 
     def stop(self, timeout_s: float = 5) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
+        super().stop(timeout_s)
         self._sock.close()
 
     def _run(self) -> None:
