@@ -63,11 +63,17 @@ def conditions(db: Database, now: dt.datetime, alerting: Alerting) -> dict[str, 
     found: dict[str, str] = {}
     # Silence counts from Onlinesim's last call, or from when this server started if that
     # is later: a server that was down (and has said so) is given time after a restart.
+    # Once announced, only a call ends it: a restart is no news that Onlinesim is back.
     call = meta.get(db, meta.LAST_ONLINESIM_CALL)
+    call_at = (call or {}).get("at")
     server = meta.get(db, meta.SERVER)
-    stamps = [t for t in ((call or {}).get("at"), (server or {}).get("started_at")) if t]
+    stamps = [t for t in (call_at, (server or {}).get("started_at")) if t]
     since = max(stamps) if stamps else None
-    if since and (now - from_text(since)).total_seconds() >= alerting.silence_s:
+    announced = db.row("SELECT message, started_at FROM alerts WHERE key = 'onlinesim_silent'"
+                       " AND state = 'active'")
+    if announced and not (call_at and call_at > announced["started_at"]):
+        found["onlinesim_silent"] = announced["message"]
+    elif since and (now - from_text(since)).total_seconds() >= alerting.silence_s:
         found["onlinesim_silent"] = (
             f"Onlinesim has not called since {_short(since)}: check that rentbox can be "
             "reached from the internet (proxy, certificate, firewall) and that the partner "

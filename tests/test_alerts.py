@@ -11,7 +11,8 @@ from rentbox.config import Alerting, Rules
 from rentbox.db import open_database
 from rentbox.protocol import RentRequest
 
-from conftest import API_KEY, START, FakeOnlinesim, add_numbers, http_post, wait_until
+from conftest import (API_KEY, GATEWAY_TOKEN, START, FakeOnlinesim, add_numbers, http_post,
+                      wait_until)
 
 TOKEN = "123456:telegram-secret-token"
 A, B = "4915123456789", "4917612345678"
@@ -223,3 +224,133 @@ def test_backups_failing_or_overdue_and_the_replica_behind_alert_once(db, clock)
     again = open_database(db.path)
     assert alerts.evaluate(again, clock.now(), setup) == 0
     again.close()
+
+
+def _announced(hook: FakeOnlinesim) -> list[tuple[str, str]]:
+    """("started"|"cleared", key) for every alert a webhook received, in order."""
+    changes = []
+    for body in hook.bodies():
+        if body.get("kind") == "alert":
+            changes += [("started", a["key"]) for a in body["started"]]
+            changes += [("cleared", a["key"]) for a in body["cleared"]]
+    return changes
+
+
+def test_a_real_server_announces_each_condition_once_on_both_channels(start_server, db):
+    """Telegram's Bot API and a webhook, both fakes on loopback: the empty pool, an SMS
+    Onlinesim does not take, a ban and a rented SIM going offline each start once and
+    clear once, on both channels, with the same text."""
+    from rentbox.config import Rules
+
+    add_numbers(db, START, (A, "germany", "o2", "1.01"), (B, "germany", "o2", "1.02"))
+    telegram = FakeOnlinesim(answers=[(200, b'{"ok":true,"result":{"message_id":1}}')])
+    hook = FakeOnlinesim(answers=[(204, b"")])
+    onlinesim = FakeOnlinesim(answers=[(500, b"busy")])
+    auth = {"Authorization": f"Bearer {GATEWAY_TOKEN}"}
+    try:
+        server = start_server(
+            alerting=alerting(telegram.url, webhook_url=hook.url, undelivered_s=0.5,
+                              silence_s=3600),
+            rules=Rules(ban_after=1, guard_s=0.5, guard_margin_s=0, presence_s=3600),
+            push_url=onlinesim.url, push_retry_s=0.2, housekeeping_s=0.1)
+
+        def post(path, body, headers=None):
+            return http_post(server.url + path, body, headers=headers).json
+
+        assert post("/presence", {"gateway": "box", "ports": ["1.01", "1.02"]}, auth)[
+            "online"] == 2
+        get_number = {"action": "GET_NUMBER", "key": API_KEY, "service": "rent", "sum": 1}
+        first, second = post("/getNumberRent", get_number), post("/getNumberRent", get_number)
+        x, y = str(first["number"]), str(second["number"])
+        ports = {A: "1.01", B: "1.02"}
+        # x receives an SMS that Onlinesim refuses; y none, so its guard window expires
+        # and one failure bans it; then x's SIM leaves its port.
+        assert post("/sms", {"to": f"+{x}", "from": "Bank", "text": "code 1"}, auth)[
+            "status"] == "SUCCESS"
+        assert post("/presence", {"gateway": "box", "ports": [ports[y]]}, auth)[
+            "online"] == 1
+        expected = {"pool_empty", "sms_undelivered", f"banned:{y}", f"sim_offline:{x}"}
+        assert wait_until(lambda: {k for s, k in _announced(hook) if s == "started"}
+                          >= expected, timeout_s=20), _announced(hook)
+        # Each cause is removed: Onlinesim takes the SMS, the SIM is back, the ban is
+        # lifted by hand, and x's rental ends so that x is offered again.
+        onlinesim.answers[:] = [(200, b'{"status":"SUCCESS"}')]
+        post("/presence", {"gateway": "box", "ports": ["1.01", "1.02"]}, auth)
+        bans.lift_ban(db, START, y)
+        assert post("/finishActivationRent", {
+            "action": "FINISH_ACTIVATION", "key": API_KEY, "service": "rent",
+            "activationId": first["activationId"], "status": 3, "sum": 1})["status"] == \
+            "SUCCESS"
+        assert wait_until(lambda: {k for s, k in _announced(hook) if s == "cleared"}
+                          >= expected, timeout_s=20), _announced(hook)
+        changes = _announced(hook)
+        for key in expected:
+            assert [s for s, k in changes if k == key] == ["started", "cleared"], changes
+        # The same messages reached Telegram, to the configured chat, in the same order.
+        assert wait_until(lambda: len(telegram.requests) == len(hook.requests))
+        sent = telegram.bodies()
+        assert all(m["chat_id"] == "42" for m in sent)
+        assert [m["text"] for m in sent] == [b["text"] for b in hook.bodies()]
+        assert all(TOKEN in r["path"] for r in telegram.requests)
+    finally:
+        for fake in (telegram, hook, onlinesim):
+            fake.close()
+
+
+def test_a_restart_announces_nothing_already_known(start_server, db, settings):
+    """A full disk and Onlinesim's silence, announced by one server, are not announced
+    again by the next one on the same database; they clear once, when their causes go."""
+    import time
+
+    from rentbox import meta
+
+    add_numbers(db, START, (A, "germany", "o2"))
+    hook = FakeOnlinesim(answers=[(204, b"")])
+    try:
+        noisy = alerting(hook.url, telegram_token=None, telegram_chat_id=None,
+                         webhook_url=hook.url, silence_s=0.5, disk_free_mb=10 ** 9)
+        first = start_server(alerting=noisy, housekeeping_s=0.1)
+        assert wait_until(lambda: {k for _, k in _announced(hook)} ==
+                          {"disk_low", "onlinesim_silent"}), _announced(hook)
+        started = meta.get(db, meta.SERVER)["started_at"]
+        first.stop()
+        second = start_server(alerting=noisy, housekeeping_s=0.1)
+        assert wait_until(lambda: (meta.get(db, meta.SERVER) or {}).get("started_at", "")
+                          > started)
+        # Several passes of the second server see both conditions hold (its silence
+        # counted from its own start, too): none of them is announced again.
+        time.sleep(1.5)
+        assert sorted(_announced(hook)) == [("started", "disk_low"),
+                                            ("started", "onlinesim_silent")]
+        second.stop()
+        calm = dataclasses.replace(noisy, silence_s=3600, disk_free_mb=0)
+        third = start_server(alerting=calm, housekeeping_s=0.1)
+        assert http_post(third.url + "/getServicesRent",
+                         {"action": "GET_SERVICES", "key": API_KEY}).status == 200
+        assert wait_until(lambda: len(_announced(hook)) == 4), _announced(hook)
+        assert sorted(_announced(hook)[2:]) == [("cleared", "disk_low"),
+                                                ("cleared", "onlinesim_silent")]
+    finally:
+        hook.close()
+
+
+def test_only_a_call_ends_an_announced_silence(db, clock):
+    """A restart gives a new server time before silence is announced, but it is no news
+    that Onlinesim is back: an announced silence lasts until Onlinesim calls."""
+    from rentbox import meta
+    from rentbox.clock import to_text
+
+    add_numbers(db, START, (A, "germany", "o2"))
+    setup = alerting(silence_s=600)
+    meta.put(db, clock.now(), meta.SERVER, {"started_at": to_text(clock.now())})
+    clock.advance(601)
+    assert alerts.evaluate(db, clock.now(), setup) == 1
+    clock.advance(60)
+    meta.put(db, clock.now(), meta.SERVER, {"started_at": to_text(clock.now())})  # restart
+    assert alerts.evaluate(db, clock.now(), setup) == 0
+    assert alerts.recent(db)[0]["state"] == "active"
+    clock.advance(5)
+    meta.put(db, clock.now(), meta.LAST_ONLINESIM_CALL, {"at": to_text(clock.now()),
+                                                         "action": "GET_SERVICES"})
+    assert alerts.evaluate(db, clock.now(), setup) == 1
+    assert alerts.recent(db)[0]["state"] == "cleared"
