@@ -30,8 +30,6 @@ import dataclasses
 import datetime as dt
 import json
 import logging
-import urllib.error
-import urllib.request
 from typing import Callable
 
 from rentbox import backups, meta, pool, presence, replication, reports
@@ -225,6 +223,9 @@ def send(alerting: Alerting, channel: str, text: str, detail: dict) -> Delivery:
         url, body = alerting.webhook_url, {"text": text, **detail}
     else:
         return Delivery(False, f"unknown channel {channel}")
+    import urllib.error  # here, not at the top: every CLI command imports this module,
+    import urllib.request  # and urllib.request (http.client, ssl, email) costs it 40 ms
+
     request = urllib.request.Request(url, data=json.dumps(body, ensure_ascii=False).encode(),
                                      headers={"Content-Type": "application/json"})
     secret = alerting.telegram_token or ""
