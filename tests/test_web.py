@@ -360,14 +360,16 @@ def test_a_write_that_fails_for_a_full_disk_is_503_and_retryable(settings, clock
 
 def test_routes_are_grouped_by_caller(settings, clock, connections):
     """Onlinesim's calls, the gateways' and the partner's browser each sit in their own
-    module: the page and the metrics never sit next to Onlinesim's calls (issue 13)."""
+    module: the page never sits next to Onlinesim's calls."""
     app, groups = bottle.Bottle(), {}
     for module in (onlinesim, intake, console):
         before = len(app.routes)
         module.routes(app, Context(settings, clock, connections))
-        groups[module.__name__.rsplit(".", 1)[1]] = {r.rule for r in app.routes[before:]}
-    assert groups["onlinesim"] == {"/", "/getServicesRent", "/getNumberRent",
-                                   "/finishActivationRent"}
-    assert all(rule.startswith(("/sms", "/presence")) for rule in groups["intake"])
-    assert "/health" in groups["console"]
+        groups[module.__name__.rsplit(".", 1)[1]] = {(r.method, r.rule)
+                                                     for r in app.routes[before:]}
+    assert groups["onlinesim"] == {("POST", "/"), ("POST", "/getServicesRent"),
+                                   ("POST", "/getNumberRent"), ("POST", "/finishActivationRent")}
+    assert all(rule.startswith(("/sms", "/presence")) for _, rule in groups["intake"])
+    assert ("GET", "/health") in groups["console"]
     assert not groups["console"] & (groups["onlinesim"] | groups["intake"])
+    assert all(method in ("GET", "HEAD") for method, _ in groups["console"])

@@ -1,14 +1,24 @@
-"""The partner's browser and monitoring: health (and, beside it, nothing Onlinesim calls)."""
+"""The partner's browser and monitoring: health, and the status page at GET /.
+
+Nothing here answers Onlinesim (its `POST /` lives in onlinesim.py). The status page is
+read-only, behind HTTP Basic with RENTBOX_CONSOLE_PASSWORD (any user name), and off while
+that is unset. A browser (`Accept` preferring text/html) gets the page; any other caller
+gets the same data as JSON. HEAD answers what GET would, without the body.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import logging
 from typing import TYPE_CHECKING
 
 import bottle
 
-from rentbox import __version__
-from rentbox.web.answers import error_answer, json_answer
+from rentbox import __version__, dashboard
+from rentbox.web import page
+from rentbox.web.answers import error_answer, header, json_answer
 
 if TYPE_CHECKING:
     from rentbox.web import Context
@@ -33,3 +43,74 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
         if problem is not None:
             return error_answer(503, f"database cannot be written: {problem}")
         return json_answer(200, {"status": "SUCCESS", "version": __version__})
+
+    @app.get("/")
+    def status_page():
+        """The status page (HTML for a browser, JSON for a script): 404 while
+        RENTBOX_CONSOLE_PASSWORD is unset, 401 without the password."""
+        bottle.response.set_header("Cache-Control", "no-store")
+        bottle.response.set_header("Vary", "Accept, Authorization")
+        bottle.response.set_header("X-Content-Type-Options", "nosniff")
+        password = ctx.settings.console_password
+        if not password:
+            # 404, not 503: nothing is down, and nothing will come back by retrying.
+            return error_answer(404, "the status page is off: set RENTBOX_CONSOLE_PASSWORD "
+                                     "on the server to turn it on")
+        if not authorized(header("Authorization"), password.encode("utf-8")):
+            bottle.response.set_header("WWW-Authenticate", 'Basic realm="rentbox"')
+            return error_answer(401, "the status page needs the console password "
+                                     "(HTTP Basic, any user name)")
+        try:
+            data = dashboard.overview(connections.get(), ctx.clock.now())
+        except Exception:
+            log.exception("status page: could not read the database")
+            return error_answer(500, "internal error; see the server log")
+        if not wants_html(header("Accept") or ""):
+            return json_answer(200, {"status": "SUCCESS", **data})
+        bottle.response.content_type = "text/html; charset=utf-8"
+        bottle.response.set_header("Content-Security-Policy", page.CSP)
+        bottle.response.set_header("Referrer-Policy", "no-referrer")
+        bottle.response.set_header("X-Frame-Options", "DENY")
+        return page.render(data)
+
+
+def authorized(authorization: str | None, password: bytes) -> bool:
+    """HTTP Basic with any user name and this password, compared in constant time. The
+    header is latin-1 text as WSGI hands it over; anything malformed is simply wrong."""
+    if authorization is None:
+        return False
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        decoded = base64.b64decode(value.strip().encode("latin-1", "replace"), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    _, colon, presented = decoded.partition(b":")
+    return bool(colon) and hmac.compare_digest(presented, password)
+
+
+def wants_html(accept: str) -> bool:
+    """True when `Accept` names text/html and prefers it at least as much as JSON: what a
+    browser sends. No Accept, `*/*` or application/json: the JSON."""
+    html = json = None
+    wildcard = 0.0
+    for item in accept.split(","):
+        media, *params = [p.strip() for p in item.split(";")]
+        q = 1.0
+        for param in params:
+            if param.lower().startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        if media in ("text/html", "application/xhtml+xml"):
+            html = max(html or 0.0, q)
+        elif media == "application/json":
+            json = max(json or 0.0, q)
+        elif media in ("*/*", "application/*"):
+            wildcard = max(wildcard, q)
+    if not html:
+        return False
+    return html >= (json if json is not None else wildcard)

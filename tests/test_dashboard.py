@@ -1,0 +1,185 @@
+"""dashboard.py: the status page's data on a seeded database, with the fake clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from conftest import START, add_numbers
+from rentbox import dashboard, tallies
+from rentbox.clock import to_text
+
+HOSTILE = "<script>alert('x')</script>&\""
+DAY = dt.timedelta(days=1)
+
+
+def seed(db, now: dt.datetime) -> dict:
+    """A small known database relative to `now`; returns what the charts must show.
+
+    - sold rentals: 2 closed yesterday (870 RUB each), 1 closed 100 days ago (outside);
+    - 1 cancelled 3 days ago; 1 open today on a number whose SIM is offline, with 2 SMS;
+    - 100 SMS delivered two days ago with delays 1..100 s, 1 yesterday with 5 s, 1 long
+      before the window; 1 pending for 10 minutes;
+    - an active alert about a hostile operator, and a cleared one.
+    """
+    add_numbers(db, now - 200 * DAY, ("+4915100000001", "germany", "telekom"),
+                ("+4915100000002", "germany", "o2"), ("+4915100000003", "germany", HOSTILE),
+                ("+33600000004", "france", None))
+
+    def stamp(moment):
+        return to_text(moment)
+
+    def closed(number_id, status, finished, final, hours=1):
+        opened = finished - dt.timedelta(hours=hours)
+        return db.execute(
+            "INSERT INTO operations (number_id, state, finish_status, initial_sum_kopecks,"
+            " final_sum_kopecks, created_at, finished_at, sms_accepted_at, country)"
+            " VALUES (?, 'closed', ?, 40000, ?, ?, ?, ?, 'germany')",
+            (number_id, status, final, stamp(opened), stamp(finished),
+             stamp(opened + dt.timedelta(minutes=2)) if status == 3 else None)).lastrowid
+
+    with db.transaction():
+        # A long rental, open from two days ago until yesterday: it holds the SMS below.
+        long_one = closed(1, 3, now - DAY, 87000, hours=40)
+        closed(2, 3, now - DAY, 87000)
+        old_one = closed(1, 3, now - 100 * DAY, 50000, hours=24 * 21)
+        closed(2, 4, now - 3 * DAY, 0)
+        opened = now - dt.timedelta(hours=3)
+        open_id = db.execute(
+            "INSERT INTO operations (number_id, state, initial_sum_kopecks, created_at,"
+            " sms_accepted_at, country) VALUES (3, 'open', 40000, ?, ?, 'germany')",
+            (stamp(opened), stamp(opened + dt.timedelta(minutes=1)))).lastrowid
+        db.execute("UPDATE numbers SET operation_id = ?, offline = 1, offline_since = ?,"
+                   " seen_by = 'goip', seen_at = ? WHERE id = 3",
+                   (open_id, stamp(now - dt.timedelta(hours=1)), stamp(now - 2 * DAY)))
+
+        def sms(created, delay_s, state="delivered", operation_id=None):
+            delivered = created + dt.timedelta(seconds=delay_s)
+            db.execute(
+                "INSERT INTO sms (source, number, operation_id, sender, text, received_at,"
+                " created_at, push_state, delivered_at, next_attempt_at) VALUES ('api',"
+                " '4915100000003', ?, 'Bank', 'code 1234', ?, ?, ?, ?, ?)",
+                (operation_id, stamp(created), stamp(created), state,
+                 stamp(delivered) if state == "delivered" else None,
+                 stamp(created) if state == "pending" else None))
+
+        two_days = (now - 2 * DAY).replace(hour=10, minute=0, second=0, microsecond=0)
+        for delay in range(1, 101):
+            sms(two_days, delay, operation_id=long_one)
+        sms((now - DAY).replace(hour=9, minute=0, second=0, microsecond=0), 5,
+            operation_id=long_one)
+        sms(now - 120 * DAY, 7, operation_id=old_one)
+        sms(opened + dt.timedelta(minutes=1), 2, operation_id=open_id)
+        sms(now - dt.timedelta(minutes=10), 0, state="pending", operation_id=open_id)
+        db.execute("INSERT INTO alerts (key, message, state, started_at) VALUES"
+                   " ('banned:4915100000003', ?, 'active', ?)",
+                   (f"operator {HOSTILE} is banned", stamp(now - dt.timedelta(hours=2))))
+        db.execute("INSERT INTO alerts (key, message, state, started_at, cleared_at) VALUES"
+                   " ('pool_empty', 'no number can be rented now', 'cleared', ?, ?)",
+                   (stamp(now - 5 * DAY), stamp(now - 4 * DAY)))
+    return {"income_points": dashboard.DAYS, "rentals_points": dashboard.DAYS,
+            # days with deliveries in the window: two days ago, yesterday, today
+            "delay_points": 3 if now.hour >= 3 else 2}
+
+
+def test_window_is_ninety_days_ending_today():
+    days = dashboard.window(START)
+    assert len(days) == 90
+    assert days[-1] == "2026-11-01" and days[0] == "2026-08-04"
+    assert days == sorted(days) and len(set(days)) == 90
+
+
+def test_income_per_day_with_zero_days_and_the_window(db):
+    seed(db, START)
+    data = dashboard.overview(db, START)
+    days, credited = data["charts"]["days"], data["charts"]["income"]["credited_kopecks"]
+    assert len(credited) == 90
+    assert credited[days.index("2026-10-31")] == 2 * 87000
+    # Every other day is a zero day, and the sale 100 days ago is outside the window.
+    assert sum(credited) == 2 * 87000 and credited.count(0) == 89
+    assert data["charts"]["income"]["credited_total_kopecks"] == 174000
+    # The open rental met its guard window: its initial sum is pending.
+    assert data["charts"]["income"]["pending_kopecks"] == 40000
+
+
+def test_rentals_per_day_by_outcome(db):
+    seed(db, START)
+    rentals = dashboard.overview(db, START)["charts"]["rentals"]
+    days = dashboard.window(START)
+    assert rentals["sold"][days.index("2026-10-31")] == 2
+    assert rentals["cancelled"][days.index("2026-10-29")] == 1
+    assert rentals["open"][-1] == 1
+    assert sum(rentals["sold"]) == 2 and sum(rentals["refunded"]) == 0
+    assert all(len(series) == 90 for series in rentals.values())
+
+
+def test_push_delay_p50_p99_per_day(db):
+    seed(db, START)
+    delay = dashboard.overview(db, START)["charts"]["push_delay"]
+    days = dashboard.window(START)
+    two_days, yesterday = days.index("2026-10-30"), days.index("2026-10-31")
+    assert delay["count"][two_days] == 100
+    assert delay["p50_s"][two_days] == 50 and delay["p99_s"][two_days] == 99
+    assert delay["p50_s"][yesterday] == 5 == delay["p99_s"][yesterday]
+    assert delay["count"][-1] == 1 and delay["p50_s"][-1] == 2
+    # Days without deliveries have no figure, and the old SMS is outside the window.
+    assert sum(v is not None for v in delay["p50_s"]) == 3
+    assert sum(delay["count"]) == 102
+
+
+def test_push_delay_remembers_closed_days_and_rereads_today(db, db_path):
+    seed(db, START)
+    days = dashboard.window(START)
+    first = dashboard.push_delay(db, days)
+    assert dashboard.push_delay(db, days) == first
+    # Another SMS delivered today, 9 s after it was stored: today's figures follow.
+    rental = db.row("SELECT id FROM operations WHERE state = 'open'")["id"]
+    with db.transaction():
+        db.execute("INSERT INTO sms (source, operation_id, sender, text, received_at,"
+                   " created_at, push_state, delivered_at) VALUES ('api', ?, 'x', 'y', ?, ?,"
+                   " 'delivered', ?)", (rental, to_text(START), to_text(START),
+                                        to_text(START + dt.timedelta(seconds=9))))
+    later = dashboard.push_delay(db, days)
+    assert later["count"][-1] == 2 and later["p99_s"][-1] == 9 and later["p50_s"][-1] == 2
+    assert later["count"][:-1] == first["count"][:-1]
+    # A day later, yesterday is closed with the figures it had.
+    tomorrow = dashboard.window(START + DAY)
+    assert dashboard.push_delay(db, tomorrow)["count"][-2] == 2
+
+
+def test_health_and_warnings_are_status_s_own(db):
+    from rentbox import reports
+
+    seed(db, START)
+    data = dashboard.overview(db, START)
+    assert data["warnings"] == reports.status(db, START)["warnings"]
+    assert data["health"]["ok"] is False
+    assert any("SIM offline" in w for w in data["warnings"])
+
+
+def test_pool_open_rentals_outbox_and_alerts(db):
+    seed(db, START)
+    data = dashboard.overview(db, START)
+    assert data["pool"]["by_state"]["total"] == 4 and data["pool"]["by_state"]["rented"] == 1
+    assert data["pool"]["presence"]["at_risk"] == 1
+    by_operator = {(r["country"], r["operator"]): r for r in data["pool"]["by_operator"]}
+    assert by_operator[("germany", HOSTILE)] == {"country": "germany", "operator": HOSTILE,
+                                                 "free": 0, "rented": 1}
+    assert by_operator[("france", "")]["free"] == 1
+    [rental] = data["rentals"]["list"]
+    assert rental["age_s"] == 3 * 3600 and rental["sms"] == 2 and rental["risk"] == "sim_offline"
+    assert data["outbox"]["pending"] == 1 and data["outbox"]["oldest_pending_age_s"] == 600
+    assert [a["state"] for a in data["alerts"]] == ["active", "cleared"]
+
+
+def test_the_seed_keeps_the_tallies_true(db):
+    seed(db, START)
+    assert tallies.verify(db) == []
+
+
+def test_an_empty_database_has_whole_zero_series(db):
+    data = dashboard.overview(db, START)
+    charts = data["charts"]
+    assert charts["income"]["credited_kopecks"] == [0] * 90
+    assert all(series == [0] * 90 for series in charts["rentals"].values())
+    assert charts["push_delay"]["p99_s"] == [None] * 90
+    assert data["rentals"]["list"] == [] and data["alerts"] == []
