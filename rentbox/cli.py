@@ -564,7 +564,7 @@ def numbers_show(number: NumberArgument, json_output: JsonOption = False,
     say(f"SIM: {_sim_line(h)}")
     if h["rentals"]:
         _table("Rentals", ["id", "created (UTC)", "outcome", "guard", "SMS", "sum (RUB)"],
-               [[str(r["id"]), render.when(r["created_at"]), r["outcome"], render.GUARD.get(r["failure"], ""),
+               [[str(r["id"]), render.when(r["created_at"]), r["outcome"] + (", test" if r["test"] else ""), render.GUARD.get(r["failure"], ""),
                  str(r["sms_count"]), render.rub(r["final_sum_kopecks"] if r["final_sum_kopecks"]
                                            is not None else r["initial_sum_kopecks"])]
                 for r in h["rentals"]])
@@ -793,7 +793,7 @@ def ops_list(
         return
     _table(None, ["id", "number", "created (UTC)", "outcome", "guard", "SMS", "sum (RUB)"],
            [[str(r["id"]), "+" + r["number"], render.when(r["created_at"]),
-             r["outcome"] + (", at risk" if r["at_risk"] else ""),
+             r["outcome"] + (", at risk" if r["at_risk"] else "") + (", test" if r["test"] else ""),
              render.GUARD.get(r["failure"], ""), str(r["sms_count"]),
              render.rub(r["final_sum_kopecks"] if r["final_sum_kopecks"] is not None
                   else r["initial_sum_kopecks"])] for r in rows])
@@ -927,6 +927,49 @@ def alerts_test(
 # ---------------------------------------------------------------------------------------
 # status, report, backup
 # ---------------------------------------------------------------------------------------
+
+
+@app.command()
+@fails_cleanly
+def selftest(
+    url: Annotated[str, typer.Argument(help="The server's public URL, e.g. "
+                                            "https://rent.example.com (with any path prefix).")],
+    reserve: Annotated[int, typer.Option(help="Also reserve this many numbers at once, as "
+                                              "Onlinesim's acceptance test does, and finish "
+                                              "them.", min=0, max=200)] = 0,
+    json_output: JsonOption = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each answer.",
+                                           min=0.1, max=120)] = 10.0,
+    allow_http: Annotated[bool, typer.Option(help="Accept a plain http:// URL (Onlinesim "
+                                                  "needs HTTPS).")] = False,
+) -> None:
+    """Play Onlinesim against a partner server (this one or any other) through its proxy
+    and TLS: certificate, health, GET_SERVICES, keys, gzip, POST /, NO_OPERATION, timing.
+
+    The key comes from RENTBOX_API_KEY. A private CA is trusted through the standard
+    SSL_CERT_FILE variable. Rentals made by --reserve carry the X-Rentbox-Test header:
+    rentbox keeps them out of income and failure counts. Exit code 0 only when every
+    check passed.
+    """
+    from rentbox import selftest as selftest_module
+
+    api_key = os.environ.get(API_KEY_ENV, "").strip()
+    if not api_key:
+        raise RentboxError("RENTBOX_API_KEY is not set: the self-test needs the API key "
+                           "(export RENTBOX_API_KEY=...)")
+    checks = selftest_module.run(url, api_key, now=_now(), timeout_s=timeout,
+                                 allow_http=allow_http, reserve=reserve)
+    if json_output:
+        _print_json(selftest_module.as_json(checks))
+    else:
+        for check in checks:
+            line = render.check_line(check.passed, check.name, check.duration_s, check.detail)
+            colour = "green" if check.passed else "red"
+            out.print(f"[{colour}]{_escape(line[0])}[/]{_escape(line[1:])}", soft_wrap=True)
+            if check.advice:
+                out.print(f"  → {_escape(check.advice)}", soft_wrap=True)
+    if not all(check.passed for check in checks):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -963,6 +963,30 @@ def m008_alerts(db: Database) -> None:
     """)
 
 
+@migrations()
+def m009_test_rentals(db: Database) -> None:
+    """Rentals opened by `rentbox selftest --reserve` (GET_NUMBER with X-Rentbox-Test: 1)
+    are marked: they never count as failures and are never in the books. m006's two book
+    triggers keep their bodies (its figures) and only gain a WHEN that leaves tests out;
+    the flag is set when a rental opens and never changes."""
+    _run(db, """
+    -- 1 for a self-test rental: no income, no failure, not in the books (tallies.py).
+    ALTER TABLE operations ADD COLUMN test INTEGER NOT NULL DEFAULT 0 CHECK (test IN (0, 1))
+    """)
+    for name, head, guarded in (
+        ("operations_booked_insert", "AFTER INSERT ON operations BEGIN",
+         "AFTER INSERT ON operations WHEN NEW.test = 0 BEGIN"),
+        ("operations_booked_update", "ON operations\n    BEGIN",
+         "ON operations WHEN OLD.test = 0 AND NEW.test = 0\n    BEGIN"),
+    ):
+        sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?",
+                         (name,)).fetchone()[0]
+        if sql.count(head) != 1:
+            raise RuntimeError(f"m009: trigger {name} is not the one m006 created")
+        db.execute(f"DROP TRIGGER {name}")
+        db.execute(sql.replace(head, guarded))
+
+
 def migrate(db: Database) -> None:
     """Bring the schema up to date. Safe to call on every start; never rebuilds data.
 

@@ -23,6 +23,8 @@ CANCELLED = 4
 _MAX_ID = 2**63 - 1
 # A price above a trillion roubles is a mistake, and its kopecks would not fit 64 bits.
 _MAX_ROUBLES = 10**12
+# The longest international number (ITU E.164): a longer exceptionPhoneSet prefix matches none.
+MAX_NUMBER_DIGITS = 15
 
 
 class NoOperation(NotFound):
@@ -42,6 +44,7 @@ class RentRequest:
     country: str | None = None
     operator: str | None = None  # None means any operator
     excluded_prefixes: tuple[str, ...] = ()
+    test: bool = False  # a self-test rental: no income, no failure (X-Rentbox-Test)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +80,9 @@ def parse_body(raw: bytes) -> dict:
     return body
 
 
-def parse_rent_request(body: dict) -> RentRequest:
-    """GET_NUMBER (rent): service, sum, and the optional filters (protocol.md 3.2)."""
+def parse_rent_request(body: dict, *, test: bool = False) -> RentRequest:
+    """GET_NUMBER (rent): service, sum, and the optional filters (protocol.md 3.2);
+    `test` marks a self-test rental (the caller authenticated it)."""
     _require_rent_service(body, required=True)
     if "sum" not in body or body["sum"] is None:
         raise InvalidInput("sum is required")
@@ -87,6 +91,7 @@ def parse_rent_request(body: dict) -> RentRequest:
         country=_optional_name(body, "country"),
         operator=_operator(body),
         excluded_prefixes=_prefixes(body.get("exceptionPhoneSet")),
+        test=test,
     )
 
 
@@ -152,10 +157,22 @@ def _require_rent_service(body: dict, *, required: bool) -> None:
 def _integer(body: dict, field: str) -> int:
     if field not in body or body[field] is None:
         raise InvalidInput(f"{field} is required")
-    value = body[field]
-    if isinstance(value, bool) or not isinstance(value, int):
+    value = _whole(body[field])
+    if value is None:
         raise InvalidInput(f"{field} must be an integer")
     return value
+
+
+def _whole(value: object) -> int | None:
+    """A JSON integer, or None. `5.0` is the same JSON number as `5` (JSON Schema calls
+    both integers), so an integral float counts; `5.5`, a string or a bool does not."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def _optional_name(body: dict, field: str) -> str | None:
@@ -180,8 +197,9 @@ def _prefixes(value: object) -> tuple[str, ...]:
         raise InvalidInput("exceptionPhoneSet must be an array of number prefixes")
     prefixes = []
     for item in value:
-        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
-            prefix = str(item)
+        whole = _whole(item)
+        if whole is not None and whole >= 0:
+            prefix = str(whole)
         elif isinstance(item, str) and item.strip().lstrip("+").isdigit():
             prefix = item.strip().lstrip("+")
         else:
@@ -190,5 +208,6 @@ def _prefixes(value: object) -> tuple[str, ...]:
             )
         if not prefix.isascii():
             raise InvalidInput(f"exceptionPhoneSet item {item!r} is not ASCII digits")
-        prefixes.append(prefix)
+        if len(prefix) <= MAX_NUMBER_DIGITS:  # a longer prefix is of no number: no exclusion
+            prefixes.append(prefix)
     return tuple(dict.fromkeys(prefixes))

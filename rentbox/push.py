@@ -52,6 +52,7 @@ from rentbox.clock import Clock, from_text, to_text
 from rentbox.config import Rules, default
 from rentbox.db import Connections, Database
 from rentbox.errors import Unavailable
+from rentbox.workers import Worker
 
 log = logging.getLogger("rentbox.push")
 
@@ -313,7 +314,8 @@ def _is_closed_by_peer(connection: http.client.HTTPConnection) -> bool:
 
 
 # The outbox's next SMS (served by the sms_outbox index).
-_DUE_SQL = ("SELECT id, number, sender, text, attempts, operation_id, number_id FROM sms"
+_DUE_SQL = ("SELECT id, number, sender, text, attempts, operation_id, number_id, created_at"
+            " FROM sms"
             " WHERE push_state = 'pending' AND next_attempt_at <= ?")
 _DUE_ORDER = " ORDER BY next_attempt_at, id LIMIT 1"
 NEXT_DUE_SQL = _DUE_SQL + _DUE_ORDER
@@ -403,6 +405,8 @@ class PushState:
 
     def __init__(self):
         self.unstored: list[Answered] = []
+        # Told of every attempt's outcome: (sms, outcome kind, answered at); the metrics.
+        self.on_outcome: Callable[[dict, str, dt.datetime], None] | None = None
         self.store_backoff_s = 0.0
         self.unreachable_since: dt.datetime | None = None
         self.next_probe_at: dt.datetime | None = None  # during an outage
@@ -438,6 +442,11 @@ class PushState:
     def note(self, now: dt.datetime, sms: dict, outcome: Outcome, retry_s: float,
              waiting: Callable[[], int]) -> None:
         """Log one attempt's outcome, a repeating failure at most every LOG_EVERY_S."""
+        if self.on_outcome is not None:
+            try:
+                self.on_outcome(sms, outcome.kind, now)
+            except Exception:  # counting must never stop the pushes
+                log.exception("could not count a push")
         if outcome.unreachable:
             self.next_probe_at = now + dt.timedelta(seconds=retry_s)
             if self.unreachable_since is None:
@@ -615,8 +624,10 @@ class _Attempts:
         self._answers.put((sms, outcome, sent_at, self._clock.now()))
 
 
-class Pusher:
+class Pusher(Worker):
     """The background thread that empties the outbox. `wake()` after storing an SMS."""
+
+    name = "rentbox-push"
 
     # How often the outbox is looked at even without a wake-up: an SMS stored by another
     # process (`rentbox sms add`) is pushed within this many seconds.
@@ -625,6 +636,7 @@ class Pusher:
     def __init__(self, connections: Connections, clock: Clock, *, url: str, api_key: str,
                  retry_s: float, timeout_s: float, rules: Rules,
                  parallel: int = default("push_parallel"), sender: Callable | None = None):
+        super().__init__()
         self._connections = connections
         self._clock = clock
         # Kept for the Pusher's life: connections stay open from one round to the next.
@@ -633,21 +645,15 @@ class Pusher:
                              rules=rules, parallel=parallel, sender=sender or self.link)
         self.state = PushState()
         self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rentbox-push", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     def wake(self) -> None:
         self._wake.set()
 
     def stop(self, timeout_s: float = 15) -> None:
         """Stop after the attempts in flight, if any (each has its own timeout)."""
-        self._stop.set()
+        self._stop.set()  # before the wake-up, which the loop answers by looking at it
         self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
+        super().stop(timeout_s)
         if self.link is not None:
             self.link.close()
         if self.state.unstored:

@@ -111,3 +111,8 @@ def duration(seconds: float) -> str:
     if days < 1:
         return f"{hours} h {minutes % 60} min"
     return f"{days} d {hours % 24} h"
+
+
+def check_line(passed: bool, name: str, duration_s: float, detail: str) -> str:
+    """One self-test check for people: ✓/✗, its name, its time, what was seen."""
+    return f"{'✓' if passed else '✗'} {name} ({duration_s * 1000:.0f} ms): {detail}"

@@ -278,7 +278,7 @@ def _report_from_tally(db: Database, by: str, since: dt.datetime | None,
 
 def _report_from_rows(db: Database, by: str, since: dt.datetime | None,
                       until: dt.datetime | None) -> list[dict]:
-    where, params = ["1"], []
+    where, params = ["operations.test = 0"], []  # self-test rentals are not in the books
     if since is not None:
         where.append(f"{_WHEN} >= ?")
         params.append(to_text(since))

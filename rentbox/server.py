@@ -23,6 +23,7 @@ from rentbox.gateways.goip import GoipListener
 from rentbox.alerts import AlertSender
 from rentbox.backups import BackupScheduler
 from rentbox.housekeeping import Housekeeper
+from rentbox.metrics import Metrics
 from rentbox.push import Pusher
 from rentbox.replication import Replicator
 
@@ -205,12 +206,14 @@ class Server:
             self.replicator = (Replicator(self.connections, self.clock,
                                           settings.replication, settings.db)
                                if settings.replication.url else None)
+            self.metrics = Metrics(self.connections, self.clock)  # GET /metrics
             self.pusher = None
             if settings.push_url:
                 self.pusher = Pusher(self.connections, self.clock, url=settings.push_url,
                                      api_key=settings.api_key, retry_s=settings.push_retry_s,
                                      timeout_s=settings.push_timeout_s,
                                      parallel=settings.push_parallel, rules=settings.rules)
+                self.pusher.state.on_outcome = self.metrics.observe_push
             self.housekeeper = Housekeeper(self.connections, self.clock, settings.rules,
                                            settings.housekeeping_s, settings.sms_keep_days,
                                            settings.alerting)
@@ -223,7 +226,8 @@ class Server:
                     port=settings.goip_port, password=settings.goip_password or "",
                     on_sms=self.pusher.wake if self.pusher else lambda: None)
             app = web.wsgi(settings, self.clock, self.connections,
-                           on_sms=self.pusher.wake if self.pusher else lambda: None)
+                           on_sms=self.pusher.wake if self.pusher else lambda: None,
+                           metrics=self.metrics)
             self._waitress = make_waitress(app, settings, limits)
         except BaseException:
             if getattr(self, "goip", None) is not None:

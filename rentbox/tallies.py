@@ -62,7 +62,8 @@ _RECOUNT = {
             coalesce(sum(CASE WHEN o.state = 'open' AND o.sms_accepted_at IS NOT NULL
                               AND o.failed_at IS NULL THEN o.initial_sum_kopecks END), 0)
                 AS pending_kopecks
-        FROM operations o JOIN numbers n ON n.id = o.number_id GROUP BY 1, 2"""),
+        FROM operations o JOIN numbers n ON n.id = o.number_id
+        WHERE o.test = 0 GROUP BY 1, 2"""),
 }
 
 

@@ -97,3 +97,25 @@ def test_json_sms_by_port_when_the_number_is_unknown():
     assert (both.to, both.port) == ("+4915123456789", "GSM1")
     with pytest.raises(InvalidInput, match="port must be"):
         gateways.parse_json_sms({"port": "GSM 1", "from": "a", "text": "b"})
+
+
+def test_integral_floats_are_the_integers_they_equal():
+    # Found by schemathesis: JSON Schema's integer includes 5.0, and a port or id sent
+    # as 7416043816.0 is the JSON number 7416043816.
+    from rentbox.gateways import common
+
+    assert common.item(7416043816.0, "port") == "7416043816"
+    assert common.optional_id(12.0, "id") == "12"
+    with pytest.raises(InvalidInput, match="must be a string"):
+        common.item(1.5, "port")
+    with pytest.raises(InvalidInput, match="string or an integer"):
+        common.optional_id(float("nan"), "id")
+
+
+def test_smsgate_device_id_must_be_a_port_name():
+    # Found by schemathesis: a deviceId of control characters became a stored port.
+    envelope = {"event": "sms:received", "deviceId": "\x12dev\x19",
+                "payload": {"sender": "Google", "message": "1234"}}
+    with pytest.raises(InvalidInput, match="deviceId must be 1 to 64"):
+        gateways.parse_smsgate(envelope)
+    assert gateways.parse_smsgate({**envelope, "deviceId": " dev1 "}).port == "dev1"

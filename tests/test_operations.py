@@ -459,3 +459,28 @@ def test_claims_with_random_exclusions_agree_with_a_brute_force_search(db, clock
             assert rental is not None and rental.number in allowed, (trial, prefixes)
             if chooser.random() < .7:
                 finish(db, clock, rental.activation_id, 3)
+
+
+def test_a_test_rental_is_marked_and_listed_as_one(db, clock):
+    add_numbers(db, START, ("4915123456789", "germany", "telekom"))
+    rental = operations.open_rent(db, clock, RentRequest(sum_kopecks=0, test=True), RULES)
+    assert [r["test"] for r in operations.list_operations(db)] == [1]
+    operations.finish_rent(db, clock, FinishRequest(activation_id=rental.activation_id,
+                                                    status=1, sum_kopecks=0), RULES)
+    operations.finish_rent(db, clock, FinishRequest(activation_id=rental.activation_id,
+                                                    status=1, sum_kopecks=0), RULES)
+    assert pool.find_number(db, "4915123456789")["state"] == "free"
+    real = operations.open_rent(db, clock, RentRequest(sum_kopecks=0), RULES)
+    assert real is not None
+    assert [r["test"] for r in operations.list_operations(db)] == [0, 1]
+
+
+def test_a_seek_point_between_bounds_longer_than_a_number_stays_between_them():
+    """protocol.py refuses prefixes longer than a number; the claim's seek must not fail
+    on one anyway (it raised ValueError before)."""
+    from rentbox.operations import _random_point
+
+    for low, high in [("1234567890123456789", None), ("12", "1234567890123456789:"),
+                      ("12345678901234567", "12345678901234567:")]:
+        point = _random_point(low, high)
+        assert point >= low and (high is None or point < high)

@@ -16,6 +16,13 @@ def test_rent_request_full():
         excluded_prefixes=("4915", "46950", "7"))
 
 
+def test_rent_request_takes_integral_floats_and_drops_prefixes_longer_than_any_number():
+    # Found by schemathesis: 5.0 is the JSON number 5, and a 16-digit prefix (of no
+    # E.164 number) reached the claim's range arithmetic and answered 500.
+    request = rent(sum=400, exceptionPhoneSet=[4915.0, "0011045695747554", 10.0**16, "49"])
+    assert request.excluded_prefixes == ("4915", "49")
+
+
 def test_rent_request_minimal():
     assert rent(sum=12.5) == protocol.RentRequest(sum_kopecks=1250)
 
@@ -58,11 +65,16 @@ def test_finish_request():
     assert finish(activationId=355, status=3, sum=870, service="rent") == \
         protocol.FinishRequest(355, 3, 87000)
     assert finish(activationId=355, status=4) == protocol.FinishRequest(355, 4, None)
+    # 355.0 is the JSON number 355 (found by schemathesis: JSON Schema's integer).
+    assert finish(activationId=355.0, status=4.0) == protocol.FinishRequest(355, 4, None)
 
 
 @pytest.mark.parametrize("fields, message", [
     ({"status": 3, "sum": 1}, "activationId is required"),
     ({"activationId": "355", "status": 3, "sum": 1}, "activationId must be an integer"),
+    ({"activationId": 355.5, "status": 3, "sum": 1}, "activationId must be an integer"),
+    ({"activationId": float("inf"), "status": 3, "sum": 1}, "activationId must be an integer"),
+    ({"activationId": 1e19, "status": 3, "sum": 1}, "positive 64-bit"),
     ({"activationId": 0, "status": 3, "sum": 1}, "positive 64-bit"),
     ({"activationId": 2**63, "status": 3, "sum": 1}, "positive 64-bit"),
     ({"activationId": 1}, "status is required"),

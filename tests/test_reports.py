@@ -202,3 +202,20 @@ def test_status_counts_rented_numbers_that_are_disabled(books):
     counts = reports.status(books, DAY2 + dt.timedelta(minutes=30))["pool"]
     assert counts == {"total": 3, "free": 1, "rented": 1, "banned": 0, "disabled": 1,
                       "offline": 0, "rented_disabled": 1}
+
+
+@pytest.mark.parametrize("by", ["day", "country", "number"])
+def test_test_rentals_are_not_in_the_income_report(books, by):
+    clock = FixedClock(START)
+    since = START - dt.timedelta(days=30)
+    before = reports.income_report(books, by=by)
+    before_rows = reports.income_report(books, by=by, since=since, from_rows=True)
+    add_numbers(books, START, ("4930111222333", "germany", "telekom"))
+    rental = operations.open_rent(books, clock, RentRequest(sum_kopecks=40000, test=True),
+                                  RULES)
+    assert rental is not None
+    assert reports.income_report(books, by=by) == before
+    operations.finish_rent(books, clock, FinishRequest(activation_id=rental.activation_id,
+                                                       status=3, sum_kopecks=87000), RULES)
+    assert reports.income_report(books, by=by) == before
+    assert reports.income_report(books, by=by, since=since, from_rows=True) == before_rows

@@ -153,3 +153,48 @@ def test_the_report_from_the_tallies_equals_the_report_from_the_rows(db, clock, 
         slow = reports.income_report(db, by=by, since=since, until=until, from_rows=True)
         assert fast == slow
         assert fast[1].operations > 0
+
+
+def test_test_rentals_keep_the_tallies_exact_and_stay_out_of_the_books(db, clock):
+    """Self-test rentals (X-Rentbox-Test) through every state: the tally equals the recount
+    after each, and neither holds them; failures and bans never move."""
+    add_numbers(db, START, (A, "germany", "telekom", "1.01"), (C, "russia", "mts", "2.01"))
+    books = db.rows("SELECT * FROM books_daily ORDER BY day, country")
+
+    def rent():
+        return operations.open_rent(db, clock, RentRequest(sum_kopecks=40000, test=True), RULES)
+
+    def finish(rental, status):
+        operations.finish_rent(db, clock, FinishRequest(activation_id=rental.activation_id,
+                                                        status=status, sum_kopecks=87000),
+                               RULES)
+
+    def check(step: str) -> None:
+        assert tallies.verify(db) == [], step
+        assert db.rows("SELECT * FROM books_daily ORDER BY day, country") == books, step
+        assert bans.list_bans(db) == [], step
+
+    met = rent()
+    check("claim")
+    number = pool.find_number(db, met.number)
+    with db.transaction():
+        operations.note_accepted(db, clock.now(), RULES, operation_id=met.activation_id,
+                                 number_id=number["id"], sent_at=clock.now())
+    check("guard met")
+    finish(met, 3)
+    check("sold")
+    for status in (1, 4, 5, 4, 4):  # cancellations without SMS: would ban after two
+        finish(rent(), status)
+        check(f"finish {status}")
+    expiring = [rent(), rent()]
+    clock.advance(61)
+    housekeeping.run_once(db, clock.now(), RULES)
+    check("guard expired")
+    for rental in expiring:
+        finish(rental, 4)
+        check("failed rental finished")
+    assert db.rows("SELECT count(*) AS n FROM operations WHERE test = 1") == [{"n": 8}]
+    real = operations.open_rent(db, clock, RentRequest(sum_kopecks=40000), RULES)
+    finish(real, 3)
+    assert tallies.verify(db) == []
+    assert sum(r["credited_kopecks"] for r in db.rows("SELECT * FROM books_daily")) == 87000

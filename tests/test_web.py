@@ -8,7 +8,7 @@ import pytest
 from conftest import API_KEY, START, WsgiClient, add_numbers, snapshot
 import bottle
 
-from rentbox.web import Context, console, intake, onlinesim, wsgi
+from rentbox.web import Context, console, intake, monitoring, onlinesim, wsgi
 
 POOL = [("+4915123456789", "germany", "telekom"), ("+4917612345678", "germany", "o2"),
         ("+79123456789", "russia", "mts"), ("+380501234567", "ukraine", None)]
@@ -359,10 +359,10 @@ def test_a_write_that_fails_for_a_full_disk_is_503_and_retryable(settings, clock
 
 
 def test_routes_are_grouped_by_caller(settings, clock, connections):
-    """Onlinesim's calls, the gateways' and the partner's browser each sit in their own
-    module: the page never sits next to Onlinesim's calls."""
+    """Onlinesim's calls, the gateways' and the partner's browser and monitoring each sit
+    in their own module: the page and the metrics never sit next to Onlinesim's calls."""
     app, groups = bottle.Bottle(), {}
-    for module in (onlinesim, intake, console):
+    for module in (onlinesim, intake, console, monitoring):
         before = len(app.routes)
         module.routes(app, Context(settings, clock, connections))
         groups[module.__name__.rsplit(".", 1)[1]] = {(r.method, r.rule)
@@ -371,5 +371,7 @@ def test_routes_are_grouped_by_caller(settings, clock, connections):
                                    ("POST", "/getNumberRent"), ("POST", "/finishActivationRent")}
     assert all(rule.startswith(("/sms", "/presence")) for _, rule in groups["intake"])
     assert ("GET", "/health") in groups["console"]
-    assert not groups["console"] & (groups["onlinesim"] | groups["intake"])
-    assert all(method in ("GET", "HEAD") for method, _ in groups["console"])
+    assert ("GET", "/metrics") in groups["monitoring"]
+    others = groups["onlinesim"] | groups["intake"]
+    assert not (groups["console"] | groups["monitoring"]) & others
+    assert all(method in ("GET", "HEAD") for method, _ in groups["console"] | groups["monitoring"])

@@ -29,6 +29,7 @@ def optional_id(value: object, field: str) -> str | None:
     """An id a box sends as a string or an integer; None when absent."""
     if value is None:
         return None
+    value = _integral(value)
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidInput(f"{field} must be a string or an integer")
     text = str(value).strip()
@@ -37,9 +38,17 @@ def optional_id(value: object, field: str) -> str | None:
     return text
 
 
+def _integral(value: object) -> object:
+    """`5.0` as `5`: the same JSON number (JSON Schema's integer); anything else as is."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def item(value: object, field: str) -> str:
     """One number or port: a string (or an integer, as numbers are often sent), kept as
     sent."""
+    value = _integral(value)
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or len(value) > MAX_ITEM_CHARS:

@@ -16,7 +16,7 @@ import math
 
 from rentbox import presence
 from rentbox.errors import InvalidInput
-from rentbox.gateways.common import item, optional_id
+from rentbox.gateways.common import item, optional_id, port_name
 from rentbox.sms import IncomingSms, parse_time
 
 
@@ -57,6 +57,8 @@ def parse_smsgate(envelope: dict) -> IncomingSms | None:
         raise InvalidInput("payload must be an object")
     event_id = optional_id(envelope.get("id"), "id")
     device = optional_id(envelope.get("deviceId"), "deviceId")
+    if device is not None:  # it names the port: a port's characters (found by schemathesis)
+        device = port_name(device, "deviceId")
     sender = payload.get("sender", payload.get("phoneNumber"))  # older apps: phoneNumber
     if not isinstance(sender, str) or not sender.strip():
         raise InvalidInput("payload.sender is required")

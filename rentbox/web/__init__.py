@@ -1,7 +1,7 @@
 """The HTTP face, one module per caller: `onlinesim` (the rent calls), `intake` (the
-gateways' SMS and presence), `console` (the partner's browser and monitoring). `answers`
-holds what they share (one JSON error shape, bodies, tokens); `middleware` wraps them all
-(path checks, gzip answers, the access log).
+gateways' SMS and presence), `console` (the partner's browser), `monitoring` (Prometheus),
+`docs` (the OpenAPI document). `answers` holds what they share (one JSON error shape,
+bodies, tokens); `middleware` wraps them all (path checks, gzip answers, the access log).
 
 Routes are thin: read the body, authenticate, parse, call one core function, shape the
 answer. No SQL here.
@@ -18,7 +18,8 @@ from rentbox import meta
 from rentbox.clock import Clock
 from rentbox.config import Settings
 from rentbox.db import Connections
-from rentbox.web import console, intake, onlinesim
+from rentbox.metrics import Metrics
+from rentbox.web import console, docs, intake, monitoring, onlinesim
 from rentbox.web.answers import JSON_TYPE, error_answer, json_error_body
 from rentbox.web.middleware import AccessLog, GzipAnswers, StrictPaths
 
@@ -36,14 +37,22 @@ class Context:
     on_sms: Callable[[], None] = lambda: None
     # When Onlinesim last called, per action (status, alerts).
     calls: meta.CallLog = dataclasses.field(default_factory=meta.CallLog)
+    # Prometheus' registry and instruments (GET /metrics; Onlinesim's calls observed).
+    metrics: Metrics | None = None
 
 
 def make_app(settings: Settings, clock: Clock, connections: Connections,
-             on_sms: Callable[[], None] = lambda: None) -> bottle.Bottle:
-    """The Bottle app with every group's routes. Serve it via `wsgi()`."""
+             on_sms: Callable[[], None] = lambda: None,
+             metrics: Metrics | None = None) -> bottle.Bottle:
+    """The Bottle app with every group's routes. Serve it via `wsgi()`. `metrics`: the
+    server's (shared with its pusher); by default one of the app's own."""
     app = bottle.Bottle()
-    ctx = Context(settings, clock, connections, on_sms)
-    for group in (onlinesim, intake, console):
+    # Onlinesim's last call is noted at most every 30 s (a poll should not always be a
+    # write), and often enough that a short silence threshold never sees a false silence.
+    calls = meta.CallLog(every_s=min(30.0, settings.alerting.silence_s / 4))
+    ctx = Context(settings, clock, connections, on_sms, calls=calls,
+                  metrics=metrics or Metrics(connections, clock))
+    for group in (onlinesim, intake, console, monitoring, docs):
         group.routes(app, ctx)
 
     def error_page(res: bottle.HTTPError) -> str:
@@ -62,6 +71,7 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
 
 
 def wsgi(settings: Settings, clock: Clock, connections: Connections,
-         on_sms: Callable[[], None] = lambda: None):
+         on_sms: Callable[[], None] = lambda: None, metrics: Metrics | None = None):
     """The app as served: Bottle wrapped in path checks, gzip answers and the access log."""
-    return AccessLog(GzipAnswers(StrictPaths(make_app(settings, clock, connections, on_sms))))
+    return AccessLog(GzipAnswers(StrictPaths(make_app(settings, clock, connections, on_sms,
+                                                      metrics))))

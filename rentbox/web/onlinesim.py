@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from typing import TYPE_CHECKING, Callable
 
 import bottle
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("rentbox.web")
 
 BAD_KEY = ApiError(401, "BAD_KEY")
+# GET_NUMBER with this header set to 1 opens a test rental (rentbox selftest --reserve).
+TEST_HEADER = "X-Rentbox-Test"
 
 # Path → the action it serves; None is `POST /`, which dispatches on the body's action.
 PATHS: dict[str, str | None] = {
@@ -39,10 +42,14 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
         return protocol.services_answer(counts)
 
     def get_number(body: dict) -> dict:
-        request = protocol.parse_rent_request(body)
+        # `call` authenticated the request before this: only the key's holder marks tests.
+        test = header(TEST_HEADER) == "1"
+        request = protocol.parse_rent_request(body, test=test)
         rental = operations.open_rent(connections.get(), clock, request, rules)
         if rental is None:
             return {"status": "NO_NUMBERS"}
+        if test:
+            bottle.response.set_header(TEST_HEADER, "1")  # the self-test sees it was marked
         return {"number": int(rental.number), "activationId": rental.activation_id,
                 "status": "SUCCESS"}
 
@@ -61,6 +68,8 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
         """One protocol call; `path_action` is None on `POST /`, which dispatches."""
         body = protocol.parse_body(read_body(bottle.request.environ,
                                              ctx.settings.max_body_bytes))
+        if isinstance(body.get("action"), str) and body["action"] in handlers:
+            bottle.request.environ["rentbox.action"] = body["action"]  # a metrics label
         authenticate(body, header("Authorization"), key)
         action = body.get("action")
         if action is None:
@@ -82,8 +91,39 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
             log.exception("could not note Onlinesim's call")
         return answer
 
+    def measured(path_action: str | None) -> dict:
+        """`call`, timed and counted by action and outcome for /metrics."""
+        started, outcome = time.perf_counter(), "error"
+        try:
+            answer = call(path_action)
+            outcome = "no_numbers" if answer.get("status") == "NO_NUMBERS" else "success"
+            return answer
+        except Exception as error:
+            outcome = outcome_of(error)
+            raise
+        finally:
+            try:  # metrics never change an answer
+                ctx.metrics.observe_call(
+                    bottle.request.environ.get("rentbox.action") or path_action or "unknown",
+                    outcome, time.perf_counter() - started)
+            except Exception:
+                log.exception("could not count Onlinesim's call")
+
     for path, action in PATHS.items():
-        app.route(path, "POST", answering(lambda action=action: call(action)))
+        app.route(path, "POST", answering(lambda action=action: measured(action)))
+
+
+def outcome_of(error: Exception) -> str:
+    """The metrics' outcome of a call that raised (`answering` maps the same errors)."""
+    if error is BAD_KEY:
+        return "bad_key"
+    if isinstance(error, protocol.NoOperation):
+        return "no_operation"
+    if isinstance(error, (InvalidInput, ApiError)):
+        return "bad_request"  # malformed, too large, unknown encoding
+    if isinstance(error, Unavailable):
+        return "unavailable"
+    return "error"
 
 
 def authenticate(body: dict, authorization: str | None, key: bytes) -> None:

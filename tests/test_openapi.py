@@ -1,0 +1,250 @@
+"""The OpenAPI document (rentbox/openapi.json, served at GET /openapi.json): valid OpenAPI
+3.1, in step with the app's routes, and true of real answers, success and error alike."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import gzip
+import hashlib
+import hmac
+import http.client
+import json
+import time
+from urllib.parse import urlsplit
+
+import jsonschema_rs
+import pytest
+from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
+
+from rentbox.web import docs, make_app, wsgi
+from conftest import API_KEY, GATEWAY_TOKEN, SMSGATE_KEY, START, Answer, WsgiClient
+from conftest import add_numbers
+
+CONSOLE_PASSWORD = "console-pass-3e1"
+METRICS_TOKEN = "metrics-token-8b2"
+DOC = json.loads(docs.document())
+METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def documented_operations() -> set[tuple[str, str]]:
+    return {(method.upper(), path) for path, item in DOC["paths"].items()
+            for method in item if method in METHODS}
+
+
+def operation(method: str, path: str) -> dict:
+    return DOC["paths"][path][method.lower()]
+
+
+def resolve(node: dict) -> dict:
+    while "$ref" in node:
+        target = DOC
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def check_answer(method: str, path: str, answer: Answer) -> None:
+    """The answer's status is documented for the operation, its media type is one the
+    document names for that status, and its body validates against that schema."""
+    if path not in DOC["paths"] or method.lower() not in DOC["paths"][path]:
+        # An unknown path (404) or method (405): the one error shape, documented as such.
+        assert answer.status in (404, 405), (method, path, answer.status)
+        documented = resolve(DOC["components"]["responses"][
+            "NotFound" if answer.status == 404 else "MethodNotAllowed"])
+        if answer.status == 405:
+            assert "POST" in answer.headers["Allow"]
+        validate(documented["content"]["application/json"]["schema"], answer.json)
+        return
+    responses = operation(method, path)["responses"]
+    assert str(answer.status) in responses, (method, path, answer.status, answer.body)
+    documented = resolve(responses[str(answer.status)])
+    media = answer.headers.get("Content-Type", "").split(";")[0].strip()
+    assert media in documented["content"], (method, path, answer.status, media)
+    schema = documented["content"][media]["schema"]
+    if media == "application/json":
+        validate(schema, answer.json)
+
+
+def validate(schema: dict, value: object) -> None:
+    # The document's components travel along, so every $ref resolves.
+    validator = jsonschema_rs.Draft202012Validator(
+        {"allOf": [schema], "components": DOC["components"]})
+    errors = [error.message for error in validator.iter_errors(value)]
+    assert not errors, (value, errors)
+
+
+def request(url: str, method: str, path: str, *, payload: object = None,
+            raw: bytes | None = None, headers: dict | None = None) -> Answer:
+    """Any method over a real socket (http.client; every call has a timeout)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        body = raw if raw is not None else (None if payload is None
+                                            else json.dumps(payload).encode())
+        sent = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers={**sent, **(headers or {})})
+        response = conn.getresponse()
+        return Answer(response.status, dict(response.getheaders()), response.read())
+    finally:
+        conn.close()
+
+
+# -- the document itself -----------------------------------------------------------------
+
+def test_document_is_valid_openapi_3_1():
+    assert DOC["openapi"].startswith("3.1.")
+    errors = [error.message for error in OPENAPI_31_VALIDATOR.iter_errors(DOC)]
+    assert not errors, errors
+
+
+def test_every_schema_in_the_document_is_valid_json_schema():
+    for name, schema in DOC["components"]["schemas"].items():
+        # Building a validator rejects an invalid schema.
+        jsonschema_rs.Draft202012Validator({"allOf": [schema], "components": DOC["components"]})
+    assert "Error" in DOC["components"]["schemas"]
+
+
+def test_every_route_is_documented_and_every_documented_operation_served(settings, clock,
+                                                                          connections):
+    app = make_app(settings, clock, connections)
+    served = {(route.method, route.rule) for route in app.routes}
+    assert served == documented_operations()
+
+
+def test_every_error_answer_is_the_one_error_shape():
+    for path, item in DOC["paths"].items():
+        for method, op in item.items():
+            for status, answer in op["responses"].items():
+                if status.startswith(("4", "5")):
+                    schema = resolve(answer)["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/Error"}, (path, method)
+
+
+# -- GET /openapi.json ---------------------------------------------------------------------
+
+def test_the_document_is_served_as_json_without_auth(client):
+    answer = client.request("GET", "/openapi.json")
+    assert answer.status == 200
+    assert answer.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert answer.json == DOC
+    check_answer("GET", "/openapi.json", answer)
+
+
+# -- real answers, on a real server ----------------------------------------------------------
+
+def smsgate(envelope: dict, key: str = SMSGATE_KEY) -> tuple[bytes, dict]:
+    raw = json.dumps(envelope).encode()
+    stamp = str(int(time.time()))
+    signature = hmac.new(key.encode(), raw + stamp.encode(), hashlib.sha256).hexdigest()
+    return raw, {"X-Signature": signature, "X-Timestamp": stamp}
+
+
+@pytest.fixture
+def server(start_server, db):
+    add_numbers(db, START, ("+4917612345678", "germany", "vodafone", "box1:1"),
+                ("+4917612345679", "germany", "vodafone", "box1:2"))
+    return start_server(console_password=CONSOLE_PASSWORD, metrics_token=METRICS_TOKEN)
+
+
+def test_real_answers_validate_against_the_document(server):
+    key = {"Authorization": f"Bearer {API_KEY}"}
+    gateway = {"Authorization": f"Bearer {GATEWAY_TOKEN}"}
+    basic = "Basic " + base64.b64encode(f"any:{CONSOLE_PASSWORD}".encode()).decode()
+    url = server.url
+    seen: set[tuple[str, str, int]] = set()
+
+    def call(method, path, expected, **kwargs):
+        answer = request(url, method, path, **kwargs)
+        assert answer.status == expected, (method, path, answer.status, answer.body)
+        check_answer(method, path.split("?")[0], answer)
+        if path.split("?")[0] in DOC["paths"]:
+            seen.add((method, path.split("?")[0], answer.status))
+        return answer
+
+    services = {"action": "GET_SERVICES", "key": API_KEY}
+    call("POST", "/getServicesRent", 200, payload=services)
+    call("POST", "/getServicesRent", 200, payload={"action": "GET_SERVICES"}, headers=key)
+    call("POST", "/getServicesRent", 200, raw=gzip.compress(json.dumps(services).encode()),
+         headers={"Content-Encoding": "gzip", "Accept-Encoding": "identity"})
+    call("POST", "/getServicesRent", 401, payload={"action": "GET_SERVICES", "key": "wrong"})
+    call("POST", "/getServicesRent", 400, raw=b"{not json", headers=key)
+    call("POST", "/getServicesRent", 413, raw=b" " * (64 * 1024 + 1), headers=key)
+    call("POST", "/getServicesRent", 415, raw=b"{}",
+         headers={**key, "Content-Encoding": "br"})
+    call("GET", "/getServicesRent", 405)
+    call("POST", "/no-such-path", 404, payload=services)
+    call("POST", "/%ff", 404, payload=services)
+
+    rent = {"action": "GET_NUMBER", "service": "rent", "sum": 400, "country": "germany"}
+    number = call("POST", "/getNumberRent", 200, payload=rent, headers=key).json
+    test = call("POST", "/getNumberRent", 200, payload=rent,
+                headers={**key, "X-Rentbox-Test": "1"})
+    assert test.headers.get("X-Rentbox-Test") == "1"
+    assert call("POST", "/getNumberRent", 200, payload=rent, headers=key).json == {
+        "status": "NO_NUMBERS"}
+    call("POST", "/getNumberRent", 400, payload={**rent, "sum": -1}, headers=key)
+
+    finish = {"action": "FINISH_ACTIVATION", "service": "rent",
+              "activationId": number["activationId"], "status": 3, "sum": 870}
+    call("POST", "/finishActivationRent", 200, payload=finish, headers=key)
+    assert call("POST", "/finishActivationRent", 200, payload={**finish, "activationId": 999999},
+                headers=key).json == {"status": "ERROR", "error": "NO_OPERATION"}
+    call("POST", "/finishActivationRent", 400, payload={**finish, "status": 2}, headers=key)
+
+    call("POST", "/", 200, payload=services)
+    call("POST", "/", 200, payload=rent, headers=key)
+    call("POST", "/", 200, payload={**finish, "activationId": 999999}, headers=key)
+    call("POST", "/", 400, payload={"action": "GET_STATE"}, headers=key)
+    call("POST", "/", 401, payload=services, headers={"Authorization": "Bearer nope"})
+
+    call("GET", "/health", 200)
+    call("GET", "/", 401)
+    call("GET", "/", 200, headers={"Authorization": basic})
+    call("GET", "/", 200, headers={"Authorization": basic, "Accept": "text/html"})
+    call("GET", "/metrics", 401)
+    call("GET", "/metrics", 200, headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    call("GET", "/openapi.json", 200)
+
+    sms = {"to": "+4917612345678", "from": "Google", "text": "1234 is your code"}
+    call("POST", "/sms", 200, payload=sms, headers=gateway)
+    call("POST", f"/sms?token={GATEWAY_TOKEN}", 200, payload={**sms, "id": "a1"})
+    call("POST", "/sms", 401, payload=sms)
+    call("POST", "/sms", 400, payload={"to": "+4917612345678"}, headers=gateway)
+    call("POST", "/sms/ejoin", 200, headers=gateway, payload={
+        "type": "recv-sms", "sms": [[0, "1", 1, "+4917612345678", "Google", "code 1"]]})
+    call("POST", "/sms/ejoin", 400, headers=gateway, payload=[])
+    call("POST", "/sms/dinstar", 200, headers=gateway, payload={"sn": "x", "ussd": []})
+    raw, signed = smsgate({"deviceId": "dev1", "event": "sms:sent", "id": "e", "payload": {}})
+    call("POST", "/sms/smsgate", 200, raw=raw, headers=signed)
+    raw, signed = smsgate({"event": "sms:sent"}, key="wrong")
+    call("POST", "/sms/smsgate", 401, raw=raw, headers=signed)
+    call("POST", "/presence", 200, headers=gateway,
+         payload={"gateway": "box1", "ports": ["box1:1"]})
+    call("POST", "/presence", 400, headers=gateway, payload={"gateway": ""})
+
+    # Every documented operation was driven at least once.
+    assert {(m, p) for m, p, _ in seen if m.lower() in DOC["paths"][p]} == (
+        documented_operations())
+
+
+def test_routes_that_are_off_answer_as_documented(start_server):
+    server = start_server(gateway_token=None, smsgate_key=None, console_password=None,
+                          metrics_token=None)
+    for method, path, status, payload in [
+            ("POST", "/sms", 503, {}), ("POST", "/presence", 503, {}),
+            ("POST", "/sms/smsgate", 503, {}), ("GET", "/metrics", 503, None),
+            ("GET", "/", 404, None)]:
+        answer = request(server.url, method, path, payload=payload)
+        assert answer.status == status, (path, answer.body)
+        check_answer(method, path, answer)
+
+
+def test_a_presence_report_while_presence_is_off_is_a_documented_conflict(settings, clock,
+                                                                          connections):
+    off = dataclasses.replace(settings, rules=dataclasses.replace(settings.rules, presence=False))
+    answer = WsgiClient(wsgi(off, clock, connections)).post(
+        "/presence", {"gateway": "box1"}, headers={"Authorization": f"Bearer {GATEWAY_TOKEN}"})
+    assert answer.status == 409, answer.body
+    check_answer("POST", "/presence", answer)
