@@ -1,12 +1,14 @@
-"""GET_NUMBER with and without a browser refreshing the status page every second.
+"""GET_NUMBER with and without a browser refreshing the status page, and Prometheus scraping
+/metrics, every second.
 
 Builds a pool of --numbers German numbers with a year of --operations closed rentals
 (benchmarks/common.py's build_books) and a delivered SMS for each sold one, so that the
 page's charts read a full 90 days. Starts `rentbox serve` with RENTBOX_CONSOLE_PASSWORD,
 then runs the same load twice, in alternating rounds: --callers connections each
 looping GET_NUMBER/FINISH pairs for --seconds, once alone and once while another
-connection fetches the page (HTML, authenticated, gzip, as a browser does) every second.
-Prints GET_NUMBER p50 and p99 of both side by side, and what the page took.
+connection fetches the page (HTML, authenticated, gzip, as a browser does) and /metrics
+(as Prometheus does, Bearer token) every second. Prints GET_NUMBER p50 and p99 of both
+side by side, and what the page and the scrape took.
 
     python benchmarks/page_refresh.py                         # 100,000 numbers, a year
     python benchmarks/page_refresh.py --numbers 20000 --seconds 10
@@ -29,6 +31,8 @@ from pathlib import Path
 from common import HOST, KEY, build_books, latencies, post, serving
 
 PASSWORD = "benchmark-console"
+METRICS_TOKEN = "benchmark-metrics"
+SCRAPE_HEADERS = {"Authorization": f"Bearer {METRICS_TOKEN}", "Accept-Encoding": "gzip"}
 PAGE_HEADERS = {
     "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
     "Accept-Encoding": "gzip, deflate, br",
@@ -70,7 +74,8 @@ def claims(port: int, until: float, took: list[float]) -> None:
     conn.close()
 
 
-def refresh(port: int, stop: threading.Event, took: list[float], sizes: list[int]) -> None:
+def refresh(port: int, stop: threading.Event, took: list[float], sizes: list[int],
+            scraped: list[float]) -> None:
     conn = http.client.HTTPConnection(HOST, port, timeout=10)
     while True:
         started = time.perf_counter()
@@ -81,16 +86,23 @@ def refresh(port: int, stop: threading.Event, took: list[float], sizes: list[int
             raise RuntimeError(f"status page: HTTP {response.status}")
         took.append((time.perf_counter() - started) * 1000)
         sizes.append(len(body))
+        scrape_started = time.perf_counter()
+        conn.request("GET", "/metrics", headers=SCRAPE_HEADERS)
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200 or b"rentbox_pool_numbers" not in gzip.decompress(body):
+            raise RuntimeError(f"/metrics: HTTP {response.status}")
+        scraped.append((time.perf_counter() - scrape_started) * 1000)
         if stop.wait(max(0.0, 1.0 - (time.perf_counter() - started))):
             break
     conn.close()
 
 
 def run(port: int, callers: int, seconds: float, with_page: bool, page_took: list[float],
-        sizes: list[int]) -> list[float]:
+        sizes: list[int], scraped: list[float]) -> list[float]:
     took: list[float] = []
     stop = threading.Event()
-    page = threading.Thread(target=refresh, args=(port, stop, page_took, sizes))
+    page = threading.Thread(target=refresh, args=(port, stop, page_took, sizes, scraped))
     if with_page:
         page.start()
     until = time.monotonic() + seconds
@@ -127,18 +139,23 @@ def main() -> None:
         loaded: list[float] = []
         page_took: list[float] = []
         sizes: list[int] = []
-        with serving(db_path, env={"RENTBOX_CONSOLE_PASSWORD": PASSWORD}) as port:
-            run(port, args.callers, 2, True, [], [])  # warm up both paths
+        scraped: list[float] = []
+        env = {"RENTBOX_CONSOLE_PASSWORD": PASSWORD, "RENTBOX_METRICS_TOKEN": METRICS_TOKEN}
+        with serving(db_path, env=env) as port:
+            run(port, args.callers, 2, True, [], [], [])  # warm up both paths
             for _ in range(args.rounds):
-                alone += run(port, args.callers, args.seconds, False, page_took, sizes)
-                loaded += run(port, args.callers, args.seconds, True, page_took, sizes)
+                alone += run(port, args.callers, args.seconds, False, page_took, sizes, scraped)
+                loaded += run(port, args.callers, args.seconds, True, page_took, sizes,
+                              scraped)
     print(f"{'GET_NUMBER':<28}{'calls':>8}{'p50':>8}{'p99':>8}{'worst':>8}")
-    for name, values in (("alone", alone), ("page refreshed every 1 s", loaded)):
+    for name, values in (("alone", alone), ("page + /metrics every 1 s", loaded)):
         count, p50, p99, worst = latencies(values)
         print(f"{name:<28}{count:>8}{p50:>8.2f}{p99:>8.2f}{worst:>8.1f}")
     count, p50, p99, worst = latencies(page_took)
     print(f"{'the page itself':<28}{count:>8}{p50:>8.2f}{p99:>8.2f}{worst:>8.1f}"
           f"   ({sum(sizes) // len(sizes) // 1024} KB gzipped)")
+    count, p50, p99, worst = latencies(scraped)
+    print(f"{'a /metrics scrape':<28}{count:>8}{p50:>8.2f}{p99:>8.2f}{worst:>8.1f}")
 
 
 if __name__ == "__main__":
