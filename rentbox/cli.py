@@ -564,7 +564,8 @@ def numbers_show(number: NumberArgument, json_output: JsonOption = False,
     say(f"SIM: {_sim_line(h)}")
     if h["rentals"]:
         _table("Rentals", ["id", "created (UTC)", "outcome", "guard", "SMS", "sum (RUB)"],
-               [[str(r["id"]), render.when(r["created_at"]), r["outcome"] + (", test" if r["test"] else ""), render.GUARD.get(r["failure"], ""),
+               [[str(r["id"]), render.when(r["created_at"]), render.outcome(r),
+                 render.GUARD.get(r["failure"], ""),
                  str(r["sms_count"]), render.rub(r["final_sum_kopecks"] if r["final_sum_kopecks"]
                                            is not None else r["initial_sum_kopecks"])]
                 for r in h["rentals"]])
@@ -793,7 +794,7 @@ def ops_list(
         return
     _table(None, ["id", "number", "created (UTC)", "outcome", "guard", "SMS", "sum (RUB)"],
            [[str(r["id"]), "+" + r["number"], render.when(r["created_at"]),
-             r["outcome"] + (", at risk" if r["at_risk"] else "") + (", test" if r["test"] else ""),
+             render.outcome(r),
              render.GUARD.get(r["failure"], ""), str(r["sms_count"]),
              render.rub(r["final_sum_kopecks"] if r["final_sum_kopecks"] is not None
                   else r["initial_sum_kopecks"])] for r in rows])
@@ -937,7 +938,8 @@ def selftest(
     reserve: Annotated[int, typer.Option(help="Also reserve this many numbers at once, as "
                                               "Onlinesim's acceptance test does, and finish "
                                               "them.", min=0, max=200)] = 0,
-    json_output: JsonOption = False,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print the checks as JSON instead of lines.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each answer.",
                                            min=0.1, max=120)] = 10.0,
     allow_http: Annotated[bool, typer.Option(help="Accept a plain http:// URL (Onlinesim "

@@ -86,6 +86,13 @@ def detail(values: dict) -> str:
                     if value not in (None, [], ""))
 
 
+def outcome(rental: dict) -> str:
+    """A rental's outcome in a table, with what else holds: its SIM offline while it is
+    open, or a self-test rental (`rentbox selftest --reserve`)."""
+    marks = [", at risk" if rental.get("at_risk") else "", ", test" if rental.get("test") else ""]
+    return rental["outcome"] + "".join(marks)
+
+
 # How a rental failed its guard window, in a table's "guard" column.
 GUARD = {"guard_expired": "expired", "cancelled_without_sms": "no SMS"}
 
