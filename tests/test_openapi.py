@@ -248,3 +248,16 @@ def test_a_presence_report_while_presence_is_off_is_a_documented_conflict(settin
         "/presence", {"gateway": "box1"}, headers={"Authorization": f"Bearer {GATEWAY_TOKEN}"})
     assert answer.status == 409, answer.body
     check_answer("POST", "/presence", answer)
+
+
+def test_what_the_intake_refuses_the_document_refuses_too(client):
+    """Found by the long fuzz run: a blank SMS id was schema-valid but answered 400."""
+    schema = {"$ref": "#/components/schemas/SmsRequest"}
+    for blank in ("", "  "):
+        body = {"to": "+4915123456789", "from": "Bank", "text": "code", "id": blank}
+        answer = client.post("/sms", body,
+                             headers={"Authorization": f"Bearer {GATEWAY_TOKEN}"})
+        assert answer.status == 400
+        with pytest.raises(AssertionError):
+            validate(schema, body)
+    validate(schema, {"to": "+4915123456789", "from": "Bank", "text": "code", "id": "a1"})
