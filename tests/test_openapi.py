@@ -261,3 +261,13 @@ def test_what_the_intake_refuses_the_document_refuses_too(client):
         with pytest.raises(AssertionError):
             validate(schema, body)
     validate(schema, {"to": "+4915123456789", "from": "Bank", "text": "code", "id": "a1"})
+
+
+def test_a_null_port_is_taken_as_absent_and_documented_so(client, db):
+    """Found by the second long fuzz run: `"port": null` was accepted (as absent) but
+    the document did not allow it."""
+    add_numbers(db, START, ("+4917612345678", "germany", "o2"))
+    body = {"to": "+4917612345678", "from": "Bank", "text": "code", "port": None}
+    answer = client.post("/sms", body, headers={"Authorization": f"Bearer {GATEWAY_TOKEN}"})
+    assert answer.status == 200
+    validate({"$ref": "#/components/schemas/SmsRequest"}, body)
