@@ -287,3 +287,13 @@ def test_blank_means_what_python_strips():
             continue
         char = chr(code)
         assert bool(nonblank.search(char)) == bool(char.strip()), hex(code)
+
+
+def test_a_null_port_does_not_stand_for_the_number(client):
+    """Found by CI's fuzz run: with `"port": null` and no `to`, the document was satisfied
+    (a port was 'present') while the intake asks for the number."""
+    body = {"from": "Bank", "text": "code", "port": None}
+    answer = client.post("/sms", body, headers={"Authorization": f"Bearer {GATEWAY_TOKEN}"})
+    assert answer.status == 400
+    with pytest.raises(AssertionError):
+        validate({"$ref": "#/components/schemas/SmsRequest"}, body)
