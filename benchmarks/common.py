@@ -124,3 +124,14 @@ def build_books(db_path: Path, numbers: int, operations: int = 0, *,
             " VALUES (?, 'closed', ?, ?, ?, ?, ?, ?, 'germany')", operation_rows())
     db.execute("ANALYZE")
     db.close()
+
+
+def claim_and_finish(conn) -> float:
+    """One GET_NUMBER (Germany) and its FINISH (sold) on `conn`; the GET_NUMBER's ms."""
+    elapsed, answer = post(conn, "/getNumberRent", {
+        "action": "GET_NUMBER", "key": KEY, "service": "rent", "sum": 400,
+        "country": "germany"})
+    post(conn, "/finishActivationRent", {
+        "action": "FINISH_ACTIVATION", "key": KEY, "service": "rent",
+        "activationId": answer["activationId"], "status": 3, "sum": 400})
+    return elapsed * 1000

@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import HOST, KEY, build_books, latencies, post, serving
+from common import HOST, build_books, claim_and_finish, latencies, serving
 
 PASSWORD = "benchmark-console"
 METRICS_TOKEN = "benchmark-metrics"
@@ -64,14 +64,20 @@ def add_sms(db_path: Path) -> int:
 def claims(port: int, until: float, took: list[float]) -> None:
     conn = http.client.HTTPConnection(HOST, port, timeout=10)
     while time.monotonic() < until:
-        elapsed, answer = post(conn, "/getNumberRent", {
-            "action": "GET_NUMBER", "key": KEY, "service": "rent", "sum": 400,
-            "country": "germany"})
-        took.append(elapsed * 1000)
-        post(conn, "/finishActivationRent", {
-            "action": "FINISH_ACTIVATION", "key": KEY, "service": "rent",
-            "activationId": answer["activationId"], "status": 3, "sum": 400})
+        took.append(claim_and_finish(conn))
     conn.close()
+
+
+def fetch(conn: http.client.HTTPConnection, path: str, headers: dict, expect: bytes
+          ) -> tuple[float, int]:
+    """GET `path` (gzip); its ms and gzipped size. Raises unless it is 200 with `expect`."""
+    started = time.perf_counter()
+    conn.request("GET", path, headers=headers)
+    response = conn.getresponse()
+    body = response.read()
+    if response.status != 200 or expect not in gzip.decompress(body):
+        raise RuntimeError(f"{path}: HTTP {response.status}")
+    return (time.perf_counter() - started) * 1000, len(body)
 
 
 def refresh(port: int, stop: threading.Event, took: list[float], sizes: list[int],
@@ -79,20 +85,10 @@ def refresh(port: int, stop: threading.Event, took: list[float], sizes: list[int
     conn = http.client.HTTPConnection(HOST, port, timeout=10)
     while True:
         started = time.perf_counter()
-        conn.request("GET", "/", headers=PAGE_HEADERS)
-        response = conn.getresponse()
-        body = response.read()
-        if response.status != 200 or b"<svg" not in gzip.decompress(body):
-            raise RuntimeError(f"status page: HTTP {response.status}")
-        took.append((time.perf_counter() - started) * 1000)
-        sizes.append(len(body))
-        scrape_started = time.perf_counter()
-        conn.request("GET", "/metrics", headers=SCRAPE_HEADERS)
-        response = conn.getresponse()
-        body = response.read()
-        if response.status != 200 or b"rentbox_pool_numbers" not in gzip.decompress(body):
-            raise RuntimeError(f"/metrics: HTTP {response.status}")
-        scraped.append((time.perf_counter() - scrape_started) * 1000)
+        page_ms, size = fetch(conn, "/", PAGE_HEADERS, b"<svg")
+        took.append(page_ms)
+        sizes.append(size)
+        scraped.append(fetch(conn, "/metrics", SCRAPE_HEADERS, b"rentbox_pool_numbers")[0])
         if stop.wait(max(0.0, 1.0 - (time.perf_counter() - started))):
             break
     conn.close()

@@ -21,7 +21,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from common import HOST, KEY, build_books, latencies, post, serving
+from common import HOST, KEY, build_books, claim_and_finish, latencies, post, serving
 
 SERVICES = {"action": "GET_SERVICES", "key": KEY}
 
@@ -30,13 +30,7 @@ def claims(port: int, pairs: int) -> list[float]:
     conn = http.client.HTTPConnection(HOST, port, timeout=10)
     took = []
     for _ in range(pairs):
-        elapsed, answer = post(conn, "/getNumberRent", {
-            "action": "GET_NUMBER", "key": KEY, "service": "rent", "sum": 400,
-            "country": "germany"})
-        took.append(elapsed * 1000)
-        post(conn, "/finishActivationRent", {
-            "action": "FINISH_ACTIVATION", "key": KEY, "service": "rent",
-            "activationId": answer["activationId"], "status": 3, "sum": 400})
+        took.append(claim_and_finish(conn))
     conn.close()
     return took
 
