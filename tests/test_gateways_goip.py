@@ -180,6 +180,104 @@ def test_reports_rentbox_does_not_use_are_ignored_quietly(handler, db, clock, li
     assert caplog.records == []
 
 
+# ---- junk from anyone: warnings limited per source address -----------------------------
+
+HELD_BACK = "s not logged (at most one per 60 s per address)"
+
+
+def junk(count: int, seed: int = 7) -> list[bytes]:
+    """Random datagrams, as a scanner or a fuzzer sends (a fixed seed: the same each run)."""
+    import random
+
+    rng = random.Random(seed)
+    return [rng.randbytes(rng.randint(0, 200)) for _ in range(count)]
+
+
+def warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.WARNING and r.name == "rentbox.gateways.goip"]
+
+
+def test_a_flood_of_junk_is_one_warning_then_one_a_minute_with_the_count(handler, db, clock,
+                                                                         line, caplog):
+    """The issue's flood: 5,000 random datagrams gave 2,976 warnings."""
+    before = snapshot(db)
+    with caplog.at_level(logging.DEBUG, logger="rentbox"):
+        for i, data in enumerate(junk(5000)):
+            assert handler.handle(db, clock, data, f"10.0.0.7:{1024 + i}").reply is None
+        [first] = warnings(caplog)
+        assert first.startswith("GoIP datagram from 10.0.0.7:")
+        clock.advance(61)
+        handler.log_held_back(clock.now())
+    [first, held_back] = warnings(caplog)
+    count, _, rest = held_back.removeprefix("GoIP: ").partition(" ")
+    assert rest == "more warning(s) about datagrams from 10.0.0.7 in the last 61 " + HELD_BACK
+    assert int(count) > 2000
+    assert snapshot(db) == before
+
+
+def test_junk_warnings_per_address_and_their_counts(handler, db, clock, line, caplog):
+    with caplog.at_level(logging.WARNING, logger="rentbox"):
+        for i in range(100):
+            for address in ("10.0.0.7", "10.0.0.8"):
+                handler.handle(db, clock, b"junk %d" % i, f"{address}:{5060 + i}")
+        assert [w.split(": ")[0] for w in warnings(caplog)] == [
+            "GoIP datagram from 10.0.0.7:5060 ignored", "GoIP datagram from 10.0.0.8:5060 ignored"]
+        clock.advance(30)
+        handler.handle(db, clock, b"junk", "10.0.0.7:9")
+        handler.log_held_back(clock.now())  # 10.0.0.8 is quiet, but not for a minute yet
+        assert len(warnings(caplog)) == 2
+        clock.advance(31)
+        caplog.clear()
+        # A minute after its last one logged, the next one is, with the count since.
+        handler.handle(db, clock, b"junk", "10.0.0.7:9")
+        # An address gone quiet for a minute has its count logged on its own.
+        handler.log_held_back(clock.now())
+        assert warnings(caplog) == [
+            "GoIP datagram from 10.0.0.7:9 ignored: it does not start with <command>:<id> "
+            "(junk); 100 more warning(s) about datagrams from 10.0.0.7 in the last 61 "
+            + HELD_BACK,
+            "GoIP: 99 more warning(s) about datagrams from 10.0.0.8 in the last 61 "
+            + HELD_BACK]
+        caplog.clear()
+        clock.advance(61)
+        handler.log_held_back(clock.now())
+        assert warnings(caplog) == []  # nothing held back since
+    assert handler._warnings.tracked == 0  # and nothing remembered
+
+
+def test_spoofed_addresses_share_one_budget_past_the_tracked_ones(handler, db, clock, line,
+                                                                  caplog):
+    tracked = goip.MAX_WARNED_SOURCES
+    with caplog.at_level(logging.WARNING, logger="rentbox"):
+        for i in range(5000):
+            handler.handle(db, clock, b"junk", f"10.{i // 65536}.{i // 256 % 256}.{i % 256}:1")
+        assert len(warnings(caplog)) == tracked + 1  # each tracked address, then the rest
+        assert handler._warnings.tracked <= tracked + 1
+        caplog.clear()
+        clock.advance(61)
+        handler.log_held_back(clock.now())
+    assert warnings(caplog) == [
+        f"GoIP: {5000 - tracked - 1} more warning(s) about datagrams from other addresses in "
+        "the last 61 " + HELD_BACK]
+
+
+def test_wrong_passwords_for_made_up_lines_are_limited_too(handler, db, clock, line, caplog):
+    with caplog.at_level(logging.WARNING, logger="rentbox"):
+        for i in range(1000):
+            outcome = handler.handle(db, clock, b"req:1;id:line%d;pass:guess;" % i,
+                                     "10.0.0.9:5060")
+            assert outcome.reply == b"reg:1;status:400;"
+        assert [w.split(" (")[0] for w in warnings(caplog)] == ["GoIP line line0"]
+        clock.advance(61)
+        # A line whose warning was held back is named in a later minute.
+        handler.handle(db, clock, b"req:1;id:line5;pass:guess;", "10.0.0.9:5060")
+    assert warnings(caplog)[1] == (
+        "GoIP line line5 (10.0.0.9:5060): wrong password, refused; set the SMS server "
+        "password of the line to RENTBOX_GOIP_PASSWORD; 999 more warning(s) about datagrams "
+        "from 10.0.0.9 in the last 61 " + HELD_BACK)
+
+
 def test_redacted_hides_both_spellings_of_the_password():
     assert goip.redacted(b"req:1;id:a;pass:p1;x:y;password:p2") == (
         "req:1;id:a;pass:***;x:y;password:***")
@@ -216,6 +314,24 @@ def test_a_real_server_acknowledges_and_pushes_each_sms_once(start_server, db, l
     assert sims(db) == {"offline": 0, "seen_by": "goip:goip1-1"}
     server.stop()
     assert "rentbox-goip" not in [t.name for t in threading.enumerate()]
+
+
+def test_a_real_listener_logs_a_flood_of_junk_once(start_server, db, line, caplog):
+    server = start_server(goip_port=0, goip_host="127.0.0.1", goip_password=PASSWORD)
+    flood = junk(5000)
+    with caplog.at_level(logging.WARNING, logger="rentbox.gateways"), \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(10)
+        for start in range(0, len(flood), 100):
+            for data in flood[start:start + 100]:
+                client.sendto(data, server.goip.address)
+            # Datagrams are handled in order: once this is answered, those before it were.
+            # (And a hundred at a time never overflow the socket's receive buffer.)
+            client.sendto(KEEP_ALIVE.encode(), server.goip.address)
+            while client.recvfrom(65535)[0] != b"reg:57;status:200;":
+                pass  # an answer to junk that looked like the protocol
+    [logged] = warnings(caplog)
+    assert logged.startswith("GoIP datagram from 127.0.0.1:")
 
 
 def test_the_listener_is_off_by_default_and_needs_its_password(settings, db):

@@ -65,6 +65,9 @@ def test_off_until_a_token_is_set(settings, clock, connections):
     {}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
     {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": "Bearer"},
     {"Authorization": "Bearer caf\xe9"},
+    # Only HTTP's spaces and tabs surround the token: "\xa0" and "\x85" are not spaces.
+    {"Authorization": f"Bearer {TOKEN}\xa0"}, {"Authorization": f"Bearer \x85{TOKEN}"},
+    {"Authorization": f"\x85Bearer {TOKEN}"},
 ])
 def test_a_missing_or_wrong_token_is_401(app, headers):
     answer = app.request("GET", "/metrics", headers=headers)

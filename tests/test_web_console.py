@@ -52,6 +52,8 @@ def test_off_without_a_password(client):
     "Basic " + base64.b64encode(PASSWORD.encode()).decode(),  # no colon
     "Basic " + base64.b64encode(b"\xff\xfe:\xc3\x28" + PASSWORD.encode()).decode(),
     "Basic", "",
+    # Only HTTP's spaces and tabs surround the credentials: "\xa0" and "\x85" are not spaces.
+    basic(PASSWORD) + "\xa0", "Basic \x85" + basic(PASSWORD)[6:], "\xa0" + basic(PASSWORD),
 ])
 def test_401_without_the_password(console, authorization):
     headers = {"Accept": BROWSER}

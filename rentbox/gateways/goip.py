@@ -20,12 +20,17 @@ The protocol (GoIP's "SMS Interface" document), one datagram each way, clear tex
   and not used; anything else is ignored. A datagram that is not the protocol is logged,
   without its password, and ignored.
 
+Anyone who can reach the port can send junk or wrong passwords, as fast as they like: those
+warnings are logged per source address, the first at once and then at most one a minute,
+which says how many were held back (`WarningLimit`).
+
 Every line of a box is its own SMS client with its own id; all share RENTBOX_GOIP_PASSWORD.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hmac
 import logging
 import re
@@ -50,6 +55,13 @@ POLL_S = 0.5
 # Lines remembered for logging once (wrong password, first contact): anyone can send
 # datagrams with made-up line ids, so the memory is bounded.
 MAX_REMEMBERED_LINES = 1000
+# Warnings about what anyone can send (junk, a wrong password): per source address, the
+# first is logged, then at most one in this many seconds, with the count held back since.
+WARN_EVERY_S = 60.0
+# Source addresses tracked for that: far more than a partner's boxes. Anyone can spoof many:
+# past this, the others share one budget, so that the memory stays bounded and the log
+# takes at most this many lines (plus one) a minute.
+MAX_WARNED_SOURCES = 100
 # Reports that expect `<COMMAND> <id> OK` and that rentbox does not use.
 ACKNOWLEDGED_ONLY = frozenset({"STATE", "DELIVER", "RECORD", "REMAIN"})
 _SECRET_FIELD = re.compile(r"(?i)((?:^|;)\s*pass(?:word)?:)[^;]*")
@@ -98,6 +110,76 @@ def redacted(data: bytes) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)[:120]
 
 
+@dataclasses.dataclass
+class _Held:
+    """One source's warnings: when the last was logged, when the last of any came, and
+    how many were held back since the last logged."""
+
+    logged_at: dt.datetime
+    last_at: dt.datetime
+    held: int = 0
+
+
+class WarningLimit:
+    """Which warnings about one source address to log: the first, then at most one per
+    `every_s`, which tells how many were held back since the last one logged. At most
+    `max_sources` addresses are tracked; warnings about others share one budget."""
+
+    OTHERS = "other addresses"
+
+    def __init__(self, every_s: float = WARN_EVERY_S,
+                 max_sources: int = MAX_WARNED_SOURCES):
+        self._every = dt.timedelta(seconds=every_s)
+        self._max_sources = max_sources
+        self._sources: dict[str, _Held] = {}  # OTHERS included, past max_sources
+        self._swept_at: dt.datetime | None = None
+
+    @property
+    def tracked(self) -> int:
+        """How many sources are remembered (bounded: max_sources, plus OTHERS)."""
+        return len(self._sources)
+
+    def admit(self, source: str, now: dt.datetime) -> str | None:
+        """None: hold this warning back. Otherwise log it, followed by the text returned:
+        "" or how many warnings about `source` were held back since the last logged."""
+        if source not in self._sources and len(self._sources) >= self._max_sources:
+            source = self.OTHERS
+        entry = self._sources.get(source)
+        if entry is not None and now < entry.logged_at + self._every:
+            entry.held += 1
+            entry.last_at = now
+            return None
+        self._sources[source] = _Held(now, now)
+        if entry is None or not entry.held:
+            return ""
+        return f"; {self._held_back(source, entry, now)}"
+
+    def sweep(self, now: dt.datetime) -> list[str]:
+        """What to log about sources gone quiet for `every_s` with warnings held back (the
+        next warning would have told them); and forget sources with nothing held back.
+        Looks at every source, so it does so at most once a second, however often called."""
+        if self._swept_at is not None and now < self._swept_at + dt.timedelta(seconds=1):
+            return []
+        self._swept_at = now
+        lines = []
+        for source, entry in list(self._sources.items()):
+            if now < entry.last_at + self._every:
+                continue  # still sending, or logged too recently
+            if entry.held:
+                lines.append(self._held_back(source, entry, now))
+                # Kept (and forgotten at a later sweep): this line counts as its minute's.
+                self._sources[source] = _Held(now, now)
+            else:
+                del self._sources[source]
+        return lines
+
+    def _held_back(self, source: str, entry: _Held, now: dt.datetime) -> str:
+        seconds = (now - entry.logged_at).total_seconds()
+        return (f"{entry.held} more warning(s) about datagrams from {source} in the last "
+                f"{seconds:.0f} s not logged (at most one per "
+                f"{self._every.total_seconds():g} s per address)")
+
+
 class GoipHandler:
     """The protocol without the socket: one datagram in, its answer out."""
 
@@ -107,9 +189,13 @@ class GoipHandler:
         # Lines whose wrong password was logged, and lines seen: each is logged once.
         self._refused: set[str] = set()
         self._seen: set[str] = set()
+        # Warnings that anyone can cause, per source address.
+        self._warnings = WarningLimit()
 
     def handle(self, db: Database, clock: Clock, data: bytes, peer: str = "?") -> Outcome:
-        """Answer one datagram from `peer` (an address, for the log)."""
+        """Answer one datagram from `peer` (`address:port`, for the log; warnings are
+        limited per address)."""
+        address = peer.rpartition(":")[0] or peer
         try:
             datagram = parse_datagram(data)
             command = datagram.command
@@ -120,15 +206,22 @@ class GoipHandler:
                 raise InvalidInput("id (the line's id) is missing")
             line = port_name(datagram.fields["id"].strip(), "id")
         except InvalidInput as error:
-            log.warning("GoIP datagram from %s ignored: %s (%s)", peer, error, redacted(data))
+            held_back = self._warnings.admit(address, clock.now())
+            if held_back is not None:
+                log.warning("GoIP datagram from %s ignored: %s (%s)%s", peer, error,
+                            redacted(data), held_back)
             return Outcome(None)
         if not self._is_password(datagram):
-            if line not in self._refused:
+            held_back = (self._warnings.admit(address, clock.now())
+                         if line not in self._refused else None)
+            if held_back is not None:
+                # Remembered only once logged: a line held back is named in a later minute.
                 if len(self._refused) >= MAX_REMEMBERED_LINES:
                     self._refused.clear()
                 self._refused.add(line)
                 log.warning("GoIP line %s (%s): wrong password, refused; set the SMS server "
-                            "password of the line to RENTBOX_GOIP_PASSWORD", line, peer)
+                            "password of the line to RENTBOX_GOIP_PASSWORD%s", line, peer,
+                            held_back)
             if command == "req":
                 return Outcome(f"reg:{datagram.value};status:400;".encode())
             return Outcome(f"{command.upper()} {datagram.value} ERROR wrong password".encode())
@@ -142,6 +235,12 @@ class GoipHandler:
         if command.upper() != "RECEIVE":
             return Outcome(f"{command.upper()} {datagram.value} OK".encode())
         return self._receive(db, clock, datagram, line)
+
+    def log_held_back(self, now: dt.datetime) -> None:
+        """Log the warnings held back from addresses that have gone quiet (see
+        WarningLimit.sweep); cheap to call at every datagram."""
+        for line in self._warnings.sweep(now):
+            log.warning("GoIP: %s", line)
 
     def _is_password(self, datagram: Datagram) -> bool:
         given = datagram.fields.get("password", datagram.fields.get("pass"))
@@ -221,6 +320,10 @@ class GoipListener(Worker):
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            try:
+                self._handler.log_held_back(self._clock.now())
+            except Exception:  # a log line must not end the server
+                log.exception("GoIP SMS server: could not log held-back warnings")
             try:
                 data, peer = self._sock.recvfrom(MAX_DATAGRAM_BYTES)
             except socket.timeout:

@@ -31,9 +31,12 @@ def verify_smsgate_signature(raw: bytes, *, signature: str | None, timestamp: st
         raise BadSignature("BAD_SIGNATURE: X-Signature and X-Timestamp are required")
     # Header values arrive as latin-1 text; compare bytes, so that any character is
     # simply a mismatch (compare_digest refuses non-ASCII str).
-    stamp = timestamp.strip().encode("latin-1", "replace")
+    # Only HTTP's own white space: str.strip() would also take \xa0 and \x85 off a
+    # latin-1 header, and a signature with them around it would pass.
+    stamp = timestamp.strip(" \t").encode("latin-1", "replace")
     expected = hmac.new(key, raw + stamp, hashlib.sha256).hexdigest().encode("ascii")
-    if not hmac.compare_digest(expected, signature.strip().lower().encode("latin-1", "replace")):
+    presented = signature.strip(" \t").lower().encode("latin-1", "replace")
+    if not hmac.compare_digest(expected, presented):
         raise BadSignature("BAD_SIGNATURE")
     try:
         sent_at = float(timestamp)

@@ -88,19 +88,33 @@ def configured(secret: str | None, env: str, path: str) -> bytes:
     return secret.encode("utf-8")
 
 
+# HTTP's optional whitespace (RFC 9110 5.6.3): spaces and tabs, nothing else. str.strip()
+# would also take "\xa0", "\x85" and the other Unicode spaces off the latin-1 text WSGI
+# hands over, and a credential with one of those around it would compare equal.
+OWS = " \t"
+
+
+def credentials(authorization: str | None, scheme: str) -> str | None:
+    """The credentials of an `Authorization` header in `scheme` ("bearer", "basic"; any
+    case), without the spaces and tabs around them; None when there is no such header or
+    it is in another scheme: that is no credential, rather than a wrong one."""
+    if authorization is None:
+        return None
+    name, _, value = authorization.strip(OWS).partition(" ")
+    return value.strip(OWS) if name.lower() == scheme else None
+
+
 def check_token(environ: dict, token: bytes) -> None:
     """The gateway token, as a Bearer header or, for boxes that cannot set headers, in the
     query string (`?token=…`); every one presented must match, compared in constant time.
-    (The access log never writes the query string.)"""
-    presented: list[bytes | None] = []
-    authorization = environ.get("HTTP_AUTHORIZATION")
-    if authorization is not None:
-        scheme, _, value = authorization.strip().partition(" ")
-        presented.append(value.strip().encode("latin-1", "replace")
-                         if scheme.lower() == "bearer" else None)
+    An `Authorization` header in another scheme presents nothing. (The access log never
+    writes the query string.)"""
+    presented: list[bytes] = []
+    bearer = credentials(environ.get("HTTP_AUTHORIZATION"), "bearer")
+    if bearer is not None:
+        presented.append(bearer.encode("latin-1", "replace"))
     presented += [value.encode("utf-8", "replace") for value in query_values(environ, "token")]
-    if not presented or not all(
-            value is not None and hmac.compare_digest(value, token) for value in presented):
+    if not presented or not all(hmac.compare_digest(value, token) for value in presented):
         raise ApiError(401, "BAD_TOKEN")
 
 

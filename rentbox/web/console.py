@@ -18,7 +18,7 @@ import bottle
 
 from rentbox import __version__, dashboard
 from rentbox.web import page
-from rentbox.web.answers import error_answer, header, json_answer
+from rentbox.web.answers import credentials, error_answer, header, json_answer
 
 if TYPE_CHECKING:
     from rentbox.web import Context
@@ -77,13 +77,11 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
 def authorized(authorization: str | None, password: bytes) -> bool:
     """HTTP Basic with any user name and this password, compared in constant time. The
     header is latin-1 text as WSGI hands it over; anything malformed is simply wrong."""
-    if authorization is None:
-        return False
-    scheme, _, value = authorization.strip().partition(" ")
-    if scheme.lower() != "basic":
+    value = credentials(authorization, "basic")
+    if value is None:
         return False
     try:
-        decoded = base64.b64decode(value.strip().encode("latin-1", "replace"), validate=True)
+        decoded = base64.b64decode(value.encode("latin-1", "replace"), validate=True)
     except (binascii.Error, ValueError):
         return False
     _, colon, presented = decoded.partition(b":")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import bottle
 
 from rentbox.config import METRICS_TOKEN_ENV
-from rentbox.web.answers import ApiError, configured, error_answer, header
+from rentbox.web.answers import ApiError, configured, credentials, error_answer, header
 
 if TYPE_CHECKING:
     from rentbox.web import Context
@@ -46,9 +46,6 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
 def check_bearer(authorization: str | None, token: bytes) -> None:
     """A Bearer header only (never the query string: URLs end up in logs), compared in
     constant time."""
-    if authorization is None:
-        raise BAD_TOKEN
-    scheme, _, value = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-            value.strip().encode("latin-1", "replace"), token):
+    value = credentials(authorization, "bearer")
+    if value is None or not hmac.compare_digest(value.encode("latin-1", "replace"), token):
         raise BAD_TOKEN
