@@ -23,14 +23,33 @@ from rentbox.errors import Conflict, DatabaseError, Unavailable
 BUSY_TIMEOUT_S = 10.0
 # The longest pause between two tries for another process's write lock.
 LOCK_POLL_MAX_S = 0.002
-# After a checkpoint, SQLite truncates the -wal file back to this size. Without a limit
-# a WAL that once grew (a long import beside the server) keeps its size for ever, and on
-# a full disk freeing a little space would not be enough to write again (field notes).
-JOURNAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
 # Below this much free space on the database's filesystem, writes are taken to be
 # failing before one fails: a commit needs room for its WAL frames, and a checkpoint
 # for the pages it copies back.
 MIN_FREE_BYTES = 1024 * 1024
+# A connection checkpoints the WAL (PASSIVE) after a commit that leaves it holding at
+# least this many pages. SQLite's default, 1,000 pages (about 4 MiB), is more than a small
+# disk has free: the WAL took the last of a 4 MiB filesystem before reaching it, and from
+# then on no write could succeed (a GET_NUMBER with its FINISH writes about 160 KiB of
+# frames). 128 pages is 512 KiB at SQLite's 4 KiB pages: half of MIN_FREE_BYTES, so that
+# while the disk has MIN_FREE_BYTES free the WAL can reach its checkpoint and the
+# checkpoint can still grow the database file by as much. The cost, measured over 2,000
+# fsync'd transactions against 1,000 pages: single-row ones ran no slower; rentbox's own
+# (GET_NUMBER, then FINISH) made 35% more fsyncs (each checkpoint syncs the database
+# file) and ran 10-20% slower, about 1,000-1,400 a second: far above rentbox's load.
+WAL_AUTOCHECKPOINT_PAGES = 128
+# When a checkpoint has emptied the WAL, the next write starts it again from its
+# beginning and truncates the file to this size. Without a limit a WAL that once grew (a
+# long import, a backup's snapshot holding checkpoints off) keeps its size for ever, and
+# on a full disk freeing a little space would not be enough to write again (field
+# notes). Twice the checkpoint size: the WAL at its usual peak (the autocheckpoint plus
+# the transaction that crossed it) is reused as it is, not cut and grown again each time.
+JOURNAL_SIZE_LIMIT_BYTES = 2 * WAL_AUTOCHECKPOINT_PAGES * 4096
+# How long a truncating checkpoint waits for the readers and writers of other
+# connections (SQLite's busy handler) before it gives up until its next try. It runs
+# where a write has just failed for lack of space, in a request: short, so that the
+# answer (503) is not held up; rentbox's reads hold their snapshot for one query.
+CHECKPOINT_BUSY_TIMEOUT_S = 0.1
 
 # SQLite's primary result codes that mean "cannot write now, nothing is wrong with the
 # request": the write can succeed later, so callers get a retryable Unavailable.
@@ -42,6 +61,56 @@ _UNWRITABLE = {
     13: "the disk is full",                           # SQLITE_FULL
     14: "the database file cannot be opened",         # SQLITE_CANTOPEN
 }
+# The reasons above that can mean "no space left on the disk", after which a truncating
+# checkpoint gives the WAL's space back (Database.truncate_wal): SQLite reports ENOSPC as
+# SQLITE_FULL where it writes a file, but as an I/O error where it grows the -shm file.
+_NO_SPACE = {_UNWRITABLE[13], _UNWRITABLE[10]}
+
+
+class WriteLock:
+    """The write lock of one process's connections to one file, with a fast lane.
+
+    Writers queue here rather than on SQLite's busy handler (see Database.transaction).
+    An `urgent` writer goes ahead of every ordinary one waiting: the pusher storing
+    Onlinesim's acknowledgements uses it, because until an acknowledgement is committed
+    a crash would push that SMS again (push.py). Ordinary writers are not strictly
+    first come, first served among themselves, as with threading.Lock.
+    """
+
+    def __init__(self):
+        self._changed = threading.Condition(threading.Lock())
+        self._held = False
+        self._urgent_waiting = 0
+        self._waiting = 0
+
+    def acquire(self, urgent: bool = False) -> None:
+        with self._changed:
+            self._waiting += 1
+            self._urgent_waiting += urgent
+            try:
+                while self._held or (self._urgent_waiting and not urgent):
+                    self._changed.wait()
+            finally:
+                self._waiting -= 1
+                self._urgent_waiting -= urgent
+            self._held = True
+
+    def waiting(self) -> int:
+        """How many threads wait for the lock now."""
+        with self._changed:
+            return self._waiting
+
+    def release(self) -> None:
+        with self._changed:
+            self._held = False
+            self._changed.notify_all()
+
+    def __enter__(self) -> "WriteLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
 
 
 class WriteHealth:
@@ -94,8 +163,9 @@ class Database(sqlite_utils.Database):
     per-connection setting, which is why it is set here and not stored in the file.
     """
 
-    def __init__(self, path: Path | str, *, write_lock: threading.Lock | None = None,
-                 health: WriteHealth | None = None, read_only: bool = False):
+    def __init__(self, path: Path | str, *, write_lock: WriteLock | None = None,
+                 health: WriteHealth | None = None, read_only: bool = False,
+                 owns_checkpoints: bool = True):
         # check_same_thread=False only so that Connections.close_all() can close every
         # connection at shutdown; each one is still used by the thread that opened it.
         if read_only:
@@ -106,18 +176,24 @@ class Database(sqlite_utils.Database):
         self.path = Path(path)
         self.read_only = read_only
         # Shared by every connection of one process to this file (see Connections).
-        self.write_lock = write_lock or threading.Lock()
+        self.write_lock = write_lock or WriteLock()
         self.health = health or WriteHealth()
         if not read_only:
             self.execute("PRAGMA journal_mode = WAL")
         self.execute("PRAGMA synchronous = FULL")
         self.execute("PRAGMA foreign_keys = ON")
-        # Per connection, like synchronous: the checkpointing connection applies it.
+        # Whether this connection may checkpoint the WAL: False while Litestream
+        # replicates the file, which then owns the checkpoints (see Connections). Then
+        # it never starts one, neither automatically nor in truncate_wal().
+        self.owns_checkpoints = owns_checkpoints and not read_only
+        # Per connection, like synchronous: the checkpointing connection applies them.
         if not read_only:
             self.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
+            self.execute("PRAGMA wal_autocheckpoint = "
+                         f"{WAL_AUTOCHECKPOINT_PAGES if self.owns_checkpoints else 0}")
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator["Database"]:
+    def transaction(self, *, urgent: bool = False) -> Iterator["Database"]:
         """A short write transaction: `BEGIN IMMEDIATE` under the process's write lock.
 
         IMMEDIATE takes SQLite's write lock up front, so a read-then-write (claiming a
@@ -130,8 +206,13 @@ class Database(sqlite_utils.Database):
         A write that fails because the file cannot be written now (disk full, I/O
         error, another process's lock held past BUSY_TIMEOUT_S) is rolled back and
         raised as `Unavailable`, and marks `health` as failing until a write succeeds.
+        When it failed for lack of space, the WAL is checkpointed and truncated first
+        (truncate_wal): the WAL itself may be what filled the disk.
+
+        `urgent`: go ahead of the ordinary writers waiting for the lock (WriteLock).
         """
-        with self.write_lock:
+        self.write_lock.acquire(urgent)
+        try:
             try:
                 self._begin_immediate()
                 try:
@@ -153,7 +234,14 @@ class Database(sqlite_utils.Database):
                 if reason is None:
                     raise
                 self.health.failed(reason)
+                if reason in _NO_SPACE:
+                    # The WAL may be what filled the disk: give its space back, so that
+                    # a later write can fit. Here the transaction is rolled back (or
+                    # never began) and the process's write lock is still held.
+                    self._truncate_wal_holding_lock()
                 raise Unavailable(f"the database cannot be written now: {reason}") from None
+        finally:
+            self.write_lock.release()
         self.health.succeeded()
 
     def _begin_immediate(self) -> None:
@@ -216,9 +304,52 @@ class Database(sqlite_utils.Database):
                 "wal_bytes": size(Path(str(self.path) + "-wal")),
                 "free_bytes": self.free_bytes(), "write_problem": self.write_problem()}
 
+    def truncate_wal(self) -> bool:
+        """Checkpoint the WAL into the database file and truncate the -wal file to zero
+        bytes, giving its space on the disk back. True if it did.
+
+        False, leaving the WAL as it is, when it cannot now: these connections do not
+        own the checkpoints (Litestream does), this one is inside a transaction, another
+        connection kept reading an older snapshot (or writing) for longer than
+        CHECKPOINT_BUSY_TIMEOUT_S, or the checkpoint could not write (copying the WAL
+        back can grow the database file, and the disk is full). Never raises for these:
+        a full disk is a state that the next failed write or housekeeping pass retries.
+        Takes the process's write lock, so that no writer of this process meets
+        SQLite's lock (and its polling busy handler) behind the checkpoint.
+        """
+        if not self.owns_checkpoints:
+            return False
+        with self.write_lock:
+            return self._truncate_wal_holding_lock()
+
+    def _truncate_wal_holding_lock(self) -> bool:
+        """truncate_wal() for a caller that holds the process's write lock."""
+        # Inside a transaction SQLite refuses to checkpoint, and this connection's own
+        # snapshot would keep the WAL from being reset: only between transactions.
+        if not self.owns_checkpoints or self.conn.in_transaction:
+            return False
+        try:
+            # TRUNCATE waits, through the busy handler, until no other connection is
+            # writing or reading a snapshot older than the whole WAL; those of this
+            # process hold theirs for one query (Database.rows), a backup's paced copy
+            # for its whole length. Waiting long would hold up the request that runs it.
+            self.conn.execute(f"PRAGMA busy_timeout = {int(CHECKPOINT_BUSY_TIMEOUT_S * 1000)}")
+            try:
+                busy = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            finally:
+                self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        except sqlite3.Error:
+            # SQLITE_FULL when the database file cannot grow: a checkpoint stops where it
+            # failed and leaves the WAL whole, so the next try starts over safely.
+            return False
+        return busy == 0  # 1: another connection kept it from finishing in time
+
     def probe_write(self, stamp: str) -> None:
         """One tiny real write (a row in `meta`), to learn whether writing works again.
-        Raises Unavailable if it still does not; clears `health` if it does."""
+        Raises Unavailable if it still does not; clears `health` if it does. First the
+        WAL is truncated (truncate_wal): on a full disk it may hold the space the write
+        needs, and an automatic checkpoint never gives that space back."""
+        self.truncate_wal()
         with self.transaction():
             self.execute(
                 "INSERT INTO meta (key, value, updated_at) VALUES ('write_probe', '{}', ?)"
@@ -440,11 +571,12 @@ class Connections:
 
     def __init__(self, path: Path | str, *, autocheckpoint: bool = True):
         self.path = Path(path)
-        self.write_lock = threading.Lock()
+        self.write_lock = WriteLock()
         self.health = WriteHealth()
         # False while Litestream replicates the file: it owns the checkpoints (its docs:
         # an application's checkpoint racing its own forces a new snapshot), so these
-        # connections never start one (wal_autocheckpoint = 0).
+        # connections never start one: no automatic checkpoint (wal_autocheckpoint = 0),
+        # and no truncating one on a full disk (Database.owns_checkpoints).
         self.autocheckpoint = autocheckpoint
         self._local = threading.local()
         self._all: list[Database] = []
@@ -454,9 +586,8 @@ class Connections:
         """This thread's connection, opened on first use."""
         db = getattr(self._local, "db", None)
         if db is None:
-            db = Database(self.path, write_lock=self.write_lock, health=self.health)
-            if not self.autocheckpoint:
-                db.execute("PRAGMA wal_autocheckpoint = 0")
+            db = Database(self.path, write_lock=self.write_lock, health=self.health,
+                          owns_checkpoints=self.autocheckpoint)
             self._local.db = db
             with self._all_lock:
                 self._all.append(db)
@@ -985,6 +1116,53 @@ def m009_test_rentals(db: Database) -> None:
             raise RuntimeError(f"m009: trigger {name} is not the one m006 created")
         db.execute(f"DROP TRIGGER {name}")
         db.execute(sql.replace(head, guarded))
+
+
+@migrations()
+def m010_expired_sms(db: Database) -> None:
+    """An SMS of a rental that ended (FINISH, a close by hand, or a failed guard window)
+    before Onlinesim took it is `expired`: never pushed, since Onlinesim routes a push by
+    the phone number, and the number may be rented to someone else by then. The table is
+    rebuilt with the wider CHECK (SQLite cannot alter one in place), as SQLite documents:
+    a new table, the rows copied, the old one dropped, the new one renamed, the indexes
+    created again from their own SQL; the AUTOINCREMENT sequence is carried over, so no
+    smsId is ever reused."""
+    old_check = "CHECK (push_state IN ('unrouted', 'pending', 'delivered', 'failed'))"
+    new_check = "CHECK (push_state IN ('unrouted', 'pending', 'delivered', 'failed', 'expired'))"
+    table_sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table'"
+                           " AND name = 'sms'").fetchone()[0]
+    if table_sql.count(old_check) != 1 or not table_sql.startswith("CREATE TABLE sms ("):
+        raise RuntimeError("m010: table sms is not the one m002 and m007 made")
+    indexes = [sql for (sql,) in db.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'sms'"
+        " AND sql IS NOT NULL ORDER BY name")]
+    triggers = db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'"
+                          " AND tbl_name = 'sms'").fetchone()[0]
+    if triggers:
+        raise RuntimeError("m010: table sms has triggers this migration does not carry over")
+    sequence = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'sms'").fetchone()
+    columns = ", ".join(c.name for c in db["sms"].columns)
+    db.execute(table_sql.replace(old_check, new_check)
+               .replace("| pending | delivered | failed",
+                        "| pending | delivered | failed | expired", 1)
+               .replace("CREATE TABLE sms (", "CREATE TABLE sms_m010 (", 1))
+    db.execute(f"INSERT INTO sms_m010 ({columns}) SELECT {columns} FROM sms")
+    db.execute("DROP TABLE sms")
+    db.execute("ALTER TABLE sms_m010 RENAME TO sms")
+    for sql in indexes:
+        db.execute(sql)
+    if sequence is not None:
+        db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'sms'",
+                   (sequence[0],))
+    _run(db, """
+    -- What an earlier rentbox left waiting for rentals that have ended: expired now.
+    UPDATE sms SET push_state = 'expired', next_attempt_at = NULL,
+        last_error = 'its rental ended before Onlinesim took it (on upgrade)'
+        WHERE push_state = 'pending' AND operation_id IN
+            (SELECT id FROM operations WHERE state = 'closed' OR failed_at IS NOT NULL);
+    -- The expired SMS (status, the status page).
+    CREATE INDEX sms_expired ON sms(id) WHERE push_state = 'expired'
+    """)
 
 
 def migrate(db: Database) -> None:

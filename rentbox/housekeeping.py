@@ -25,12 +25,17 @@ def run_once(db: Database, now: dt.datetime, rules: Rules, sms_keep_days: float 
     history. Claims and counts apply the same rules themselves before answering, so
     the pass keeps the books current between calls rather than being needed for them.
 
-    While writes are failing (a full disk), the pass first tries one tiny write, so that
-    the server notices as soon as writing works again; raises Unavailable until it does.
+    While writes are failing (a full disk), the pass first truncates the WAL and tries one
+    tiny write (Database.probe_write), so that the server notices as soon as writing works
+    again; raises Unavailable until it does. While writes work but the disk is nearly full
+    (Database.write_problem), it truncates the WAL, which gives its space back. Neither
+    checkpoints while Litestream owns the checkpoints.
     """
     if db.health.failing:
         db.probe_write(to_text(now))
         log.info("the database can be written again")
+    elif db.write_problem() is not None:
+        db.truncate_wal()
     changed = operations.catch_up(db, now, rules) + retention.prune_due(db, now, sms_keep_days)
     if alerting is not None:  # last: the alerts see the books as this pass left them
         changed += alerts.evaluate(db, now, alerting)

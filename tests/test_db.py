@@ -203,18 +203,26 @@ def test_a_symlink_planted_as_the_lock_file_is_refused_not_truncated(db_path, db
     assert victim.read_text() == "another program's data"
 
 
+OLD_STAMP = "2026-01-01T00:00:00.000000Z"
+
+
+def older_database(path, stop_before: str) -> Database:
+    """A file as an older rentbox left it: migrated up to `stop_before`, with one number."""
+    old = Database(path)
+    with old.transaction():
+        migrations.apply(old, stop_before=stop_before)
+    old.execute("INSERT INTO numbers (number, country, operator, idle_since, created_at,"
+                " updated_at) VALUES ('4915123456789', 'germany', 'o2', ?, ?, ?)",
+                (OLD_STAMP,) * 3)
+    return old
+
+
 def test_a_database_from_the_first_release_is_migrated_not_rebuilt(tmp_path):
     """A file written by rentbox 0.1's first schema (m001 only) keeps its rows."""
     path = tmp_path / "old.db"
-    old = Database(path)
-    with old.transaction():
-        migrations.apply(old, stop_before="m002_sms_outbox_and_rent_rules")
-    stamp = "2026-01-01T00:00:00.000000Z"
-    old.execute("INSERT INTO numbers (number, country, operator, idle_since, created_at,"
-                " updated_at) VALUES ('4915123456789', 'germany', 'o2', ?, ?, ?)",
-                (stamp, stamp, stamp))
+    old = older_database(path, "m002_sms_outbox_and_rent_rules")
     old.execute("INSERT INTO operations (number_id, state, initial_sum_kopecks, created_at)"
-                " VALUES (1, 'open', 40000, ?)", (stamp,))
+                " VALUES (1, 'open', 40000, ?)", (OLD_STAMP,))
     old.execute("UPDATE numbers SET operation_id = 1")
     old.close()
 
@@ -231,6 +239,43 @@ def test_a_database_from_the_first_release_is_migrated_not_rebuilt(tmp_path):
         "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name LIKE 'numbers_free%'")}
     assert all("banned_until IS NULL" in sql for sql in indexes.values())
     assert len(indexes) == 6  # by idle order (m001), by number order (m006)
+
+
+def test_m010_expires_what_an_older_rentbox_left_waiting_for_ended_rentals(tmp_path):
+    """Before m010 an SMS of a closed (or failed) rental stayed pending and was pushed when
+    pushing resumed, by phone number, perhaps to the number's next renter. The upgrade
+    expires those, keeps every other SMS as it was, the indexes, and the smsId sequence
+    (an id is never reused, even one whose row is gone)."""
+    path = tmp_path / "old.db"
+    old = older_database(path, "m010_expired_sms")
+    stamp = OLD_STAMP
+    for state, failed_at in (("closed", None), ("open", stamp), ("open", None)):
+        old.execute("INSERT INTO operations (number_id, state, initial_sum_kopecks, created_at,"
+                    " failed_at) VALUES (1, ?, 40000, ?, ?)", (state, stamp, failed_at))
+    old.execute("UPDATE numbers SET operation_id = 3")
+    for operation_id in (1, 2, 3, 3, None):
+        old.execute("INSERT INTO sms (source, number, number_id, operation_id, sender, text,"
+                    " received_at, created_at, push_state, next_attempt_at) VALUES ('api',"
+                    " '4915123456789', 1, ?, 'x', 'code', ?, ?, ?, ?)",
+                    (operation_id, stamp, stamp, "pending" if operation_id else "unrouted",
+                     stamp if operation_id else None))
+    old.execute("DELETE FROM sms WHERE id = 5")  # the sequence stays at 5
+    old.conn.commit()
+    old.close()
+
+    db = open_database(path)
+    assert [(r["id"], r["push_state"]) for r in db.rows(
+        "SELECT id, push_state FROM sms ORDER BY id")] == [
+        (1, "expired"), (2, "expired"), (3, "pending"), (4, "pending")]
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    indexes = {r["name"] for r in db.rows("SELECT name FROM sqlite_master WHERE type ="
+                                          " 'index' AND tbl_name = 'sms' AND sql IS NOT NULL")}
+    assert indexes == {"sms_outbox", "sms_by_operation", "sms_by_number", "sms_failed",
+                       "sms_unrouted_unpruned", "sms_expired"}
+    db.execute("INSERT INTO sms (source, sender, text, received_at, created_at, push_state)"
+               " VALUES ('api', 'x', 'y', ?, ?, 'unrouted')", (stamp, stamp))
+    assert db.row("SELECT max(id) AS id FROM sms")["id"] == 6
+    db.close()
 
 
 def test_a_failed_commit_leaves_no_transaction_open(db):
@@ -250,3 +295,114 @@ def test_opening_an_up_to_date_database_takes_no_write_lock(db_path, db):
     with db.transaction():  # another writer holds the lock
         again = open_database(db_path)  # would wait and fail if it needed the lock
         again.close()
+
+
+def test_an_urgent_writer_goes_ahead_of_every_ordinary_one_waiting():
+    """The pusher stores Onlinesim's acknowledgements with urgent=True: until they are
+    committed, a crash would push those SMS again, so they must not queue behind the web
+    requests waiting for the write lock."""
+    import threading
+
+    from conftest import wait_until
+    from rentbox.db import WriteLock
+
+    lock, order = WriteLock(), []
+
+    def writer(name, urgent=False):
+        lock.acquire(urgent)
+        order.append(name)
+        lock.release()
+
+    lock.acquire()
+    threads = [threading.Thread(target=writer, args=(f"request {i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    assert wait_until(lambda: lock.waiting() == 3)
+    threads.append(threading.Thread(target=writer, args=("acknowledgements", True)))
+    threads[-1].start()
+    assert wait_until(lambda: lock.waiting() == 4)
+    lock.release()
+    for thread in threads:
+        thread.join(5)
+    assert order[0] == "acknowledgements"
+    assert sorted(order[1:]) == ["request 0", "request 1", "request 2"]
+    with lock:  # free again, and usable as a context manager
+        assert lock.waiting() == 0
+
+
+# ---- The WAL's size: automatic checkpoints, and truncating ones on a full disk ----------
+
+def wal_bytes(db: Database) -> int:
+    wal = db.path.with_name(db.path.name + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def note(db: Database, value: str) -> None:
+    with db.transaction():
+        db.execute("INSERT INTO meta (key, value, updated_at) VALUES ('t', ?, 'x')"
+                   " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (value,))
+
+
+def test_every_connection_bounds_its_wal(db_path, db):
+    from rentbox.db import JOURNAL_SIZE_LIMIT_BYTES, WAL_AUTOCHECKPOINT_PAGES
+
+    for connection in (db, Database(db_path)):
+        assert connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == \
+            WAL_AUTOCHECKPOINT_PAGES
+        assert connection.execute("PRAGMA journal_size_limit").fetchone()[0] == \
+            JOURNAL_SIZE_LIMIT_BYTES
+        assert connection.owns_checkpoints
+
+
+def test_truncate_wal_empties_the_wal_file_and_keeps_every_change(db):
+    note(db, "kept")
+    assert wal_bytes(db) > 0
+    assert db.truncate_wal()
+    assert wal_bytes(db) == 0
+    assert db.row("SELECT value FROM meta WHERE key = 't'") == {"value": "kept"}
+    note(db, "again")  # and writing goes on
+    assert db.row("SELECT value FROM meta WHERE key = 't'") == {"value": "again"}
+
+
+def test_no_checkpoint_of_any_kind_while_litestream_owns_them(db_path, db):
+    replicated = Connections(db_path, autocheckpoint=False)
+    try:
+        connection = replicated.get()
+        assert not connection.owns_checkpoints
+        assert connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        note(connection, "replicated")
+        before = wal_bytes(connection)
+        assert before > 0
+        assert not connection.truncate_wal()
+        connection.health.failed("the disk is full")
+        connection.probe_write("2026-11-01T12:00:00.000000Z")  # no truncation first
+        assert wal_bytes(connection) >= before
+    finally:
+        replicated.close_all()
+
+
+def test_truncate_wal_gives_up_behind_a_reader_and_never_runs_inside_a_transaction(db_path,
+                                                                                 db):
+    note(db, "one")
+    reader = sqlite3.connect(str(db_path), isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM meta").fetchall()  # holds a snapshot
+        note(db, "two")
+        # It waits CHECKPOINT_BUSY_TIMEOUT_S for the reader, then leaves the WAL as it is.
+        assert not db.truncate_wal()
+        assert wal_bytes(db) > 0
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+    db.conn.execute("BEGIN")
+    db.execute("SELECT count(*) FROM meta").fetchall()
+    assert not db.truncate_wal()  # this connection's own transaction
+    assert db.conn.in_transaction
+    db.conn.execute("COMMIT")
+    # The busy timeout that writes of other processes get is back.
+    from rentbox.db import BUSY_TIMEOUT_S
+
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == int(BUSY_TIMEOUT_S * 1000)
+    assert db.truncate_wal()
+    assert wal_bytes(db) == 0

@@ -102,3 +102,30 @@ def test_a_full_disk_is_logged_once_not_at_every_pass(db_path, db, clock, caplog
     assert [r.getMessage() for r in caplog.records] == [
         "housekeeping pass skipped: the database cannot be written now: the disk is full; "
         "trying every 0.005 s"]
+
+
+def wal_bytes(db) -> int:
+    wal = db.path.with_name(db.path.name + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def test_on_a_nearly_full_disk_the_pass_gives_the_wal_space_back(db, clock, monkeypatch):
+    from rentbox.db import Database
+
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
+    assert wal_bytes(db) > 0
+    assert housekeeping.run_once(db, clock.now(), RULES) == 0
+    assert wal_bytes(db) > 0  # room enough: SQLite's own checkpoints do
+    monkeypatch.setattr(Database, "free_bytes", lambda self: 1024)
+    assert housekeeping.run_once(db, clock.now(), RULES) == 0
+    assert wal_bytes(db) == 0
+
+
+def test_while_writes_fail_the_probe_truncates_the_wal_before_it_writes(db, clock):
+    add_numbers(db, START, *[(f"+4915123{i:06d}", "germany", "telekom") for i in range(500)])
+    grown = wal_bytes(db)
+    db.health.failed("the disk is full")
+    assert housekeeping.run_once(db, clock.now(), RULES) == 0
+    assert not db.health.failing
+    # Only the probe's own frames are left: the WAL was emptied before it wrote.
+    assert 0 < wal_bytes(db) < grown / 10
