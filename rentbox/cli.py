@@ -234,6 +234,8 @@ def serve(
         "push_timeout_s"].default,
     push_parallel: Annotated[int, _option("push_parallel", min=1, max=64)] = SETTINGS[
         "push_parallel"].default,
+    call_deadline_s: Annotated[float, _option("call_deadline_s", min=0.1)] = SETTINGS[
+        "call_deadline_s"].default,
     guard_s: GuardOption = SETTINGS["guard_s"].default,
     guard_margin_s: GuardMarginOption = SETTINGS["guard_margin_s"].default,
     ban_after: BanAfterOption = SETTINGS["ban_after"].default,
@@ -305,7 +307,8 @@ def serve(
         metrics_token=os.environ.get(METRICS_TOKEN_ENV, "").strip() or None,
         db=db, host=host, port=port, threads=threads, push_url=push_url or None,
         push_retry_s=push_retry_s, push_timeout_s=push_timeout_s, push_parallel=push_parallel,
-        housekeeping_s=housekeeping_s, sms_keep_days=sms_keep_days,
+        call_deadline_s=call_deadline_s, housekeeping_s=housekeeping_s,
+        sms_keep_days=sms_keep_days,
         alerting=_alerting(alert_silence_s, alert_undelivered_s, alert_disk_free_mb,
                            alert_summary_hour, telegram_chat_id, telegram_api_url,
                            alert_webhook_url),
@@ -721,15 +724,17 @@ def sms_list(
                        ] = False,
     failed: Annotated[bool, typer.Option("--failed", help="Only SMS Onlinesim refused for good.")
                       ] = False,
+    expired: Annotated[bool, typer.Option(
+        "--expired", help="Only SMS never pushed because their rental ended first.")] = False,
     limit: LimitOption = 100,
     json_output: JsonOption = False,
     csv_output: CsvOption = False,
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
     """Show SMS, newest first, with their delivery state, attempts and last error."""
-    if pending and failed:
-        raise InvalidInput("--pending and --failed exclude each other")
-    state = "pending" if pending else "failed" if failed else None
+    if pending + failed + expired > 1:
+        raise InvalidInput("--pending, --failed and --expired exclude each other")
+    state = "pending" if pending else "failed" if failed else "expired" if expired else None
     rows = sms.list_sms(_books(db), number=number, operation_id=operation, state=state,
                         limit=limit)
     if not _wants_table(rows, json_output, empty="No SMS.", csv_output=csv_output):
@@ -835,18 +840,25 @@ def ops_show(
 def ops_close(
     operation_id: Annotated[int, typer.Argument(help="The operation's id (activationId).",
                                                 min=1, max=MAX_ID)],
+    force: Annotated[bool, typer.Option(
+        "--force", help="Close it even though it holds its number, and free the number.")
+    ] = False,
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
-    """Close by hand a rental that failed its guard window and never got a FINISH.
+    """Close by hand a rental that Onlinesim will never FINISH.
 
     Onlinesim closes every rental with FINISH_ACTIVATION, but one whose GET_NUMBER
     answer was lost (a crash before it left) is unknown to Onlinesim and would stay
-    open for ever; `rentbox status` lists those after a day. Only a failed rental can be
-    closed here: one that holds its number waits for Onlinesim. The close is recorded as
-    made by hand; a FINISH that still comes later is recorded too.
+    open for ever; `rentbox status` lists those after a day. Without --force only a
+    rental that failed its guard window is closed: one that holds its number waits for
+    Onlinesim. --force closes any open rental and frees its number (for a FINISH that
+    can never arrive). The close is recorded as made by hand, with no income and no
+    failure; a FINISH that still comes later is recorded too. SMS of the rental that
+    Onlinesim has not taken expire: they are never pushed.
     """
-    operations.close_by_hand(_books(db), _now(), operation_id)
-    say(f"Operation {operation_id} closed by hand.")
+    operations.close_by_hand(_books(db), _now(), operation_id, force=force)
+    say(f"Operation {operation_id} closed by hand" + (": its number is free again." if force
+                                                      else "."))
 
 
 # ---------------------------------------------------------------------------------------
@@ -1011,7 +1023,7 @@ def status(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].defaul
     oldest = (f", the oldest for {render.duration(box['oldest_pending_age_s'])}"
               if box["oldest_pending_age_s"] is not None else "")
     say(f"Outbox:     {box['pending']} SMS waiting ({box['retrying']} retrying){oldest}, "
-        f"{box['failed']} refused for good")
+        f"{box['failed']} refused for good, {box['expired']} expired (rental ended first)")
     store = facts["database"]
     say(f"Database:   {render.size(store['database_bytes'])} (WAL "
         f"{render.size(store['wal_bytes'])}), {render.size(store['free_bytes'])} free on its "

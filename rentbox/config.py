@@ -58,6 +58,12 @@ SETTINGS: dict[str, Setting] = {
         Setting("push_parallel", "RENTBOX_PUSH_PARALLEL", 8,
                 "Pushes in flight at once, each on its own kept-alive connection; never two "
                 "SMS of one rental at a time."),
+        # Onlinesim cancels a call after 10 s from when it sent it; the answer still has to
+        # travel back, through the reverse proxy.
+        Setting("call_deadline_s", "RENTBOX_CALL_DEADLINE_S", 9.0,
+                "Seconds after a GET_NUMBER or FINISH began to arrive past which it is "
+                "answered 503 and changes nothing: Onlinesim gives up after 10 s, and a "
+                "rental it never received would fail and count toward a ban."),
         Setting("guard_s", "RENTBOX_GUARD_S", 1200.0,
                 "Guard window: seconds a new rental has to receive its first SMS."),
         Setting("guard_margin_s", "RENTBOX_GUARD_MARGIN_S", 15.0,
@@ -239,6 +245,7 @@ class Settings:
     push_retry_s: float = default("push_retry_s")
     push_timeout_s: float = default("push_timeout_s")
     push_parallel: int = default("push_parallel")
+    call_deadline_s: float = default("call_deadline_s")
     housekeeping_s: float = default("housekeeping_s")
     sms_keep_days: float = default("sms_keep_days")
     rules: Rules = Rules()

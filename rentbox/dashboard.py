@@ -47,7 +47,7 @@ def overview(db: Database, now: dt.datetime) -> dict:
         "rentals": {**status["operations"],
                     "list": open_rentals(db, now)},
         "outbox": {k: status["outbox"][k] for k in
-                   ("pending", "retrying", "failed", "oldest_pending_at",
+                   ("pending", "retrying", "failed", "expired", "oldest_pending_at",
                     "oldest_pending_age_s", "last_error")},
         "alerts": alerts.recent(db, MAX_ALERTS),
         "charts": {

@@ -28,3 +28,9 @@ class DatabaseError(RentboxError):
 class Unavailable(RentboxError):
     """The database cannot be written right now (disk full, an I/O error, or another
     process holding the write lock too long). Nothing was changed; try again later."""
+
+
+class TooLate(Unavailable):
+    """The caller's deadline passed before the change could be committed: it has given
+    up on the answer, so nothing was changed (a rental nobody receives would count a
+    failure toward a ban)."""

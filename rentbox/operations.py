@@ -4,13 +4,13 @@ States and transitions (each a conditional update plus an event row, in one writ
 transaction):
 
     (none) --GET_NUMBER--> open --FINISH_ACTIVATION(1|3|4|5)--> closed
-                           open --`rentbox ops close` (failed rentals only)--> closed
+                           open --`rentbox ops close` (failed rentals; any with --force)--> closed
 
 While an operation is open and has not failed, it holds its number
 (`numbers.operation_id`). Two things can happen to an open operation before FINISH:
 
-- Onlinesim accepts an SMS of the rental (PUSH_SMS answered SUCCESS) that was sent
-  within the guard window (`sms_accepted_at`): the rental is a success, as Onlinesim
+- Onlinesim accepts an SMS of the rental (PUSH_SMS answered SUCCESS) before rentbox
+  decides its guard window (`sms_accepted_at`): the rental is a success, as Onlinesim
   sees it, and the number's failure count starts again. An SMS that was only stored,
   that Onlinesim refused (BAD_SERVICE) or that could not reach it in time does not
   count: Onlinesim saw no SMS in that rental.
@@ -19,11 +19,16 @@ While an operation is open and has not failed, it holds its number
   a failure, but keeps the operation open in its books until FINISH arrives
   (protocol.md: never close before FINISH). This is decided `rules.guard_margin_s`
   after the window ends: Onlinesim records a rental a moment after rentbox commits it,
-  and a push sent just in time may still be on its way.
+  and a push sent just in time may still be on its way; a SUCCESS until then proves
+  the rental was alive on Onlinesim's side.
 
-A FINISH with status 4 for a rental with no SMS accepted in its window is the same
-failure (`cancelled_without_sms`). An operation counts as at most one failure. A
-repeated FINISH on a closed operation changes nothing (protocol.md 3.3).
+A FINISH decides its own rental: a FINISH with status 4 for a rental with no SMS
+accepted is a failure (`cancelled_without_sms`, or `guard_expired` once the window was
+due); 1, 3 and 5 count none, even when the window was due and not yet applied. An
+operation counts as at most one failure. A repeated FINISH on a closed operation
+changes nothing (protocol.md 3.3). When an operation ends (closed, or failed), its SMS
+that Onlinesim has not taken expire: never pushed, since the number can be rented
+again.
 
 The request's time is read once the write lock is held (functions that take a `clock`):
 a request that waited for the lock must not date its rental, or the end of its guard
@@ -42,9 +47,9 @@ from rentbox import bans, events, pool, presence
 from rentbox.clock import Clock, to_text
 from rentbox.config import Rules
 from rentbox.db import Database
-from rentbox.errors import Conflict, InvalidInput, NotFound, Unavailable
+from rentbox.errors import Conflict, InvalidInput, NotFound, TooLate, Unavailable
 from rentbox.pool import FREE
-from rentbox.protocol import (CANCELLED, FINISH_OUTCOMES, FinishRequest, NoOperation,
+from rentbox.protocol import (CANCELLED, FINISH_OUTCOMES, SOLD, FinishRequest, NoOperation,
                               RentRequest)
 
 log = logging.getLogger("rentbox.rules")
@@ -76,24 +81,29 @@ def _guard_cutoff(now: dt.datetime, rules: Rules) -> str:
     return to_text(now - dt.timedelta(seconds=rules.guard_decided_s))
 
 
-def expire_guard_windows(db: Database, now: dt.datetime, rules: Rules) -> int:
+def expire_guard_windows(db: Database, now: dt.datetime, rules: Rules,
+                         sparing: int | None = None) -> int:
     """Fail every open operation whose guard window passed without an SMS that Onlinesim
-    accepted; free its number."""
+    accepted; free its number. `sparing`: an operation whose FINISH is being applied,
+    which decides it instead."""
     cutoff = _guard_cutoff(now, rules)
-    due = db.rows(f"SELECT id, number_id FROM operations WHERE {GUARD_DUE}", (cutoff,))
+    due = [o for o in db.rows(f"SELECT id, number_id FROM operations WHERE {GUARD_DUE}",
+                              (cutoff,)) if o["id"] != sparing]
     for operation in due:
         _fail(db, now, rules, operation, "guard_expired")
     return len(due)
 
 
-def apply_due_rules(db: Database, now: dt.datetime, rules: Rules) -> int:
+def apply_due_rules(db: Database, now: dt.datetime, rules: Rules,
+                    sparing: int | None = None) -> int:
     """Everything that is due by `now`: guard expiries, ban lifts, and SIMs whose presence
     window ended (at most presence.EXPIRE_BATCH of those). Returns the count.
 
     Called by housekeeping, and at the start of every claim and count, so that an answer
-    is right at the moment of the request even if the last pass ran seconds ago.
+    is right at the moment of the request even if the last pass ran seconds ago. A
+    FINISH spares its own operation (`sparing`): its status decides that rental.
     """
-    return (expire_guard_windows(db, now, rules) + bans.lift_due_bans(db, now)
+    return (expire_guard_windows(db, now, rules, sparing) + bans.lift_due_bans(db, now)
             + presence.apply_due(db, now, rules))
 
 
@@ -121,6 +131,8 @@ def _fail(db: Database, now: dt.datetime, rules: Rules, operation: dict, failure
                (stamp, operation["id"]))
     events.record(db, now, failure, operation_id=operation["id"],
                   number_id=operation["number_id"])
+    expire_undelivered(db, now, operation["id"], f"its rental failed ({failure}) before "
+                       "Onlinesim took it")
     number = db.execute("SELECT number FROM numbers WHERE id = ?",
                         (operation["number_id"],)).fetchone()[0]
     log.info("rental %d on +%s failed (%s): the number is offered again", operation["id"],
@@ -135,21 +147,47 @@ def _is_test(db: Database, operation_id: int) -> bool:
     return bool(row and row[0])
 
 
+def expire_undelivered(db: Database, now: dt.datetime, operation_id: int, reason: str) -> int:
+    """Mark the SMS of an operation that ended (closed, or failed its guard window) and
+    that Onlinesim has not taken as `expired`: they are never pushed. Onlinesim routes a
+    push by the phone number alone, and the number may already be another renter's: an
+    old code must never reach them. Kept for the operator (`sms list --expired`).
+    A push already on its way is not called back; if Onlinesim takes it, that is stored
+    (push.record_answers). Returns how many expired."""
+    expired = db.execute(
+        "UPDATE sms SET push_state = 'expired', next_attempt_at = NULL, last_error = ?"
+        " WHERE operation_id = ? AND push_state = 'pending' RETURNING id, number_id",
+        (reason, operation_id)).fetchall()
+    for sms_id, number_id in expired:
+        events.record(db, now, "sms_expired", operation_id=operation_id, number_id=number_id,
+                      sms_id=sms_id, reason=reason)
+    if expired:
+        log.warning("rental %d: %d SMS not taken by Onlinesim will never be pushed (%s): "
+                    "see `rentbox sms list --expired`", operation_id, len(expired),
+                    reason)
+    return len(expired)
+
+
 def note_accepted(db: Database, now: dt.datetime, rules: Rules, *, operation_id: int,
-                  number_id: int | None, sent_at: dt.datetime) -> bool:
-    """Onlinesim accepted an SMS of this rental, sent at `sent_at`: if it was sent within
-    the guard window and the window was not decided yet, the rental meets it. Returns
-    whether it did. Call inside the transaction that records the delivery.
+                  number_id: int | None) -> bool:
+    """Onlinesim accepted an SMS of this rental at `now`: if the rental is open and its
+    guard window not decided yet (`rules.guard_decided_s` after it opened), it meets the
+    window. Returns whether it did. Call inside the transaction that records the delivery.
+
+    Whenever the SMS was sent: Onlinesim records a rental a moment after rentbox commits
+    it, so its window ends a moment later too, and its SUCCESS proves the rental was alive
+    on its side. An SMS it received in time whose answer was lost, and that is accepted
+    again when re-sent, meets the window the same way.
     """
-    window_opened = to_text(sent_at - dt.timedelta(seconds=rules.guard_s))
+    decided_before = to_text(now - dt.timedelta(seconds=rules.guard_decided_s))
     met = db.execute(
-        "UPDATE operations SET sms_accepted_at = ? WHERE id = ? AND sms_accepted_at IS NULL"
-        " AND failed_at IS NULL AND created_at >= ? RETURNING id",
-        (to_text(now), operation_id, window_opened),
+        "UPDATE operations SET sms_accepted_at = ? WHERE id = ? AND state = 'open'"
+        " AND sms_accepted_at IS NULL AND failed_at IS NULL AND created_at >= ? RETURNING id",
+        (to_text(now), operation_id, decided_before),
     ).fetchone()
     if met:
         events.record(db, now, "guard_met", operation_id=operation_id, number_id=number_id,
-                      reason="Onlinesim accepted an SMS sent within the guard window")
+                      reason="Onlinesim accepted an SMS before the guard window was decided")
         if number_id is not None and not _is_test(db, operation_id):
             bans.record_success(db, now, number_id=number_id, operation_id=operation_id)
     return bool(met)
@@ -203,7 +241,8 @@ SAMPLES_PER_RANGE = 2
 _random = random.Random()
 
 
-def open_rent(db: Database, clock: Clock, request: RentRequest, rules: Rules) -> Rental | None:
+def open_rent(db: Database, clock: Clock, request: RentRequest, rules: Rules,
+              deadline: dt.datetime | None = None) -> Rental | None:
     """Claim the free number that has been idle longest and open an operation on it.
 
     Returns None when no free number matches. Catching up on due rules, the read and
@@ -218,6 +257,10 @@ def open_rent(db: Database, clock: Clock, request: RentRequest, rules: Rules) ->
     next free number in number order, and takes the idlest of those. Either way the cost
     depends on the number of prefixes, never on the size of the pool (and a number is
     found whenever one matches).
+
+    `deadline`: when the caller gives up on the answer (Onlinesim, 10 s after it sent the
+    call). Past it, at the moment of the commit, nothing is committed and TooLate is
+    raised: a rental nobody receives would fail its guard window and count toward a ban.
     """
     where = [FREE]
     params: list[object] = []
@@ -271,26 +314,42 @@ def open_rent(db: Database, clock: Clock, request: RentRequest, rules: Rules) ->
             operator=request.operator,
             excluded_prefixes=list(request.excluded_prefixes) or None,
         )
+        _check_deadline(clock, deadline, "GET_NUMBER")
     return Rental(activation_id, candidate["number"])
 
 
-def finish_rent(db: Database, clock: Clock, request: FinishRequest, rules: Rules) -> bool:
+def _check_deadline(clock: Clock, deadline: dt.datetime | None, call: str) -> None:
+    """Inside the transaction, just before its commit: raise TooLate (and so roll back)
+    if the caller's deadline has passed."""
+    if deadline is not None and clock.now() > deadline:
+        raise TooLate(f"{call} waited past the caller's deadline ({to_text(deadline)}) "
+                      "for the database: nothing was changed")
+
+
+def finish_rent(db: Database, clock: Clock, request: FinishRequest, rules: Rules,
+                deadline: dt.datetime | None = None) -> bool:
     """Close an open operation and free its number. Returns False if it was already closed.
 
+    The FINISH's status decides the rental: the rules due by now are applied first, but
+    never to this rental's own guard window, so a sale (1, 3 and 5 alike) never counts a
+    failure; a cancel (4) with no SMS accepted counts one. A sale without `sum` is
+    credited at the GET_NUMBER `sum`, and the event says so. The rental's SMS that
+    Onlinesim has not taken expire (never pushed: expire_undelivered).
+
     Raises NoOperation for an id rentbox never issued. Dated by `clock` once the write
-    lock is held.
+    lock is held; `deadline` as for open_rent.
     """
     with db.transaction():
         now = clock.now()
         stamp = to_text(now)
-        apply_due_rules(db, now, rules)
         operation = db.row(
-            "SELECT id, number_id, state, finish_status, sms_accepted_at, failed_at"
-            " FROM operations WHERE id = ?",
+            "SELECT id, number_id, state, finish_status, sms_accepted_at, failed_at,"
+            " created_at, initial_sum_kopecks FROM operations WHERE id = ?",
             (request.activation_id,),
         )
         if operation is None:
             raise NoOperation(request.activation_id)
+        apply_due_rules(db, now, rules, sparing=operation["id"])
         if operation["state"] == "closed" and operation["finish_status"] is None:
             # Closed by hand, then Onlinesim's FINISH came after all: its word is what
             # the books keep (income included). The number was freed at the hand-close.
@@ -300,15 +359,20 @@ def finish_rent(db: Database, clock: Clock, request: FinishRequest, rules: Rules
             closed = False
         else:
             if request.status == CANCELLED and operation["sms_accepted_at"] is None:
-                # Cancelled with no SMS accepted in the window (after the window,
-                # apply_due_rules has already counted it): the same failure.
-                _fail(db, now, rules, operation, "cancelled_without_sms")
+                # Cancelled with no SMS accepted: a failure (one at most per rental).
+                overdue = operation["created_at"] <= _guard_cutoff(now, rules)
+                _fail(db, now, rules, operation,
+                      "guard_expired" if overdue else "cancelled_without_sms")
             _record_finish(db, now, request, operation)
             db.execute(
                 "UPDATE numbers SET operation_id = NULL, idle_since = ? WHERE operation_id = ?",
                 (stamp, request.activation_id),
             )
+            expire_undelivered(db, now, request.activation_id,
+                               f"its rental was closed (FINISH status {request.status}) "
+                               "before Onlinesim took it")
             closed = True
+        _check_deadline(clock, deadline, "FINISH_ACTIVATION")
     if not closed and operation["finish_status"] != request.status:
         log.info("repeated FINISH of operation %d with status %d (closed with %d): ignored",
                  request.activation_id, request.status, operation["finish_status"])
@@ -317,23 +381,39 @@ def finish_rent(db: Database, clock: Clock, request: FinishRequest, rules: Rules
 
 def _record_finish(db: Database, now: dt.datetime, request: FinishRequest, operation: dict,
                    **detail: object) -> None:
+    sum_kopecks = request.sum_kopecks
+    if sum_kopecks is None and request.status == SOLD:
+        # Onlinesim sold it but sent no `sum`: the initial period's price is the least
+        # it was sold for (protocol.md 5, Income). Refusing the FINISH would leave the
+        # rental open for ever, Onlinesim sending it again and again.
+        sum_kopecks = operation["initial_sum_kopecks"]
+        detail["sum_from"] = "GET_NUMBER: the FINISH had no sum"
+        log.warning("FINISH of rental %d as sold came without a sum: credited the "
+                    "GET_NUMBER sum, %s RUB", request.activation_id,
+                    f"{sum_kopecks / 100:.2f}")
     db.execute(
         "UPDATE operations SET state = 'closed', finish_status = ?, final_sum_kopecks = ?,"
         " finished_at = ? WHERE id = ? AND finish_status IS NULL",
-        (request.status, request.sum_kopecks, to_text(now), request.activation_id),
+        (request.status, sum_kopecks, to_text(now), request.activation_id),
     )
     events.record(
         db, now, "rent_finished", operation_id=request.activation_id,
         number_id=operation["number_id"], status=request.status,
-        outcome=FINISH_OUTCOMES[request.status], sum_kopecks=request.sum_kopecks, **detail,
+        outcome=FINISH_OUTCOMES[request.status], sum_kopecks=sum_kopecks, **detail,
     )
 
 
-def close_by_hand(db: Database, now: dt.datetime, operation_id: int) -> None:
-    """`rentbox ops close`: close an open rental that failed its guard window and that
-    Onlinesim will never FINISH. A rental still holding its number is refused: only
-    Onlinesim's FINISH closes that (protocol.md 3.3). If FINISH comes after all, it is
-    recorded then."""
+def close_by_hand(db: Database, now: dt.datetime, operation_id: int, *,
+                  force: bool = False) -> None:
+    """`rentbox ops close`: close an open rental by hand; recorded as such, with no
+    income and no failure counted. If Onlinesim's FINISH comes after all, it is recorded
+    then (income included).
+
+    Without `force`, only a rental that failed its guard window (one Onlinesim will never
+    FINISH, e.g. its GET_NUMBER answer was lost) is closed: a rental still holding its
+    number waits for Onlinesim's FINISH (protocol.md 3.3). With `force`, any open rental
+    is closed and its number freed: for a FINISH that can never be applied. Either way
+    its SMS that Onlinesim has not taken expire."""
     with db.transaction():
         operation = db.row("SELECT id, number_id, state, failed_at FROM operations"
                            " WHERE id = ?", (operation_id,))
@@ -341,14 +421,25 @@ def close_by_hand(db: Database, now: dt.datetime, operation_id: int) -> None:
             raise NotFound(f"no operation {operation_id}")
         if operation["state"] == "closed":
             raise Conflict(f"operation {operation_id} is already closed")
-        if operation["failed_at"] is None:
+        holding = operation["failed_at"] is None
+        if holding and not force:
             raise Conflict(f"operation {operation_id} has not failed its guard window: it "
-                           "holds its number until Onlinesim's FINISH closes it")
+                           "holds its number until Onlinesim's FINISH closes it (--force "
+                           "closes it anyway and frees the number)")
+        stamp = to_text(now)
         db.execute("UPDATE operations SET state = 'closed', finished_at = ?"
-                   " WHERE id = ? AND state = 'open'", (to_text(now), operation_id))
+                   " WHERE id = ? AND state = 'open'", (stamp, operation_id))
+        if holding:
+            db.execute("UPDATE numbers SET operation_id = NULL, idle_since = ?"
+                       " WHERE operation_id = ?", (stamp, operation_id))
         events.record(db, now, "closed_by_hand", operation_id=operation_id,
-                      number_id=operation["number_id"],
-                      reason="failed its guard window and got no FINISH from Onlinesim")
+                      number_id=operation["number_id"], **({"forced": True} if holding else {}),
+                      reason=("closed by hand while it held its number" if holding else
+                              "failed its guard window and got no FINISH from Onlinesim"))
+        expire_undelivered(db, now, operation_id, "its rental was closed by hand before "
+                           "Onlinesim took it")
+        log.info("rental %d closed by hand%s", operation_id,
+                 ": its number is offered again" if holding else "")
 
 
 def _excluded(prefixes: tuple[str, ...]) -> tuple[str, list[str]]:

@@ -11,6 +11,7 @@ import dataclasses
 import decimal
 import json
 import math
+import re
 
 from rentbox.errors import InvalidInput, NotFound
 
@@ -106,8 +107,9 @@ def parse_finish_request(body: dict) -> FinishRequest:
         allowed = ", ".join(str(s) for s in FINISH_OUTCOMES)
         raise InvalidInput(f"status must be one of {allowed}, not {status}")
     raw_sum = body.get("sum")
-    if raw_sum is None and status == SOLD:
-        raise InvalidInput("sum is required with status 3: it is the income to credit")
+    # Without `sum`, a sale is credited at the GET_NUMBER `sum` (operations.finish_rent):
+    # a FINISH refused for a missing field would be retried for ever, the rental never
+    # closed.
     sum_kopecks = None if raw_sum is None else to_kopecks(raw_sum, "sum")
     return FinishRequest(activation_id, status, sum_kopecks)
 
@@ -126,20 +128,31 @@ def services_answer(counts: dict[str, dict[str, int]]) -> dict:
     }
 
 
+# A sum sent as a string: plain decimal digits, as SMSHub-style callers send "870.00".
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?|\.[0-9]+")
+
+
 def to_kopecks(value: object, field: str) -> int:
-    """A non-negative JSON number of roubles, as an exact count of kopecks."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A non-negative amount of roubles, as an exact count of kopecks: a JSON number, or
+    a string of plain decimal digits ("870.00"; no sign, exponent or separators)."""
+    if isinstance(value, str):
+        text = value.strip(" ")
+        if not _DECIMAL.fullmatch(text):
+            raise InvalidInput(f"{field} must be a number or a decimal string such as "
+                               f"\"870.00\"")
+        amount = decimal.Decimal(text)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInput(f"{field} must be a number")
-    if isinstance(value, float) and not math.isfinite(value):
+    elif isinstance(value, float) and not math.isfinite(value):
         raise InvalidInput(f"{field} must be a finite number")
-    if value < 0:
+    else:
+        # Through str(): 0.1 stays 0.1, not 0.1000000000000000055…
+        amount = decimal.Decimal(str(value))
+    if amount < 0:
         raise InvalidInput(f"{field} must not be negative")
-    if value > _MAX_ROUBLES:
+    if amount > _MAX_ROUBLES:
         raise InvalidInput(f"{field} is too large")
-    # Through str(): 0.1 stays 0.1, not 0.1000000000000000055…
-    kopecks = (decimal.Decimal(str(value)) * 100).quantize(
-        decimal.Decimal(1), rounding=decimal.ROUND_HALF_UP
-    )
+    kopecks = (amount * 100).quantize(decimal.Decimal(1), rounding=decimal.ROUND_HALF_UP)
     return int(kopecks)
 
 

@@ -22,6 +22,10 @@ timed out), one probe (the SMS that has waited longest) is sent, alone, `retry_s
 the previous probe failed, however many SMS arrive meanwhile; the first answer ends the
 outage and every due SMS is then sent, `parallel` at a time.
 
+Answers are stored as soon as they come, every answer that has come in one commit, and
+ahead of the web requests waiting for the write lock (`transaction(urgent=True)`): until
+Onlinesim's SUCCESS is committed, a crash would push that SMS again.
+
 An acknowledgement is never lost to a local failure: if Onlinesim answered but its
 outcome cannot be stored (disk full, the database locked by another process, or any
 other error), the answer is kept in memory (`PushState`), storing it is retried with a
@@ -39,6 +43,7 @@ import http.client
 import json
 import logging
 import queue
+import re
 import select
 import ssl
 import threading
@@ -58,8 +63,14 @@ log = logging.getLogger("rentbox.push")
 
 # Answers after which an SMS is never sent again (protocol.md 4.1).
 TERMINAL_CODES = ("NO_OPERATION", "NO_OP", "BAD_SERVICE", "IGNORED", "SERVICE_BAN")
-# Plain-text 2xx answers that mean "delivered".
-_PLAIN_SUCCESS = ("OK", "SUCCESS", "TRUE", "1")
+# Where an answer may name its code (protocol.md 4.1).
+_ANSWER_FIELDS = ("status", "error", "response")
+# What a `status` or `response` field (or a plain-text body) says for "delivered", and
+# an `error` field for "no error" (upper-cased; JSON true and false read TRUE and FALSE).
+_SUCCESS_WORDS = ("SUCCESS", "OK", "TRUE", "1")
+_NO_ERROR = ("", "0", "FALSE")
+# A code in an answer: NO_OPERATION in "NO_OPERATION: no active operation".
+_WORD = re.compile(r"[A-Za-z0-9_]+")
 # The most of an answer that is read, and (after decoding gzip or deflate) looked at.
 MAX_ANSWER_BYTES = 64 * 1024
 # A failure that repeats is logged again at most this often (per SMS, or for an outage).
@@ -98,37 +109,44 @@ def payload(sms: dict, api_key: str) -> dict:
 
 
 def classify(status: int, body: bytes) -> Outcome:
-    """Read Onlinesim's (decoded) answer to a push. Its error format is undocumented, so
-    look for the code in a JSON `status`, `error` or `response` field, or in a plain-text
-    body. Any 2xx is a success when its body says so or says nothing (a 204)."""
+    """Read Onlinesim's (decoded) answer to a push: the one place that decides.
+
+    Its error format is undocumented (protocol.md 4.1), so the code is looked for in a
+    JSON `status`, `error` or `response` field, or in a plain-text body, with or without
+    trailing words (`NO_OPERATION: no active operation`). A terminal code anywhere
+    means never again. Delivered means a 2xx whose every one of those fields says success
+    (`status`/`response`: SUCCESS, OK, true or 1; `error`: empty, 0 or false) or that
+    says nothing at all (a 204). Anything else, `{"response": "ERROR_WRONG_KEY"}` or
+    `TOO_MANY_ATTEMPTS` with a 200 included, is sent again: when in doubt, send again
+    rather than lose the SMS.
+    """
     text = body.decode("utf-8", "replace").strip()
-    codes: list[str] = []
     try:
         parsed = json.loads(text) if text else None
     except (ValueError, RecursionError):
         parsed = None
     if isinstance(parsed, dict):
-        codes = [str(parsed[f]).strip().upper() for f in ("status", "error", "response")
-                 if parsed.get(f) is not None]
-    elif text:
-        codes = [text.upper()]
-    for code in codes:
+        fields = {f: parsed[f] for f in _ANSWER_FIELDS if parsed.get(f) is not None}
+        # Structured fields: the code in any case (`no_operation`).
+        words = [set(_WORD.findall(str(v).upper())) for v in fields.values()]
+    else:
+        fields = {}
+        # Free text (a proxy's error page too): only a code written as codes are, in
+        # capitals, so that a page saying "request ignored" is not taken for IGNORED.
+        words = [set(_WORD.findall(text))] if text else []
+    for found in words:
         for terminal in TERMINAL_CODES:
-            if code == terminal or (not isinstance(parsed, dict) and terminal in code.split()):
+            if terminal in found:
                 return Outcome("terminal", terminal)
     if not 200 <= status < 300:
         return Outcome("retry", f"HTTP {status}" + (f": {excerpt(text)}" if text else ""))
     if isinstance(parsed, dict):
-        error = parsed.get("error")
-        if error not in (None, "", 0, False):
-            return Outcome("retry", f"HTTP {status} with error {excerpt(str(error), 60)}")
-        status_field = parsed.get("status")
-        if status_field is None or str(status_field).upper() in ("SUCCESS", "OK", "TRUE", "1"):
-            return Outcome("delivered")
-        return Outcome("retry", f"HTTP {status} with status {excerpt(str(status_field), 60)}")
-    # Any other 2xx (a plain-text word, an HTML page from a proxy or a portal) is only a
-    # delivery if it plainly says so: when in doubt, send again rather than lose the SMS.
-    if not text or text.upper() in _PLAIN_SUCCESS:
+        for field, value in fields.items():
+            said = str(value).strip().upper()
+            if said not in (_NO_ERROR if field == "error" else _SUCCESS_WORDS):
+                return Outcome("retry", f"HTTP {status} with {field} {excerpt(str(value), 60)}")
+        return Outcome("delivered")
+    if not text or text.upper() in _SUCCESS_WORDS:
         return Outcome("delivered")
     return Outcome("retry", f"HTTP {status}: {excerpt(text)}")
 
@@ -344,39 +362,68 @@ def seconds_until_next(db: Database, now: dt.datetime) -> float | None:
     return max(0.0, (from_text(row["due"]) - now).total_seconds())
 
 
+@dataclasses.dataclass(frozen=True)
+class Answered:
+    """One attempt and what it came to, from its thread to the one that stores it; one
+    that Onlinesim answered for good (delivered, terminal) stays in memory until stored."""
+
+    sms: dict
+    outcome: Outcome
+    sent_at: dt.datetime
+    answered_at: dt.datetime  # when the answer (or the failure) came
+
+
 def record(db: Database, now: dt.datetime, sms: dict, outcome: Outcome, retry_s: float, *,
            sent_at: dt.datetime, rules: Rules) -> None:
-    """Store the result of one attempt (a conditional update: only a pending SMS moves).
+    """Store the result of one attempt, answered at `now` (see record_answers)."""
+    record_answers(db, [Answered(sms, outcome, sent_at, now)], retry_s, rules)
 
-    A delivery of an SMS sent (`sent_at`) within its rental's guard window meets the
-    window: that is the moment Onlinesim sees an SMS in the rental (protocol.md 5).
+
+def record_answers(db: Database, answers: list[Answered], retry_s: float,
+                   rules: Rules) -> None:
+    """Store the outcomes of attempts, each dated by its own answer, all in one urgent
+    transaction: it goes ahead of the web requests waiting for the write lock, because
+    until Onlinesim's SUCCESS is committed a crash would push that SMS again, and one
+    commit (one fsync) for every answer waiting beats one each.
+
+    Conditional updates: only a pending SMS moves, except that a delivery is recorded
+    for an SMS that expired while its push was on its way (Onlinesim did take it; that
+    meets no window, as its rental has ended). A delivery meets its rental's guard window
+    when the window is still undecided (operations.note_accepted).
     """
+    with db.transaction(urgent=True):
+        for answer in answers:
+            _record_answer(db, answer, retry_s, rules)
+
+
+def _record_answer(db: Database, answer: Answered, retry_s: float, rules: Rules) -> None:
+    sms, outcome, now = answer.sms, answer.outcome, answer.answered_at
     stamp = to_text(now)
-    with db.transaction():
-        if outcome.kind == "delivered":
-            changed = db.execute(
-                "UPDATE sms SET push_state = 'delivered', attempts = attempts + 1,"
-                " delivered_at = ?, next_attempt_at = NULL, last_error = NULL"
-                " WHERE id = ? AND push_state = 'pending'", (stamp, sms["id"])).rowcount
-        elif outcome.kind == "terminal":
-            changed = db.execute(
-                "UPDATE sms SET push_state = 'failed', attempts = attempts + 1,"
-                " next_attempt_at = NULL, last_error = ?"
-                " WHERE id = ? AND push_state = 'pending'", (outcome.detail, sms["id"])).rowcount
-        else:
-            retry_at = to_text(now + dt.timedelta(seconds=retry_s))
-            db.execute(
-                "UPDATE sms SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
-                " WHERE id = ? AND push_state = 'pending'", (retry_at, outcome.detail, sms["id"]))
-            return
-        if changed:
-            events.record(db, now, "sms_delivered" if outcome.kind == "delivered" else
-                          "sms_push_failed", operation_id=sms["operation_id"],
-                          number_id=sms["number_id"], sms_id=sms["id"],
-                          attempts=sms["attempts"] + 1, detail=outcome.detail or None)
-            if outcome.kind == "delivered" and sms["operation_id"] is not None:
-                operations.note_accepted(db, now, rules, operation_id=sms["operation_id"],
-                                         number_id=sms["number_id"], sent_at=sent_at)
+    if outcome.kind == "delivered":
+        changed = db.execute(
+            "UPDATE sms SET push_state = 'delivered', attempts = attempts + 1,"
+            " delivered_at = ?, next_attempt_at = NULL, last_error = NULL"
+            " WHERE id = ? AND push_state IN ('pending', 'expired')",
+            (stamp, sms["id"])).rowcount
+    elif outcome.kind == "terminal":
+        changed = db.execute(
+            "UPDATE sms SET push_state = 'failed', attempts = attempts + 1,"
+            " next_attempt_at = NULL, last_error = ?"
+            " WHERE id = ? AND push_state = 'pending'", (outcome.detail, sms["id"])).rowcount
+    else:
+        retry_at = to_text(now + dt.timedelta(seconds=retry_s))
+        db.execute(
+            "UPDATE sms SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
+            " WHERE id = ? AND push_state = 'pending'", (retry_at, outcome.detail, sms["id"]))
+        return
+    if changed:
+        events.record(db, now, "sms_delivered" if outcome.kind == "delivered" else
+                      "sms_push_failed", operation_id=sms["operation_id"],
+                      number_id=sms["number_id"], sms_id=sms["id"],
+                      attempts=sms["attempts"] + 1, detail=outcome.detail or None)
+        if outcome.kind == "delivered" and sms["operation_id"] is not None:
+            operations.note_accepted(db, now, rules, operation_id=sms["operation_id"],
+                                     number_id=sms["number_id"])
 
 
 @dataclasses.dataclass
@@ -386,17 +433,6 @@ class Round:
     attempts: int = 0
     unreachable: bool = False  # Onlinesim was found unreachable, now or at the last probe
     store_failed: bool = False  # an outcome could not be stored: nothing more was pushed
-
-
-@dataclasses.dataclass(frozen=True)
-class Answered:
-    """One attempt that Onlinesim answered for good (delivered or terminal), kept in
-    memory until its outcome is stored."""
-
-    sms: dict
-    outcome: Outcome
-    sent_at: dt.datetime
-    answered_at: dt.datetime
 
 
 class PushState:
@@ -490,18 +526,19 @@ class PushState:
 def store_held(db: Database, now: dt.datetime, state: PushState, retry_s: float,
                rules: Rules) -> bool:
     """Store the answers that could not be stored before, each with the times of its own
-    attempt. True when none is left. While they stay held, says so every LOG_EVERY_S."""
-    while state.unstored:
-        answer = state.unstored[0]
-        try:
-            record(db, answer.answered_at, answer.sms, answer.outcome, retry_s,
-                   sent_at=answer.sent_at, rules=rules)
-        except Exception as error:  # whatever it is, Onlinesim's word stays in memory
-            state.still_held(now, error)
-            return False
-        state.unstored.pop(0)
+    attempt, in one transaction. True when none is left. While they stay held, says so
+    every LOG_EVERY_S."""
+    if not state.unstored:
+        return True
+    try:
+        record_answers(db, state.unstored, retry_s, rules)
+    except Exception as error:  # whatever it is, Onlinesim's word stays in memory
+        state.still_held(now, error)
+        return False
+    for answer in state.unstored:
         log.info("stored Onlinesim's answer to SMS %d (%s), held since %s", answer.sms["id"],
                  answer.outcome.kind, to_text(answer.answered_at))
+    state.unstored.clear()
     state.store_backoff_s = 0.0
     return True
 
@@ -555,37 +592,43 @@ def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: flo
                 result.attempts += 1
             if not in_flight:
                 return result
-            sms, outcome, sent_at, answered_at = attempt.next_answer()
-            state.note(answered_at, sms, outcome, retry_s, lambda: waiting_count(db))
-            if not store_outcome(db, state, Answered(sms, outcome, sent_at, answered_at),
-                                 retry_s, rules):
+            # Every answer that has come, stored first (one commit), logged after.
+            answers = attempt.answers()
+            if not store_outcomes(db, state, answers, retry_s, rules):
                 result.store_failed = True
                 sending = False
-            del in_flight[sms["id"]]
-            if outcome.unreachable:
-                result.unreachable = True
-                sending = False
+            for answer in answers:
+                state.note(answer.answered_at, answer.sms, answer.outcome, retry_s,
+                           lambda: waiting_count(db))
+                del in_flight[answer.sms["id"]]
+                if answer.outcome.unreachable:
+                    result.unreachable = True
+                    sending = False
     finally:
         if link is not None:
             link.close()
 
 
-def store_outcome(db: Database, state: PushState, answer: Answered, retry_s: float,
-                  rules: Rules) -> bool:
-    """Store one attempt's outcome; False if it could not be. Onlinesim's word (delivered,
+def store_outcomes(db: Database, state: PushState, answers: list[Answered], retry_s: float,
+                   rules: Rules) -> bool:
+    """Store attempts' outcomes; False if they could not be. Onlinesim's word (delivered,
     terminal) is then held in `state` to be stored later; a retry needs no keeping."""
     try:
-        record(db, answer.answered_at, answer.sms, answer.outcome, retry_s,
-               sent_at=answer.sent_at, rules=rules)
+        record_answers(db, answers, retry_s, rules)
         return True
     except Exception as error:
         # Any failure, not only Unavailable: an answer lost here would have the SMS
         # pushed again at every round, forever.
-        if answer.outcome.kind != "retry":
-            state.hold(answer)
-        log.warning("Onlinesim's answer to SMS %d (%s) cannot be stored yet (%s): "
-                    "kept in memory, and nothing is pushed until it is stored",
-                    answer.sms["id"], answer.outcome.kind, error,
+        for answer in answers:
+            if answer.outcome.kind != "retry":
+                state.hold(answer)
+        one = len(answers) == 1
+        log.warning("Onlinesim's %s to SMS %s (%s) cannot be stored yet (%s): kept in "
+                    "memory, and nothing is pushed until %s stored",
+                    "answer" if one else "answers",
+                    ", ".join(str(a.sms["id"]) for a in answers),
+                    ", ".join(a.outcome.kind for a in answers), error,
+                    "it is" if one else "they are",
                     exc_info=not isinstance(error, Unavailable))
         return False
 
@@ -605,10 +648,15 @@ class _Attempts:
         threading.Thread(target=self._run, args=(sms,), name=f"rentbox-push-{sms['id']}",
                          daemon=True).start()
 
-    def next_answer(self) -> tuple[dict, Outcome, dt.datetime, dt.datetime]:
-        """The next attempt to end: (sms, outcome, sent at, answered at). Each attempt
-        ends within its own timeouts, so this wait ends too."""
-        return self._answers.get()
+    def answers(self) -> list[Answered]:
+        """The attempts that have ended, waiting for the next one if none has. Each
+        attempt ends within its own timeouts, so this wait ends too."""
+        ended = [self._answers.get()]
+        while True:
+            try:
+                ended.append(self._answers.get_nowait())
+            except queue.Empty:
+                return ended
 
     def _run(self, sms: dict) -> None:
         sent_at = self._clock.now()
@@ -621,7 +669,7 @@ class _Attempts:
                       sms["id"], type(error).__name__,
                       "".join(traceback.format_tb(error.__traceback__)).rstrip())
             outcome = Outcome("retry", f"failed inside rentbox: {type(error).__name__}")
-        self._answers.put((sms, outcome, sent_at, self._clock.now()))
+        self._answers.put(Answered(sms, outcome, sent_at, self._clock.now()))
 
 
 class Pusher(Worker):

@@ -71,6 +71,8 @@ def status(db: Database, now: dt.datetime) -> dict:
         "SELECT count(*) AS pending, coalesce(sum(attempts > 0), 0) AS retrying,"
         " min(created_at) AS oldest_pending_at FROM sms WHERE push_state = 'pending'")
     outbox["failed"] = db.row("SELECT count(*) AS n FROM sms WHERE push_state = 'failed'")["n"]
+    # Never pushed: their rental ended first (operations.expire_undelivered).
+    outbox["expired"] = db.row("SELECT count(*) AS n FROM sms WHERE push_state = 'expired'")["n"]
     last_error = db.row("SELECT last_error FROM sms WHERE push_state = 'pending'"
                         " AND last_error IS NOT NULL ORDER BY next_attempt_at DESC LIMIT 1")
     outbox["last_error"] = last_error["last_error"] if last_error else None

@@ -13,12 +13,13 @@ from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
-from waitress.task import ErrorTask
+from waitress.task import ErrorTask, WSGITask
 
 from rentbox import __version__, meta, reports, web
 from rentbox.clock import Clock, SystemClock, to_text
 from rentbox.config import Settings
 from rentbox.db import Connections, hold_serving_lock, open_database
+from rentbox.errors import Unavailable
 from rentbox.gateways.goip import GoipListener
 from rentbox.alerts import AlertSender
 from rentbox.backups import BackupScheduler
@@ -26,6 +27,7 @@ from rentbox.housekeeping import Housekeeper
 from rentbox.metrics import Metrics
 from rentbox.push import Pusher
 from rentbox.replication import Replicator
+from rentbox.web.onlinesim import ARRIVED_AGE_KEY
 
 log = logging.getLogger("rentbox.server")
 
@@ -100,11 +102,37 @@ class _JsonErrorTask(ErrorTask):
 
 
 class _TimedRequest(HTTPRequestParser):
-    """A request being received, with the time its first byte arrived."""
+    """A request being received, with the time its first byte arrived; and `Expect:
+    100-continue` honoured only while a body is still to come."""
 
     def __init__(self, adj):
         super().__init__(adj)
         self.started_at = time.time()  # waitress's clock: maintenance() is given time.time()
+
+    def received(self, data: bytes) -> int:
+        consumed = super().received(data)
+        if self.completed:
+            # Complete at the end of its header: no body (no Content-Length, or 0, and not
+            # chunked), or an error to answer (a bad Content-Length, one over the size
+            # limit). waitress 3.0.2's channel sends "100 Continue" for any request that
+            # still expects it, then marks it incomplete again: the request is never
+            # handed to a task and the client waits until the request deadline. There is
+            # nothing to continue with: drop the expectation, and the request is answered
+            # at once, without a 100. (A request with a body to come still expects it and
+            # gets its 100 Continue.)
+            self.expect_continue = False
+        return consumed
+
+
+class _AgedTask(WSGITask):
+    """A request handed to the application, with how long ago its first byte arrived: a
+    request that queued behind others (a write blocked by another process) may already be
+    past its caller's deadline (web/onlinesim.py)."""
+
+    def get_environment(self):
+        environ = super().get_environment()
+        environ[ARRIVED_AGE_KEY] = max(0.0, time.time() - self.request.started_at)
+        return environ
 
 
 class _Channel(HTTPChannel):
@@ -112,6 +140,7 @@ class _Channel(HTTPChannel):
 
     error_task_class = _JsonErrorTask
     parser_class = _TimedRequest
+    task_class = _AgedTask
 
     def __init__(self, server, sock, addr, adj, map=None):
         super().__init__(server, sock, addr, adj, map)
@@ -354,6 +383,10 @@ class Server:
             try:
                 stopped = {**self._facts, "stopped_at": to_text(self.clock.now())}
                 meta.put(self.connections.get(), self.clock.now(), meta.SERVER, stopped)
+            except Unavailable as error:
+                # A full disk is a state, not a bug: one line, no traceback. (`rentbox
+                # status` tells that the server stopped by its serving lock, not this note.)
+                log.warning("could not record the server's stop: %s", error)
             except Exception:  # a clean stop matters more than this note
                 log.exception("could not record the server's stop")
         self.connections.close_all()

@@ -26,7 +26,7 @@ SOURCES = ("api", "smsgate", "cli", "ejoin", "dinstar", "goip")
 # per character (about 10,000 Cyrillic characters with \u escapes).
 MAX_TEXT_CHARS = 40_000
 MAX_SENDER_CHARS = 100
-PUSH_STATES = ("unrouted", "pending", "delivered", "failed")
+PUSH_STATES = ("unrouted", "pending", "delivered", "failed", "expired")
 # How far a source's clock may be behind ours: an SMS received earlier than this before
 # a rental started belongs to an earlier renter and is not pushed.
 ROUTING_SKEW_S = 300
@@ -145,23 +145,45 @@ def _validate(incoming: IncomingSms) -> tuple[str, str]:
 
 
 def parse_time(value: object, field: str) -> dt.datetime | None:
-    """An ISO-8601 time with a timezone, as gateways send it; None stays None."""
+    """An ISO-8601 time with a timezone, as gateways send it, in UTC; None stays None.
+
+    Taken: every RFC 3339 `date-time` written with a year from 2000 to 2999, which is what
+    the OpenAPI document allows (`format: date-time`, `pattern: ^2[0-9]{3}-`), and Python's
+    other ISO forms (a space for `T`, no seconds) with a zone. The bound is on the year as
+    written, in the time's own zone: `2000-01-01T01:00:27+05:48` (1999 in UTC) is taken,
+    and no time taken overflows on its conversion to UTC. RFC 3339's lower-case `z` and its
+    leap second (`23:59:60` UTC, read as 23:59:59.999999) are taken too.
+    """
     if value is None:
         return None
     if not isinstance(value, str):
         raise InvalidInput(f"{field} must be an ISO-8601 string")
+    text = value.strip()
+    # Python reads neither a lower-case `z` nor a 60th second; RFC 3339 allows both.
+    if text.endswith("z"):
+        text = text[:-1] + "Z"
+    is_leap_second = text[13:14] == ":" and text[16:19] == ":60"
+    if is_leap_second:
+        # The last microsecond of its minute: still in its minute, its day and its year.
+        rest = text[19:]
+        if rest[:1] in (".", ",") and rest[1:2].isdigit():
+            rest = rest[1:].lstrip("0123456789")
+        text = f"{text[:16]}:59.999999{rest}"
     try:
-        moment = dt.datetime.fromisoformat(value.strip())
+        moment = dt.datetime.fromisoformat(text)
     except ValueError:
         raise InvalidInput(f"{field} is not an ISO-8601 time: {value!r}") from None
     if moment.tzinfo is None:
         raise InvalidInput(f"{field} needs a timezone (e.g. 2026-11-26T10:00:00Z)")
-    try:
-        moment = moment.astimezone(dt.timezone.utc)
-    except OverflowError:
-        raise InvalidInput(f"{field} is out of range: {value!r}") from None
-    if moment.year < 2000:
-        raise InvalidInput(f"{field} is before the year 2000: {value!r}")
+    if not 2000 <= moment.year <= 2999:
+        # Before 2000: a clock that was never set. The upper bound keeps the conversion to
+        # UTC (an offset under 24 hours) inside what datetime and the stored text hold.
+        raise InvalidInput(f"{field} must be written with a year from 2000 to 2999: "
+                           f"{value!r}")
+    moment = moment.astimezone(dt.timezone.utc)
+    if is_leap_second and (moment.hour, moment.minute) != (23, 59):
+        raise InvalidInput(f"{field} is not an ISO-8601 time: {value!r} (a leap second is "
+                           "23:59:60 in UTC)")
     return moment
 
 
@@ -203,12 +225,19 @@ def list_sms(
 def retry_sms(db: Database, now: dt.datetime, sms_id: int) -> None:
     """Put an SMS whose push ended in a terminal answer back into the outbox."""
     with db.transaction():
-        row = db.row("SELECT id, push_state, operation_id, number_id FROM sms WHERE id = ?",
-                     (sms_id,))
+        row = db.row("SELECT sms.id, push_state, operation_id, sms.number_id,"
+                     " operations.state = 'closed' OR operations.failed_at IS NOT NULL AS ended"
+                     " FROM sms LEFT JOIN operations ON operations.id = sms.operation_id"
+                     " WHERE sms.id = ?", (sms_id,))
         if row is None:
             raise NotFound(f"no SMS {sms_id}")
         if row["push_state"] != "failed":
             raise Conflict(f"SMS {sms_id} is {row['push_state']}; only a failed SMS is retried")
+        if row["ended"]:
+            # Onlinesim routes a push by the number, which may be another renter's now.
+            raise Conflict(f"SMS {sms_id} belongs to rental {row['operation_id']}, which has "
+                           "ended: it is never pushed again (the number may be rented to "
+                           "someone else)")
         db.execute("UPDATE sms SET push_state = 'pending', next_attempt_at = ?"
                    " WHERE id = ? AND push_state = 'failed'", (to_text(now), sms_id))
         events.record(db, now, "sms_requeued", operation_id=row["operation_id"],

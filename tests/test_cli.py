@@ -207,7 +207,7 @@ def test_sms_add_list_and_retry(db_path):
     assert (refused.exit_code, refused.stdout) == (1, "")
     assert refused.stderr == "Error: SMS 1 is pending; only a failed SMS is retried\n"
     both = run("sms", "list", "--pending", "--failed", "--db", db_path)
-    assert both.stderr == "Error: --pending and --failed exclude each other\n"
+    assert both.stderr == "Error: --pending, --failed and --expired exclude each other\n"
     bad = run("sms", "add", "--to", "12", "--from", "x", "--text", "y", "--db", db_path)
     assert bad.exit_code == 1 and bad.stderr.startswith("Error: '12' is not a valid")
 
@@ -287,7 +287,7 @@ def test_status_on_a_fresh_database(db_path):
         "SIMs:       0 online, 0 offline, 0 not reported by any gateway",
         "Rentals:    0 open: 0 met their guard window, 0 waiting for an SMS, 0 failed and "
         "awaiting FINISH",
-        "Outbox:     0 SMS waiting (0 retrying), 0 refused for good",
+        "Outbox:     0 SMS waiting (0 retrying), 0 refused for good, 0 expired (rental ended first)",
         "Backups:    no scheduled backups (RENTBOX_BACKUP_DIR is not set)",
         "Replica:    none (RENTBOX_REPLICA_URL is not set)",
         "Warning: rentbox serve has never run on this database",
@@ -414,7 +414,7 @@ def test_ops_close_by_hand(db_path):
     assert (refused.exit_code, refused.stdout) == (1, "")
     assert refused.stderr == (f"Error: operation {rental.activation_id} has not failed its "
                               "guard window: it holds its number until Onlinesim's FINISH "
-                              "closes it\n")
+                              "closes it (--force closes it anyway and frees the number)\n")
     run("housekeep", "--guard-s", "0", "--guard-margin-s", "0", "--db", db_path)
     closed = run("ops", "close", str(rental.activation_id), "--db", db_path)
     assert (closed.exit_code, closed.stdout, closed.stderr) == (
@@ -424,6 +424,27 @@ def test_ops_close_by_hand(db_path):
     assert [r["id"] for r in listed] == [rental.activation_id]
     missing = run("ops", "close", "99", "--db", db_path)
     assert (missing.exit_code, missing.stderr) == (1, "Error: no operation 99\n")
+
+
+def test_ops_close_force_closes_a_rental_that_holds_its_number(db_path):
+    """A FINISH that can never be applied must not leave a rental open for ever: --force
+    closes it, frees the number (which `numbers remove` then accepts) and says so."""
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    [rental] = rent(db_path)
+    closed = run("ops", "close", str(rental.activation_id), "--force", "--db", db_path)
+    assert (closed.exit_code, closed.stdout, closed.stderr) == (
+        0, f"Operation {rental.activation_id} closed by hand: its number is free again.\n", "")
+    shown = json.loads(run("ops", "show", str(rental.activation_id), "--json",
+                           "--db", db_path).stdout)
+    assert (shown["state"], shown["outcome"]) == ("closed", "closed_by_hand")
+    [event] = [e for e in shown["events"] if e["kind"] == "closed_by_hand"]
+    assert event["detail"] == {"forced": True,
+                               "reason": "closed by hand while it held its number"}
+    removed = run("numbers", "remove", "+" + rental.number, "--db", db_path)
+    assert removed.exit_code == 0, removed.stderr
+    again = run("ops", "close", str(rental.activation_id), "--force", "--db", db_path)
+    assert (again.exit_code, again.stderr) == (
+        1, f"Error: operation {rental.activation_id} is already closed\n")
 
 
 def test_numbers_online_offline_and_the_sim_column(db_path):

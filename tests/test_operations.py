@@ -228,18 +228,125 @@ def test_a_finish_4_in_the_window_is_a_failure_when_nothing_was_accepted(db, clo
     assert db.row("SELECT failures FROM numbers")["failures"] == 1
 
 
-def test_an_sms_sent_after_the_window_does_not_meet_it(db, clock):
-    rules = Rules(guard_s=60, ban_after=3, ban_s=3600, guard_margin_s=15)
+MARGIN = Rules(guard_s=60, ban_after=3, ban_s=3600, guard_margin_s=15)
+
+
+def test_an_sms_accepted_after_the_window_but_before_it_is_decided_meets_it(db, clock):
+    """Onlinesim records a rental a moment after rentbox commits it: a SUCCESS 0.45 s
+    after rentbox's window ended proves the rental was alive on its side."""
     add_numbers(db, START, *GERMANY[:1])
-    rental = operations.open_rent(db, clock, RentRequest(100), rules)
+    rental = operations.open_rent(db, clock, RentRequest(100), MARGIN)
+    clock.advance(60.45)
+    sms_for(db, clock, "+4915123456789", MARGIN)
+    clock.advance(3600)
+    housekeeping.run_once(db, clock.now(), MARGIN)
+    assert db.row("SELECT sms_accepted_at, failed_at FROM operations WHERE id = ?",
+                  (rental.activation_id,)) == {"sms_accepted_at": "2026-11-01T12:01:00.450000Z",
+                                               "failed_at": None}
+    assert db.row("SELECT failures FROM numbers")["failures"] == 0
+
+
+def test_an_sms_whose_answer_was_lost_meets_the_window_when_accepted_on_the_resend(db, clock):
+    """Received by Onlinesim inside the window, its answer lost (a timeout); the re-send
+    10 s later, after the window but before it is decided, is answered SUCCESS."""
+    add_numbers(db, START, *GERMANY[:1])
+    rental = operations.open_rent(db, clock, RentRequest(100), MARGIN)
     clock.advance(55)
-    sent_late = clock.advance(6)  # 61 s: after the window, inside the margin
-    sms_for(db, clock, "+4915123456789", rules, sent_at=sent_late)
+    accepted = sms_for(db, clock, "+4915123456789", MARGIN, outcome="retry")
+    clock.advance(10)
+    from rentbox import push
+
+    row = db.row("SELECT * FROM sms WHERE id = ?", (accepted.sms_id,))
+    push.record(db, clock.now(), row, push.Outcome("delivered"), 10, sent_at=clock.now(),
+                rules=MARGIN)
+    clock.advance(3600)
+    housekeeping.run_once(db, clock.now(), MARGIN)
+    assert db.row("SELECT failed_at FROM operations WHERE id = ?",
+                  (rental.activation_id,))["failed_at"] is None
+
+
+def test_an_sms_accepted_after_the_window_was_decided_does_not_meet_it(db, clock):
+    add_numbers(db, START, *GERMANY[:1])
+    rental = operations.open_rent(db, clock, RentRequest(100), MARGIN)
+    clock.advance(60 + 15 + 0.001)  # decided; housekeeping has not run yet
+    sms_for(db, clock, "+4915123456789", MARGIN)
     assert db.row("SELECT sms_accepted_at FROM operations")["sms_accepted_at"] is None
-    clock.advance(15)
-    housekeeping.run_once(db, clock.now(), rules)
+    housekeeping.run_once(db, clock.now(), MARGIN)
     assert db.row("SELECT failure FROM operations WHERE id = ?",
                   (rental.activation_id,))["failure"] == "guard_expired"
+
+
+@pytest.mark.parametrize("status", [1, 3, 5])
+def test_a_finish_that_is_not_a_cancel_counts_no_failure_even_past_the_window(db, clock,
+                                                                              status):
+    """FINISH 1, 3 or 5 after the window was due, before housekeeping applied it: the
+    FINISH decides the rental. No failure, no ban (at two failures already), and a sale
+    is credited."""
+    add_numbers(db, START, *GERMANY[:1])
+    db.execute("UPDATE numbers SET failures = 2")
+    rental = operations.open_rent(db, clock, RentRequest(400), MARGIN)
+    clock.advance(60 + 15 + 5)
+    assert operations.finish_rent(db, clock, FinishRequest(rental.activation_id, status,
+                                                           87000), MARGIN)
+    assert db.row("SELECT failures, banned_until FROM numbers") == {"failures": 2,
+                                                                    "banned_until": None}
+    assert db.row("SELECT failed_at, failure, finish_status FROM operations") == {
+        "failed_at": None, "failure": None, "finish_status": status}
+    kinds = [e["kind"] for e in events.for_operation(db, rental.activation_id)]
+    assert kinds == ["rent_opened", "rent_finished"]
+    assert operations.available_counts(db, clock.now(), MARGIN) == {
+        "germany": {"any": 1, "telekom": 1}}
+
+
+def test_a_finish_4_past_the_window_counts_one_failure_and_bans_at_the_threshold(db, clock):
+    add_numbers(db, START, *GERMANY[:1])
+    db.execute("UPDATE numbers SET failures = 2")
+    rental = operations.open_rent(db, clock, RentRequest(400), MARGIN)
+    clock.advance(60 + 15 + 5)
+    operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 4), MARGIN)
+    assert db.row("SELECT failures, banned_until IS NOT NULL AS banned FROM numbers") == {
+        "failures": 3, "banned": 1}
+    assert db.row("SELECT failure FROM operations")["failure"] == "guard_expired"
+
+
+def test_a_sale_without_sum_is_credited_at_the_get_number_sum_and_says_so(db, clock, caplog):
+    add_numbers(db, START, *GERMANY[:1])
+    rental = operations.open_rent(db, clock, RentRequest(40000), SHORT)
+    assert operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 3), SHORT)
+    assert db.row("SELECT state, final_sum_kopecks FROM operations") == {
+        "state": "closed", "final_sum_kopecks": 40000}
+    [finished] = [e for e in events.for_operation(db, rental.activation_id)
+                  if e["kind"] == "rent_finished"]
+    assert finished["detail"]["sum_from"] == "GET_NUMBER: the FINISH had no sum"
+    assert finished["detail"]["sum_kopecks"] == 40000
+    assert "came without a sum: credited the GET_NUMBER sum, 400.00 RUB" in caplog.text
+    # A repeat changes nothing; a cancel without sum credits nothing.
+    assert not operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 3), SHORT)
+    other = operations.open_rent(db, clock, RentRequest(40000), SHORT)
+    operations.finish_rent(db, clock, FinishRequest(other.activation_id, 5), SHORT)
+    assert db.row("SELECT final_sum_kopecks FROM operations WHERE id = ?",
+                  (other.activation_id,))["final_sum_kopecks"] is None
+
+
+def test_a_call_past_its_deadline_changes_nothing(db, clock):
+    """GET_NUMBER or FINISH that got the write lock after the caller gave up: rolled back,
+    so no rental is left that nobody receives."""
+    import datetime as dt
+
+    from rentbox.errors import TooLate
+
+    add_numbers(db, START, *GERMANY[:1])
+    before = snapshot(db)
+    with pytest.raises(TooLate, match="GET_NUMBER waited past the caller's deadline"):
+        operations.open_rent(db, clock, RentRequest(100), SHORT,
+                             deadline=clock.now() - dt.timedelta(seconds=0.001))
+    assert snapshot(db) == before
+    rental = operations.open_rent(db, clock, RentRequest(100), SHORT, deadline=clock.now())
+    before = snapshot(db)
+    with pytest.raises(TooLate, match="FINISH_ACTIVATION waited"):
+        operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 3, 100), SHORT,
+                               deadline=clock.now() - dt.timedelta(seconds=1))
+    assert snapshot(db) == before
 
 
 def test_an_sms_sent_in_time_and_accepted_inside_the_margin_meets_the_window(db, clock):

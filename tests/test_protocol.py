@@ -29,7 +29,12 @@ def test_rent_request_minimal():
 
 @pytest.mark.parametrize("fields, message", [
     ({}, "sum is required"),
-    ({"sum": "400"}, "sum must be a number"),
+    ({"sum": "-400"}, "sum must be a number or a decimal string"),
+    ({"sum": "4e2"}, "sum must be a number or a decimal string"),
+    ({"sum": "1,5"}, "sum must be a number or a decimal string"),
+    ({"sum": ""}, "sum must be a number or a decimal string"),
+    ({"sum": "\u0664\u0660\u0660"}, "sum must be a number or a decimal string"),  # Arabic-Indic
+    ({"sum": "1" * 20}, "sum is too large"),
     ({"sum": True}, "sum must be a number"),
     ({"sum": -1}, "sum must not be negative"),
     ({"sum": 1e300}, "sum is too large"),
@@ -79,7 +84,6 @@ def test_finish_request():
     ({"activationId": 2**63, "status": 3, "sum": 1}, "positive 64-bit"),
     ({"activationId": 1}, "status is required"),
     ({"activationId": 1, "status": 2}, "status must be one of 1, 3, 4, 5, not 2"),
-    ({"activationId": 1, "status": 3}, "sum is required with status 3"),
     ({"activationId": 1, "status": 4, "sum": "x"}, "sum must be a number"),
     ({"activationId": 1, "status": 4, "service": "activation"}, "service must be 'rent'"),
 ])
@@ -89,7 +93,8 @@ def test_finish_request_rejects(fields, message):
 
 
 @pytest.mark.parametrize("value, kopecks", [(0, 0), (400, 40000), (0.1, 10), (12.345, 1235),
-                                            (870.99, 87099)])
+                                            (870.99, 87099), ("870.00", 87000), (" 870 ", 87000),
+                                            ("0.1", 10), (".5", 50), ("12.345", 1235)])
 def test_to_kopecks_is_exact(value, kopecks):
     assert protocol.to_kopecks(value, "sum") == kopecks
 
@@ -108,3 +113,10 @@ def test_services_answer_shape():
         "any": {"rent": 19}, "beeline": {"rent": 9}, "megafon": {"rent": 10}}}],
         "status": "SUCCESS"}
     assert protocol.services_answer({}) == {"countryList": [], "status": "SUCCESS"}
+
+
+def test_a_finish_without_sum_is_accepted_whatever_its_status():
+    """A FINISH 3 without `sum` credits the GET_NUMBER sum (operations.finish_rent):
+    refusing it would have Onlinesim send it again for ever, the rental never closed."""
+    assert finish(activationId=7, status=3) == protocol.FinishRequest(7, 3, None)
+    assert finish(activationId=7, status=3, sum="870.00") == protocol.FinishRequest(7, 3, 87000)

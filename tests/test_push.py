@@ -34,6 +34,28 @@ RULES = Rules()
     (429, b'{"error":"TOO_MANY_ATTEMPTS"}', "retry", 'HTTP 429: {"error":"TOO_MANY_ATTEMPTS"}'),
     (500, b"", "retry", "HTTP 500"),
     (502, b"<html>bad gateway</html>", "retry", "HTTP 502: <html>bad gateway</html>"),
+    # An error named in `response` (issue 20, item 1): sent again, never "delivered".
+    (200, b'{"response":"ERROR_WRONG_KEY"}', "retry", "HTTP 200 with response ERROR_WRONG_KEY"),
+    (200, b'{"response":"TOO_MANY_ATTEMPTS"}', "retry",
+     "HTTP 200 with response TOO_MANY_ATTEMPTS"),
+    (200, b'{"status":"SUCCESS","response":"ERROR_WRONG_KEY"}', "retry",
+     "HTTP 200 with response ERROR_WRONG_KEY"),
+    (200, b'{"status":"SUCCESS","error":"ERROR_SQL"}', "retry", "HTTP 200 with error ERROR_SQL"),
+    (200, b'{"status":"OK","response":"ERROR"}', "retry", "HTTP 200 with response ERROR"),
+    (200, b'{"response":1}', "delivered", ""),
+    (200, b'{"response":"SUCCESS"}', "delivered", ""),
+    (200, b'{"status":true}', "delivered", ""),
+    (200, b'{"status":"success","error":""}', "delivered", ""),
+    (200, b'{"status":"SUCCESS","error":false}', "delivered", ""),
+    (200, b'{"status":"SUCCESS","error":0}', "delivered", ""),
+    # A code with trailing words, in a field or in plain text: terminal, not retried for ever.
+    (200, b"NO_OPERATION: no active operation", "terminal", "NO_OPERATION"),
+    (200, b'{"error":"NO_OPERATION: no active operation"}', "terminal", "NO_OPERATION"),
+    (200, b'{"status":"ERROR","response":"no_operation"}', "terminal", "NO_OPERATION"),
+    (200, b"ERROR BAD_SERVICE (bank)", "terminal", "BAD_SERVICE"),
+    # ... but a proxy's page that happens to say a word is not a code.
+    (502, b"<html>request ignored</html>", "retry", "HTTP 502: <html>request ignored</html>"),
+    (200, b"TOO_MANY_ATTEMPTS: wait", "retry", "HTTP 200: TOO_MANY_ATTEMPTS: wait"),
 ])
 def test_classify(status, body, kind, detail):
     assert push.classify(status, body) == push.Outcome(kind, detail)
@@ -268,8 +290,8 @@ class Sender:
 
 
 def fail_to_store(monkeypatch, times, error):
-    """Make push.record raise `error` at its next `times` calls, then store again."""
-    real_record, left = push.record, [times]
+    """Make push.record_answers raise `error` at its next `times` calls, then store again."""
+    real_record, left = push.record_answers, [times]
 
     def failing_record(*args, **kwargs):
         if left[0]:
@@ -277,14 +299,14 @@ def fail_to_store(monkeypatch, times, error):
             raise error
         return real_record(*args, **kwargs)
 
-    monkeypatch.setattr(push, "record", failing_record)
+    monkeypatch.setattr(push, "record_answers", failing_record)
 
 
 def test_an_answer_that_cannot_be_stored_is_kept_and_the_sms_not_pushed_again(
         db, clock, routed, monkeypatch):
     from rentbox.errors import Unavailable
 
-    real_record, failures = push.record, {"left": 3}
+    real_record, failures = push.record_answers, {"left": 3}
 
     def failing_record(*args, **kwargs):
         if failures["left"]:
@@ -293,7 +315,7 @@ def test_an_answer_that_cannot_be_stored_is_kept_and_the_sms_not_pushed_again(
             raise Unavailable("the database cannot be written now: the disk is full")
         return real_record(*args, **kwargs)
 
-    monkeypatch.setattr(push, "record", failing_record)
+    monkeypatch.setattr(push, "record_answers", failing_record)
     sender, state = Sender(clock), push.PushState()
     rounds = []
     for _ in range(5):
@@ -503,15 +525,15 @@ def test_a_held_answer_is_stored_with_its_own_times_after_the_window(db, clock, 
 
     from rentbox.errors import Unavailable
 
-    real_record, calls = push.record, []
+    real_record, calls = push.record_answers, []
 
-    def record_after_the_window(db_, now, *args, **kwargs):
-        calls.append(now)
+    def record_after_the_window(db_, answers, *args, **kwargs):
+        calls.extend(a.answered_at for a in answers)
         if clock.now() < START + dt.timedelta(seconds=RULES.guard_s + 60):
             raise Unavailable("the database cannot be written now: the disk is full")
-        return real_record(db_, now, *args, **kwargs)
+        return real_record(db_, answers, *args, **kwargs)
 
-    monkeypatch.setattr(push, "record", record_after_the_window)
+    monkeypatch.setattr(push, "record_answers", record_after_the_window)
     clock.advance(RULES.guard_s - 30)  # sent and answered 30 s before the window ends
     answered = clock.now()
     sender, state = Sender(clock), push.PushState()
@@ -827,3 +849,149 @@ def test_during_an_outage_the_probe_goes_alone_then_several_at_once(db, clock):
     up.set()
     assert push.push_due(db, clock, **options).attempts == 8
     assert state.unreachable_since is None
+
+
+# ---- a 200 that names an error (issue 20, item 1) -------------------------------------
+
+def test_an_error_in_response_never_meets_the_window_so_three_rentals_ban_the_number(
+        db, clock):
+    """`{"response": "ERROR_WRONG_KEY"}` with HTTP 200: the client never got the SMS.
+    Three such rentals closed with FINISH 4 are three failures, as Onlinesim counts them:
+    the number is banned and no longer offered (no over-reporting)."""
+    from rentbox.protocol import FinishRequest
+
+    rules = Rules(guard_s=60, guard_margin_s=0)
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
+    sender = Sender(clock, lambda now: push.classify(200, b'{"response":"ERROR_WRONG_KEY"}'))
+    for _ in range(3):
+        rental = operations.open_rent(db, clock, RentRequest(100), rules)
+        clock.advance(5)
+        sms.accept_sms(db, clock, sms.IncomingSms(source="api", to="+4915123456789",
+                                                  sender="Instagram", text="123456"), rules)
+        deliver(db, clock, "x", sender=sender, rules=rules)
+        clock.advance(10)
+        deliver(db, clock, "x", sender=sender, rules=rules)
+        operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 4), rules)
+    assert db.row("SELECT count(*) AS n FROM sms WHERE push_state = 'delivered'")["n"] == 0
+    assert db.row("SELECT failures, banned_until IS NOT NULL AS banned FROM numbers") == {
+        "failures": 3, "banned": 1}
+    assert operations.available_counts(db, clock.now(), rules) == {}
+
+
+# ---- SMS of a rental that ended are never pushed (issue 20, item 5) -------------------
+
+def test_the_sms_of_a_finished_rental_expire_and_are_never_pushed_even_after_a_restart(
+        db, db_path, clock, routed):
+    from rentbox import events, reports
+    from rentbox.db import Database
+    from rentbox.errors import Conflict
+    from rentbox.protocol import FinishRequest
+
+    [rental] = db.rows("SELECT id FROM operations")
+    operations.finish_rent(db, clock, FinishRequest(rental["id"], 3, 870), RULES)
+    assert sms_row(db, routed)["push_state"] == "expired"
+    assert db.row("SELECT last_error FROM sms")["last_error"] == (
+        "its rental was closed (FINISH status 3) before Onlinesim took it")
+    assert "sms_expired" in [e["kind"] for e in events.for_operation(db, rental["id"])]
+    restarted = Database(db_path)  # a new server on the same file
+    try:
+        sender = Sender(clock)
+        clock.advance(3600)
+        assert deliver(restarted, clock, "x", sender=sender) == 0
+        assert sender.sent == []
+        assert reports.status(restarted, clock.now())["outbox"]["expired"] == 1
+    finally:
+        restarted.close()
+    with pytest.raises(Conflict, match=f"SMS {routed} is expired; only a failed SMS is"):
+        sms.retry_sms(db, clock.now(), routed)
+
+
+def test_the_sms_of_a_rental_that_failed_its_window_expire(db, clock):
+    from rentbox import housekeeping
+
+    rules = Rules(guard_s=60, guard_margin_s=0)
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
+    operations.open_rent(db, clock, RentRequest(100), rules)
+    clock.advance(30)
+    waiting = sms.accept_sms(db, clock, sms.IncomingSms(
+        source="api", to="+4915123456789", sender="x", text="y"), rules)
+    clock.advance(31)
+    housekeeping.run_once(db, clock.now(), rules)
+    assert sms_row(db, waiting.sms_id)["push_state"] == "expired"
+    sender = Sender(clock)
+    assert deliver(db, clock, "x", sender=sender, rules=rules) == 0
+
+
+def test_a_refused_sms_of_an_ended_rental_cannot_be_retried_by_hand(db, clock, routed):
+    from rentbox.errors import Conflict
+    from rentbox.protocol import FinishRequest
+
+    deliver(db, clock, "x", sender=Sender(clock, lambda now: push.Outcome("terminal",
+                                                                          "BAD_SERVICE")))
+    [rental] = db.rows("SELECT id FROM operations")
+    operations.finish_rent(db, clock, FinishRequest(rental["id"], 4), RULES)
+    with pytest.raises(Conflict, match="which has ended: it is never pushed again"):
+        sms.retry_sms(db, clock.now(), routed)
+    assert sms_row(db, routed)["push_state"] == "failed"
+
+
+@pytest.mark.parametrize("answer, final", [("delivered", "delivered"), ("retry", "expired"),
+                                           ("terminal", "expired")])
+def test_a_push_on_its_way_when_the_finish_arrives_is_never_sent_again(db, db_path, clock,
+                                                                      routed, answer, final):
+    """The FINISH comes while Onlinesim has the push: what Onlinesim answers is stored if
+    it took the SMS (the truth), and whatever it answered, the SMS is not sent again."""
+    from rentbox.db import Database
+    from rentbox.protocol import FinishRequest
+
+    [rental] = db.rows("SELECT id FROM operations")
+
+    def finish_meanwhile(now):
+        other = Database(db_path)  # the web request's own connection
+        try:
+            operations.finish_rent(other, clock, FinishRequest(rental["id"], 3, 870), RULES)
+        finally:
+            other.close()
+        return {"delivered": push.Outcome("delivered"),
+                "retry": push.Outcome("retry", "HTTP 500"),
+                "terminal": push.Outcome("terminal", "NO_OPERATION")}[answer]
+
+    sender = Sender(clock, finish_meanwhile)
+    assert deliver(db, clock, "x", sender=sender) == 1
+    assert sms_row(db, routed)["push_state"] == final
+    for _ in range(3):
+        clock.advance(60)
+        assert deliver(db, clock, "x", sender=Sender(clock)) == 0
+    # The rental was closed first: a late SUCCESS does not rewrite its books.
+    assert db.row("SELECT sms_accepted_at FROM operations")["sms_accepted_at"] is None
+
+
+# ---- answers are stored together and first (issue 20, item 7) -------------------------
+
+def test_every_answer_that_has_come_is_stored_in_one_commit(db, clock):
+    """Three attempts ended while the pusher was busy: one transaction stores all three
+    (one fsync, not three), as the urgent writer."""
+    from conftest import wait_until
+
+    numbers = open_rentals(db, clock, 3)
+    for number in numbers:
+        add_sms(db, clock, number, "code")
+    attempts = push._Attempts(Sender(clock), clock, url="x", api_key=API_KEY, timeout_s=1)
+    for row in db.rows("SELECT * FROM sms ORDER BY id"):
+        attempts.start(row)
+    assert wait_until(lambda: attempts._answers.qsize() == 3)
+    answers = attempts.answers()
+    assert len(answers) == 3
+    commits, real_transaction = [], db.transaction
+
+    def counting_transaction(**kwargs):
+        commits.append(kwargs)
+        return real_transaction(**kwargs)
+
+    db.transaction = counting_transaction
+    try:
+        assert push.store_outcomes(db, push.PushState(), answers, 10, RULES)
+    finally:
+        del db.transaction
+    assert commits == [{"urgent": True}]
+    assert db.row("SELECT count(*) AS n FROM sms WHERE push_state = 'delivered'")["n"] == 3

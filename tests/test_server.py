@@ -429,3 +429,26 @@ def test_serve_says_at_start_what_status_would_warn_about(start_server, caplog):
     warned = [r.getMessage() for r in caplog.records if r.name == "rentbox.server"]
     assert any("without RENTBOX_PUSH_URL" in w for w in warned)
     assert not any("never called" in w for w in warned)
+
+
+def test_a_stop_that_a_full_disk_keeps_from_being_recorded_is_one_warning(start_server, caplog,
+                                                                          monkeypatch):
+    """A full disk is a state, not a bug: no traceback (tests/test_disk_full.py does this
+    on a real full disk, where a tmpfs can be mounted)."""
+    from rentbox import meta
+    from rentbox.errors import Unavailable
+
+    server = start_server()
+    assert http_get_json(server.url + "/health")["status"] == "SUCCESS"  # start recorded
+
+    def refused(*args):
+        raise Unavailable("the database cannot be written now: the disk is full")
+
+    monkeypatch.setattr(meta, "put", refused)
+    with caplog.at_level(logging.INFO):
+        server.stop()
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    assert [(r.levelname, r.getMessage()) for r in caplog.records
+            if "server's stop" in r.getMessage()] == [
+        ("WARNING", "could not record the server's stop: the database cannot be written "
+                    "now: the disk is full")]

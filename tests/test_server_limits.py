@@ -1,4 +1,5 @@
-"""Slow and idle connections never lock Onlinesim out (server.Limits), over real sockets.
+"""Slow and idle connections never lock Onlinesim out (server.Limits), and no request is
+left waiting for an answer (`Expect: 100-continue`), over real sockets.
 
 Loopback only; every socket has a timeout, every wait a deadline.
 """
@@ -183,3 +184,136 @@ def test_a_keep_alive_caller_that_calls_promptly_stays_connected(serve, db):
         assert len(local_ports) == 1, "the connection was closed and opened again"
     finally:
         conn.close()
+
+
+# ---- Expect: 100-continue ------------------------------------------------------------------
+
+
+def read_answers(sock: socket.socket) -> list[tuple[int, bytes]]:
+    """The answers to one request, interim (100) ones first: (status, body) each, up to
+    and including the final one. The socket's timeout bounds every wait."""
+    answers, data = [], b""
+    while True:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {answers!r} {data!r}"
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(data) < length:
+            chunk = sock.recv(65536)
+            assert chunk, "closed in the middle of an answer"
+            data += chunk
+        answers.append((status, data[:length]))
+        data = data[length:]
+        if status >= 200:
+            assert data == b"", "more than one answer"
+            return answers
+
+
+@pytest.mark.parametrize("request_head, status", [
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n", 200),
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 0\r\n\r\n",
+     200),
+    # A call without its body reaches rentbox, which says what is wrong with it.
+    (b"POST /getServicesRent HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+     b"Authorization: Bearer " + API_KEY.encode() + b"\r\nContent-Length: 0\r\n\r\n", 400),
+])
+def test_expect_100_continue_without_a_body_is_answered_at_once(serve, connect, request_head,
+                                                                status):
+    """waitress 3.0.2 sent "100 Continue" and then never handed such a request to the app:
+    the client waited until the request deadline. Answered at once now, without a 100, and
+    the connection serves the next request."""
+    server = serve()
+    [sock] = connect(server, 1)
+    sock.settimeout(3)  # a regression fails here, rather than hanging
+    for _ in range(2):
+        sock.sendall(request_head)
+        [(answered, body)] = read_answers(sock)
+        assert answered == status, body
+        assert json.loads(body)["status"] == ("SUCCESS" if status == 200 else "ERROR")
+
+
+def test_expect_100_continue_with_a_body_gets_its_100_then_its_answer(serve, db, connect):
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
+    server = serve()
+    [sock] = connect(server, 1)
+    sock.settimeout(3)
+    body = json.dumps(GET_NUMBER).encode()
+    sock.sendall(b"POST /getNumberRent HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+    # The client waits for the 100 before it sends the body, as curl does.
+    assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    sock.sendall(body)
+    [(status, answer)] = read_answers(sock)
+    assert status == 200 and json.loads(answer)["status"] == "SUCCESS"
+    # Chunked, with the body sent along with the header: 100 (harmless), then the answer.
+    chunk = json.dumps({"action": "GET_SERVICES", "key": API_KEY}).encode()
+    sock.sendall(b"POST /getServicesRent HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk))
+    [(interim, _), (status, answer)] = read_answers(sock)
+    assert (interim, status) == (100, 200) and json.loads(answer)["status"] == "SUCCESS"
+
+
+@pytest.mark.parametrize("header, status", [
+    (b"Content-Length: abc", 400),
+    (b"Content-Length: %d" % (64 * 1024 * 1024), 413),
+])
+def test_expect_100_continue_with_a_refused_header_gets_its_error_at_once(serve, connect,
+                                                                          header, status):
+    """An error found in the header is answered, not continued: the body is not wanted."""
+    server = serve()
+    [sock] = connect(server, 1)
+    sock.settimeout(3)
+    sock.sendall(b"POST /getNumberRent HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                 + header + b"\r\n\r\n")
+    [(answered, body)] = read_answers(sock)
+    assert answered == status and json.loads(body)["status"] == "ERROR"
+
+
+# ---- a call past Onlinesim's deadline (issue 20, item 8) ------------------------------
+
+def test_calls_that_waited_past_their_deadline_are_503_and_change_nothing(start_server, db,
+                                                                         db_path):
+    """Another process holds the write lock longer than Onlinesim waits: the GET_NUMBER
+    and FINISH queued behind it are answered 503 and commit nothing, since Onlinesim has
+    given up on them (a rental it never received would fail and count toward a ban)."""
+    import sqlite3
+
+    from conftest import snapshot
+
+    add_numbers(db, START, *[(f"+491512345678{i}", "germany", "telekom") for i in range(6)])
+    server = start_server(call_deadline_s=0.5)
+    held = http_post(server.url + "/getNumberRent", GET_NUMBER).json
+    assert held["status"] == "SUCCESS"
+    finish = {"action": "FINISH_ACTIVATION", "key": API_KEY, "service": "rent",
+              "activationId": held["activationId"], "status": 3, "sum": 870}
+    before = snapshot(db)
+    other = sqlite3.connect(str(db_path), isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # e.g. a long import in another process
+    answers: list = []
+
+    def call(path, body):
+        answers.append(http_post(server.url + path, body, timeout=10))
+
+    calls = [threading.Thread(target=call, args=("/getNumberRent", GET_NUMBER))
+             for _ in range(4)]
+    calls.append(threading.Thread(target=call, args=("/finishActivationRent", finish)))
+    for thread in calls:
+        thread.start()
+    time.sleep(1.5)  # the other process holds its lock past the deadline; rentbox waits
+    other.execute("ROLLBACK")
+    other.close()
+    for thread in calls:
+        thread.join(10)
+    assert sorted(a.status for a in answers) == [503] * 5
+    assert all("waited past the caller's deadline" in a.json["error"] for a in answers)
+    assert snapshot(db) == before  # no rental opened, none closed, no event
+    # A call that arrives now is served as usual.
+    assert http_post(server.url + "/getNumberRent", GET_NUMBER).json["status"] == "SUCCESS"
+    assert http_post(server.url + "/finishActivationRent", finish).json == {"status": "SUCCESS"}

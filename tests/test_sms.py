@@ -107,6 +107,63 @@ def test_parse_time():
             sms.parse_time(bad, "t")
 
 
+UTC = dt.timezone.utc
+
+
+@pytest.mark.parametrize("text, utc", [
+    # Found by CI's fuzz run on a slower machine: allowed by the document's `^2[0-9]{3}-`,
+    # 1999 in UTC only because of its offset, and refused.
+    ("2000-01-01T01:00:27+05:48", dt.datetime(1999, 12, 31, 19, 12, 27, tzinfo=UTC)),
+    ("2000-01-01T00:00:00+23:59", dt.datetime(1999, 12, 31, 0, 1, tzinfo=UTC)),
+    ("2000-01-01T00:00:00Z", dt.datetime(2000, 1, 1, tzinfo=UTC)),
+    ("2999-12-31T23:59:59Z", dt.datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)),
+    # 3000 in UTC, the latest instant taken: no overflow on the conversion.
+    ("2999-12-31T23:59:59.999999-23:59",
+     dt.datetime(3000, 1, 1, 23, 58, 59, 999999, tzinfo=UTC)),
+])
+def test_parse_time_bounds_the_year_as_written_not_in_utc(text, utc):
+    assert sms.parse_time(text, "t") == utc
+
+
+@pytest.mark.parametrize("text", [
+    "1999-12-31T23:59:59Z", "1999-12-31T23:59:59-05:00", "3000-01-01T00:00:00Z",
+    "3000-01-01T00:00:00+05:00",
+    # These overflowed on the conversion to UTC.
+    "9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00",
+])
+def test_parse_time_refuses_a_year_outside_2000_to_2999(text):
+    with pytest.raises(InvalidInput, match="received_at must be written with a year from "
+                                           "2000 to 2999"):
+        sms.parse_time(text, "received_at")
+
+
+def test_parse_time_takes_what_rfc_3339_allows():
+    """The document says `format: date-time` (RFC 3339): a lower-case `t` and `z`, any
+    number of fraction digits, and a leap second at 23:59:60 UTC (read as the last
+    microsecond of its minute, so that it stays in its day)."""
+    assert sms.parse_time("2026-11-26t10:00:00z", "t") == dt.datetime(2026, 11, 26, 10,
+                                                                       tzinfo=UTC)
+    assert sms.parse_time("2026-11-26T10:00:00.123456789Z", "t") == dt.datetime(
+        2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC)
+    last = dt.datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    for leap in ("2016-12-31T23:59:60Z", "2016-12-31T23:59:60.5Z",
+                 "2017-01-01T02:59:60+03:00"):
+        assert sms.parse_time(leap, "t") == last
+    assert sms.parse_time("2999-12-31T23:59:60z", "t") == last.replace(year=2999)
+    for not_leap in ("2016-12-31T12:59:60Z", "2016-12-31T23:59:61Z"):
+        with pytest.raises(InvalidInput, match="not an ISO-8601 time"):
+            sms.parse_time(not_leap, "t")
+
+
+def test_a_received_time_at_either_end_is_stored_in_the_fixed_width_format(db, clock,
+                                                                           rented):
+    for n, text in enumerate(("2000-01-01T00:00:00+23:59", "2999-12-31T23:59:59-23:59")):
+        sms.accept_sms(db, clock, incoming(source_id=f"edge-{n}",
+                                           received_at=sms.parse_time(text, "t")), RULES)
+    assert [row["received_at"] for row in db.rows("SELECT received_at FROM sms ORDER BY id")
+            ] == ["1999-12-31T00:01:00.000000Z", "3000-01-01T23:58:59.000000Z"]
+
+
 def test_list_and_retry(db, clock, rented):
     routed = sms.accept_sms(db, clock, incoming(), RULES).sms_id
     sms.accept_sms(db, clock, incoming(to="+79123456789"), RULES)

@@ -52,7 +52,7 @@ def test_every_state_change_keeps_the_tallies_exact(db, clock):
     accept_sms(db, clock, IncomingSms(source="api", to=A, sender="x", text="code"), RULES)
     with db.transaction():
         operations.note_accepted(db, clock.now(), RULES, operation_id=sold.activation_id,
-                                 number_id=pool.find_number(db, A)["id"], sent_at=clock.now())
+                                 number_id=pool.find_number(db, A)["id"])
     check("guard met")
     pool.set_enabled(db, clock.now(), A, False)
     check("a rented number disabled")
@@ -179,7 +179,7 @@ def test_test_rentals_keep_the_tallies_exact_and_stay_out_of_the_books(db, clock
     number = pool.find_number(db, met.number)
     with db.transaction():
         operations.note_accepted(db, clock.now(), RULES, operation_id=met.activation_id,
-                                 number_id=number["id"], sent_at=clock.now())
+                                 number_id=number["id"])
     check("guard met")
     finish(met, 3)
     check("sold")

@@ -1,11 +1,14 @@
+import base64
 import gzip
+import http.client
 import json
 import logging
 
 import pytest
 
 
-from conftest import API_KEY, START, WsgiClient, add_numbers, snapshot
+from conftest import (API_KEY, GATEWAY_TOKEN, START, WsgiClient, add_numbers, http_post,
+                      snapshot)
 import bottle
 
 from rentbox.web import Context, console, intake, monitoring, onlinesim, wsgi
@@ -116,13 +119,28 @@ def test_post_root_refuses_other_actions(client, pooled, body, message):
     (None, None, 401),
     (12345, None, 401),
     (API_KEY + " ", None, 401),
+    # A header in another scheme, or none, is not a wrong key: it is not a key at all, and
+    # the body's key decides (without one, nothing authenticates the request).
+    (API_KEY, f"Basic {API_KEY}", 200),
+    (API_KEY, "Basic dXNlcjpwYXNz", 200),
+    (API_KEY, API_KEY, 200),  # a bare key
+    (API_KEY, "", 200),
+    ("wrong", "Basic dXNlcjpwYXNz", 401),
+    (None, API_KEY, 401),
+    (None, "", 401),
+    # Only HTTP's spaces and tabs surround a key; "\xa0" and "\x85" are not spaces here.
+    (None, f"Bearer {API_KEY}\t", 200),
+    (None, f"Bearer {API_KEY}\xa0", 401),
+    (API_KEY, f"Bearer \x85{API_KEY}", 401),
+    (None, f"\xa0Bearer {API_KEY}", 401),
+    (API_KEY + "\xa0", None, 401),
 ])
 def test_authentication(client, pooled, body_key, header, status):
     body = dict(GET_NUMBER)
     del body["key"]
     if body_key is not None:
         body["key"] = body_key
-    headers = {"Authorization": header} if header else {}
+    headers = {"Authorization": header} if header is not None else {}
     before = snapshot(pooled)
     answer = client.post("/getNumberRent", body, headers=headers)
     assert answer.status == status
@@ -131,6 +149,71 @@ def test_authentication(client, pooled, body_key, header, status):
         assert snapshot(pooled) == before
     else:
         assert answer.json["status"] == "SUCCESS"
+
+
+SMS = {"to": "4915123456789", "from": "WhatsApp", "text": "code 123"}
+
+
+@pytest.mark.parametrize("query, header, status", [
+    ("", f"Bearer {GATEWAY_TOKEN}", 200),
+    (f"?token={GATEWAY_TOKEN}", None, 200),
+    # As for the key: a header in another scheme is not a wrong token.
+    (f"?token={GATEWAY_TOKEN}", "Basic dXNlcjpwYXNz", 200),
+    (f"?token={GATEWAY_TOKEN}", GATEWAY_TOKEN, 200),  # a bare token
+    (f"?token={GATEWAY_TOKEN}", "", 200),
+    ("?token=wrong", "Basic dXNlcjpwYXNz", 401),
+    ("", "Basic dXNlcjpwYXNz", 401),
+    ("", "", 401),
+    # Only HTTP's spaces and tabs surround a token.
+    ("", f"Bearer {GATEWAY_TOKEN}\t", 200),
+    ("", f"Bearer {GATEWAY_TOKEN}\xa0", 401),
+    ("", f"Bearer \x85{GATEWAY_TOKEN}", 401),
+    ("", f"\xa0Bearer {GATEWAY_TOKEN}", 401),
+    (f"?token={GATEWAY_TOKEN}", f"Bearer {GATEWAY_TOKEN}\xa0", 401),
+    (f"?token=%C2%A0{GATEWAY_TOKEN}", None, 401),
+])
+def test_the_gateway_token(client, pooled, query, header, status):
+    headers = {"Authorization": header} if header is not None else {}
+    answer = client.post("/sms" + query, SMS, headers=headers)
+    assert answer.status == status, answer.json
+    if status == 401:
+        assert answer.json == {"status": "ERROR", "error": "BAD_TOKEN"}
+
+
+def test_credentials_over_a_real_socket_as_their_bytes_were_sent(start_server, pooled):
+    """http.client sends header text as latin-1 bytes, and WSGI hands them over as latin-1
+    text: a 0xA0 or 0x85 byte around a credential reaches the checks as "\\xa0", "\\x85"."""
+    server = start_server(console_password="console-pw", metrics_token="metrics-token")
+
+    def get(path: str, authorization: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            conn.request("GET", path, headers={"Authorization": authorization})
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        finally:
+            conn.close()
+
+    def status(path: str, body: dict, authorization: str) -> int:
+        return http_post(server.url + path, body,
+                         headers={"Authorization": authorization}).status
+
+    no_key = {k: v for k, v in GET_NUMBER.items() if k != "key"}
+    assert status("/getNumberRent", GET_NUMBER, "Basic dXNlcjpwYXNz") == 200
+    assert status("/getNumberRent", no_key, f"Bearer {API_KEY}\xa0") == 401
+    assert status("/getNumberRent", GET_NUMBER, f"Bearer \x85{API_KEY}") == 401
+    assert status("/getNumberRent", no_key, f"Bearer {API_KEY}") == 200
+    assert status(f"/sms?token={GATEWAY_TOKEN}", SMS, "Basic dXNlcjpwYXNz") == 200
+    assert status("/sms", SMS, f"Bearer {GATEWAY_TOKEN}\xa0") == 401
+    assert status("/sms", SMS, f"Bearer {GATEWAY_TOKEN}") == 200
+    console_pw = "Basic " + base64.b64encode(b"partner:console-pw").decode()
+    assert get("/", console_pw) == 200
+    assert get("/", console_pw + "\xa0") == 401
+    assert get("/", "\x85" + console_pw) == 401
+    assert get("/metrics", "Bearer metrics-token") == 200
+    assert get("/metrics", "Bearer metrics-token\xa0") == 401
+    assert get("/metrics", "Bearer \x85metrics-token") == 401
 
 
 def test_health_needs_no_key_and_says_nothing_secret(client):
@@ -150,7 +233,8 @@ BAD = [
     ("/getNumberRent", b'{"key": "\\ud800", "sum": 1}',
      "body has invalid Unicode (an unpaired surrogate)"),
     ("/getNumberRent", {**GET_NUMBER, "sum": None}, "sum is required"),
-    ("/getNumberRent", {**GET_NUMBER, "sum": "400"}, "sum must be a number"),
+    ("/getNumberRent", {**GET_NUMBER, "sum": "400 RUB"},
+     'sum must be a number or a decimal string such as "870.00"'),
     ("/getNumberRent", {**GET_NUMBER, "service": "activation"},
      "service must be 'rent': rentbox serves long-term rentals only, not 'activation'"),
     ("/getNumberRent", {**GET_NUMBER, "exceptionPhoneSet": {"a": 1}},
@@ -167,8 +251,8 @@ BAD = [
     ("/finishActivationRent", {**FINISH, "activationId": 1, "status": 9},
      "status must be one of 1, 3, 4, 5, not 9"),
     ("/finishActivationRent", {"action": "FINISH_ACTIVATION", "key": API_KEY,
-                               "activationId": 1, "status": 3},
-     "sum is required with status 3: it is the income to credit"),
+                               "activationId": 1, "status": 3, "sum": -1},
+     "sum must not be negative"),
 ]
 
 

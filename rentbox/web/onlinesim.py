@@ -3,6 +3,7 @@ and dispatched from `POST /` (protocol.md 1–3). Authenticated by the API key."
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import logging
 import time
@@ -12,7 +13,7 @@ import bottle
 
 from rentbox import operations, protocol
 from rentbox.errors import InvalidInput, Unavailable
-from rentbox.web.answers import ApiError, answering, header, read_body
+from rentbox.web.answers import ApiError, answering, credentials, header, read_body
 
 if TYPE_CHECKING:
     from rentbox.web import Context
@@ -22,6 +23,9 @@ log = logging.getLogger("rentbox.web")
 BAD_KEY = ApiError(401, "BAD_KEY")
 # GET_NUMBER with this header set to 1 opens a test rental (rentbox selftest --reserve).
 TEST_HEADER = "X-Rentbox-Test"
+# Set by the server (server.py): seconds since the request's first byte arrived, when the
+# application was handed it. Absent (an in-process call): it has just arrived.
+ARRIVED_AGE_KEY = "rentbox.arrived_age_s"
 
 # Path → the action it serves; None is `POST /`, which dispatches on the body's action.
 PATHS: dict[str, str | None] = {
@@ -37,6 +41,12 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
     rules = ctx.settings.rules
     clock, connections = ctx.clock, ctx.connections
 
+    def deadline() -> dt.datetime:
+        """When Onlinesim gives up on this call: `call_deadline_s` after its first byte
+        arrived (the server says how long ago that was), on rentbox's clock."""
+        age_s = bottle.request.environ.get(ARRIVED_AGE_KEY, 0.0)
+        return clock.now() + dt.timedelta(seconds=ctx.settings.call_deadline_s - age_s)
+
     def get_services(body: dict) -> dict:
         counts = operations.available_counts(connections.get(), clock.now(), rules)
         return protocol.services_answer(counts)
@@ -45,7 +55,8 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
         # `call` authenticated the request before this: only the key's holder marks tests.
         test = header(TEST_HEADER) == "1"
         request = protocol.parse_rent_request(body, test=test)
-        rental = operations.open_rent(connections.get(), clock, request, rules)
+        rental = operations.open_rent(connections.get(), clock, request, rules,
+                                      deadline=deadline())
         if rental is None:
             return {"status": "NO_NUMBERS"}
         if test:
@@ -55,7 +66,7 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
 
     def finish_activation(body: dict) -> dict:
         request = protocol.parse_finish_request(body)
-        operations.finish_rent(connections.get(), clock, request, rules)
+        operations.finish_rent(connections.get(), clock, request, rules, deadline=deadline())
         return {"status": "SUCCESS"}
 
     handlers: dict[str, Callable[[dict], dict]] = {
@@ -127,13 +138,15 @@ def outcome_of(error: Exception) -> str:
 
 
 def authenticate(body: dict, authorization: str | None, key: bytes) -> None:
-    """protocol.md 2: the body `key` or a Bearer token; every one presented must match."""
+    """protocol.md 2: the body `key` or a Bearer token; every one presented must match.
+    An `Authorization` header in another scheme (Basic, a bare key, empty) presents no
+    key: it neither authenticates nor refuses the request."""
     presented = []
     if "key" in body:
         presented.append(body["key"])
-    if authorization is not None:
-        scheme, _, token = authorization.strip().partition(" ")
-        presented.append(token.strip() if scheme.lower() == "bearer" else None)
+    bearer = credentials(authorization, "bearer")
+    if bearer is not None:
+        presented.append(bearer)
     if not presented:
         raise BAD_KEY
     for candidate in presented:

@@ -171,6 +171,7 @@ def _pool(pool: dict) -> str:
 def _outbox(outbox: dict) -> str:
     text = _figures([("pending", outbox["pending"]), ("retrying", outbox["retrying"]),
                      ("failed for good", outbox["failed"]),
+                     ("expired, rental ended", outbox["expired"]),
                      ("oldest undelivered", _age(outbox["oldest_pending_age_s"]))])
     if outbox["last_error"]:
         text += f"<p class=legend>last error: {_e(outbox['last_error'])}</p>"
