@@ -7,6 +7,12 @@ seeded pool, every secret set so every route is reachable), runs `schemathesis r
 every check (`--checks all`), positive and negative data, and prints the number of
 generated requests, the duration and the failures. Exit code: schemathesis'.
 
+This run is time-boxed: schemathesis repeats fuzzing and stateful testing until
+`--max-time` is spent, so how far it gets depends on the machine. CI's run
+(tests/test_fuzz.py, the same `schemathesis_command` without `max_time`) is
+deterministic instead: a fixed number of examples per operation, a fixed seed, no
+example database.
+
 This module is also schemathesis' hooks module (SCHEMATHESIS_HOOKS=fuzz_long, as
 tests/test_fuzz.py uses it): it signs in on each route the way its caller does, from
 the same environment variables the server reads. schemathesis also tries every
@@ -112,13 +118,28 @@ class SmsgateSignature:
                                                hashlib.sha256).hexdigest()
 
 
-def schemathesis_command(url: str, *, examples: int, seed: int, max_time: int,
+def schemathesis_command(url: str, *, examples: int, seed: int, max_time: int | None = None,
                          report: Path | None = None) -> list[str]:
+    """`schemathesis run` against `url` with every check, positive and negative data, one
+    worker.
+
+    With `max_time` (this script's long run), schemathesis repeats fuzzing and stateful
+    testing until the time is spent, so what it tries depends on the machine's speed.
+    Without it (CI, tests/test_fuzz.py), every phase runs once: `examples` cases per
+    operation drawn from `seed`, derandomized, with no example database read or written
+    (`--generation-deterministic`), so every machine sends the same cases.
+    """
     command = [str(Path(sys.executable).with_name("schemathesis")), "run",
                f"{url}/openapi.json", "--checks", "all", "--mode", "all",
                "--max-examples", str(examples), "--seed", str(seed),
-               "--max-time", str(max_time), "--workers", "1", "--request-timeout", "15",
+               "--workers", "1", "--request-timeout", "15",
                "--suppress-health-check", "too_slow,filter_too_much"]
+    if max_time is None:
+        # An explicit --seed still decides the cases (schemathesis' CLI then prints "Seed:
+        # not used in the deterministic mode", but its engine seeds Hypothesis with it).
+        command += ["--generation-deterministic"]
+    else:
+        command += ["--max-time", str(max_time)]
     if report is not None:
         command += ["--report", "ndjson", "--report-ndjson-path", str(report)]
     return command
@@ -167,7 +188,10 @@ def main() -> int:
         requests = sum(line.count('"ScenarioFinished"') for line in
                        report.read_text().splitlines()) if report.exists() else 0
         generated = re.search(r"(\d+) generated", run.stdout)
-        errors = Path(folder, "serve.log").read_text(errors="replace").count("Traceback")
+        # A traceback's first line, not the word: the fuzzer sends "Traceback" as data too,
+        # and the presence warning echoes it.
+        errors = sum(line.startswith("Traceback (most recent call last)") for line in
+                     Path(folder, "serve.log").read_text(errors="replace").splitlines())
         print(f"fuzz_long: {generated.group(1) if generated else '?'} generated test cases "
               f"({requests} scenarios) in {elapsed:.0f} s, seed {args.seed}, "
               f"schemathesis exit code {run.returncode}, {errors} tracebacks in the server log")

@@ -43,6 +43,19 @@ def test_timestamps_are_read_in_the_configured_time_zone(name, utc):
     assert row.received_at == dt.datetime.fromisoformat(f"2026-11-26T{utc}+00:00")
 
 
+@pytest.mark.parametrize("zone, stamp", [
+    ("+03:00", "0001-01-01 00:00:00"), ("-05:00", "9999-12-31 23:59:59"),
+    ("UTC", "0999-06-01 00:00:00"), ("UTC", "1999-12-31 23:59:59"),
+])
+def test_a_box_clock_out_of_range_dates_the_sms_on_arrival(zone, stamp, caplog):
+    """A box with its clock unset: the SMS is kept and dated on arrival, never a 500 (the
+    conversion to UTC overflows) and never a year that sorts wrongly as text."""
+    [row] = dinstar.parse_push({"sn": SN, "sms": [sms_row(timestamp=stamp)]},
+                               dinstar.time_zone(zone))
+    assert row.received_at is None
+    assert f"timestamp {stamp!r} is not YYYY-MM-DD HH:MM:SS of a year from 2000" in caplog.text
+
+
 @pytest.mark.parametrize("name", ["Mars/Olympus", "+25:00", "3 hours", "../../etc/passwd"])
 def test_an_unknown_time_zone_is_refused(name):
     with pytest.raises(InvalidInput, match="RENTBOX_DINSTAR_TZ"):

@@ -297,3 +297,77 @@ def test_a_null_port_does_not_stand_for_the_number(client):
     assert answer.status == 400
     with pytest.raises(AssertionError):
         validate({"$ref": "#/components/schemas/SmsRequest"}, body)
+
+
+def allows(schema: dict, value: object) -> bool:
+    """Whether the document allows `value`, formats asserted (as schemathesis checks)."""
+    return jsonschema_rs.Draft202012Validator(
+        {"allOf": [schema], "components": DOC["components"]},
+        validate_formats=True).is_valid(value)
+
+
+def test_every_received_time_the_document_allows_is_taken_and_the_year_bound_agrees():
+    """Found by CI's fuzz run on a slower machine: `2000-01-01T01:00:27+05:48` matched the
+    document's `^2[0-9]{3}-` but was refused, being 1999 in UTC; and
+    `9999-12-31T23:59:59-05:00` overflowed on its conversion to UTC. The bound is now
+    the year as written, in `parse_time` and in the document (one schema, `ReceivedAt`,
+    for `POST /sms` and SMSGate's `payload.receivedAt`)."""
+    from rentbox.errors import InvalidInput
+    from rentbox.sms import parse_time
+
+    schema = {"$ref": "#/components/schemas/ReceivedAt"}
+    smsgate = resolve({"$ref": "#/components/schemas/SmsgateEvent"})["allOf"][0]["then"]
+    assert smsgate["properties"]["payload"]["properties"]["receivedAt"] == schema
+    assert resolve({"$ref": "#/components/schemas/SmsRequest"})["properties"][
+        "received_at"] == schema
+
+    def taken(value):
+        try:
+            parse_time(value, "received_at")
+        except InvalidInput:
+            return False
+        return True
+
+    for value in ("2000-01-01T01:00:27+05:48", "2000-01-01T00:00:00+23:59",
+                  "2000-01-01T00:00:00Z", "2999-12-31T23:59:59.999999-23:59",
+                  "2026-11-26t10:00:00z", "2016-12-31T23:59:60Z",
+                  "2017-01-01T02:59:60+03:00", "2026-11-26T10:00:00.1234567891+03:00", None,
+                  "1999-12-31T23:59:59Z", "1999-12-31T23:59:59-05:00",
+                  "3000-01-01T00:00:00Z", "3000-01-01T00:00:00+05:00",
+                  "9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00",
+                  "2016-12-31T12:59:60Z", "2026-11-26T10:00:00", "2026-02-29T10:00:00Z",
+                  "2024-01-01T12:99:00Z", "yesterday", 20261126):
+        assert allows(schema, value) == taken(value), value
+
+
+def test_the_sum_the_document_allows_is_the_sum_the_rent_calls_take():
+    """A JSON number, or a string of plain decimal digits with ASCII spaces around it,
+    from 0 to 10^12 (protocol.to_kopecks); FINISH_ACTIVATION may leave it out."""
+    from rentbox.errors import InvalidInput
+    from rentbox.protocol import to_kopecks
+
+    def taken(value):
+        try:
+            to_kopecks(value, "sum")
+        except InvalidInput:
+            return False
+        return True
+
+    number = {"$ref": "#/components/schemas/GetNumberRequest"}
+    finish = {"$ref": "#/components/schemas/FinishRequest"}
+    for value in (0, 870, 870.5, 1e12, 10**12, 10**12 + 1, 1e12 + 0.5, -1, -0.01, True,
+                  "870.00", "870", " 870.00 ", ".5", "0", "000870.5", "1000000000000",
+                  "1000000000000.000", "999999999999.999", "0001000000000000",
+                  "1000000000000.01", "1000000000001", "", " ", ".", "870.", "-870",
+                  "+870", "8.7e2", "870,00", "1 000", "\t870", "870\n", "８７０", "NaN",
+                  [870], {"rub": 870}):
+        body = {"action": "GET_NUMBER", "service": "rent", "sum": value}
+        assert allows(number, body) == taken(value), value
+        body = {"action": "FINISH_ACTIVATION", "activationId": 7, "status": 3, "sum": value}
+        assert allows(finish, body) == taken(value), value
+        assert allows({"$ref": "#/components/schemas/DispatchRequest"},
+                      {**body, "service": "rent"}) == taken(value), value
+    sold = {"action": "FINISH_ACTIVATION", "activationId": 7, "status": 3}
+    assert allows(finish, sold) and allows(finish, {**sold, "sum": None})
+    assert not allows(number, {"action": "GET_NUMBER", "service": "rent"})
+    assert not allows(number, {"action": "GET_NUMBER", "service": "rent", "sum": None})

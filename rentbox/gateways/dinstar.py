@@ -89,7 +89,11 @@ def _local_time(stamp: str, tz: dt.tzinfo, port: str) -> dt.datetime | None:
     try:
         local = dt.datetime.strptime(stamp.strip(), TIME_FORMAT)
     except ValueError:
-        log.warning("dinstar SMS on port %s: timestamp %r is not YYYY-MM-DD HH:MM:SS; dated "
-                    "on arrival", port, stamp[:40])
+        local = None
+    # A box with its clock unset says 0001-01-01 or 9999-12-31, which do not even convert
+    # to UTC (OverflowError): the same years that POST /sms accepts (sms.parse_time).
+    if local is None or not 2000 <= local.year <= 2999:
+        log.warning("dinstar SMS on port %s: timestamp %r is not YYYY-MM-DD HH:MM:SS of a "
+                    "year from 2000 to 2999; dated on arrival", port, stamp[:40])
         return None
     return local.replace(tzinfo=tz).astimezone(dt.timezone.utc)
