@@ -264,6 +264,11 @@ def serve(
     dinstar_tz: Annotated[str, _option("dinstar_tz")] = SETTINGS["dinstar_tz"].default,
     goip_port: Annotated[Optional[int], _option("goip_port", min=0, max=65535)] = None,
     goip_host: Annotated[str, _option("goip_host")] = SETTINGS["goip_host"].default,
+    poll_boxes: Annotated[Optional[Path], _option("poll_boxes", dir_okay=False)] = None,
+    poll_every_s: Annotated[float, _option("poll_every_s", min=1)] = SETTINGS[
+        "poll_every_s"].default,
+    poll_timeout_s: Annotated[float, _option("poll_timeout_s", min=0.1)] = SETTINGS[
+        "poll_timeout_s"].default,
     backup_dir: Annotated[Optional[Path], _option("backup_dir", file_okay=False)] = None,
     backup_every_s: Annotated[float, _option("backup_every_s", min=1)] = SETTINGS[
         "backup_every_s"].default,
@@ -302,6 +307,7 @@ def serve(
         gateway_token=os.environ.get(GATEWAY_TOKEN_ENV, "").strip() or None,
         smsgate_key=os.environ.get(SMSGATE_KEY_ENV, "").strip() or None,
         dinstar_tz=dinstar_tz, goip_port=goip_port, goip_host=goip_host,
+        poll_boxes=poll_boxes, poll_every_s=poll_every_s, poll_timeout_s=poll_timeout_s,
         goip_password=os.environ.get(GOIP_PASSWORD_ENV, "").strip() or None,
         console_password=os.environ.get(CONSOLE_PASSWORD_ENV, "").strip() or None,
         metrics_token=os.environ.get(METRICS_TOKEN_ENV, "").strip() or None,

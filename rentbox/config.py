@@ -116,6 +116,17 @@ SETTINGS: dict[str, Setting] = {
         Setting("goip_host", "RENTBOX_GOIP_HOST", "0.0.0.0",
                 "Address the GoIP SMS server listens on (UDP cannot go through the HTTP "
                 "reverse proxy, so it listens on every interface unless told otherwise)."),
+        Setting("poll_boxes", "RENTBOX_POLL_BOXES", None,
+                "TOML file listing the Ejoin and Dinstar boxes that serve polls for the SMS "
+                "they hold (catch-up for SMS pushed while rentbox was unreachable); off "
+                "unless set. It holds the boxes' passwords: readable by rentbox only."),
+        # A box keeps thousands of SMS, so a short interval costs one small answer a box;
+        # it bounds how long an SMS whose push was lost waits.
+        Setting("poll_every_s", "RENTBOX_POLL_EVERY_S", 60.0,
+                "Seconds between catch-up polls of each box in RENTBOX_POLL_BOXES."),
+        Setting("poll_timeout_s", "RENTBOX_POLL_TIMEOUT_S", 10.0,
+                "Seconds a box may take to connect or to send each part of its answer "
+                "to a catch-up poll before the poll counts as failed."),
         Setting("backup_dir", "RENTBOX_BACKUP_DIR", None,
                 "Folder where serve writes a verified backup every RENTBOX_BACKUP_EVERY_S "
                 "(rentbox-<UTC time>.db); off unless set. One folder per database."),
@@ -261,6 +272,10 @@ class Settings:
     goip_port: int | None = default("goip_port")
     goip_host: str = default("goip_host")
     goip_password: str | None = None
+    # Catch-up polling of boxes (gateways/poll.py): the file listing them (off: None).
+    poll_boxes: Path | None = default("poll_boxes")
+    poll_every_s: float = default("poll_every_s")
+    poll_timeout_s: float = default("poll_timeout_s")
     # The status page at GET / (HTTP Basic, any user name) and GET /metrics (Bearer):
     # each off until its secret is set.
     console_password: str | None = None

@@ -19,8 +19,10 @@ import datetime as dt
 from rentbox import (backups, bans, events, gateways, meta, operations, pool, presence,
                      replication, sms, tallies)
 from rentbox.clock import from_text, to_text
+from rentbox.config import Rules
 from rentbox.db import Database, is_being_served
 from rentbox.errors import InvalidInput
+from rentbox.gateways import smsgate
 
 # A warning when this share of the pool (or more) is banned.
 BANNED_SHARE_WARNING = 0.2
@@ -102,7 +104,8 @@ def status(db: Database, now: dt.datetime) -> dict:
     report["backups"], backup_warnings = backups.status(meta.get(db, meta.BACKUPS), server, now)
     report["replication"], replica_warnings = replication.status(
         meta.get(db, meta.REPLICATION), server, now)
-    report["warnings"] = _warnings(report, now) + backup_warnings + replica_warnings
+    report["warnings"] = (_warnings(report, now) + backup_warnings + replica_warnings
+                          + _smsgate_ping_warnings(db, now))
     return report
 
 
@@ -174,6 +177,22 @@ def _warnings(report: dict, now: dt.datetime) -> list[str]:
             warnings.append(f"Onlinesim has not called since {_short_time(last_call['at'])}: "
                             "check the URL it was given and the reverse proxy")
     return warnings
+
+
+def _smsgate_ping_warnings(db: Database, now: dt.datetime) -> list[str]:
+    """SMSGate devices that send SMS but no ping: the app's Ping is off by default, and
+    without it their SIMs go offline a presence window after each report."""
+    rules = meta.server_rules(db) or Rules()
+    if not rules.presence:
+        return []
+    devices = smsgate.devices_without_ping(db, now, rules.presence_s)
+    if not devices:
+        return []
+    shown = ", ".join(devices[:10]) + (" …" if len(devices) > 10 else "")
+    return [f"SMSGate device(s) {shown} send SMS but no ping, so their SIMs go offline "
+            f"{rules.presence_s:g} s after each report: in the app set Settings → Ping → "
+            f"Interval (seconds) to {smsgate.ping_interval_s(rules.presence_s)} and add a "
+            "system:ping webhook to /sms/smsgate"]
 
 
 def _mib(size: int | None) -> str:

@@ -21,6 +21,7 @@ from rentbox.config import Settings
 from rentbox.db import Connections, hold_serving_lock, open_database
 from rentbox.errors import Unavailable
 from rentbox.gateways.goip import GoipListener
+from rentbox.gateways.poll import Poller
 from rentbox.alerts import AlertSender
 from rentbox.backups import BackupScheduler
 from rentbox.housekeeping import Housekeeper
@@ -254,6 +255,10 @@ class Server:
                     self.connections, self.clock, settings.rules, host=settings.goip_host,
                     port=settings.goip_port, password=settings.goip_password or "",
                     on_sms=self.pusher.wake if self.pusher else lambda: None)
+            self.poller = None  # the catch-up poll, when RENTBOX_POLL_BOXES lists boxes
+            if settings.poll_boxes is not None:
+                self.poller = Poller(self.connections, self.clock, settings,
+                                     on_sms=self.pusher.wake if self.pusher else lambda: None)
             app = web.wsgi(settings, self.clock, self.connections,
                            on_sms=self.pusher.wake if self.pusher else lambda: None,
                            metrics=self.metrics)
@@ -297,6 +302,8 @@ class Server:
             self.alert_sender.start()
         if self.goip:
             self.goip.start()
+        if self.poller:
+            self.poller.start()
         try:
             self._waitress.run()  # returns on SystemExit/KeyboardInterrupt in its loop
         except (KeyboardInterrupt, SystemExit):
@@ -373,6 +380,8 @@ class Server:
             self.alert_sender.stop()
         if self.goip:
             self.goip.stop()
+        if self.poller:
+            self.poller.stop(timeout_s=self.settings.poll_timeout_s + 5)
         if self.pusher:
             self.pusher.stop(timeout_s=self.settings.push_timeout_s + 5)
         if self.backups:

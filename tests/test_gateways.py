@@ -50,7 +50,8 @@ def test_smsgate_envelope():
     parsed = gateways.parse_smsgate(envelope())
     assert parsed.to == "+4915123456789" and parsed.port == "dev1:2"
     assert parsed.sender == "+79990001122" and parsed.text == "Code 1234"
-    assert parsed.source_id == "dev1:evt-9"
+    # De-duplicated on the SMS's own messageId, per device (not on the envelope's id).
+    assert parsed.source_id.startswith("dev1:h:")
     assert parsed.received_at == dt.datetime(2024, 6, 22, 8, 46, 11, tzinfo=dt.timezone.utc)
 
 
@@ -119,3 +120,82 @@ def test_smsgate_device_id_must_be_a_port_name():
     with pytest.raises(InvalidInput, match="deviceId must be 1 to 64"):
         gateways.parse_smsgate(envelope)
     assert gateways.parse_smsgate({**envelope, "deviceId": " dev1 "}).port == "dev1"
+
+
+# The envelope of SMSGate's `sms:received` as the app builds it: WebHookEventDTO (id,
+# webhookId, event, deviceId, payload) around SmsEventPayload.SmsReceived (messageId,
+# sender, recipient, simNumber, phoneNumber, message, receivedAt), in
+# capcom6/android-sms-gateway app/src/main/java/me/capcom/smsgateway/modules/webhooks/
+# (domain/WebHookEventDTO.kt, payload/SmsEventPayload.kt, payload/MessageEventPayload.kt).
+# The two posts of one SMS are those of its issue #310 (app 1.52.1): the same messageId,
+# message, simNumber and receivedAt, a new envelope id; #291 (1.51.2), #301 and #372
+# (1.65.0) report the same.
+REPOST_FIRST = {
+    "deviceId": "ffffffff80e797f10000019bd20a3c07", "event": "sms:received",
+    "id": "xs-fiN26jLEONA899qe-a", "webhookId": "e9yFh4Wh-Znmj05FmFpKW",
+    "payload": {"messageId": "83be51e4", "message": "Ein mal geht's noch",
+                "phoneNumber": "+43664xxxxxxxx", "simNumber": 1,
+                "receivedAt": "2026-01-19T21:11:52+01:00"}}
+REPOST_SECOND = {**REPOST_FIRST, "id": "az75fdnE6t9aQY7nRVVXy"}
+
+
+def test_smsgate_the_same_sms_posted_again_with_a_new_envelope_id_has_the_same_id():
+    first = gateways.parse_smsgate(REPOST_FIRST)
+    second = gateways.parse_smsgate(REPOST_SECOND)
+    assert first.source_id == second.source_id
+    assert first.source_id.startswith("ffffffff80e797f10000019bd20a3c07:h:")
+    # The same envelope again (the app retrying a post) too, as before.
+    assert gateways.parse_smsgate(REPOST_FIRST).source_id == first.source_id
+
+
+def test_smsgate_message_ids_are_per_device_and_a_repeated_hash_is_not_a_repeat():
+    first = gateways.parse_smsgate(REPOST_FIRST)
+    other_device = gateways.parse_smsgate({**REPOST_FIRST, "deviceId": "rGukPBIlo9Y063wg730UC"})
+    assert other_device.source_id != first.source_id
+    # messageId is a 32-bit hash of the SMS (ReceiverService.kt: InboxMessage.hashCode()):
+    # another SMS with the same one is another SMS.
+    other_sms = gateways.parse_smsgate({**REPOST_SECOND, "payload": {
+        **REPOST_FIRST["payload"], "message": "Code 1234"}})
+    assert other_sms.source_id != first.source_id
+
+
+def test_smsgate_without_a_message_id_deduplicates_on_the_envelope_id_as_before():
+    old = envelope()
+    del old["payload"]["messageId"]
+    assert gateways.parse_smsgate(old).source_id == "dev1:evt-9"
+    # A messageId that is not the app's (an object, an empty string) is not a reason to
+    # refuse the SMS: the envelope id serves.
+    for odd in ({"x": 1}, "", "  "):
+        assert gateways.parse_smsgate(envelope(messageId=odd)).source_id == "dev1:evt-9"
+
+
+@pytest.mark.parametrize("device", [
+    "_x3kPq9RmT2vLw8ZyB4nC",             # Cloud/Private: a 21-character NanoID, A-Za-z0-9_-
+    "-Rk0LmS8wq2ZpYb1XcV7t",
+    "rGukPBIlo9Y063wg730UC",             # issue #264 (Cloud)
+    "ffffffff80e797f10000019bd20a3c07",  # issue #310 (Local: 32 hex digits)
+    "ffffffffceb0b1db",                  # Local, older apps: 16 hex digits
+])
+def test_smsgate_takes_every_kind_of_device_id(device):
+    # Cloud and Private servers give a device nanoid.Standard(21) (android-sms-gateway/
+    # server internal/sms-gateway/modules/db/module.go, devices/service.go); the app's
+    # Local server hashes its model and install time into hex (LocalServerService.kt
+    # getDeviceId).
+    parsed = gateways.parse_smsgate({**envelope(), "deviceId": device})
+    assert parsed.port == f"{device}:2" and parsed.device == device
+    ping = gateways.parse_smsgate_presence({"deviceId": device, "event": "system:ping",
+                                            "payload": {}})
+    assert (ping.gateway, ping.device) == (f"smsgate:{device}", device)
+
+
+@pytest.mark.parametrize("device", ["", "\x12dev", "dev 1", ".dev", ":1", "a" * 65, "dév"])
+def test_smsgate_still_refuses_device_ids_that_are_no_port_name(device):
+    with pytest.raises(InvalidInput):
+        gateways.parse_smsgate({**envelope(), "deviceId": device})
+    with pytest.raises(InvalidInput):
+        gateways.parse_smsgate_presence({"deviceId": device, "event": "system:ping"})
+
+
+def test_smsgate_keeps_a_national_recipient_as_sent_for_the_route_to_weigh():
+    parsed = gateways.parse_smsgate(envelope(recipient=" 89161234503 "))
+    assert (parsed.to, parsed.port) == ("89161234503", "dev1:2")

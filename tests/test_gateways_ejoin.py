@@ -7,6 +7,9 @@ import logging
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from rentbox import presence, reports
 from rentbox.errors import InvalidInput
@@ -284,3 +287,344 @@ def test_a_real_server_pushes_each_sms_of_a_repeated_push_once(start_server, db,
     assert [line.split()[:3] for line in access if "/sms/ejoin" in line] == [
         ["POST", "/sms/ejoin", "200"]] * 2
     assert GATEWAY_TOKEN not in caplog.text and "token=" not in caplog.text
+
+
+# A long SMS as an Ejoin box pushes it: a row per part, and a row has the same fields for a
+# part as for a whole SMS, none that names its message, place or count (ZMAWline/incomingsms,
+# .claude/skills/SkyLine-API/skyline_api_reference.md §7: kind, port, UTC time, sender,
+# recipient, base64 content). The content's header block as the box writes it: CRLF lines
+# `Sender:`, `Receiver: "<port>" <number>`, `SMSC:`, `SCTS:`, a blank line, the text (as
+# ZMAWline/incomingsms src/sms-ingest/index.js reads it: the SMS is after the first blank
+# line). The texts are the two parts of one SMS, the first a full GSM-7 part (153
+# characters), the code 481290 straddling them.
+LONG_SMS = ("Example: someone is signing in to your account from a new device (Chrome on "
+            "Windows, Berlin). If this was you, enter this code to finish signing in: 4812",
+            "90. It expires in 10 minutes; never share it.")
+
+
+def long_sms_row(text: str, at: int, scts: str) -> list:
+    block = (f'Sender: Example\r\nReceiver: "1.01" 4915123456789\r\nSMSC: 4917107600000\r\n'
+             f"SCTS: {scts}\r\n\r\n{text}")
+    return [0, "1.01", at, "Example", "", b64(block)]
+
+
+def test_a_real_server_pushes_a_long_sms_as_its_parts_in_order_as_the_readme_says(
+        start_server, db, onlinesim):
+    add_numbers(db, START, (A, "germany", "telekom", "gw1:1.01"))
+    server = start_server(push_url=onlinesim.url)
+    rent_number(server)
+    now = int(time.time())
+    body = push(long_sms_row(LONG_SMS[0], now, "26112610000004"),
+                long_sms_row(LONG_SMS[1], now + 2, "26112610000204"))
+    url = f"{server.url}/sms/ejoin?box=gw1&token={GATEWAY_TOKEN}"
+    assert http_post(url, body).json == {"status": "SUCCESS", "accepted": 2, "duplicates": 0,
+                                         "skipped": 0, "ignored": 0, "smsIds": [1, 2]}
+    onlinesim.wait_for(2)
+    assert wait_until(lambda: db.row("SELECT count(*) AS n FROM sms WHERE push_state = "
+                                     "'delivered'")["n"] == 2)
+    # Each part on its own, in the order of the rows, each with its own smsId.
+    bodies = onlinesim.bodies()
+    assert [(b["phone"], b["phoneFrom"], b["text"]) for b in bodies] == [
+        (A, "Example", LONG_SMS[0]), (A, "Example", LONG_SMS[1])]
+    assert len({b["smsId"] for b in bodies}) == 2 and len(onlinesim.requests) == 2
+    # What the README promises a partner with an Ejoin box is what happened.
+    readme = " ".join((EXAMPLES.parent / "README.md").read_text().split())
+    long_sms = readme[readme.index("**Long SMS.**"):readme.index("## Connecting your gateway")]
+    assert ("an Ejoin `recv-sms` row is the same for a part as for a whole SMS" in long_sms)
+    assert ("Each part is stored, acknowledged and pushed to Onlinesim as an SMS of its own, "
+            "with its own `smsId`, in the order the parts arrived") in long_sms
+
+
+# ---- the web UI's "SMS to HTTP" forward (POST /sms/ejoin/<token>) --------------------------
+# The sample names its sources (ZMAWline/incomingsms src/sms-ingest/index.js, "CASE B": the
+# query the box appends, the text block, UTF-8): a request as the box sends it.
+
+
+def forward_sample() -> tuple[str, dict, bytes]:
+    """(the request's target as the box makes it, its headers, its body with the CRLF line
+    ends it has on the wire)."""
+    lines = [line for line in (EXAMPLES / "gateways" / "ejoin-sms-to-http.txt").read_text(
+        encoding="utf-8").splitlines() if not line.startswith("#")]
+    request_line, content_type, blank = lines[:3]
+    assert blank == "" and content_type == "Content-Type: application/octet-stream"
+    return request_line.split()[1], {"Content-Type": "application/octet-stream"}, "\r\n".join(
+        lines[3:]).encode("utf-8")
+
+
+FORWARD_TARGET, FORWARD_HEADERS, FORWARD_BODY = forward_sample()
+FORWARD_TEXT = "קוד האימות שלך: 552013"
+C = "4915223456781"  # the pool number of port 61 of box gw1
+
+
+def forward_url(target: str = FORWARD_TARGET, token: str = GATEWAY_TOKEN) -> str:
+    return target.replace("$RENTBOX_GATEWAY_TOKEN", token)
+
+
+def test_the_sample_forward():
+    forward = ejoin.parse_forward(FORWARD_BODY, port="61A", sender="+4915223456789", box="gw1")
+    assert forward.ports == ("gw1:61.01", "gw1:61A")
+    sms = forward.sms
+    assert (sms.source, sms.to, sms.port, sms.sender, sms.text) == (
+        "ejoin", None, "gw1:61.01", "+4915223456789", FORWARD_TEXT)
+    # Dated on arrival: SCTS is the SMS centre's local time.
+    assert sms.received_at is None
+    again = ejoin.parse_forward(FORWARD_BODY, port="61A", sender="+4915223456789", box="gw1")
+    assert again.sms.source_id == sms.source_id and sms.source_id.startswith("h:")
+
+
+def block(text="Code 1", *, receiver='"61.01"', scts="26112611000004", eol="\r\n",
+          sender="+4915223456789") -> bytes:
+    return eol.join([f"Sender: {sender}", f"Receiver: {receiver}", "SMSC: +491710760000",
+                     f"SCTS: {scts}", 'Slot: "01"', "", text]).encode("utf-8")
+
+
+@pytest.mark.parametrize("raw, port, sender, expected", [
+    # LF line endings, and a Receiver with the SIM's number: the number wins over the port
+    (block(eol="\n", receiver='"61.01" +4915223456781'), "61A", None,
+     ("+4915223456781", ("61.01", "61A"), "+4915223456789", "Code 1")),
+    # the query's sender lost its "+" (not URL-encoded): the header block's is taken
+    (block(), "61A", " 4915223456789", (None, ("61.01", "61A"), "+4915223456789", "Code 1")),
+    # no ?port= (a box that appends none): the port Receiver names, in both notations
+    (block(), None, None, (None, ("61.01", "61A"), "+4915223456789", "Code 1")),
+    # a port with a leading zero, and a SIM bank's port, as the box names them
+    (block(), "06.01", None, (None, ("6.01", "06.01", "6A", "61.01", "61A"), "+4915223456789",
+                              "Code 1")),
+    (block(receiver='"24.01" '), "12.sp256.101", None,
+     (None, ("12.sp256.101", "24.01", "24A"), "+4915223456789", "Code 1")),
+    # no header block at all: the whole body is the text, sender and port from the query
+    ("Your code is 7781".encode(), "3B", "Bank", (None, ("3.02", "3B"), "Bank",
+                                                   "Your code is 7781")),
+    # a text that only looks like a header block stays the text
+    ("Code: 1234\r\n\r\nThanks".encode(), "3B", "Bank",
+     (None, ("3.02", "3B"), "Bank", "Code: 1234\r\n\r\nThanks")),
+    # UCS2 (UTF-16 big-endian), as boxes send Cyrillic
+    ('Sender: MTS\r\nReceiver: "2.01"\r\n\r\nВаш код: 8812'.encode("utf-16-be"), None, None,
+     (None, ("2.01", "2A"), "MTS", "Ваш код: 8812")),
+    # a UTF-8 byte-order mark before the block
+    (b"\xef\xbb\xbf" + block(), "61A", None, (None, ("61.01", "61A"), "+4915223456789",
+                                             "Code 1")),
+], ids=["lf-and-number", "query-sender-lost-plus", "receiver-port", "leading-zero",
+        "sim-bank", "no-header-block", "looks-like-a-header", "ucs2", "utf8-bom"])
+def test_forward_variants(raw, port, sender, expected):
+    forward = ejoin.parse_forward(raw, port=port, sender=sender)
+    assert (forward.sms.to, forward.ports, forward.sms.sender, forward.sms.text) == expected
+
+
+def test_the_same_forward_has_the_same_id_and_another_sms_another():
+    def sid(raw, port="61A"):
+        return ejoin.parse_forward(raw, port=port, sender=None).sms.source_id
+
+    one = sid(block("Code 1"))
+    assert sid(block("Code 1", eol="\r\n")) == one
+    assert len({one, sid(block("Code 2")), sid(block("Code 1", scts="26112611050004")),
+                sid(block("Code 1", sender="Bank")), sid(block("Code 1"), port="62A")}) == 5
+
+
+@pytest.mark.parametrize("raw, port, sender, box, message", [
+    (b"", "61A", "Bank", None, "the body is empty"),
+    (b" \r\n", "61A", "Bank", None, "the body is empty"),
+    (b"Your code is 1", None, "Bank", None, "the port is missing"),
+    (b"Your code is 1", "61A", None, None, "the sender is missing"),
+    (block(sender=""), "61A", "", None, "the sender is missing"),
+    (b"Your code is 1", "61 A", "Bank", None, "port must be"),
+    (b"\xff\xfe\xfd", "61A", "Bank", None, "neither UTF-8 nor UCS2"),
+    (block(), "61A", None, "gw 1", "box must be"),
+])
+def test_a_forward_that_cannot_be_used_is_refused(raw, port, sender, box, message):
+    with pytest.raises(InvalidInput, match=message):
+        ejoin.parse_forward(raw, port=port, sender=sender, box=box)
+
+
+@hypothesis_settings(max_examples=300, deadline=None, derandomize=True)
+@given(raw=st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode),
+                     st.builds(lambda head, text: (head + "\r\n\r\n" + text).encode(),
+                               st.sampled_from(["Sender: x", "Sender: \r\nReceiver: \"",
+                                                'Sender: Bank\r\nReceiver: "1.01" +49',
+                                                "Sender:\u00a0\r\nSCTS: 1"]),
+                               st.text(max_size=50))),
+       port=st.one_of(st.none(), st.text(max_size=70)),
+       sender=st.one_of(st.none(), st.text(max_size=110)))
+def test_any_forward_parses_or_is_refused_as_bad_input(raw, port, sender):
+    # The path's secret keeps schemathesis out of this route (tests/test_fuzz.py): this is
+    # its fuzzing. Whatever arrives is an SMS or an InvalidInput (a 400), nothing else.
+    try:
+        forward = ejoin.parse_forward(raw, port=port, sender=sender)
+    except InvalidInput:
+        return
+    assert forward.sms.sender.strip() and forward.ports and forward.sms.port == forward.ports[0]
+
+
+def test_a_query_appended_to_a_query_is_mended():
+    # What the box makes of `?token=gw-token` and of `?box=gw1` (issue 21, item 5).
+    assert ejoin.mended_query("token=gw-token?port=61A&sender=x") == (
+        "token=gw-token&port=61A&sender=x")
+    assert ejoin.mended_query("box=gw1?port=61A") == "box=gw1&port=61A"
+    assert ejoin.mended_query("port=61A&sender=%3Fx") == "port=61A&sender=%3Fx"
+
+
+@pytest.mark.parametrize("raw, content_type, expected", [
+    (FORWARD_BODY, "application/octet-stream", True),
+    (FORWARD_BODY, None, True),
+    (b'  {"type": "recv-sms"}', "application/octet-stream", False),
+    (b"[]", None, False),
+    (b"Sender: x", "application/json; charset=utf-8", False),
+])
+def test_a_forward_is_told_from_an_api_push(raw, content_type, expected):
+    assert ejoin.is_forward(raw, content_type) is expected
+
+
+# ---- the forward's route, in process -------------------------------------------------------
+
+
+@pytest.fixture
+def rented_61(client, db):
+    add_numbers(db, START, (C, "germany", "telekom", "gw1:61.01"))
+    get = {"action": "GET_NUMBER", "key": API_KEY, "service": "rent", "sum": 400}
+    return client.post("/getNumberRent", get).json["activationId"]
+
+
+def test_the_forward_is_stored_once_on_its_pool_port(client, db, rented_61):
+    before = snapshot(db)
+    answer = client.request("POST", forward_url(), FORWARD_BODY, FORWARD_HEADERS)
+    assert (answer.status, answer.json) == (200, {"status": "SUCCESS", "smsId": 1})
+    # The box did not see the answer and sends it again: nothing new.
+    again = client.request("POST", forward_url(), FORWARD_BODY, FORWARD_HEADERS)
+    assert (again.status, again.json) == (200, {"status": "SUCCESS", "smsId": 1})
+    assert stored(db) == [{"number": C, "port": "gw1:61.01", "sender": "+4915223456789",
+                           "text": FORWARD_TEXT, "source": "ejoin", "push_state": "pending"}]
+    assert snapshot(db) != before
+
+
+def test_the_forward_goes_to_the_port_in_the_notation_the_pool_uses(client, db):
+    add_numbers(db, START, (C, "germany", "telekom", "gw1:61A"))
+    answer = client.request("POST", forward_url(), FORWARD_BODY, FORWARD_HEADERS)
+    assert answer.status == 200
+    assert db.rows("SELECT number, port FROM sms") == [{"number": C, "port": "gw1:61A"}]
+
+
+def test_a_forward_on_a_port_no_pool_number_has_is_kept_unrouted(client, db):
+    answer = client.request("POST", forward_url(), FORWARD_BODY, FORWARD_HEADERS)
+    assert answer.status == 200
+    assert db.rows("SELECT number, port, push_state FROM sms") == [
+        {"number": None, "port": "gw1:61.01", "push_state": "unrouted"}]
+
+
+@pytest.mark.parametrize("target, headers", [
+    (forward_url(token="wrong"), {}),
+    (forward_url(token=GATEWAY_TOKEN + "x"), {}),
+    (forward_url(token=API_KEY), {}),
+    # a token presented as well must match too
+    (forward_url() + "&token=wrong", {}),
+    (forward_url(), {"Authorization": "Bearer wrong"}),
+])
+def test_the_token_in_the_path_must_match(client, db, rented_61, target, headers):
+    before = snapshot(db)
+    answer = client.request("POST", target, FORWARD_BODY, {**FORWARD_HEADERS, **headers})
+    assert (answer.status, answer.json) == (401, {"status": "ERROR", "error": "BAD_TOKEN"})
+    assert snapshot(db) == before
+
+
+def test_the_path_token_with_a_matching_query_token_or_another_scheme_is_taken(client, db,
+                                                                              rented_61):
+    # `?token=` as the box mangles it (`token=<token>?port=61A`) is mended, and matches.
+    target = f"/sms/ejoin/{GATEWAY_TOKEN}?token={GATEWAY_TOKEN}?port=61A&sender=x&box=gw1"
+    assert client.request("POST", target, FORWARD_BODY, FORWARD_HEADERS).status == 200
+    basic = {"Authorization": "Basic dXNlcjpwYXNz"}  # presents no gateway token
+    answer = client.request("POST", forward_url(), block("Code 2"),
+                            {**FORWARD_HEADERS, **basic})
+    assert answer.json == {"status": "SUCCESS", "smsId": 2}
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"", "the body is empty"),
+    (b"Your code is 1", "the sender is missing"),
+    (b"\xff\xfe\xfd", "the text is neither UTF-8 nor UCS2"),
+])
+def test_a_bad_forward_is_a_400_and_changes_nothing(client, db, rented_61, raw, message):
+    before = snapshot(db)
+    target = f"/sms/ejoin/{GATEWAY_TOKEN}?port=61A"
+    answer = client.request("POST", target, raw, FORWARD_HEADERS)
+    assert (answer.status, answer.json["status"]) == (400, "ERROR")
+    assert message in answer.json["error"]
+    assert snapshot(db) == before
+
+
+def test_the_api_push_works_at_the_token_path_too(client, db, rented):
+    answer = client.post(f"/sms/ejoin/{GATEWAY_TOKEN}?box=gw1", SAMPLE)
+    assert answer.json["accepted"] == 2
+    state = {"type": "port-status", "port": "1.01", "st": "3"}
+    assert client.post(f"/sms/ejoin/{GATEWAY_TOKEN}?box=gw1", state).json["ports"] == 1
+
+
+def test_the_forward_at_the_plain_path_is_refused_with_the_way_to_set_it_up(client, db,
+                                                                           rented_61):
+    before = snapshot(db)
+    answer = client.request("POST", "/sms/ejoin?port=61A", FORWARD_BODY,
+                            {**FORWARD_HEADERS, **AUTH})
+    assert (answer.status, answer.json) == (400, {
+        "status": "ERROR", "error": "the body is not JSON; the web UI's \"SMS to HTTP\" "
+                                    "forward is taken at /sms/ejoin/<token>"})
+    assert snapshot(db) == before
+
+
+def test_the_token_path_is_off_without_a_gateway_token(settings, clock, connections):
+    import dataclasses
+
+    from rentbox.web import wsgi
+
+    from conftest import WsgiClient
+
+    client = WsgiClient(wsgi(dataclasses.replace(settings, gateway_token=None), clock,
+                             connections))
+    answer = client.request("POST", forward_url(), FORWARD_BODY, FORWARD_HEADERS)
+    assert (answer.status, answer.json["error"]) == (
+        503, "/sms/ejoin is off: set RENTBOX_GATEWAY_TOKEN on the server to turn it on")
+
+
+def test_the_token_in_the_path_never_reaches_the_log(client, db, rented_61, caplog):
+    with caplog.at_level(logging.DEBUG):
+        assert client.request("POST", forward_url(), FORWARD_BODY,
+                              FORWARD_HEADERS).status == 200
+        assert client.request("POST", forward_url(token="wrong"), FORWARD_BODY,
+                              FORWARD_HEADERS).status == 401
+        # Set up by mistake with a trailing slash, or a GET: not served, still not logged.
+        assert client.request("POST", f"/sms/ejoin/{GATEWAY_TOKEN}/", FORWARD_BODY,
+                              FORWARD_HEADERS).status == 404
+        assert client.request("GET", f"/sms/ejoin/{GATEWAY_TOKEN}").status == 405
+    access = [r.getMessage().split()[:3] for r in caplog.records if r.name == "rentbox.access"]
+    assert access == [["POST", "/sms/ejoin/***", "200"], ["POST", "/sms/ejoin/***", "401"],
+                      ["POST", "/sms/ejoin/***", "404"], ["GET", "/sms/ejoin/***", "405"]]
+    assert GATEWAY_TOKEN not in caplog.text and "wrong" not in caplog.text
+
+
+def test_a_logged_path_never_holds_a_token():
+    from rentbox.web.answers import loggable_path
+
+    assert loggable_path(f"/sms/ejoin/{GATEWAY_TOKEN}") == "/sms/ejoin/***"
+    assert loggable_path(f"/SMS/Ejoin/{GATEWAY_TOKEN}/x") == "/SMS/Ejoin/***"
+    assert loggable_path("/sms/ejoin") == "/sms/ejoin"
+    assert loggable_path("/sms/dinstar\n") == "/sms/dinstar?"
+
+
+# ---- the forward, on a real server ---------------------------------------------------------
+
+
+def test_a_real_server_pushes_a_forwarded_sms_once(start_server, db, onlinesim, caplog):
+    add_numbers(db, START, (C, "germany", "telekom", "gw1:61.01"))
+    server = start_server(push_url=onlinesim.url)
+    rent_number(server)
+    url = server.url + forward_url()
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(2):  # the box did not see the first answer and forwards it again
+            answer = http_post(url, raw=FORWARD_BODY, headers=FORWARD_HEADERS)
+            assert (answer.status, answer.json) == (200, {"status": "SUCCESS", "smsId": 1})
+        onlinesim.wait_for(1)
+        assert wait_until(lambda: db.row("SELECT push_state FROM sms WHERE id = 1")[
+            "push_state"] == "delivered")
+    assert [(b["phone"], b["phoneFrom"], b["text"]) for b in onlinesim.bodies()] == [
+        (C, "+4915223456789", FORWARD_TEXT)]
+    assert len(onlinesim.requests) == 1
+    access = [r.getMessage() for r in caplog.records if r.name == "rentbox.access"]
+    assert [line.split()[:3] for line in access if "/sms/ejoin" in line] == [
+        ["POST", "/sms/ejoin/***", "200"]] * 2
+    assert GATEWAY_TOKEN not in caplog.text

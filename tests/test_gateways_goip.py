@@ -14,7 +14,7 @@ from rentbox.errors import Conflict, InvalidInput, Unavailable
 from rentbox.gateways import goip
 from rentbox.server import Server
 
-from conftest import START, add_numbers, rent_number, snapshot, wait_until
+from conftest import EXAMPLES, START, add_numbers, rent_number, snapshot, wait_until
 
 A = "79123456789"
 PASSWORD = "s3cret-goip"
@@ -174,6 +174,27 @@ def test_a_malformed_datagram_is_logged_without_its_password_and_ignored(
     assert PASSWORD not in caplog.text
 
 
+# A CELLS report as a GoIP line sends it, byte for byte (capture in NiceLabs/dbltek-goip-agent,
+# sms/udpstack/notify_test.go: line "goip-1", password "goip"). It is not in GoIP's SMS
+# interface document, and the line sends it again when it gets no answer (issue 21).
+CELLS = b"CELLS:34347;id:goip-1;password:goip;lists:689,638,783,785,640,"
+
+
+def test_a_cells_report_is_acknowledged_so_that_the_line_stops_repeating_it(db, clock, line,
+                                                                            caplog):
+    before = snapshot(db)
+    real = goip.GoipHandler("goip", Rules())
+    with caplog.at_level(logging.INFO, logger="rentbox.gateways"):
+        for _ in range(2):
+            assert real.handle(db, clock, CELLS, "10.0.0.7:5060") == goip.Outcome(
+                b"CELLS 34347 OK")
+    assert snapshot(db) == before  # acknowledged, not used
+    assert [r.getMessage() for r in caplog.records] == [
+        "GoIP line goip-1 talks to rentbox from 10.0.0.7:5060"]
+    wrong = goip.GoipHandler("other", Rules())
+    assert wrong.handle(db, clock, CELLS).reply == b"CELLS 34347 ERROR wrong password"
+
+
 def test_reports_rentbox_does_not_use_are_ignored_quietly(handler, db, clock, line, caplog):
     with caplog.at_level(logging.INFO, logger="rentbox.gateways"):
         assert handler.handle(db, clock, b"CELLINFO:1;id:goip1-1;x:y") == goip.Outcome(None)
@@ -316,6 +337,49 @@ def test_a_real_server_acknowledges_and_pushes_each_sms_once(start_server, db, l
     assert "rentbox-goip" not in [t.name for t in threading.enumerate()]
 
 
+# A long SMS as a GoIP line delivers it: one RECEIVE per part, each with its own recvid and
+# nothing that marks it as a part (GoIP's SMS interface, RECEIVE: recvid, id, password,
+# srcnum, msg; NiceLabs/dbltek-goip-agent docs/protocol-stack/sms-interface-en.pdf, and
+# iivorait/GoIP-SMS-receiver readme.md: "each of the parts is a separate message with a
+# different $receiveId", parts "sometimes" 30 s apart). The first part is a full GSM-7 part
+# (153 characters); the code 481290 straddles the two, as in examples/gateways/.
+LONG_SMS = ("Example: someone is signing in to your account from a new device (Chrome on "
+            "Windows, Berlin). If this was you, enter this code to finish signing in: 4812",
+            "90. It expires in 10 minutes; never share it.")
+
+
+def long_sms_part(recvid: str, text: str) -> bytes:
+    return (f"RECEIVE:{recvid};id:goip1-1;password:{PASSWORD};srcnum:Example;"
+            f"msg:{text}").encode()
+
+
+def test_a_long_sms_reaches_onlinesim_as_its_parts_in_order_as_the_readme_says(
+        start_server, db, line, onlinesim):
+    assert len(LONG_SMS[0]) == 153
+    server = start_server(push_url=onlinesim.url, goip_port=0, goip_host="127.0.0.1",
+                          goip_password=PASSWORD)
+    rent_number(server)
+    first, second = long_sms_part("1764151320", LONG_SMS[0]), long_sms_part("1764151351",
+                                                                             LONG_SMS[1])
+    assert udp_exchange(server.goip.address, first, second, first) == [
+        b"RECEIVE 1764151320 OK", b"RECEIVE 1764151351 OK", b"RECEIVE 1764151320 OK"]
+    onlinesim.wait_for(2)
+    assert wait_until(lambda: db.row("SELECT count(*) AS n FROM sms WHERE push_state = "
+                                     "'delivered'")["n"] == 2)
+    # Each part on its own, in the order they arrived, each with its own smsId; the repeated
+    # first part is stored and pushed once.
+    bodies = onlinesim.bodies()
+    assert [(b["phone"], b["phoneFrom"], b["text"]) for b in bodies] == [
+        (A, "Example", LONG_SMS[0]), (A, "Example", LONG_SMS[1])]
+    assert len({b["smsId"] for b in bodies}) == 2 and len(onlinesim.requests) == 2
+    # What the README promises a partner with a GoIP is what happened.
+    readme = " ".join((EXAMPLES.parent / "README.md").read_text().split())
+    long_sms = readme[readme.index("**Long SMS.**"):readme.index("## Connecting your gateway")]
+    assert "**In parts: GoIP and Ejoin.** Neither passes that header on" in long_sms
+    assert ("Each part is stored, acknowledged and pushed to Onlinesim as an SMS of its own, "
+            "with its own `smsId`, in the order the parts arrived") in long_sms
+
+
 def test_a_real_listener_logs_a_flood_of_junk_once(start_server, db, line, caplog):
     server = start_server(goip_port=0, goip_host="127.0.0.1", goip_password=PASSWORD)
     flood = junk(5000)
@@ -354,15 +418,14 @@ def test_a_port_in_use_fails_the_start(settings, db):
 
 
 def test_the_sample_datagrams_get_the_answers_they_show(db, clock):
-    from conftest import EXAMPLES
-
     add_numbers(db, START, ("+79123456789", "russia", "megafon", "goip1-1"))
     sample = goip.GoipHandler("secret", Rules())
     lines = (EXAMPLES / "gateways" / "goip-datagrams.txt").read_text().splitlines()
     datagrams = [line for line in lines if line and not line.startswith("#")]
     answers = [line.split("answer: ", 1)[1] for line in lines if "# answer: " in line]
-    assert len(datagrams) == len(answers) == 3
+    assert len(datagrams) == len(answers) == 6
     for datagram, answer in zip(datagrams, answers):
         assert sample.handle(db, clock, datagram.encode()).reply == answer.encode()
     assert [r["text"] for r in db.rows("SELECT text FROM sms ORDER BY id")] == [
-        "Ваш код: 3141; никому не говорите", "VK: 662 901 — код подтверждения."]
+        "Ваш код: 3141; никому не говорите", "VK: 662 901 — код подтверждения.",
+        LONG_SMS[0], LONG_SMS[1]]

@@ -2,6 +2,7 @@
 
 import dataclasses
 import datetime as dt
+import json
 import os
 
 import pytest
@@ -10,9 +11,10 @@ from rentbox import meta, operations, push, reports, sms
 from rentbox.clock import FixedClock
 from rentbox.config import Rules
 from rentbox.errors import InvalidInput
+from rentbox.gateways import smsgate
 from rentbox.protocol import FinishRequest, RentRequest
 
-from conftest import START, add_numbers
+from conftest import EXAMPLES, START, FakeClock, add_numbers
 
 RULES = Rules(guard_s=1200, ban_after=3, ban_s=86400, guard_margin_s=0)
 A, B, C = "4915123456789", "4917612345678", "79123456789"
@@ -219,3 +221,47 @@ def test_test_rentals_are_not_in_the_income_report(books, by):
                                                        status=3, sum_kopecks=87000), RULES)
     assert reports.income_report(books, by=by) == before
     assert reports.income_report(books, by=by, since=since, from_rows=True) == before_rows
+
+
+# examples/gateways/smsgate-sms-received.json and smsgate-system-ping.json: SMSGate's
+# envelopes as the app builds them (capcom6/android-sms-gateway, modules/webhooks/); its
+# Ping (Settings → Ping → Interval (seconds), `ping.interval_seconds`) is off unless set
+# (modules/ping/PingSettings.kt), and `app:started` is sent once per start.
+SMSGATE_SMS = json.loads((EXAMPLES / "gateways" / "smsgate-sms-received.json").read_text())
+SMSGATE_PING = json.loads((EXAMPLES / "gateways" / "smsgate-system-ping.json").read_text())
+NO_PING = ("SMSGate device(s) _x3kPq9RmT2vLw8ZyB4nC send SMS but no ping, so their SIMs go "
+           "offline 300 s after each report: in the app set Settings → Ping → Interval "
+           "(seconds) to 100 and add a system:ping webhook to /sms/smsgate")
+
+
+def smsgate_sms(db, clock, text):
+    envelope = {**SMSGATE_SMS, "payload": {**SMSGATE_SMS["payload"], "message": text}}
+    smsgate.accept_smsgate_sms(db, clock, smsgate.parse_smsgate(envelope), RULES)
+
+
+def test_status_warns_about_an_smsgate_device_that_sends_sms_but_no_ping(db):
+    clock = FakeClock(START)
+    smsgate_sms(db, clock, "Code 1")
+    assert NO_PING in reports.status(db, clock.now())["warnings"]
+    # Its pings (every 100 s) quiet the warning, SMS or not.
+    for _ in range(30):
+        smsgate.note_smsgate_ping(db, clock, SMSGATE_PING)
+        smsgate_sms(db, clock, f"Code at {clock.now()}")
+        assert NO_PING not in reports.status(db, clock.now())["warnings"]
+        clock.advance(100)
+    # Ping turned off again: warned about once its SMS keep coming without one.
+    clock.advance(smsgate.NOTE_EVERY_S + RULES.presence_s)
+    smsgate_sms(db, clock, "Code 2")
+    assert NO_PING in reports.status(db, clock.now())["warnings"]
+    # A device that has sent nothing for a week is not warned about any more.
+    clock.advance(smsgate.FORGET_AFTER_S + 1)
+    assert NO_PING not in reports.status(db, clock.now())["warnings"]
+
+
+def test_status_says_nothing_of_smsgate_pings_when_presence_is_off(db):
+    clock = FakeClock(START)
+    meta.put(db, START, meta.SERVER, {"started_at": "2026-11-01T12:00:00.000000Z",
+                                      "guard_s": 1200, "ban_after": 3, "ban_s": 86400,
+                                      "presence": False, "presence_s": 300})
+    smsgate_sms(db, clock, "Code 1")
+    assert not [w for w in reports.status(db, START)["warnings"] if "SMSGate" in w]

@@ -9,8 +9,8 @@ import pytest
 
 from rentbox.web import wsgi
 
-from conftest import (API_KEY, GATEWAY_TOKEN, SMSGATE_KEY, START, WsgiClient, add_numbers,
-                      snapshot)
+from conftest import (API_KEY, EXAMPLES, GATEWAY_TOKEN, SMSGATE_KEY, START, WsgiClient,
+                      add_numbers, snapshot)
 
 GET_NUMBER = {"action": "GET_NUMBER", "key": API_KEY, "service": "rent", "sum": 400}
 AUTH = {"Authorization": f"Bearer {GATEWAY_TOKEN}"}
@@ -175,3 +175,172 @@ def test_both_intakes_refuse_a_received_time_written_outside_2000_to_2999(client
         400, "payload.receivedAt must be written with a year from 2000 to 2999: "
              f"{received_at!r}")
     assert snapshot(db) == before
+
+
+# -- SMSGate as the app really posts ------------------------------------------------------
+
+# examples/gateways/smsgate-sms-received.json: the envelope the app builds (WebHookEventDTO
+# around SmsEventPayload.SmsReceived, capcom6/android-sms-gateway app/src/main/java/me/
+# capcom/smsgateway/modules/webhooks/), from a Cloud device whose NanoID starts with `_`,
+# and with the `recipient` the app fills in: SubscriptionInfo.number, the number stored on
+# the SIM, here in Russia's national notation (ReceiverService.kt, SubscriptionsHelper.kt).
+SAMPLE = json.loads((EXAMPLES / "gateways" / "smsgate-sms-received.json").read_text())
+DEVICE = SAMPLE["deviceId"]
+NUMBER = "79161234503"            # the SIM's number; the sample's recipient is 89161234503
+
+
+def rent_on_port(client, db, number=NUMBER, port=f"{DEVICE}:1"):
+    add_numbers(db, START, (f"+{number}", "russia", "mts", port))
+    return client.post("/getNumberRent", {**GET_NUMBER, "country": "russia"}).json
+
+
+def test_smsgate_the_same_sms_posted_again_with_a_new_envelope_id_is_pushed_once(
+        settings, clock, connections, db):
+    """Issues #291, #310, #372: the app posts one SMS twice, the same payload.messageId
+    under a new envelope id."""
+    woken = []
+    client = WsgiClient(wsgi(settings, clock, connections, on_sms=lambda: woken.append(1)))
+    rented = rent_on_port(client, db)
+    first = smsgate_post(client, clock, SAMPLE)
+    again = smsgate_post(client, clock, {**SAMPLE, "id": "xs-fiN26jLEONA899qe-a"})
+    retried = smsgate_post(client, clock, SAMPLE)  # the same envelope again, as before
+    assert first.json == again.json == retried.json == {"status": "SUCCESS", "smsId": 1}
+    assert woken == [1]
+    assert db.rows("SELECT number, port, operation_id, push_state FROM sms") == [
+        {"number": NUMBER, "port": f"{DEVICE}:1", "operation_id": rented["activationId"],
+         "push_state": "pending"}]
+
+
+def test_smsgate_two_sms_with_one_message_id_are_two_sms(client, clock, db):
+    rent_on_port(client, db)
+    smsgate_post(client, clock, SAMPLE)
+    other = {**SAMPLE, "id": "n3w", "payload": {**SAMPLE["payload"], "message": "Code 9"}}
+    assert smsgate_post(client, clock, other).json == {"status": "SUCCESS", "smsId": 2}
+
+
+@pytest.mark.parametrize("device", ["_x3kPq9RmT2vLw8ZyB4nC", "-Rk0LmS8wq2ZpYb1XcV7t"])
+def test_smsgate_a_device_whose_nanoid_starts_with_underscore_or_dash_is_taken(
+        client, clock, db, device):
+    """About 3% of Cloud devices: refused with 400 on every SMS until this version."""
+    rented = rent_on_port(client, db, port=f"{device}:1")
+    answer = smsgate_post(client, clock, {**SAMPLE, "deviceId": device})
+    assert (answer.status, answer.json) == (200, {"status": "SUCCESS", "smsId": 1})
+    assert db.row("SELECT operation_id FROM sms")["operation_id"] == rented["activationId"]
+    ping = {"deviceId": device, "event": "system:ping", "id": "p", "payload": {}}
+    assert smsgate_post(client, clock, ping).json["online"] == 1
+
+
+def test_smsgate_a_national_recipient_is_routed_by_the_port(client, clock, db, caplog):
+    rented = rent_on_port(client, db)
+    with caplog.at_level("WARNING", logger="rentbox"):
+        answer = smsgate_post(client, clock, SAMPLE)
+    assert (answer.status, answer.json) == (200, {"status": "SUCCESS", "smsId": 1})
+    assert db.row("SELECT number, operation_id FROM sms") == {
+        "number": NUMBER, "operation_id": rented["activationId"]}
+    assert caplog.records == []  # 89161234503 is the pool's +79161234503
+
+
+def test_smsgate_a_stale_recipient_never_beats_the_port(client, clock, db, caplog):
+    """The SIM's stored number is another valid number (an old SIM's, a pool number even):
+    the port decides, and the mismatch is logged once and shown by `rentbox status`."""
+    from rentbox import gateways
+
+    rented = rent_on_port(client, db)
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
+    stale = {**SAMPLE, "payload": {**SAMPLE["payload"], "recipient": "+4915123456789"}}
+    with caplog.at_level("WARNING", logger="rentbox"):
+        smsgate_post(client, clock, stale)
+        smsgate_post(client, clock, {**stale, "id": "again", "payload": {
+            **stale["payload"], "message": "second SMS"}})
+    assert [r["operation_id"] for r in db.rows("SELECT operation_id FROM sms")] == [
+        rented["activationId"]] * 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"smsgate:{DEVICE} says the SIM in port {DEVICE}:1 has the number "
+                        f"+4915123456789, but the pool has +{NUMBER} on that port: SMS on "
+                        f"this port go to +{NUMBER}; correct the port in the pool CSV or the "
+                        "number in the box"]
+    assert gateways.port_mismatches(db)[f"{DEVICE}:1"]["reported"] == "+4915123456789"
+
+
+def test_smsgate_a_national_recipient_on_a_port_not_in_the_pool_is_kept_unrouted(
+        client, clock, db, caplog):
+    add_numbers(db, START, (f"+{NUMBER}", "russia", "mts"))  # no port in the pool
+    with caplog.at_level("WARNING", logger="rentbox"):
+        answer = smsgate_post(client, clock, SAMPLE)
+    assert (answer.status, answer.json) == (200, {"status": "SUCCESS", "smsId": 1})
+    assert db.row("SELECT number, port, push_state FROM sms") == {
+        "number": None, "port": f"{DEVICE}:1", "push_state": "unrouted"}
+    assert (f"SMSGate device {DEVICE}: an SMS on port {DEVICE}:1 names its recipient as "
+            "89161234503, which is no international number, and the pool has no single "
+            f"number on that port: kept unrouted; give the SIM's number the port {DEVICE}:1 "
+            "in the pool CSV") in caplog.text
+
+
+def test_smsgate_an_international_recipient_on_a_port_not_in_the_pool_routes_as_before(
+        client, clock, db):
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
+    rented = client.post("/getNumberRent", GET_NUMBER).json
+    envelope = {**SAMPLE, "payload": {**SAMPLE["payload"], "recipient": "+49 151 23456789"}}
+    assert smsgate_post(client, clock, envelope).json == {"status": "SUCCESS", "smsId": 1}
+    assert db.row("SELECT number, operation_id FROM sms") == {
+        "number": "4915123456789", "operation_id": rented["activationId"]}
+
+
+def test_smsgate_without_a_device_a_national_recipient_is_still_a_400(client, clock, db):
+    """Nothing to route by: the envelope has no deviceId (never so from the app)."""
+    envelope = {k: v for k, v in SAMPLE.items() if k != "deviceId"}
+    answer = smsgate_post(client, clock, envelope)
+    assert (answer.status, answer.json["error"]) == (
+        400, "'89161234503' does not start with a known country code")
+
+
+def test_smsgate_as_the_app_posts_on_a_real_server(start_server, db):
+    """The sample envelope signed as the app signs it (PayloadSingingPlugin.kt), posted
+    twice under two envelope ids: one SMS, routed by its port to the rental."""
+    import time
+
+    from conftest import http_post
+
+    add_numbers(db, START, (f"+{NUMBER}", "russia", "mts", f"{DEVICE}:1"))
+    server = start_server()
+    rented = http_post(f"{server.url}/getNumberRent", {**GET_NUMBER, "country": "russia"}).json
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000+00:00", time.gmtime())
+    envelope = {**SAMPLE, "payload": {**SAMPLE["payload"], "receivedAt": now}}
+    answers = []
+    for envelope_id in ("az75fdnE6t9aQY7nRVVXy", "xs-fiN26jLEONA899qe-a"):
+        raw = json.dumps({**envelope, "id": envelope_id}).encode()
+        stamp = str(int(time.time()))
+        signature = hmac.new(SMSGATE_KEY.encode(), raw + stamp.encode(),
+                             hashlib.sha256).hexdigest()
+        answers.append(http_post(f"{server.url}/sms/smsgate", raw=raw, headers={
+            "X-Signature": signature, "X-Timestamp": stamp}))
+    assert [(a.status, a.json) for a in answers] == [
+        (200, {"status": "SUCCESS", "smsId": 1})] * 2
+    assert db.rows("SELECT number, operation_id FROM sms") == [
+        {"number": NUMBER, "operation_id": rented["activationId"]}]
+
+
+@pytest.mark.parametrize("envelope, status", [
+    (SAMPLE, 200),                                              # national recipient, `_` id
+    ({**SAMPLE, "deviceId": "-Rk0LmS8wq2ZpYb1XcV7t"}, 200),
+    ({**SAMPLE, "deviceId": -5}, 200),                          # "-5": a device id now
+    ({**SAMPLE, "payload": {**SAMPLE["payload"], "messageId": {"odd": 1}}}, 200),
+    ({**SAMPLE, "deviceId": "dev 1"}, 400),
+    ({**SAMPLE, "deviceId": ".dev"}, 400),
+    ({"deviceId": "_x3kPq9RmT2vLw8ZyB4nC", "event": "system:ping", "payload": {}}, 200),
+    ({"deviceId": "dev 1", "event": "system:ping", "payload": {}}, 400),
+])
+def test_smsgate_the_document_and_the_server_agree_on_device_ids_and_recipients(
+        client, clock, db, envelope, status):
+    """What the OpenAPI document allows is taken and what it refuses is refused (its
+    fuzz run checks both ways)."""
+    import jsonschema_rs
+
+    from rentbox.web import docs
+
+    document = json.loads(docs.document())
+    allowed = jsonschema_rs.Draft202012Validator(
+        {"allOf": [{"$ref": "#/components/schemas/SmsgateEvent"}],
+         "components": document["components"]}).is_valid(envelope)
+    assert allowed is (status == 200)
+    assert smsgate_post(client, clock, envelope).status == status

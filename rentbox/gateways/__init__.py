@@ -8,7 +8,9 @@ here and its test file.
 - `intake`: the generic JSON intake (`POST /sms`) and presence reports (`POST /presence`).
 - `smsgate`: SMSGate's signed webhook (`POST /sms/smsgate`).
 - `ejoin`: Ejoin, Skyline and ACOM pushes (`POST /sms/ejoin`).
-- `dinstar`: Dinstar's Push SMS (`POST /sms/dinstar`).
+- `dinstar`: Dinstar's Push SMS and Push Register Status (`POST /sms/dinstar`).
+- `poll`: catch-up polling of Ejoin and Dinstar boxes for the SMS they hold, a thread of
+  `rentbox serve`.
 - `goip`: the GoIP UDP SMS server, a thread of `rentbox serve`.
 - `common`: what they share: ids, a push of several SMS, the state of a box's ports.
 """

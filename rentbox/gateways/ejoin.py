@@ -1,5 +1,5 @@
 """Ejoin (and the Skyline and ACOM boxes that share its firmware): the box's HTTP pushes to
-`POST /sms/ejoin`, received SMS and port states.
+`POST /sms/ejoin`, received SMS and port states, and its web UI's "SMS to HTTP" forward.
 
 Received SMS: `{"type": "recv-sms", "sms_num": N, "sms": [[kind, port, unix_time, sender,
 recipient, content_b64, …], …]}`. `kind` 0 is an SMS, 1 a delivery report (acknowledged,
@@ -19,6 +19,11 @@ is its own presence gateway (`ejoin:<pool port>`): online while its state is reg
 (3), in a call (4) or without balance (5) and its card is the active one; otherwise its
 number goes offline. A state's `sn` (the SIM's number, when the box knows it) is checked
 against the pool. Any other push type is acknowledged and ignored.
+
+The web UI's forward (`POST /sms/ejoin/<token>`, see `parse_forward`): one SMS per request,
+the header block and text as the body's plain text, `?port=61A&sender=…&mac=…&iccid=…`
+appended to the configured URL. Its port is named in the web UI's letter notation (`61A`)
+where the pushes above say `61.01`: it goes to whichever of the two the pool uses.
 """
 
 from __future__ import annotations
@@ -30,10 +35,13 @@ import datetime as dt
 import re
 
 from rentbox import presence
+from rentbox.clock import Clock
+from rentbox.config import Rules
+from rentbox.db import Database
 from rentbox.errors import InvalidInput
 from rentbox.gateways.common import (PortState, Row, content_id, decode_text, item, parse_rows,
                                      port_name, receiving_number, text_field)
-from rentbox.sms import IncomingSms
+from rentbox.sms import Accepted, IncomingSms, accept_sms
 
 SOURCE = "ejoin"
 # Port states in which the SIM is registered on its network and receives SMS.
@@ -83,7 +91,9 @@ def parse_push(body: dict, box: str | None = None) -> Push:
 
 
 def parse_row(row: object, box: str | None) -> IncomingSms | None:
-    """One row of a `recv-sms` push; None for a delivery report."""
+    """One row of a `recv-sms` push; None for a delivery report. A row is the same for a
+    part of a long SMS as for a whole one (nothing names its message, place or count): each
+    part is an SMS of its own (README, "Long SMS")."""
     if not isinstance(row, list) or len(row) < 6:
         raise InvalidInput("an SMS must be a list: kind, port, time, sender, recipient, "
                            "content")
@@ -164,3 +174,112 @@ def _integer(value: object, field: str) -> int:
     if isinstance(value, str) and value.strip().isdigit():
         return int(value.strip())
     raise InvalidInput(f"{field} must be an integer")
+
+
+# ---------------------------------------------------------------------------------------
+# The web UI's "SMS to HTTP" forward
+# ---------------------------------------------------------------------------------------
+
+# A port in the box's two notations: `61.01` (port 61, slot 1: its API pushes, port states
+# and the `Receiver:` line) and `61A` (the forward's `?port=`, the web UI's port list).
+_DOT_PORT = re.compile(r"^(\d{1,3})\.(\d{2})$")
+_LETTER_PORT = re.compile(r"^(\d{1,3})([A-Za-z])$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Forward:
+    """One SMS of the web UI's forward, and every name the box gives its port (pool ports,
+    with the box's prefix), the preferred first."""
+
+    sms: IncomingSms
+    ports: tuple[str, ...]
+
+
+def is_forward(raw: bytes, content_type: str | None) -> bool:
+    """Whether a body is the web UI's forward (a text block, sent as
+    `application/octet-stream`) rather than an API push (a JSON object)."""
+    if (content_type or "").split(";")[0].strip().lower() == "application/json":
+        return False
+    return raw.lstrip()[:1] not in (b"{", b"[")
+
+
+def mended_query(query_string: str) -> str:
+    """The query string as the configured URL meant it. The forward appends
+    `?port=…&sender=…&mac=…&iccid=…` to the URL as configured, even when it has a query
+    already: `?box=gw1` becomes `?box=gw1?port=61A&…`, and `box` would read `gw1?port=61A`.
+    A `?` inside a query string is that seam (a `?` in a value arrives as `%3F`)."""
+    return query_string.replace("?", "&")
+
+
+def parse_forward(raw: bytes, *, port: str | None, sender: str | None,
+                  box: str | None = None) -> Forward:
+    """The web UI's "SMS to HTTP" forward: the body is the SMS as a text block (UTF-8, or
+    UCS2): `Sender: <sender>`, `Receiver: "<port>" <number>` (the number often left out),
+    `SMSC:`, `SCTS: <the SMS centre's time stamp>`, sometimes `Slot:`, each line ending in
+    CRLF, a blank line, then the text; the box appends `port` (`61A`) and `sender` (and
+    `mac`, `iccid`) to the URL's query.
+
+    The sender is the header block's (the query's `+` may arrive as a space), else the
+    query's; the receiving number is `Receiver:`'s when it is a valid international number,
+    and wins over the port, as in the API push. The port is the query's, else the one
+    `Receiver:` names, in both the box's notations (`accept_forward` takes the one the pool
+    uses). No message id comes with it: the SMS is known again by its port, sender, `SCTS:`
+    and text. The forward goes out as the SMS arrives, so rentbox dates it on arrival
+    rather than read `SCTS:`, the SMS centre's local time in a notation that varies by
+    firmware."""
+    box = check_box(box)
+    if not raw.strip():
+        raise InvalidInput("the body is empty: the forward sends the SMS as a text block")
+    headers, text = split_header_block(decode_text(raw).removeprefix("\ufeff"))
+    receiver = headers.get("Receiver", "").strip()
+    quoted = _RECEIVER.match(receiver)
+    receiver_port, number = (quoted.group(1).strip(), quoted.group(2)) if quoted else ("",
+                                                                                     receiver)
+    names: list[str] = []
+    for given, field in ((port, "port"), (receiver_port, "Receiver")):
+        if given and given.strip():
+            try:
+                names += _port_notations(port_name(given, field))
+            except InvalidInput:
+                if field == "port":
+                    raise
+                # A `Receiver:` port that names no port rentbox can take: the query's decides.
+    if not names:
+        raise InvalidInput("the port is missing: the box appends ?port=… to the URL, and "
+                           "the text has no Receiver: \"<port>\" line")
+    sender_name = headers.get("Sender", "").strip() or (sender or "").strip()
+    if not sender_name:
+        raise InvalidInput("the sender is missing: no Sender: line and no ?sender=")
+    ports = tuple(dict.fromkeys(_pool_port(name, box) for name in names))
+    return Forward(
+        sms=IncomingSms(source=SOURCE, to=receiving_number(number), port=ports[0],
+                        sender=sender_name[:100], text=text,
+                        source_id=content_id("forward", ports[0], sender_name,
+                                             headers.get("SCTS", ""), text)),
+        ports=ports)
+
+
+def accept_forward(db: Database, clock: Clock, forward: Forward, rules: Rules) -> Accepted:
+    """Store a forwarded SMS (`sms.accept_sms`) on the pool port that the pool names it by:
+    the first of its names that a pool number has, else its first (dot notation, as the
+    box's API pushes and port states name it), under which `rentbox sms list` shows it
+    unrouted."""
+    marks = ", ".join("?" * len(forward.ports))
+    known = {row["port"] for row in db.rows(
+        f"SELECT port FROM numbers WHERE removed_at IS NULL AND port IN ({marks})",
+        forward.ports)}
+    port = next((name for name in forward.ports if name in known), forward.ports[0])
+    return accept_sms(db, clock, dataclasses.replace(forward.sms, port=port), rules)
+
+
+def _port_notations(port: str) -> list[str]:
+    """A port's names, the box's dot notation first: `61A` → `61.01`, `61A`; `06.01` →
+    `6.01`, `06.01`, `6A`; any other port (`12.sp256.101`) as it is."""
+    letter = _LETTER_PORT.match(port)
+    if letter:
+        return [f"{int(letter.group(1))}.{ord(letter.group(2).upper()) - 64:02d}", port]
+    dot = _DOT_PORT.match(port)
+    if dot and 1 <= int(dot.group(2)) <= 26:
+        number, slot = int(dot.group(1)), int(dot.group(2))
+        return [f"{number}.{slot:02d}", port, f"{number}{chr(64 + slot)}"]
+    return [port]

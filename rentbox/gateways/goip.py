@@ -11,14 +11,19 @@ The protocol (GoIP's "SMS Interface" document), one datagram each way, clear tex
 - Received SMS: `RECEIVE:<recvid>;id:<line id>;password:<password>;srcnum:<sender>;
   msg:<text>` (some firmware adds `smscnum:` before `msg:`; the text is everything after
   `msg:`, semicolons included) is answered `RECEIVE <recvid> OK` only once the SMS is
-  committed. Until then the box sends it again; a repetition is found by (line id, recvid)
-  and answered with the same acknowledgement. A wrong password is answered
-  `RECEIVE <recvid> ERROR wrong password`, an SMS that cannot be used
-  `RECEIVE <recvid> ERROR <reason>`; while the database cannot be written there is no
-  answer, so the box tries again.
-- `STATE:`, `DELIVER:`, `RECORD:` and `REMAIN:` reports are acknowledged (`STATE <id> OK`)
-  and not used; anything else is ignored. A datagram that is not the protocol is logged,
-  without its password, and ignored.
+  committed. Until then the box sends it again (the document: after 3 s, at most 3 times);
+  a repetition is found by (line id, recvid) and answered with the same acknowledgement. A
+  wrong password is answered `RECEIVE <recvid> ERROR wrong password`, an SMS that cannot be
+  used `RECEIVE <recvid> ERROR <reason>`; while the database cannot be written there is no
+  answer, so the box tries again (and gives the SMS up after its last try).
+- `STATE:`, `DELIVER:`, `RECORD:`, `REMAIN:` and `CELLS:` reports are acknowledged
+  (`STATE <id> OK`, `CELLS <id> OK`) and not used; anything else is ignored. `CELLS:` is not
+  in the document: firmware sends it unasked, `CELLS:<id>;id:<line id>;password:<password>;
+  lists:<cell>,<cell>,…,` (the neighbouring cells), and sends it again when it gets no
+  answer. A datagram that is not the protocol is logged, without its password, and ignored.
+- A long SMS arrives as one RECEIVE per part, each with its own recvid and nothing that says
+  it is a part, of which message or how many there are: each is stored, acknowledged and
+  pushed as an SMS of its own (README, "Long SMS").
 
 Anyone who can reach the port can send junk or wrong passwords, as fast as they like: those
 warnings are logged per source address, the first at once and then at most one a minute,
@@ -62,8 +67,10 @@ WARN_EVERY_S = 60.0
 # past this, the others share one budget, so that the memory stays bounded and the log
 # takes at most this many lines (plus one) a minute.
 MAX_WARNED_SOURCES = 100
-# Reports that expect `<COMMAND> <id> OK` and that rentbox does not use.
-ACKNOWLEDGED_ONLY = frozenset({"STATE", "DELIVER", "RECORD", "REMAIN"})
+# Reports that expect `<COMMAND> <id> OK` and that rentbox does not use. A report left
+# unanswered is sent again and again (CELLS: a capture in NiceLabs/dbltek-goip-agent,
+# sms/udpstack/notify_test.go, answered `CELLS <id> OK` by its onReplyNotify).
+ACKNOWLEDGED_ONLY = frozenset({"STATE", "DELIVER", "RECORD", "REMAIN", "CELLS"})
 _SECRET_FIELD = re.compile(r"(?i)((?:^|;)\s*pass(?:word)?:)[^;]*")
 
 

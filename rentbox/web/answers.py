@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import zlib
 from typing import Callable
 from urllib.parse import parse_qs
@@ -48,12 +49,12 @@ def answering(handler: Callable[[], dict]) -> Callable[[], str]:
         except Unavailable as error:
             # Retryable: nothing was stored, and the caller (Onlinesim, a gateway) tries
             # again. No traceback: a full disk is a state, not a bug.
-            log.warning("%s answered 503: %s", printable(bottle.request.environ.get(
+            log.warning("%s answered 503: %s", loggable_path(bottle.request.environ.get(
                 "PATH_INFO", "")), error)
             return error_answer(503, str(error))
         except Exception:
             # The traceback names code, not values: no key or body reaches the log.
-            log.exception("unexpected error in %s", bottle.request.path)
+            log.exception("unexpected error in %s", loggable_path(bottle.request.path))
             return error_answer(500, "internal error; see the server log")
 
     return route
@@ -163,3 +164,13 @@ def printable(path: str) -> str:
     if not path.isprintable():
         path = "".join(c if c.isprintable() else "?" for c in path)
     return path[:200]
+
+
+# The gateway token in a path (`POST /sms/ejoin/<token>`), and in any path a box that was
+# set up with one could call by mistake (`/SMS/ejoin/<token>/`, which is a 404).
+_PATH_SECRET = re.compile(r"(?i)(/ejoin/).*")
+
+
+def loggable_path(path: str) -> str:
+    """A request path as the log may show it: printable, without a token in it."""
+    return printable(_PATH_SECRET.sub(r"\1***", path))

@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Iterable
 
-from rentbox.web.answers import JSON_TYPE, json_error_body, printable
+from rentbox.web.answers import JSON_TYPE, json_error_body, loggable_path
 
 access_log = logging.getLogger("rentbox.access")
 
@@ -84,7 +84,8 @@ class StrictPaths:
 
 class AccessLog:
     """One line per request: method, path, status, duration. Never the body or headers,
-    which carry the key; never the query string, which a caller could put it in."""
+    which carry the key; never the query string, which a caller could put it in; nor the
+    token in a path (`/sms/ejoin/<token>` is logged `/sms/ejoin/***`)."""
 
     def __init__(self, app):
         self.app = app
@@ -104,7 +105,7 @@ class AccessLog:
                 environ.get("rentbox.log_level", logging.INFO),
                 "%s %s %s %.1fms",
                 environ.get("REQUEST_METHOD"),
-                printable(environ.get("PATH_INFO", "")),
+                loggable_path(environ.get("PATH_INFO", "")),
                 seen.get("status", "-"),
                 (time.perf_counter() - started) * 1000,
             )
