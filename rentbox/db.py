@@ -28,23 +28,27 @@ LOCK_POLL_MAX_S = 0.002
 # for the pages it copies back.
 MIN_FREE_BYTES = 1024 * 1024
 # A connection checkpoints the WAL (PASSIVE) after a commit that leaves it holding at
-# least this many pages. SQLite's default, 1,000 pages (about 4 MiB), is more than a small
-# disk has free: the WAL took the last of a 4 MiB filesystem before reaching it, and from
-# then on no write could succeed (a GET_NUMBER with its FINISH writes about 160 KiB of
-# frames). 128 pages is 512 KiB at SQLite's 4 KiB pages: half of MIN_FREE_BYTES, so that
-# while the disk has MIN_FREE_BYTES free the WAL can reach its checkpoint and the
-# checkpoint can still grow the database file by as much. The cost, measured over 2,000
-# fsync'd transactions against 1,000 pages: single-row ones ran no slower; rentbox's own
-# (GET_NUMBER, then FINISH) made 35% more fsyncs (each checkpoint syncs the database
-# file) and ran 10-20% slower, about 1,000-1,400 a second: far above rentbox's load.
-WAL_AUTOCHECKPOINT_PAGES = 128
+# least this many pages: SQLite's own default, about 4 MiB. The checkpoint runs inside
+# that commit, under the process's write lock, and syncs the database file, so every
+# writer waiting (Onlinesim's acknowledgements too) waits for it: measured with
+# benchmarks/crash_loop.py, checkpointing every 128 pages instead doubled the tail of the
+# time from Onlinesim's SUCCESS to the rental's next push (p90 17.9 ms against 8.4 ms).
+WAL_AUTOCHECKPOINT_PAGES = 1000
 # When a checkpoint has emptied the WAL, the next write starts it again from its
 # beginning and truncates the file to this size. Without a limit a WAL that once grew (a
 # long import, a backup's snapshot holding checkpoints off) keeps its size for ever, and
-# on a full disk freeing a little space would not be enough to write again (field
-# notes). Twice the checkpoint size: the WAL at its usual peak (the autocheckpoint plus
-# the transaction that crossed it) is reused as it is, not cut and grown again each time.
-JOURNAL_SIZE_LIMIT_BYTES = 2 * WAL_AUTOCHECKPOINT_PAGES * 4096
+# on a full disk freeing a little space would not be enough to write again (field notes).
+JOURNAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
+# On a small disk, 4 MiB of WAL is more than it has free: the WAL took the last of a
+# 4 MiB filesystem before its first checkpoint, and from then on no write could succeed
+# (a GET_NUMBER with its FINISH writes about 160 KiB of frames). A connection opened with
+# less than SMALL_DISK_BYTES free checkpoints every 128 pages, 512 KiB at SQLite's 4 KiB
+# pages: half of MIN_FREE_BYTES, so that while the disk has MIN_FREE_BYTES free the WAL
+# can reach its checkpoint and the checkpoint can still grow the database file by as
+# much; and cuts the WAL back to twice that, so that its usual peak is reused as it is.
+SMALL_DISK_BYTES = 64 * 1024 * 1024
+SMALL_DISK_WAL_PAGES = 128
+SMALL_DISK_JOURNAL_SIZE_LIMIT_BYTES = 2 * SMALL_DISK_WAL_PAGES * 4096
 # How long a truncating checkpoint waits for the readers and writers of other
 # connections (SQLite's busy handler) before it gives up until its next try. It runs
 # where a write has just failed for lack of space, in a request: short, so that the
@@ -188,9 +192,12 @@ class Database(sqlite_utils.Database):
         self.owns_checkpoints = owns_checkpoints and not read_only
         # Per connection, like synchronous: the checkpointing connection applies them.
         if not read_only:
-            self.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
-            self.execute("PRAGMA wal_autocheckpoint = "
-                         f"{WAL_AUTOCHECKPOINT_PAGES if self.owns_checkpoints else 0}")
+            free = self.free_bytes()
+            small = free is not None and free < SMALL_DISK_BYTES
+            self.execute("PRAGMA journal_size_limit = "
+                         f"{SMALL_DISK_JOURNAL_SIZE_LIMIT_BYTES if small else JOURNAL_SIZE_LIMIT_BYTES}")
+            pages = SMALL_DISK_WAL_PAGES if small else WAL_AUTOCHECKPOINT_PAGES
+            self.execute(f"PRAGMA wal_autocheckpoint = {pages if self.owns_checkpoints else 0}")
 
     @contextlib.contextmanager
     def transaction(self, *, urgent: bool = False) -> Iterator["Database"]:

@@ -343,15 +343,22 @@ def note(db: Database, value: str) -> None:
                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (value,))
 
 
-def test_every_connection_bounds_its_wal(db_path, db):
-    from rentbox.db import JOURNAL_SIZE_LIMIT_BYTES, WAL_AUTOCHECKPOINT_PAGES
+def test_every_connection_bounds_its_wal_and_more_tightly_on_a_small_disk(db_path, db,
+                                                                          monkeypatch):
+    from rentbox.db import (JOURNAL_SIZE_LIMIT_BYTES, SMALL_DISK_BYTES,
+                            SMALL_DISK_JOURNAL_SIZE_LIMIT_BYTES, SMALL_DISK_WAL_PAGES,
+                            WAL_AUTOCHECKPOINT_PAGES)
+
+    def bounds(connection):
+        return (connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0],
+                connection.execute("PRAGMA journal_size_limit").fetchone()[0])
 
     for connection in (db, Database(db_path)):
-        assert connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == \
-            WAL_AUTOCHECKPOINT_PAGES
-        assert connection.execute("PRAGMA journal_size_limit").fetchone()[0] == \
-            JOURNAL_SIZE_LIMIT_BYTES
+        assert bounds(connection) == (WAL_AUTOCHECKPOINT_PAGES, JOURNAL_SIZE_LIMIT_BYTES)
         assert connection.owns_checkpoints
+    monkeypatch.setattr(Database, "free_bytes", lambda self: SMALL_DISK_BYTES - 1)
+    assert bounds(Database(db_path)) == (SMALL_DISK_WAL_PAGES,
+                                         SMALL_DISK_JOURNAL_SIZE_LIMIT_BYTES)
 
 
 def test_truncate_wal_empties_the_wal_file_and_keeps_every_change(db):

@@ -5,7 +5,8 @@ import pytest
 
 from rentbox import housekeeping, operations
 from rentbox.config import Rules
-from rentbox.db import JOURNAL_SIZE_LIMIT_BYTES, MIN_FREE_BYTES, open_database
+from rentbox.db import (JOURNAL_SIZE_LIMIT_BYTES, MIN_FREE_BYTES,
+                        SMALL_DISK_JOURNAL_SIZE_LIMIT_BYTES, open_database)
 from rentbox.errors import Unavailable
 from rentbox.protocol import RentRequest
 
@@ -196,8 +197,9 @@ def fill_pool(path, count: int) -> None:
 
 def test_a_fresh_database_does_not_fill_a_small_disk_by_itself(small_disk, start_server):
     """SQLite's default automatic checkpoint comes only at 1,000 pages (~4 MiB): a WAL that
-    size filled this whole disk within about 25 rentals. Bounded, the WAL stays under
-    JOURNAL_SIZE_LIMIT_BYTES, and the disk keeps MIN_FREE_BYTES free (/health stays 200)."""
+    size filled this whole disk within about 25 rentals. On a small disk the WAL stays
+    under SMALL_DISK_JOURNAL_SIZE_LIMIT_BYTES, and the disk keeps MIN_FREE_BYTES free
+    (/health stays 200)."""
     import os
 
     path = small_disk / "rentbox.db"
@@ -207,7 +209,7 @@ def test_a_fresh_database_does_not_fill_a_small_disk_by_itself(small_disk, start
     for _ in range(200):  # about 32 MiB of WAL frames in all
         rent_and_sell(server)
         largest = max(largest, wal_bytes(path))
-    assert largest <= JOURNAL_SIZE_LIMIT_BYTES
+    assert largest <= SMALL_DISK_JOURNAL_SIZE_LIMIT_BYTES
     stat = os.statvfs(small_disk)
     assert stat.f_bfree * stat.f_frsize >= MIN_FREE_BYTES
     assert get_status(server.url + "/health") == 200
