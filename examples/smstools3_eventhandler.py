@@ -1,17 +1,24 @@
 #!/usr/bin/env python3
-"""smstools3 eventhandler: post every received SMS to rentbox's POST /sms.
+"""smstools3 eventhandler: hand every received SMS to rentbox, durably.
 
 In smsd.conf:
 
     eventhandler = /usr/local/bin/smstools3_eventhandler.py
 
-and give the handler its settings in the environment of smsd (for systemd, an
-`Environment=` line in the unit):
+and give the handler its settings in the environment of smsd (for systemd, `systemctl edit
+smstools` and `Environment=` lines under `[Service]`):
 
-    RENTBOX_URL=http://127.0.0.1:8080
-    RENTBOX_GATEWAY_TOKEN=...
+    RENTBOX_SPOOL_DIR=/var/spool/rentbox             # rentbox serve on this machine
     RENTBOX_NUMBER_262011234567890=+4917612345678   # by the SIM's IMSI (follows the card)
     RENTBOX_NUMBER_GSM1=+4917612345678              # or by modem name ([GSM1] in smsd.conf)
+
+With RENTBOX_SPOOL_DIR (rentbox serve runs on this machine with the same setting), the
+handler writes the SMS as one file into that folder, atomically (a temporary name, fsync,
+rename), and `rentbox serve` stores it and then removes the file. smsd runs the handler
+once per message and never again, whatever it answers: the spool is what keeps an SMS that
+arrives while rentbox is down or restarting. Without RENTBOX_SPOOL_DIR (rentbox on another
+machine), the handler posts the SMS to RENTBOX_URL's POST /sms with RENTBOX_GATEWAY_TOKEN,
+and an SMS that arrives while rentbox cannot be reached is lost (smsd only logs it).
 
 smsd runs the handler as `eventhandler RECEIVED <file>` for each received message (and with
 SENT, FAILED, REPORT or CALL for other events, which this handler leaves alone). The file has
@@ -25,14 +32,17 @@ The text is decoded by its `Alphabet`: UCS2 as 16-bit big-endian Unicode, unless
 already decoded it to UTF-8 (decode_unicode_text); ISO, GSM and Latin as UTF-8 where it is
 valid UTF-8 (smsd's incoming_utf8), else ISO-8859-15; UTF-8 as UTF-8. The file's name is
 sent as the source id, so that running the handler twice on a file stores nothing twice;
-`Received` (the local time of this machine) is sent as the time received. Exits non-zero if
-rentbox did not take the message, so that smsd logs the failure. Standard library only.
+`Received` (the local time of this machine; else the time the handler ran) is sent as the
+time received, so an SMS that waited in the spool keeps its time. Exits non-zero if
+the SMS was not handed over, so that smsd logs the failure. Standard library only.
 """
 
 import datetime as dt
 import json
 import os
+import secrets
 import sys
+import time
 import urllib.request
 
 
@@ -82,6 +92,51 @@ def received_at(stamp: str) -> str | None:
     return None
 
 
+def spool_sms(folder: str, body: dict, source: str = "smstools") -> str:
+    """Write the SMS (the body of POST /sms) as one file into rentbox's spool: under a
+    temporary name starting with `.` (which rentbox does not take), its data on disk, then
+    renamed to `<time>-<source>-<pid>-<random>.json` and the folder's entry on disk too. Once
+    this returns, the SMS survives a crash or a power cut. Returns the file's name."""
+    name = f"{time.time_ns():020d}-{source}-{os.getpid()}-{secrets.token_hex(4)}.json"
+    temporary = os.path.join(folder, f".{name}.tmp")
+    data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        os.fchmod(fd, 0o640)  # readable by rentbox's group whatever the daemon's umask
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(temporary, os.path.join(folder, name))
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return name
+
+
+def post_sms(body: dict) -> str:
+    """POST the SMS to rentbox; its answer."""
+    token = os.environ.get("RENTBOX_GATEWAY_TOKEN")
+    if not token:
+        raise OSError("set RENTBOX_SPOOL_DIR (rentbox on this machine) or "
+                      "RENTBOX_GATEWAY_TOKEN (to post to RENTBOX_URL)")
+    url = os.environ.get("RENTBOX_URL", "http://127.0.0.1:8080").rstrip("/") + "/sms"
+    request = urllib.request.Request(
+        url, data=json.dumps(body, ensure_ascii=False).encode("utf-8"), method="POST",
+        headers={"Content-Type": "application/json; charset=utf-8",
+                 "Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.read().decode("utf-8", "replace")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "RECEIVED":
         return 0  # SENT, FAILED, REPORT, CALL: not rentbox's business
@@ -98,19 +153,19 @@ def main(argv: list[str]) -> int:
     elif modem:
         body["port"] = modem
     else:
-        print(f"{path}: no Subject (modem name) to route it by", file=sys.stderr)
+        print(f"{path}: no Subject (modem name) to route it by, and no "
+              f"RENTBOX_NUMBER_<IMSI> for its IMSI", file=sys.stderr)
         return 1
-    when = received_at(headers.get("Received", ""))
-    if when:
-        body["received_at"] = when
-    url = os.environ.get("RENTBOX_URL", "http://127.0.0.1:8080").rstrip("/") + "/sms"
-    request = urllib.request.Request(
-        url, data=json.dumps(body, ensure_ascii=False).encode("utf-8"), method="POST",
-        headers={"Content-Type": "application/json; charset=utf-8",
-                 "Authorization": f"Bearer {os.environ['RENTBOX_GATEWAY_TOKEN']}"})
+    # Without a `Received` it can read, the time the handler ran: a spooled SMS is still
+    # dated when it arrived, not when rentbox took it in.
+    body["received_at"] = (received_at(headers.get("Received", ""))
+                           or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    spool = os.environ.get("RENTBOX_SPOOL_DIR", "").strip()
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            print(response.read().decode("utf-8", "replace"))
+        if spool:
+            print(f"spooled as {spool_sms(spool, body)}")
+        else:
+            print(post_sms(body))
     except OSError as error:
         print(f"rentbox did not take the SMS in {path}: {error}", file=sys.stderr)
         return 1

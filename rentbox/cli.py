@@ -19,7 +19,8 @@ import typer
 from rich.console import Console
 
 from rentbox import (__version__, alerts, backups, bans, housekeeping, logs, meta, operations,
-                     pool, presence, render, replication, reports, retention, sms, tallies)
+                     pool, presence, render, replication, reports, retention, sms, spool,
+                     tallies)
 from rentbox import db as database_file
 from rentbox.clock import SystemClock
 from rentbox.config import (API_KEY_ENV, CONSOLE_PASSWORD_ENV, GATEWAY_TOKEN_ENV,
@@ -269,6 +270,9 @@ def serve(
         "poll_every_s"].default,
     poll_timeout_s: Annotated[float, _option("poll_timeout_s", min=0.1)] = SETTINGS[
         "poll_timeout_s"].default,
+    spool_dir: Annotated[Optional[Path], _option("spool_dir", file_okay=False)] = None,
+    spool_every_s: Annotated[float, _option("spool_every_s", min=0.1)] = SETTINGS[
+        "spool_every_s"].default,
     backup_dir: Annotated[Optional[Path], _option("backup_dir", file_okay=False)] = None,
     backup_every_s: Annotated[float, _option("backup_every_s", min=1)] = SETTINGS[
         "backup_every_s"].default,
@@ -308,6 +312,7 @@ def serve(
         smsgate_key=os.environ.get(SMSGATE_KEY_ENV, "").strip() or None,
         dinstar_tz=dinstar_tz, goip_port=goip_port, goip_host=goip_host,
         poll_boxes=poll_boxes, poll_every_s=poll_every_s, poll_timeout_s=poll_timeout_s,
+        spool_dir=spool_dir, spool_every_s=spool_every_s,
         goip_password=os.environ.get(GOIP_PASSWORD_ENV, "").strip() or None,
         console_password=os.environ.get(CONSOLE_PASSWORD_ENV, "").strip() or None,
         metrics_token=os.environ.get(METRICS_TOKEN_ENV, "").strip() or None,
@@ -1030,6 +1035,13 @@ def status(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].defaul
               if box["oldest_pending_age_s"] is not None else "")
     say(f"Outbox:     {box['pending']} SMS waiting ({box['retrying']} retrying){oldest}, "
         f"{box['failed']} refused for good, {box['expired']} expired (rental ended first)")
+    if facts["spool"] is not None:  # RENTBOX_SPOOL_DIR: the hooks' files not yet stored
+        spooled = facts["spool"]
+        age = (f", the oldest for {render.duration(spooled['oldest_age_s'])}"
+               if spooled["oldest_age_s"] is not None else "")
+        say(f"Spool:      {spooled['waiting']} file(s) waiting in {spooled['dir']}{age}, "
+            f"{spooled['bad']} set aside in {spool.BAD}/"
+            + (f"; cannot be read: {spooled['problem']}" if spooled["problem"] else ""))
     store = facts["database"]
     say(f"Database:   {render.size(store['database_bytes'])} (WAL "
         f"{render.size(store['wal_bytes'])}), {render.size(store['free_bytes'])} free on its "

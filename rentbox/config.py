@@ -127,6 +127,14 @@ SETTINGS: dict[str, Setting] = {
         Setting("poll_timeout_s", "RENTBOX_POLL_TIMEOUT_S", 10.0,
                 "Seconds a box may take to connect or to send each part of its answer "
                 "to a catch-up poll before the poll counts as failed."),
+        Setting("spool_dir", "RENTBOX_SPOOL_DIR", None,
+                "Folder where the gammu-smsd and smstools3 hooks on this machine leave each "
+                "received SMS as a file; serve stores each and then removes it, so none is "
+                "lost while rentbox is down. Off unless set (the hooks then post to /sms)."),
+        # A look into an empty folder costs one listdir; it bounds how long a spooled SMS
+        # waits before it is stored and pushed.
+        Setting("spool_every_s", "RENTBOX_SPOOL_EVERY_S", 1.0,
+                "Seconds between two looks into RENTBOX_SPOOL_DIR."),
         Setting("backup_dir", "RENTBOX_BACKUP_DIR", None,
                 "Folder where serve writes a verified backup every RENTBOX_BACKUP_EVERY_S "
                 "(rentbox-<UTC time>.db); off unless set. One folder per database."),
@@ -276,6 +284,9 @@ class Settings:
     poll_boxes: Path | None = default("poll_boxes")
     poll_every_s: float = default("poll_every_s")
     poll_timeout_s: float = default("poll_timeout_s")
+    # The spool of the local SMS daemons' hooks (spool.py): its folder (off: None).
+    spool_dir: Path | None = default("spool_dir")
+    spool_every_s: float = default("spool_every_s")
     # The status page at GET / (HTTP Basic, any user name) and GET /metrics (Bearer):
     # each off until its secret is set.
     console_password: str | None = None

@@ -1172,6 +1172,18 @@ def m010_expired_sms(db: Database) -> None:
     """)
 
 
+@migrations()
+def m012_presence_by_gateway_ports(db: Database) -> None:
+    _run(db, """
+    -- The numbers of a box that no gateway has reported yet, by port (presence.py
+    -- _take_charge: the range of ports after `gw1:` once any port of box gw1 reports).
+    -- Only unwatched numbers are in it, so after a box's first report its range is empty
+    -- and every later report of each of its ports reads nothing here.
+    CREATE INDEX numbers_unwatched_by_port ON numbers(port)
+        WHERE seen_by IS NULL AND port IS NOT NULL AND removed_at IS NULL
+    """)
+
+
 def migrate(db: Database) -> None:
     """Bring the schema up to date. Safe to call on every start; never rebuilds data.
 

@@ -5,21 +5,43 @@ and blocks one that over-reports (protocol.md 3.1); a number issued while its SI
 receives nothing, fails its guard window, and three of those ban it. So rentbox offers a
 number only while its SIM is known to be online, once a source has reported it:
 
-- *not watched* (`seen_by IS NULL`): no source ever reported this number. It is offered
-  as it always was, so nobody is forced to set presence up.
+- *not watched* (`seen_by IS NULL`): no source ever reported this number, and it is on
+  the ports of no gateway that has reported (below). It is offered as it always was, so
+  nobody is forced to set presence up; `rentbox status` warns while there are any.
 - *online* (`seen_by` set, `offline = 0`): a source reported the SIM present within the
   presence window (`rules.presence_s`).
 - *offline* (`offline = 1`): the window ended with no new report (`silent`), the
-  number's gateway sent a report without it (`dropped`), or the partner said so
+  number's gateway sent a report without it (`dropped`), a gateway reported for the
+  number's port or box and did not list it (`not reported`), or the partner said so
   (`by hand`). It is neither counted by GET_SERVICES nor issued by GET_NUMBER: the
   free-number indexes include `offline = 0`, so a pool that is mostly offline costs a
   claim no more than a pool that is all online.
 
-Sources: a gateway's report (`POST /presence`, SMSGate's events), any SMS received for a
-watched number, and `rentbox numbers online|offline`. A gateway's report is the list of
-what it has now: it replaces that gateway's previous one. A rented number whose SIM goes
-offline puts its rental *at risk*: the rental stays open (only Onlinesim's FINISH closes
-it), and the event, the log and `rentbox status` name it so the partner brings it back.
+Sources: a gateway's report (`POST /presence`, SMSGate's events, the boxes' port states),
+any SMS received for a watched number, and `rentbox numbers online|offline`. A gateway's
+report is the list of what it has now: it replaces that gateway's previous one. A rented
+number whose SIM goes offline puts its rental *at risk*: the rental stays open (only
+Onlinesim's FINISH closes it), and the event, the log and `rentbox status` name it so the
+partner brings it back.
+
+A gateway's report is the authority for the pool numbers on its ports (`_take_charge`), so
+that a box which lists only the ports that hold a SIM (a SIM bank, a port `No SIM card`)
+does not leave the others offered:
+
+- *its own ports*: the gateway's name, without the source a box adapter puts before it
+  (`ejoin:`, `dinstar:`, `goip:`, `smsgate:`), is a port, and a prefix of ports before a
+  `:` (`box1` owns `box1` and `box1:1`, `box1:2`, …; `ejoin:gw1:1.01` the port `gw1:1.01`;
+  `smsgate:<deviceId>` the ports `<deviceId>:<slot>`). Every pool number on them that the
+  report does not list online is offline, whoever reported it before.
+- *its box*: the part of a port before its last `:` names the box it is on (`gw1:` of
+  `gw1:1.01`, `<sn>:` of a Dinstar port). Once any port of a box is reported (by the box's
+  own name, a port it lists, or the port of a number it lists), the box's numbers that no
+  gateway has reported yet are offline too: a box that reports ports reports the ones
+  that matter.
+
+Only numbers on ports of no reporting gateway or box stay *not watched*. Both reads are
+ranges of an index on `port` (the box's unwatched numbers: `numbers_unwatched_by_port`,
+empty once the box has reported), so a report costs the same on any pool size.
 
 Going offline and coming back are events (`sim_offline`, `sim_online`). With presence
 off (`rules.presence` false) nothing is offline: the due-rules pass brings back any
@@ -112,7 +134,8 @@ def check_gateway(name: object) -> str:
 
 def report(db: Database, clock: Clock, rules: Rules, given: Report) -> ReportResult:
     """Apply a gateway's report: what it lists is online now, what it listed before and
-    not now is offline now. A heartbeat keeps its previous list online. One transaction."""
+    not now is offline now, and so is what it did not list on its ports and its box
+    (`_take_charge`). A heartbeat keeps its previous list online. One transaction."""
     if not rules.presence:
         raise PresenceOff()
     gateway = check_gateway(given.gateway)
@@ -132,11 +155,14 @@ def report(db: Database, clock: Clock, rules: Rules, given: Report) -> ReportRes
             ports, heartbeat = _device_ports(db, given.device), False
         if heartbeat:
             _heartbeat(db, now, gateway)
+            if _knows(db, gateway):
+                _take_charge(db, now, gateway, None, ())
         else:
             reported, missed_numbers, missed_ports, ambiguous = _resolve(
                 db, list(digits), ports)
             unknown += [digits[d] for d in missed_numbers] + missed_ports
             _replace(db, now, gateway, reported)
+            _take_charge(db, now, gateway, reported, ports)
             if given.port_hints:
                 _note_port_hints(db, now, gateway, given.port_hints)
         rented = {r["number"]: r["offline"] for r in db.rows(
@@ -217,6 +243,86 @@ def _replace(db: Database, now: dt.datetime, gateway: str, reported: dict[int, d
     # The usual report repeats the last one: one statement refreshes them all.
     db.execute("UPDATE numbers SET seen_at = ? WHERE id IN (SELECT value FROM json_each(?))",
                (stamp, json.dumps(unchanged)))
+
+
+# The sources that the box adapters put before a port to name its gateway
+# (gateways/: `ejoin:<port>`, `dinstar:<sn>:<port>`, `goip:<line>`, `smsgate:<deviceId>`).
+ADAPTER_SOURCES = ("ejoin:", "dinstar:", "goip:", "smsgate:")
+# Why a number on a reporting gateway's ports or box is offline.
+NOT_REPORTED = "not reported"
+
+
+def own_ports(gateway: str) -> str:
+    """The port a gateway's name makes it the authority for, with every port below it
+    (`<port>:…`): its name without an adapter's source (`ejoin:gw1:1.01` → `gw1:1.01`,
+    `smsgate:dev1` → `dev1`, `box-1` → `box-1`)."""
+    for source in ADAPTER_SOURCES:
+        if gateway.startswith(source) and len(gateway) > len(source):
+            return gateway[len(source):]
+    return gateway
+
+
+def box_of(port: str | None) -> str | None:
+    """The box a port is on: the port up to its last `:`, that included (`gw1:` of
+    `gw1:1.01`); None for a port that names no box (`1.01`, `GSM1`)."""
+    if not port or ":" not in port.rstrip(":"):
+        return None
+    return port[:port.rstrip(":").rindex(":") + 1]
+
+
+def _take_charge(db: Database, now: dt.datetime, gateway: str,
+                 reported: dict[int, dict] | None, listed_ports: list[str] | tuple) -> int:
+    """The gateway has reported (`reported`: the pool numbers its report names; None for a
+    heartbeat, which names what it has online): what it did not name on its own ports goes
+    offline, and so do the numbers of its boxes that no gateway ever reported. A port it
+    listed that several numbers share (ambiguous) is left as it is: the report does not
+    say which card is in it. Returns how many went offline. Inside the caller's
+    transaction."""
+    if reported is None:
+        reported = {r["id"]: r for r in db.rows(
+            "SELECT id, port FROM numbers WHERE seen_by = ? AND offline = 0", (gateway,))}
+    listed = set(listed_ports)
+    taken: list[str] = []
+    base = own_ports(gateway)
+    # Its own ports (numbers_by_port, two ranges): anything on them not reported now.
+    for row in db.rows(
+            "SELECT id, number, port, operation_id, seen_by, offline, offline_reason"
+            " FROM numbers WHERE (port = ? OR (port > ? AND port < ?)) AND removed_at IS NULL",
+            (base, base + ":", base + ";")):
+        if row["id"] in reported or row["port"] in listed:
+            continue
+        if not row["offline"]:
+            if _not_reported(db, now, row, gateway, f"{gateway} reports port {row['port']} "
+                             "without it"):
+                taken.append(row["number"])
+        elif row["offline_reason"] == NOT_REPORTED and row["seen_by"] != gateway:
+            # Taken offline for its box by another port's gateway: its own port's gateway
+            # is the one whose report brings it back (and whose `missing` names it).
+            db.execute("UPDATE numbers SET seen_by = ? WHERE id = ?", (gateway, row["id"]))
+    # Its boxes (numbers_unwatched_by_port): the numbers nobody has reported yet.
+    boxes = {box_of(p) for p in (base, *listed, *(r["port"] for r in reported.values()))}
+    for box in sorted(b for b in boxes if b is not None):
+        for row in db.rows(
+                "SELECT id, number, port, operation_id, seen_by FROM numbers"
+                " WHERE seen_by IS NULL AND removed_at IS NULL AND port > ? AND port < ?",
+                (box, box[:-1] + ";")):
+            if row["id"] not in reported and row["port"] not in listed:
+                if _not_reported(db, now, row, gateway, f"its box {box[:-1]} reports, "
+                                 f"via {gateway}, without it"):
+                    taken.append(row["number"])
+    if taken:
+        log.info("%d SIM(s) offline: on ports that %s reports for, and not reported (%s)",
+                 len(taken), gateway, ", ".join(f"+{n}" for n in taken[:5])
+                 + (" …" if len(taken) > 5 else ""))
+    return len(taken)
+
+
+def _not_reported(db: Database, now: dt.datetime, row: dict, gateway: str, why: str) -> bool:
+    """Turn a number offline because the gateway in charge of its port did not report it;
+    the gateway becomes its source, so that its next report brings it back."""
+    db.execute("UPDATE numbers SET seen_by = ? WHERE id = ? AND offline = 0",
+               (gateway, row["id"]))
+    return _go_offline(db, now, row, NOT_REPORTED, why)
 
 
 def _knows(db: Database, gateway: str) -> bool:

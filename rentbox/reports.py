@@ -17,7 +17,7 @@ import dataclasses
 import datetime as dt
 
 from rentbox import (backups, bans, events, gateways, meta, operations, pool, presence,
-                     replication, sms, tallies)
+                     replication, sms, spool, tallies)
 from rentbox.clock import from_text, to_text
 from rentbox.config import Rules
 from rentbox.db import Database, is_being_served
@@ -35,6 +35,9 @@ STUCK_SMS_WARNING_S = 5 * 60
 STALE_FAILED_S = 24 * 3600
 # Less free space than this beside the database is worth a warning before writes fail.
 LOW_DISK_WARNING_BYTES = 100 * 1024 * 1024
+# A running server takes a spooled SMS in within RENTBOX_SPOOL_EVERY_S (a second): one
+# that has waited this long is stuck (serve is down, or may not read the file).
+SPOOL_WARNING_S = 60
 
 
 # ---------------------------------------------------------------------------------------
@@ -104,8 +107,12 @@ def status(db: Database, now: dt.datetime) -> dict:
     report["backups"], backup_warnings = backups.status(meta.get(db, meta.BACKUPS), server, now)
     report["replication"], replica_warnings = replication.status(
         meta.get(db, meta.REPLICATION), server, now)
+    # The hooks' spool (None unless the last server started with RENTBOX_SPOOL_DIR).
+    report["spool"] = (spool.backlog(server["spool_dir"], now)
+                       if server is not None and server.get("spool_dir") else None)
     report["warnings"] = (_warnings(report, now) + backup_warnings + replica_warnings
-                          + _smsgate_ping_warnings(db, now))
+                          + _smsgate_ping_warnings(db, now) + _unwatched_warnings(db, sims)
+                          + _spool_warnings(report["spool"]))
     return report
 
 
@@ -193,6 +200,40 @@ def _smsgate_ping_warnings(db: Database, now: dt.datetime) -> list[str]:
             f"{rules.presence_s:g} s after each report: in the app set Settings → Ping → "
             f"Interval (seconds) to {smsgate.ping_interval_s(rules.presence_s)} and add a "
             "system:ping webhook to /sms/smsgate"]
+
+
+def _spool_warnings(spooled: dict | None) -> list[str]:
+    """SMS that the gammu-smsd or smstools3 hook spooled and serve has not stored, and
+    files it set aside."""
+    if spooled is None:
+        return []
+    warnings = []
+    if spooled["problem"]:
+        warnings.append(f"the spool {spooled['dir']} cannot be read here "
+                        f"({spooled['problem']}): its backlog is unknown")
+    age = spooled["oldest_age_s"]
+    if spooled["waiting"] and age is not None and age > SPOOL_WARNING_S:
+        warnings.append(f"{spooled['waiting']} SMS wait in the spool {spooled['dir']}, the "
+                        f"oldest since {_short_time(spooled['oldest_at'])}: rentbox serve "
+                        "stores them within seconds while it runs; start it, or let it read "
+                        "and remove the files there")
+    if spooled["bad"]:
+        warnings.append(f"{spooled['bad']} file(s) in {spooled['dir']}/{spool.BAD} could not be "
+                        "stored (the log says why): correct each and move it back, or remove "
+                        "it")
+    return warnings
+
+
+def _unwatched_warnings(db: Database, sims: dict) -> list[str]:
+    """Numbers that no reporting gateway's ports hold, while presence is on: they are
+    offered whatever their SIM, which Onlinesim blocks when a SIM is not in a port."""
+    rules = meta.server_rules(db) or Rules()
+    if not rules.presence or not sims["unwatched"]:
+        return []
+    return [f"{sims['unwatched']} number(s) not watched: no gateway reports their ports, so "
+            "they are offered even when their SIM is not in a port (Onlinesim blocks a "
+            "partner who over-reports); have their gateway report presence (README, SIM "
+            "presence), or set RENTBOX_PRESENCE=off if none ever will"]
 
 
 def _mib(size: int | None) -> str:

@@ -28,6 +28,7 @@ from rentbox.housekeeping import Housekeeper
 from rentbox.metrics import Metrics
 from rentbox.push import Pusher
 from rentbox.replication import Replicator
+from rentbox.spool import SpoolReader
 from rentbox.web.onlinesim import ARRIVED_AGE_KEY
 
 log = logging.getLogger("rentbox.server")
@@ -255,6 +256,12 @@ class Server:
                     self.connections, self.clock, settings.rules, host=settings.goip_host,
                     port=settings.goip_port, password=settings.goip_password or "",
                     on_sms=self.pusher.wake if self.pusher else lambda: None)
+            self.spool = None  # the local hooks' spool, when RENTBOX_SPOOL_DIR is set
+            if settings.spool_dir is not None:
+                self.spool = SpoolReader(
+                    self.connections, self.clock, settings.rules, settings.spool_dir,
+                    settings.spool_every_s,
+                    on_sms=self.pusher.wake if self.pusher else lambda: None)
             self.poller = None  # the catch-up poll, when RENTBOX_POLL_BOXES lists boxes
             if settings.poll_boxes is not None:
                 self.poller = Poller(self.connections, self.clock, settings,
@@ -302,6 +309,8 @@ class Server:
             self.alert_sender.start()
         if self.goip:
             self.goip.start()
+        if self.spool:
+            self.spool.start()
         if self.poller:
             self.poller.start()
         try:
@@ -324,6 +333,7 @@ class Server:
                  "ban_s": s.rules.ban_s, "push_retry_s": s.push_retry_s,
                  "presence": s.rules.presence, "presence_s": s.rules.presence_s,
                  "backup_every_s": s.backups.every_s if s.backups.folder else None,
+                 "spool_dir": str(s.spool_dir) if s.spool_dir else None,
                  "replication": bool(s.replication.url)}
         meta.put(self.connections.get(), now, meta.SERVER, facts)
         self._facts = facts
@@ -380,6 +390,8 @@ class Server:
             self.alert_sender.stop()
         if self.goip:
             self.goip.stop()
+        if self.spool:
+            self.spool.stop()
         if self.poller:
             self.poller.stop(timeout_s=self.settings.poll_timeout_s + 5)
         if self.pusher:

@@ -221,9 +221,9 @@ def test_port_states_feed_presence(client, db, caplog):
     assert answer.json == {"status": "SUCCESS", "ports": 2, "online": 1}
     sims = {r["number"]: (r["offline"], r["seen_by"]) for r in db.rows(
         "SELECT number, offline, seen_by FROM numbers")}
-    # Port 1.02 has no SIM: its number is not online (a port that never had it online does
-    # not start watching it).
-    assert sims == {A: (0, "ejoin:gw1:1.01"), B: (0, None)}
+    # Port 1.02 has no SIM: its number is offline, though no report ever had it online
+    # (the box's report is the authority for its ports: issue 21, item 6).
+    assert sims == {A: (0, "ejoin:gw1:1.01"), B: (1, "ejoin:gw1:1.02")}
     # A port-status push when port 1.01 loses its network:
     lost = {"type": "port-status", "port": "1.01", "st": "6 Register failed"}
     assert client.post("/sms/ejoin?box=gw1", lost, headers=AUTH).json["online"] == 0

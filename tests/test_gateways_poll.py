@@ -398,8 +398,9 @@ def test_the_ports_states_are_presence(boxes, db, clock, caplog):
     for _ in range(10):  # 10 minutes: longer than the presence window
         pass_.run_once(db, clock)
         clock.advance(60)
+        # Port 1 is NO_SIM: its number is offline (issue 21, item 6).
         assert sims() == {"8613714637674": (0, f"dinstar:{SN}:0"),
-                          "8613714637675": (0, None)}
+                          "8613714637675": (1, f"dinstar:{SN}:1")}
     assert [r["query"] for r in fake.requests if r["path"] == poll.DINSTAR_PORTS][-1] == {
         "info_type": "reg,number"}
     fake.ports["info"][0]["reg"] = "NO_SIM"  # port 0 loses its SIM
@@ -539,6 +540,8 @@ def test_a_real_server_catches_up_on_an_sms_whose_push_was_lost(start_server, bo
                                                                  onlinesim, tmp_path):
     add_numbers(db, START, ("+8613714637674", "china", "cmcc", f"{SN}:2"))
     fake = boxes("dinstar")
+    # The box has that SIM in port 2 (its list of ports is the authority for its ports).
+    fake.ports["info"].append({"port": 2, "reg": "REGISTER_OK", "number": "13714637674"})
     fake.sms = [dinstar_row(1, dt.datetime.now(UTC) - dt.timedelta(days=2), "history")]
     path = write(tmp_path, f'[[box]]\nname = "dwg1"\nkind = "dinstar"\nurl = "{fake.url}"\n'
                  f'user = "{USER}"\npassword = "{PASSWORD}"\n')

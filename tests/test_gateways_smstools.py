@@ -105,3 +105,34 @@ def test_a_real_server_pushes_the_sms_once(start_server, modems, onlinesim, tmp_
     assert [(b["phone"], b["phoneFrom"], b["text"]) for b in onlinesim.bodies()] == [
         (RU, "79990001122", "Ваш код: 5520. Никому!")]
     assert len(onlinesim.requests) == 1
+
+
+def test_with_a_spool_the_handler_writes_one_file_and_needs_no_server(tmp_path):
+    """rentbox may be down: the SMS waits in RENTBOX_SPOOL_DIR (issue 21, item 11)."""
+    import json
+    import re
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RENTBOX_")}
+    done = subprocess.run([sys.executable, str(HANDLER), "RECEIVED", str(SAMPLES / "GSM2.Qw7RtY")],
+                          env={**env, "RENTBOX_SPOOL_DIR": str(spool)}, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    [spooled] = list(spool.iterdir())
+    assert re.fullmatch(r"\d{20}-smstools-\d+-[0-9a-f]{8}\.json", spooled.name)  # by time
+    assert spooled.stat().st_mode & 0o777 == 0o640
+    body = json.loads(spooled.read_text(encoding="utf-8"))
+    assert {k: v for k, v in body.items() if k != "received_at"} == {
+        "port": "GSM2", "from": "79990001122", "text": "Ваш код: 5520. Никому!",
+        "id": "smstools:GSM2.Qw7RtY"}
+    assert body["received_at"].startswith("2026-11-26T13:01:12")
+
+
+def test_with_neither_spool_nor_token_the_handler_says_what_to_set(modems, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RENTBOX_")}
+    done = subprocess.run([sys.executable, str(HANDLER), "RECEIVED", str(SAMPLES / "GSM2.Qw7RtY")],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert "set RENTBOX_SPOOL_DIR (rentbox on this machine) or RENTBOX_GATEWAY_TOKEN" in (
+        done.stderr)

@@ -267,3 +267,118 @@ def test_an_existing_database_keeps_offering_every_number(tmp_path):
         assert operations.available_counts(db, later, rules) == {
             "germany": {"any": 2, "o2": 2}}
     assert presence.counts(db) == {"online": 0, "offline": 0, "unwatched": 2}
+
+
+# ---- a report is the authority for its gateway's ports and box (issue 21, items 6 and 10) --
+
+
+def test_a_gateway_takes_charge_of_the_ports_its_name_names(db, clock):
+    """A SIM-bank controller named `bank1` lists the numbers it has in ports now; the pool
+    numbers on its other ports (`bank1:…`) are offline, not offered as "not watched"."""
+    add_numbers(db, START, (A, "germany", "o2", "bank1:1"), (B, "germany", "o2", "bank1:2"),
+                (C, "germany", "o2", "bank1"), (D, "germany", "o2", "bank10:1"))
+    assert report(db, clock, gateway="bank1", numbers=[A]).online == 1
+    assert sim(db, B) == {"offline": 1, "offline_reason": presence.NOT_REPORTED,
+                          "seen_by": "bank1", "seen_at": None}
+    assert sim(db, C)["offline_reason"] == presence.NOT_REPORTED  # the port `bank1` itself
+    assert sim(db, D)["seen_by"] is None  # bank10 is another gateway's
+    assert kinds(db, B) == ["sim_offline"]
+    assert offered(db, clock) == 2 and presence.counts(db) == {
+        "online": 1, "offline": 2, "unwatched": 1}
+    # Its next report that lists B brings it back, as any report does.
+    report(db, clock, gateway="bank1", numbers=[A, B])
+    assert sim(db, B)["offline"] == 0 and kinds(db, B)[-1] == "sim_online"
+
+
+def test_a_port_without_a_sim_in_a_first_report_is_offline(db, clock):
+    """An Ejoin port state `0 No SIM card` is the report of the port's own gateway
+    (`ejoin:<port>`) with nothing online: the number on that port was never watched, and
+    now is offline (before: "not watched", and offered)."""
+    add_numbers(db, START, (A, "germany", "o2", "1.01"), (B, "germany", "o2", "1.02"))
+    report(db, clock, gateway="ejoin:1.01", ports=["1.01"])
+    report(db, clock, gateway="ejoin:1.02", ports=[])
+    assert (sim(db, A)["offline"], sim(db, B)["offline"]) == (0, 1)
+    assert sim(db, B)["offline_reason"] == presence.NOT_REPORTED
+    assert offered(db, clock) == 1
+
+
+def test_a_box_that_reports_some_ports_takes_charge_of_its_others(db, clock):
+    """Ports `gw1:1.01` … are on box gw1: once one of them is reported, the box's numbers no
+    gateway reports are offline (a SIM bank that lists only its active cards); another
+    box's stay not watched."""
+    add_numbers(db, START, (A, "germany", "o2", "gw1:1.01"), (B, "germany", "o2", "gw1:1.02"),
+                (C, "germany", "o2", "gw1:2.01"), (D, "germany", "o2", "gw2:1.01"))
+    report(db, clock, gateway="ejoin:gw1:1.01", ports=["gw1:1.01"])
+    assert [sim(db, n)["offline"] for n in (A, B, C)] == [0, 1, 1]
+    assert sim(db, D)["seen_by"] is None
+    # Another port of the box reports online: its number is back, the others stay offline.
+    report(db, clock, gateway="ejoin:gw1:2.01", ports=["gw1:2.01"])
+    assert [sim(db, n)["offline"] for n in (A, B, C)] == [0, 1, 0]
+    # A number reported by another port's gateway is that gateway's business.
+    report(db, clock, gateway="ejoin:gw1:1.01", ports=["gw1:1.01"])
+    assert sim(db, C) == {"offline": 0, "offline_reason": None, "seen_by": "ejoin:gw1:2.01",
+                          "seen_at": sim(db, C)["seen_at"]}
+
+
+def test_a_number_of_a_box_named_by_a_reported_number_is_in_its_charge_too(db, clock):
+    """A SIM bank that reports numbers, not ports: the ports of the numbers it lists name its
+    box."""
+    add_numbers(db, START, (A, "germany", "o2", "sb:1"), (B, "germany", "o2", "sb:2"),
+                (C, "germany", "o2", "7.01"))
+    report(db, clock, gateway="simbank", numbers=[A])
+    assert (sim(db, B)["offline_reason"], sim(db, C)["seen_by"]) == (
+        presence.NOT_REPORTED, None)
+
+
+def test_a_heartbeat_takes_charge_of_a_number_imported_after_the_report(db, clock):
+    add_numbers(db, START, (A, "germany", "o2", "dev1:1"))
+    report(db, clock, gateway="smsgate:dev1", ports=["dev1:1"])
+    add_numbers(db, START, (B, "germany", "o2", "dev1:2"))
+    assert sim(db, B)["seen_by"] is None  # not reported yet: nothing says otherwise
+    assert report(db, clock, gateway="smsgate:dev1").online == 1  # a ping
+    assert sim(db, B)["offline_reason"] == presence.NOT_REPORTED
+
+
+def test_a_port_several_numbers_share_is_left_alone_by_its_report(db, clock):
+    """A SIM bank's shared port holds whichever card: listing the port says nothing about
+    which of its numbers is in it."""
+    add_numbers(db, START, (A, "germany", "o2", "gw1:9"), (B, "germany", "o2", "gw1:9"),
+                (C, "germany", "o2", "gw1:8"))
+    answer = report(db, clock, gateway="ejoin:gw1:9", ports=["gw1:9"])
+    assert answer.ambiguous == ["gw1:9"]
+    assert (sim(db, A)["seen_by"], sim(db, B)["seen_by"]) == (None, None)
+    assert sim(db, C)["offline_reason"] == presence.NOT_REPORTED
+
+
+def test_a_rented_number_not_reported_by_its_box_is_at_risk(db, clock):
+    add_numbers(db, START, (A, "germany", "o2", "gw1:1.01"), (B, "germany", "o2", "gw1:1.02"))
+    rentals = {rent(db, clock).number for _ in range(2)}
+    assert rentals == {A, B}
+    answer = report(db, clock, gateway="ejoin:gw1:1.01", ports=["gw1:1.01"])
+    assert [r["number"] for r in presence.at_risk(db)] == [B]
+    assert answer.missing == [B]  # "bring it back": this gateway is in charge of it now
+
+
+@pytest.mark.parametrize("name, own, box", [
+    ("box-1", "box-1", None), ("ejoin:gw1:1.01", "gw1:1.01", "gw1:"),
+    ("ejoin:1.01", "1.01", None), ("dinstar:dbd2-0325-0044-0088:1", "dbd2-0325-0044-0088:1",
+                                   "dbd2-0325-0044-0088:"),
+    ("goip:goip1-1", "goip1-1", None), ("smsgate:_x3kPq9RmT2vLw8ZyB4nC",
+                                        "_x3kPq9RmT2vLw8ZyB4nC", None),
+])
+def test_the_ports_and_box_a_gateway_name_names(name, own, box):
+    assert (presence.own_ports(name), presence.box_of(presence.own_ports(name))) == (own, box)
+
+
+def test_taking_charge_reads_index_ranges(box, clock):
+    """Flat in pool size: a report reads its own ports and its box's unwatched numbers
+    through index ranges (numbers_by_port, numbers_unwatched_by_port)."""
+    def plan(sql, params=()):
+        return " ".join(r[3] for r in box.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+    own = plan("SELECT id FROM numbers WHERE (port = ? OR (port > ? AND port < ?))"
+               " AND removed_at IS NULL AND offline = 0", ("gw1", "gw1:", "gw1;"))
+    assert own.count("numbers_by_port") == 2 and "SCAN" not in own
+    unwatched = plan("SELECT id FROM numbers WHERE seen_by IS NULL AND removed_at IS NULL"
+                     " AND port > ? AND port < ?", ("gw1:", "gw1;"))
+    assert "numbers_unwatched_by_port" in unwatched and "SCAN" not in unwatched

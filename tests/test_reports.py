@@ -17,6 +17,14 @@ from rentbox.protocol import FinishRequest, RentRequest
 from conftest import EXAMPLES, START, FakeClock, add_numbers
 
 RULES = Rules(guard_s=1200, ban_after=3, ban_s=86400, guard_margin_s=0)
+
+
+def unwatched(count: int) -> str:
+    """The warning about numbers that no reporting gateway holds (presence on)."""
+    return (f"{count} number(s) not watched: no gateway reports their ports, so they are "
+            "offered even when their SIM is not in a port (Onlinesim blocks a partner who "
+            "over-reports); have their gateway report presence (README, SIM presence), or set "
+            "RENTBOX_PRESENCE=off if none ever will")
 A, B, C = "4915123456789", "4917612345678", "79123456789"
 DAY1 = START                                  # Sunday 2026-11-01 12:00 UTC
 DAY2 = START + dt.timedelta(days=1)           # Monday 2026-11-02 12:00 UTC
@@ -127,7 +135,8 @@ def test_status_figures_and_warnings(books):
     assert store["write_problem"] is None
     assert facts["warnings"] == [
         "rentbox serve has never run on this database",
-        "1 SMS waiting in the outbox since 2026-11-02 12:02 UTC"]
+        "1 SMS waiting in the outbox since 2026-11-02 12:02 UTC",
+        unwatched(3)]
 
 
 def test_status_flags_failed_rentals_without_finish_after_a_day(books):
@@ -185,7 +194,8 @@ def test_status_of_a_running_server_without_push_url(books):
         "1 SMS not yet accepted by Onlinesim, retrying; the oldest waits since "
         "2026-11-02 12:02 UTC (last error: HTTP 500)",
         "Onlinesim has not called since 2026-11-02 12:00 UTC: check the URL it was given "
-        "and the reverse proxy"]
+        "and the reverse proxy",
+        unwatched(3)]
 
 
 def test_number_history(books):
@@ -265,3 +275,25 @@ def test_status_says_nothing_of_smsgate_pings_when_presence_is_off(db):
                                       "presence": False, "presence_s": 300})
     smsgate_sms(db, clock, "Code 1")
     assert not [w for w in reports.status(db, START)["warnings"] if "SMSGate" in w]
+
+
+def test_status_warns_while_numbers_are_not_watched_and_presence_is_on(db):
+    """Issue 21, item 10: a number on no reporting gateway's ports is offered whatever its
+    SIM; `status` says so until a gateway reports it, or presence is turned off."""
+    from rentbox import presence
+
+    clock = FakeClock(START)
+    add_numbers(db, START, ("4915123456789", "germany", "o2", "gw1:1"),
+                ("4915123456790", "germany", "o2", "gw1:2"))
+    assert unwatched(2) in reports.status(db, START)["warnings"]
+    presence.report(db, clock, Rules(), presence.Report("box-1", ports=("gw1:1",)))
+    facts = reports.status(db, START)
+    assert facts["presence"] == {**facts["presence"], "online": 1, "offline": 1,
+                                 "unwatched": 0}
+    assert not [w for w in facts["warnings"] if "not watched" in w]
+    add_numbers(db, START, ("4915123456791", "germany", "o2", "gw9:1"))
+    assert unwatched(1) in reports.status(db, START)["warnings"]
+    meta.put(db, START, meta.SERVER, {"started_at": "2026-11-01T12:00:00.000000Z",
+                                      "guard_s": 1200, "ban_after": 3, "ban_s": 86400,
+                                      "presence": False, "presence_s": 300})
+    assert not [w for w in reports.status(db, START)["warnings"] if "not watched" in w]

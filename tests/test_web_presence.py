@@ -139,3 +139,67 @@ def test_a_real_server_follows_a_gateway_going_silent_and_coming_back(start_serv
     kinds = [r["kind"] for r in db.rows("SELECT kind FROM events WHERE kind LIKE 'sim_%'"
                                         " ORDER BY id")]
     assert kinds == ["sim_watched"] * 2 + ["sim_offline"] * 2 + ["sim_online"] * 2
+
+
+# ---- a box's report is the authority for its ports (issue 21, items 6 and 10) ------------
+
+# An Ejoin/Skyline `dev-status` push as the box sends it to its status URL: the header of the
+# "Dev-Status Message (pushed by device)" and the port fields (port, sim, seq, st, bal, opr,
+# sn, imei, active, imsi, iccid, inserted, slot_active, sig) and status codes (0 "No SIM
+# card", 3 "Registered") of ZMAWline/incomingsms .claude/skills/SkyLine-API/
+# skyline_api_reference.md (Skyline HTTP API 2.4.0). With the status URL's default
+# `all_sims=0` a 4-slot box lists only each port's active card: 1.02 to 1.04 are not listed.
+# The numbers, IMSIs and ICCIDs are examples.
+EJOIN_DEV_STATUS = {
+    "type": "dev-status", "seq": 1, "expires": 180, "mac": "00-30-f1-01-02-03",
+    "ip": "192.168.1.67", "max-ports": 2, "max-slots": 4,
+    "status": [
+        {"port": "1.01", "sim": "", "seq": 18566, "st": "3 Registered", "bal": "0.00",
+         "opr": "26201 Telekom.de", "sn": "+4915123456789", "imei": "862032045299211",
+         "active": 1, "imsi": "262011234567890", "iccid": "89490200001234567890",
+         "inserted": 1, "slot_active": 1, "sig": 23},
+        {"port": "2.01", "sim": "", "seq": 2124, "st": "0 No SIM card", "imei": "862032045299252",
+         "active": 1, "inserted": 0, "slot_active": 1, "sig": 0},
+    ]}
+C, D = "4915211111111", "4915222222222"
+
+
+def test_a_real_server_takes_the_box_s_unreported_and_empty_ports_offline(start_server, db):
+    add_numbers(db, START, (A, "germany", "telekom", "gw1:1.01"),
+                (B, "germany", "telekom", "gw1:1.02"),    # slot 2 of port 1: not listed
+                (C, "germany", "o2", "gw1:2.01"),          # port 2: "0 No SIM card"
+                (D, "germany", "o2", "gw2:1.01"))          # another box, never reported
+    server = start_server()
+
+    def counted():
+        answer = http_post(server.url + "/getServicesRent",
+                           {"action": "GET_SERVICES", "key": API_KEY}).json
+        return sum(c["operatorMap"]["any"]["rent"] for c in answer["countryList"])
+
+    assert counted() == 4  # nothing reported yet: offered as before
+    pushed = http_post(f"{server.url}/sms/ejoin?box=gw1&token={GATEWAY_TOKEN}",
+                       EJOIN_DEV_STATUS).json
+    assert pushed == {"status": "SUCCESS", "ports": 2, "online": 1}
+    # Before: B and C stayed "not watched" and were offered (4 numbers), though the box has
+    # no SIM in port 2 and card 2 of port 1 is not the active one.
+    assert counted() == 2
+    sims = {r["number"]: (r["offline"], r["offline_reason"]) for r in db.rows(
+        "SELECT number, offline, offline_reason FROM numbers")}
+    assert sims == {A: (0, None), B: (1, "not reported"), C: (1, "not reported"),
+                    D: (0, None)}
+    # The box switches port 1 to its card 2: a port-status push for 1.02.
+    switched = {"type": "port-status", "port": "1.02", "seq": 18570, "st": "3 Registered",
+                "sn": "+4917612345678", "active": 1}
+    http_post(f"{server.url}/sms/ejoin?box=gw1&token={GATEWAY_TOKEN}", switched)
+    assert db.row("SELECT offline FROM numbers WHERE number = ?", (B,))["offline"] == 0
+
+
+def test_a_presence_report_of_a_sim_bank_takes_its_other_numbers_offline(client, db):
+    """`POST /presence` of a SIM-bank controller that lists the numbers it has in ports: the
+    bank's other numbers (its box `bank1:`) are offline, not offered."""
+    add_numbers(db, START, (A, "germany", "o2", "bank1:1"), (B, "germany", "o2", "bank1:2"),
+                (C, "germany", "o2", "bank1:3"), (D, "germany", "o2", "gw9:1"))
+    answer = client.post("/presence", {"gateway": "bank1", "numbers": [f"+{A}"]},
+                         headers=AUTH)
+    assert answer.json["online"] == 1
+    assert services(client) == 2  # A, and D on no reporting gateway's ports

@@ -11,6 +11,7 @@ from rentbox.web import wsgi
 
 from conftest import (API_KEY, EXAMPLES, GATEWAY_TOKEN, SMSGATE_KEY, START, WsgiClient,
                       add_numbers, snapshot)
+from test_gateways_ejoin import FORWARD_BODY, FORWARD_HEADERS, forward_url
 
 GET_NUMBER = {"action": "GET_NUMBER", "key": API_KEY, "service": "rent", "sum": 400}
 AUTH = {"Authorization": f"Bearer {GATEWAY_TOKEN}"}
@@ -344,3 +345,79 @@ def test_smsgate_the_document_and_the_server_agree_on_device_ids_and_recipients(
          "components": document["components"]}).is_valid(envelope)
     assert allowed is (status == 200)
     assert smsgate_post(client, clock, envelope).status == status
+
+
+# ---- every refused gateway call is one WARNING, limited per gateway (issue 21, item 14) ---
+
+# The boxes' own payloads (their sources are named where the samples are used in
+# tests/test_gateways_dinstar.py, test_gateways_ejoin.py and above).
+DINSTAR_PUSH = json.loads((EXAMPLES / "gateways" / "dinstar-push-sms.json").read_text())
+
+
+def refusals(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelname == "WARNING" and r.name == "rentbox.web"]
+
+
+def test_a_refused_call_is_one_warning_with_its_reason_and_never_the_token_or_body(
+        start_server, db, caplog):
+    import logging
+    import time
+
+    from conftest import http_post
+
+    server = start_server()
+    with caplog.at_level(logging.INFO, logger="rentbox"):
+        # A Dinstar box with another token (its push, as its manual shows it).
+        wrong = http_post(f"{server.url}/sms/dinstar?token=not-{GATEWAY_TOKEN}",
+                          DINSTAR_PUSH)
+        # The same box's push with one row where the list of rows belongs: the box names
+        # itself (`sn`) in it.
+        cut = http_post(f"{server.url}/sms/dinstar?token={GATEWAY_TOKEN}",
+                        {**DINSTAR_PUSH, "sms": DINSTAR_PUSH["sms"][0]})
+        # Ejoin's web forward sent where only its API push is taken (`?box=` names it).
+        forward = http_post(f"{server.url}/sms/ejoin?box=gw1&token={GATEWAY_TOKEN}",
+                            raw=FORWARD_BODY, headers=FORWARD_HEADERS)
+        # SMSGate's envelope with a signature made with another key.
+        stamp = str(int(time.time()))
+        raw = json.dumps(SAMPLE).encode()
+        signed = http_post(f"{server.url}/sms/smsgate", raw=raw, headers={
+            "X-Timestamp": stamp, "X-Signature": hmac.new(
+                b"another-key", raw + stamp.encode(), hashlib.sha256).hexdigest()})
+        # The same forward to its own path (the token in it) is taken: no warning.
+        taken = http_post(server.url + forward_url(), raw=FORWARD_BODY,
+                          headers=FORWARD_HEADERS)
+    assert [a.status for a in (wrong, cut, forward, signed, taken)] == [401, 400, 400, 401,
+                                                                       200]
+    assert refusals(caplog) == [
+        "POST /sms/dinstar refused (401) for 127.0.0.1: BAD_TOKEN",
+        "POST /sms/dinstar refused (400) for box dbd2-0325-0044-0088 at 127.0.0.1: "
+        + cut.json["error"],
+        "POST /sms/ejoin refused (400) for box gw1 at 127.0.0.1: the body is not JSON; the "
+        "web UI's \"SMS to HTTP\" forward is taken at /sms/ejoin/<token>",
+        f"POST /sms/smsgate refused (401) for device {DEVICE} at 127.0.0.1: BAD_SIGNATURE"]
+    assert GATEWAY_TOKEN not in caplog.text
+    for secret_or_body in ("Ваш код", "7781", "another-key", "Sender:", "552013"):
+        assert secret_or_body not in caplog.text
+
+
+def test_refusals_are_limited_per_gateway_with_the_count_held_back(client, clock, db, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="rentbox"):
+        for _ in range(50):  # a box set up with an old token, and another one
+            client.post("/sms/ejoin?box=gw1&token=old", raw=b"{}")
+            client.post("/sms/ejoin?box=gw2&token=old", raw=b"{}")
+        assert refusals(caplog) == [
+            "POST /sms/ejoin refused (401) for box gw1 at ?: BAD_TOKEN",
+            "POST /sms/ejoin refused (401) for box gw2 at ?: BAD_TOKEN"]
+        caplog.clear()
+        clock.advance(61)
+        client.post("/sms/ejoin?box=gw1&token=old", raw=b"{}")
+    # gw1 again, a minute on: logged with its count; gw2, quiet since, has its count alone.
+    held = "s not logged (at most one per 60 s per gateway)"
+    assert refusals(caplog) == [
+        "POST /sms/ejoin refused (401) for box gw1 at ?: BAD_TOKEN; 49 more warning(s) about "
+        "refused calls from box gw1 in the last 61 " + held,
+        "gateway intake: 49 more warning(s) about refused calls from box gw2 in the last 61 "
+        + held]

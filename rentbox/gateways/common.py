@@ -1,8 +1,10 @@
-"""What the gateway adapters share: ids, a push of several SMS, the state of a box's ports."""
+"""What the gateway adapters share: ids, a push of several SMS, the state of a box's ports,
+and a limit on the warnings that anyone who can reach a gateway's way in can cause."""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import logging
 import re
@@ -266,3 +268,80 @@ def _same_number(pool_number: str, reported: str) -> bool:
 def _loggable(text: str) -> str:
     text = str(text)[:40]
     return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+
+
+# ---------------------------------------------------------------------------------------
+# Warnings anyone can cause
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Held:
+    """One source's warnings: when the last was logged, when the last of any came, and
+    how many were held back since the last logged."""
+
+    logged_at: dt.datetime
+    last_at: dt.datetime
+    held: int = 0
+
+
+class WarningLimit:
+    """Which warnings about one source (an address, a box) to log: the first, then at most
+    one per `every_s`, which tells how many were held back since the last one logged. At
+    most `max_sources` sources are tracked; warnings about others share one budget.
+    `about` and `per` name them in that count (GoIP: "datagrams", per "address"). Not
+    thread-safe: a caller with several threads holds its own lock around it."""
+
+    def __init__(self, every_s: float = 60.0, max_sources: int = 100, *,
+                 about: str = "datagrams", per: str = "address",
+                 others: str = "other addresses"):
+        self._every = dt.timedelta(seconds=every_s)
+        self._max_sources = max_sources
+        self._about, self._per, self._others = about, per, others
+        self._sources: dict[str, _Held] = {}  # `others` included, past max_sources
+        self._swept_at: dt.datetime | None = None
+
+    @property
+    def tracked(self) -> int:
+        """How many sources are remembered (bounded: max_sources, plus `others`)."""
+        return len(self._sources)
+
+    def admit(self, source: str, now: dt.datetime) -> str | None:
+        """None: hold this warning back. Otherwise log it, followed by the text returned:
+        "" or how many warnings about `source` were held back since the last logged."""
+        if source not in self._sources and len(self._sources) >= self._max_sources:
+            source = self._others
+        entry = self._sources.get(source)
+        if entry is not None and now < entry.logged_at + self._every:
+            entry.held += 1
+            entry.last_at = now
+            return None
+        self._sources[source] = _Held(now, now)
+        if entry is None or not entry.held:
+            return ""
+        return f"; {self._held_back(source, entry, now)}"
+
+    def sweep(self, now: dt.datetime) -> list[str]:
+        """What to log about sources gone quiet for `every_s` with warnings held back (the
+        next warning would have told them); and forget sources with nothing held back.
+        Looks at every source, so it does so at most once a second, however often called."""
+        if self._swept_at is not None and now < self._swept_at + dt.timedelta(seconds=1):
+            return []
+        self._swept_at = now
+        lines = []
+        for source, entry in list(self._sources.items()):
+            if now < entry.last_at + self._every:
+                continue  # still sending, or logged too recently
+            if entry.held:
+                lines.append(self._held_back(source, entry, now))
+                # Kept (and forgotten at a later sweep): this line counts as its minute's.
+                self._sources[source] = _Held(now, now)
+            else:
+                del self._sources[source]
+        return lines
+
+    def _held_back(self, source: str, entry: _Held, now: dt.datetime) -> str:
+        seconds = (now - entry.logged_at).total_seconds()
+        return (f"{entry.held} more warning(s) about {self._about} from {source} in the last "
+                f"{seconds:.0f} s not logged (at most one per "
+                f"{self._every.total_seconds():g} s per {self._per})")

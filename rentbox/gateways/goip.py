@@ -47,7 +47,7 @@ from rentbox.clock import Clock
 from rentbox.config import Rules
 from rentbox.db import Connections, Database
 from rentbox.errors import Conflict, InvalidInput, Unavailable
-from rentbox.gateways.common import PortState, port_name, report_ports
+from rentbox.gateways.common import PortState, WarningLimit, port_name, report_ports
 from rentbox.workers import Worker
 
 log = logging.getLogger("rentbox.gateways.goip")
@@ -117,76 +117,6 @@ def redacted(data: bytes) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)[:120]
 
 
-@dataclasses.dataclass
-class _Held:
-    """One source's warnings: when the last was logged, when the last of any came, and
-    how many were held back since the last logged."""
-
-    logged_at: dt.datetime
-    last_at: dt.datetime
-    held: int = 0
-
-
-class WarningLimit:
-    """Which warnings about one source address to log: the first, then at most one per
-    `every_s`, which tells how many were held back since the last one logged. At most
-    `max_sources` addresses are tracked; warnings about others share one budget."""
-
-    OTHERS = "other addresses"
-
-    def __init__(self, every_s: float = WARN_EVERY_S,
-                 max_sources: int = MAX_WARNED_SOURCES):
-        self._every = dt.timedelta(seconds=every_s)
-        self._max_sources = max_sources
-        self._sources: dict[str, _Held] = {}  # OTHERS included, past max_sources
-        self._swept_at: dt.datetime | None = None
-
-    @property
-    def tracked(self) -> int:
-        """How many sources are remembered (bounded: max_sources, plus OTHERS)."""
-        return len(self._sources)
-
-    def admit(self, source: str, now: dt.datetime) -> str | None:
-        """None: hold this warning back. Otherwise log it, followed by the text returned:
-        "" or how many warnings about `source` were held back since the last logged."""
-        if source not in self._sources and len(self._sources) >= self._max_sources:
-            source = self.OTHERS
-        entry = self._sources.get(source)
-        if entry is not None and now < entry.logged_at + self._every:
-            entry.held += 1
-            entry.last_at = now
-            return None
-        self._sources[source] = _Held(now, now)
-        if entry is None or not entry.held:
-            return ""
-        return f"; {self._held_back(source, entry, now)}"
-
-    def sweep(self, now: dt.datetime) -> list[str]:
-        """What to log about sources gone quiet for `every_s` with warnings held back (the
-        next warning would have told them); and forget sources with nothing held back.
-        Looks at every source, so it does so at most once a second, however often called."""
-        if self._swept_at is not None and now < self._swept_at + dt.timedelta(seconds=1):
-            return []
-        self._swept_at = now
-        lines = []
-        for source, entry in list(self._sources.items()):
-            if now < entry.last_at + self._every:
-                continue  # still sending, or logged too recently
-            if entry.held:
-                lines.append(self._held_back(source, entry, now))
-                # Kept (and forgotten at a later sweep): this line counts as its minute's.
-                self._sources[source] = _Held(now, now)
-            else:
-                del self._sources[source]
-        return lines
-
-    def _held_back(self, source: str, entry: _Held, now: dt.datetime) -> str:
-        seconds = (now - entry.logged_at).total_seconds()
-        return (f"{entry.held} more warning(s) about datagrams from {source} in the last "
-                f"{seconds:.0f} s not logged (at most one per "
-                f"{self._every.total_seconds():g} s per address)")
-
-
 class GoipHandler:
     """The protocol without the socket: one datagram in, its answer out."""
 
@@ -197,7 +127,7 @@ class GoipHandler:
         self._refused: set[str] = set()
         self._seen: set[str] = set()
         # Warnings that anyone can cause, per source address.
-        self._warnings = WarningLimit()
+        self._warnings = WarningLimit(WARN_EVERY_S, MAX_WARNED_SOURCES)
 
     def handle(self, db: Database, clock: Clock, data: bytes, peer: str = "?") -> Outcome:
         """Answer one datagram from `peer` (`address:port`, for the log; warnings are

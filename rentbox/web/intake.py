@@ -1,10 +1,21 @@
 """The gateways' calls: SMS intakes (generic JSON, SMSGate, Ejoin, Dinstar) and presence
-reports. Authenticated by the gateway token (SMSGate: its signature)."""
+reports. Authenticated by the gateway token (SMSGate: its signature).
+
+Every call that is refused (a 4xx answer: a bad token, a body that is not the box's format,
+…) logs one WARNING with the reason (`RefusalLog`): a box set up wrong is otherwise only an
+access-log line. Limited per gateway, since anyone can send them: the first at once, then
+at most one a minute, with how many were not logged. Never the token or the body.
+"""
 
 from __future__ import annotations
 
+import functools
 import hmac
-from typing import TYPE_CHECKING
+import json
+import logging
+import re
+import threading
+from typing import TYPE_CHECKING, Callable
 
 import bottle
 
@@ -12,10 +23,13 @@ from rentbox import gateways, presence, protocol, sms
 from rentbox.errors import InvalidInput
 from rentbox.gateways import common, dinstar, ejoin, smsgate
 from rentbox.web.answers import ApiError, answering, check_token, configured, header, query
-from rentbox.web.answers import credentials, query_values, read_body
+from rentbox.web.answers import credentials, loggable_path, printable, query_values, read_body
 
 if TYPE_CHECKING:
+    from rentbox.clock import Clock
     from rentbox.web import Context
+
+log = logging.getLogger("rentbox.web")
 
 
 def check_path_token(environ: dict, presented: str, token: bytes) -> None:
@@ -28,7 +42,97 @@ def check_path_token(environ: dict, presented: str, token: bytes) -> None:
         check_token(environ, token)
 
 
+# A box or device id as a refusal's warning may name it (a port's characters).
+_GATEWAY_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.:@/+-]{0,63}$")
+
+
+class _KeptInput:
+    """A request body stream that keeps what the route reads from it, so that a refusal
+    can name the box that sent it. The route reads at most its body limit."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.kept = bytearray()
+
+    def read(self, *size) -> bytes:
+        data = self._stream.read(*size)
+        self.kept += data
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+class RefusalLog:
+    """One WARNING for each refused gateway call, with the answer's reason, limited per
+    gateway (`common.WarningLimit`): the box or device the call names (Ejoin's `?box=`,
+    Dinstar's `sn`, SMSGate's `deviceId`), else the caller's address (behind the reverse
+    proxy, the proxy's: all gateways then share one budget)."""
+
+    def __init__(self, clock: "Clock"):
+        self._clock = clock
+        self._limit = common.WarningLimit(about="refused calls", per="gateway",
+                                          others="other gateways")
+        self._lock = threading.Lock()  # waitress may run several worker threads
+
+    def wrap(self, callback: Callable[..., str]) -> Callable[..., str]:
+        """A route's callback (already `answering`), logging its 4xx answers."""
+
+        @functools.wraps(callback)
+        def route(*args, **kwargs) -> str:
+            environ = bottle.request.environ
+            body = environ["wsgi.input"] = _KeptInput(environ["wsgi.input"])
+            answer = callback(*args, **kwargs)
+            status = bottle.response.status_code
+            if 400 <= status < 500:
+                self._warn(environ, status, answer, bytes(body.kept))
+            self._log_held_back()
+            return answer
+
+        return route
+
+    def _warn(self, environ: dict, status: int, answer: str, body: bytes) -> None:
+        try:
+            reason = str(json.loads(answer).get("error", ""))
+        except (ValueError, AttributeError):
+            reason = ""
+        key, who = _caller(environ, body)
+        with self._lock:
+            held_back = self._limit.admit(key, self._clock.now())
+        if held_back is not None:
+            log.warning("%s %s refused (%d) for %s: %s%s", environ.get("REQUEST_METHOD"),
+                        loggable_path(environ.get("PATH_INFO", "")), status, who,
+                        printable(reason), held_back)
+
+    def _log_held_back(self) -> None:
+        with self._lock:
+            lines = self._limit.sweep(self._clock.now())
+        for line in lines:
+            log.warning("gateway intake: %s", line)
+
+
+def _caller(environ: dict, body: bytes) -> tuple[str, str]:
+    """(the key its warnings are limited by, how the log names it): a box or device the
+    call names, at its address; else the address."""
+    address = printable(environ.get("REMOTE_ADDR") or "?")[:45]
+    # Ejoin's forward appends `?port=…` after a query the URL had: read that seam as `&`.
+    named = query({"QUERY_STRING": ejoin.mended_query(environ.get("QUERY_STRING", ""))}, "box")
+    ident = f"box {named}" if named and _GATEWAY_ID.match(named) else None
+    if ident is None and body[:1] == b"{":
+        try:
+            fields = protocol.parse_body(body)
+        except InvalidInput:
+            fields = {}
+        for field, what in (("sn", "box"), ("deviceId", "device")):
+            value = fields.get(field)
+            if isinstance(value, str) and _GATEWAY_ID.match(value):
+                ident = f"{what} {value}"
+                break
+    return (ident, f"{ident} at {address}") if ident else (address, address)
+
+
 def routes(app: bottle.Bottle, ctx: "Context") -> None:
+    first_route = len(app.routes)
     settings, clock, connections = ctx.settings, ctx.clock, ctx.connections
     rules = settings.rules
     dinstar_tz = dinstar.time_zone(settings.dinstar_tz)
@@ -151,3 +255,9 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
             return presence.report(connections.get(), clock, rules, report).as_dict()
         except presence.PresenceOff as error:
             raise ApiError(409, str(error)) from None
+
+    # Every route above logs its refusals (a Bottle route plugin: whatever the route).
+    refusals = RefusalLog(clock)
+    for route in app.routes[first_route:]:
+        route.plugins.append(refusals.wrap)
+        route.reset()
