@@ -34,6 +34,12 @@ MIN_FREE_BYTES = 1024 * 1024
 # benchmarks/crash_loop.py, checkpointing every 128 pages instead doubled the tail of the
 # time from Onlinesim's SUCCESS to the rental's next push (p90 17.9 ms against 8.4 ms).
 WAL_AUTOCHECKPOINT_PAGES = 1000
+# Inside `rentbox serve` a Checkpointer thread (housekeeping.py) copies the WAL back every
+# CHECKPOINT_EVERY_S without the write lock, so that no request and no acknowledgement
+# waits for a checkpoint; the connections' own automatic checkpoint is then only a
+# backstop, for a WAL the thread could not keep up with.
+BACKSTOP_WAL_PAGES = 4000
+CHECKPOINT_EVERY_S = 0.25
 # When a checkpoint has emptied the WAL, the next write starts it again from its
 # beginning and truncates the file to this size. Without a limit a WAL that once grew (a
 # long import, a backup's snapshot holding checkpoints off) keeps its size for ever, and
@@ -169,7 +175,7 @@ class Database(sqlite_utils.Database):
 
     def __init__(self, path: Path | str, *, write_lock: WriteLock | None = None,
                  health: WriteHealth | None = None, read_only: bool = False,
-                 owns_checkpoints: bool = True):
+                 owns_checkpoints: bool = True, checkpointed_elsewhere: bool = False):
         # check_same_thread=False only so that Connections.close_all() can close every
         # connection at shutdown; each one is still used by the thread that opened it.
         if read_only:
@@ -196,7 +202,8 @@ class Database(sqlite_utils.Database):
             small = free is not None and free < SMALL_DISK_BYTES
             self.execute("PRAGMA journal_size_limit = "
                          f"{SMALL_DISK_JOURNAL_SIZE_LIMIT_BYTES if small else JOURNAL_SIZE_LIMIT_BYTES}")
-            pages = SMALL_DISK_WAL_PAGES if small else WAL_AUTOCHECKPOINT_PAGES
+            pages = (SMALL_DISK_WAL_PAGES if small else BACKSTOP_WAL_PAGES
+                     if checkpointed_elsewhere else WAL_AUTOCHECKPOINT_PAGES)
             self.execute(f"PRAGMA wal_autocheckpoint = {pages if self.owns_checkpoints else 0}")
 
     @contextlib.contextmanager
@@ -310,6 +317,16 @@ class Database(sqlite_utils.Database):
         return {"path": str(self.path), "database_bytes": size(self.path),
                 "wal_bytes": size(Path(str(self.path) + "-wal")),
                 "free_bytes": self.free_bytes(), "write_problem": self.write_problem()}
+
+    def checkpoint(self) -> bool:
+        """Copy the WAL back into the database file as far as it can without waiting
+        (PASSIVE), and without the write lock: writers go on meanwhile, and the next one
+        to find everything copied back starts the WAL from its beginning. True if every
+        frame was copied back. Never while Litestream owns the checkpoints."""
+        if not self.owns_checkpoints or self.conn.in_transaction:
+            return False
+        busy, frames, copied = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return not busy and frames == copied
 
     def truncate_wal(self) -> bool:
         """Checkpoint the WAL into the database file and truncate the -wal file to zero
@@ -576,8 +593,12 @@ class Connections:
     each thread opens its own the first time it needs one.
     """
 
-    def __init__(self, path: Path | str, *, autocheckpoint: bool = True):
+    def __init__(self, path: Path | str, *, autocheckpoint: bool = True,
+                 checkpointed_elsewhere: bool = False):
         self.path = Path(path)
+        # True when a Checkpointer thread keeps the WAL short (serve): the connections'
+        # automatic checkpoint is only a backstop (BACKSTOP_WAL_PAGES).
+        self.checkpointed_elsewhere = checkpointed_elsewhere
         self.write_lock = WriteLock()
         self.health = WriteHealth()
         # False while Litestream replicates the file: it owns the checkpoints (its docs:
@@ -594,7 +615,8 @@ class Connections:
         db = getattr(self._local, "db", None)
         if db is None:
             db = Database(self.path, write_lock=self.write_lock, health=self.health,
-                          owns_checkpoints=self.autocheckpoint)
+                          owns_checkpoints=self.autocheckpoint,
+                          checkpointed_elsewhere=self.checkpointed_elsewhere)
             self._local.db = db
             with self._all_lock:
                 self._all.append(db)

@@ -42,6 +42,24 @@ def run_once(db: Database, now: dt.datetime, rules: Rules, sms_keep_days: float 
     return changed
 
 
+class Checkpointer(Periodic):
+    """The thread that copies the WAL back into the database every `interval_s` seconds
+    (Database.checkpoint), off the write path: SQLite's automatic checkpoint runs inside
+    the commit that crosses its mark, under the write lock, and every writer waiting
+    (Onlinesim's acknowledgements too) would wait for it (benchmarks/crash_loop.py)."""
+
+    name = "rentbox-checkpoints"
+    what = "checkpoint"
+    log = logging.getLogger("rentbox.housekeeping")
+
+    def __init__(self, connections: Connections, interval_s: float):
+        super().__init__(interval_s)
+        self._connections = connections
+
+    def run_pass(self) -> None:
+        self._connections.get().checkpoint()
+
+
 class Housekeeper(Periodic):
     """The thread that calls `run_once` every `interval_s` seconds."""
 

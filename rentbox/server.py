@@ -18,13 +18,13 @@ from waitress.task import ErrorTask, WSGITask
 from rentbox import __version__, meta, reports, web
 from rentbox.clock import Clock, SystemClock, to_text
 from rentbox.config import Settings
-from rentbox.db import Connections, hold_serving_lock, open_database
+from rentbox.db import CHECKPOINT_EVERY_S, Connections, hold_serving_lock, open_database
 from rentbox.errors import Unavailable
 from rentbox.gateways.goip import GoipListener
 from rentbox.gateways.poll import Poller
 from rentbox.alerts import AlertSender
 from rentbox.backups import BackupScheduler
-from rentbox.housekeeping import Housekeeper
+from rentbox.housekeeping import Checkpointer, Housekeeper
 from rentbox.metrics import Metrics
 from rentbox.push import Pusher
 from rentbox.replication import Replicator
@@ -229,8 +229,12 @@ class Server:
         self._lock_file = hold_serving_lock(settings.db)
         try:
             # While Litestream replicates, it owns the checkpoints (replication.py).
-            self.connections = Connections(settings.db,
-                                           autocheckpoint=not settings.replication.url)
+            # Otherwise a thread of its own checkpoints, off the write path.
+            owns_checkpoints = not settings.replication.url
+            self.connections = Connections(settings.db, autocheckpoint=owns_checkpoints,
+                                           checkpointed_elsewhere=owns_checkpoints)
+            self.checkpointer = (Checkpointer(self.connections, CHECKPOINT_EVERY_S)
+                                 if owns_checkpoints else None)
             # Scheduled backups and Litestream, each in its own thread (off unless set).
             self.backups = (BackupScheduler(self.connections, self.clock, settings.backups)
                             if settings.backups.folder else None)
@@ -299,6 +303,8 @@ class Server:
         self._record_start()
         self._warn_at_start()
         self.housekeeper.start()
+        if self.checkpointer:
+            self.checkpointer.start()
         if self.replicator:
             self.replicator.start()
         if self.backups:
@@ -386,6 +392,8 @@ class Server:
         self._waitress.task_dispatcher.shutdown()
         self._waitress.close()
         self.housekeeper.stop()
+        if self.checkpointer:
+            self.checkpointer.stop()
         if self.alert_sender:
             self.alert_sender.stop()
         if self.goip:

@@ -413,3 +413,32 @@ def test_truncate_wal_gives_up_behind_a_reader_and_never_runs_inside_a_transacti
     assert db.execute("PRAGMA busy_timeout").fetchone()[0] == int(BUSY_TIMEOUT_S * 1000)
     assert db.truncate_wal()
     assert wal_bytes(db) == 0
+
+
+def test_a_checkpoint_off_the_write_path_never_waits_for_the_write_lock(db_path, db):
+    """serve's Checkpointer copies the WAL back without the write lock, so no request and
+    no acknowledgement waits for a checkpoint; the connections' own automatic checkpoint
+    is then only a backstop."""
+    from rentbox.db import BACKSTOP_WAL_PAGES
+
+    served = Connections(db_path, checkpointed_elsewhere=True)
+    try:
+        connection = served.get()
+        assert connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == \
+            BACKSTOP_WAL_PAGES
+        note(connection, "one")
+        note(connection, "two")
+        served.write_lock.acquire()  # a writer of this process is mid-transaction
+        try:
+            assert connection.checkpoint()  # every frame copied back all the same
+        finally:
+            served.write_lock.release()
+        _, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert frames == copied
+    finally:
+        served.close_all()
+    replicated = Connections(db_path, autocheckpoint=False, checkpointed_elsewhere=True)
+    try:
+        assert not replicated.get().checkpoint()  # Litestream owns them
+    finally:
+        replicated.close_all()

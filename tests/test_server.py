@@ -452,3 +452,17 @@ def test_a_stop_that_a_full_disk_keeps_from_being_recorded_is_one_warning(start_
             if "server's stop" in r.getMessage()] == [
         ("WARNING", "could not record the server's stop: the database cannot be written "
                     "now: the disk is full")]
+
+
+def test_serve_checkpoints_off_the_write_path(live_server):
+    """A thread of its own keeps the WAL short, so that the connections' automatic
+    checkpoint (inside a commit, under the write lock) is only a backstop."""
+    import threading
+
+    from rentbox.db import BACKSTOP_WAL_PAGES
+
+    from conftest import wait_until
+
+    assert wait_until(lambda: "rentbox-checkpoints" in {t.name for t in threading.enumerate()})
+    connection = live_server.connections.get()
+    assert connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == BACKSTOP_WAL_PAGES
