@@ -29,10 +29,10 @@ Onlinesim's SUCCESS is committed, a crash would push that SMS again.
 An acknowledgement is never lost to a local failure: if Onlinesim answered but its
 outcome cannot be stored (disk full, the database locked by another process, or any
 other error), the answer is kept in memory (`PushState`), storing it is retried with a
-growing pause, and nothing is pushed until it is stored. Only a crash in the instant
-between Onlinesim's answer and the commit that records it, or while an answer waits in
-memory, can send an SMS again, with the same smsId: at most the `parallel` SMS then on
-their way, and the answers held.
+growing pause, and nothing is pushed until it is stored. Only a crash while a push is on
+its way (from the moment it is sent until its answer is committed), or while an answer
+waits in memory, can send an SMS again, with the same smsId: at most the `parallel` SMS
+then on their way, and the answers held (benchmarks/crash_loop.py measures it).
 """
 
 from __future__ import annotations
