@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from rentbox.clock import to_text
+from rentbox.clock import Clock, to_text
 from rentbox.config import Rules
 from rentbox.db import Database
 
@@ -29,6 +29,19 @@ def put_within(db: Database, now: dt.datetime, key: str, value: dict) -> None:
         " updated_at = excluded.updated_at",
         (key, json.dumps(value, sort_keys=True), to_text(now)),
     )
+
+
+def put_entry(db: Database, clock: Clock, key: str, name: str, entry: dict | None) -> None:
+    """Set (or, with None, remove) one entry of a fact that is a dict of entries, dated
+    `at` by `clock` once the write lock is held (its own small write transaction)."""
+    with db.transaction():
+        now = clock.now()
+        everything = get(db, key) or {}
+        if entry is not None:
+            everything[name] = {**entry, "at": to_text(now)}
+        else:
+            everything.pop(name, None)
+        put_within(db, now, key, everything)
 
 
 def get(db: Database, key: str) -> dict | None:

@@ -11,7 +11,7 @@ import re
 from typing import Callable, Iterable, Union
 
 from rentbox import meta, pool, presence, sms
-from rentbox.clock import Clock, to_text
+from rentbox.clock import Clock
 from rentbox.config import Rules
 from rentbox.db import Database
 from rentbox.errors import InvalidInput
@@ -235,14 +235,7 @@ def note_port_number(db: Database, clock: Clock, gateway: str, port: str,
     noted = (meta.get(db, PORT_MISMATCH) or {}).get(port)
     if (noted and {k: v for k, v in noted.items() if k != "at"}) == wanted:
         return
-    with db.transaction():
-        now = clock.now()
-        everything = meta.get(db, PORT_MISMATCH) or {}
-        if wanted:
-            everything[port] = {**wanted, "at": to_text(now)}
-        else:
-            everything.pop(port, None)
-        meta.put_within(db, now, PORT_MISMATCH, everything)
+    meta.put_entry(db, clock, PORT_MISMATCH, port, wanted)
     if wanted:
         log.warning("%s says the SIM in port %s has the number %s, but the pool has +%s on "
                     "that port: SMS on this port go to +%s; correct the port in the pool CSV "

@@ -39,7 +39,7 @@ import re
 import zoneinfo
 
 from rentbox import meta, presence
-from rentbox.clock import Clock, to_text
+from rentbox.clock import Clock
 from rentbox.db import Database
 from rentbox.errors import InvalidInput
 from rentbox.gateways.common import (PortState, Row, content_id, item, optional_id,
@@ -276,15 +276,8 @@ def note_clock(db: Database, clock: Clock, serial: str | None, offset_s: float |
         return
     if not off and not noted:
         return
-    with db.transaction():
-        now = clock.now()
-        everything = meta.get(db, CLOCK_OFF) or {}
-        if off:
-            everything[serial] = {"offset_s": round(offset_s), "tz": tz_name,
-                                  "at": to_text(now)}
-        else:
-            everything.pop(serial, None)
-        meta.put_within(db, now, CLOCK_OFF, everything)
+    meta.put_entry(db, clock, CLOCK_OFF, serial,
+                   {"offset_s": round(offset_s), "tz": tz_name} if off else None)
     if off:
         log.warning("dinstar box %s stamps its SMS %s %s rentbox's clock, read in "
                     "RENTBOX_DINSTAR_TZ=%s: its SMS are dated on arrival instead; set "
