@@ -103,8 +103,7 @@ def write_backup(db: Database, plan: BackupPlan, now: dt.datetime,
     # during a 15 s copy under load). Checkpoint it here, in this thread, rather than in the
     # next request's commit (measured: worst GET_NUMBER 1.06 s -> 0.53 s). PASSIVE: it
     # never waits for nor blocks a writer. Not while Litestream owns the checkpoints.
-    if db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] > 0:
-        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    db.checkpoint()
     deleted = prune(Path(plan.folder), plan.keep)
     note = {**_plan_facts(plan), "last_at": to_text(now), "last_path": str(target),
             "last_bytes": size, "last_duration_s": round(took_s, 3),
