@@ -70,6 +70,17 @@ SETTINGS: dict[str, Setting] = {
                 "Seconds after a guard window ends before its number is offered again: "
                 "Onlinesim records a rental a moment after rentbox commits it, and a push "
                 "sent before the window ended may still be on its way."),
+        Setting("services", "RENTBOX_SERVICES", "",
+                "Single-service activations offered beside rent: Onlinesim's service names, "
+                "comma-separated (e.g. vk,wa,tg). Empty: activations are off."),
+        Setting("activation_s", "RENTBOX_ACTIVATION_S", 1200.0,
+                "Seconds an activation holds its number: without a FINISH by then (plus "
+                "RENTBOX_GUARD_MARGIN_S) the number is offered again and the activation is "
+                "flagged in status."),
+        Setting("activation_push_url", "RENTBOX_ACTIVATION_PUSH_URL", None,
+                "Onlinesim's v1 PUSH_SMS URL for activations, as given by its partner "
+                "support (not the rent one). Without it, SMS of activations wait in the "
+                "outbox."),
         Setting("ban_after", "RENTBOX_BAN_AFTER", 3,
                 "Consecutive failed rentals after which a number is banned."),
         Setting("ban_s", "RENTBOX_BAN_S", 86400.0,
@@ -191,11 +202,21 @@ class Rules:
     # are not physically in a port (protocol.md 3.1).
     presence: bool = default("presence")
     presence_s: float = default("presence_s")
+    # Single-service activations (protocol.md 6): the services offered (none: off), and
+    # how long an activation holds its number without a FINISH.
+    services: tuple[str, ...] = ()
+    activation_s: float = default("activation_s")
 
     @property
     def guard_decided_s(self) -> float:
         """Seconds after a rental opened when rentbox decides its guard window."""
         return self.guard_s + self.guard_margin_s
+
+    @property
+    def activation_decided_s(self) -> float:
+        """Seconds after an activation opened when, without a FINISH, its number is
+        offered again (the margin as for a rental's guard window)."""
+        return self.activation_s + self.guard_margin_s
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +282,7 @@ class Settings:
     port: int = default("port")
     threads: int = default("threads")
     push_url: str | None = default("push_url")
+    activation_push_url: str | None = default("activation_push_url")
     push_retry_s: float = default("push_retry_s")
     push_timeout_s: float = default("push_timeout_s")
     push_parallel: int = default("push_parallel")

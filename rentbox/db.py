@@ -1206,6 +1206,164 @@ def m012_presence_by_gateway_ports(db: Database) -> None:
     """)
 
 
+@migrations()
+def m013_activations(db: Database) -> None:
+    """Single-service activations on the same pool (protocol.md 6). An activation is an
+    operation whose `service` is not 'rent' (the column is m001's): one id sequence and
+    one `numbers.operation_id` for both kinds, so a number is in one operation at a time.
+
+    Like m006, the expressions below are this migration's own copies: FREE (pool.py) and
+    the books' figures (tallies.py) must stay in step with them."""
+    free = ("{r}.operation_id IS NULL AND {r}.enabled = 1 AND {r}.banned_until IS NULL"
+            " AND {r}.offline = 0")
+    figures = {
+        "operations": "1",
+        "sold": "coalesce({r}.finish_status = 3, 0)",
+        "cancelled": "coalesce({r}.finish_status = 4, 0)",
+        "refunded": "coalesce({r}.finish_status = 5, 0)",
+        "wrong_service": "coalesce({r}.finish_status = 1, 0)",
+        "open": "{r}.state = 'open'",
+        "failed": "{r}.failed_at IS NOT NULL",
+        "with_sms": "{r}.sms_accepted_at IS NOT NULL",
+        "credited_kopecks": "CASE WHEN {r}.finish_status = 3"
+                            " THEN coalesce({r}.final_sum_kopecks, 0) ELSE 0 END",
+        "pending_kopecks": "CASE WHEN {r}.state = 'open' AND {r}.sms_accepted_at IS NOT NULL"
+                           " AND {r}.failed_at IS NULL THEN {r}.initial_sum_kopecks ELSE 0 END",
+    }
+    names = ", ".join(figures)
+    day = "substr(coalesce({r}.finished_at, {r}.created_at), 1, 10)"
+
+    def on(template: str, row: str) -> str:
+        return template.format(r=row)
+
+    def add_books(row: str, sign: str) -> str:
+        values = ", ".join(f"{sign}({on(v, row)})" for v in figures.values())
+        updates = ", ".join(f"{k} = {k} + excluded.{k}" for k in figures)
+        return (f"INSERT INTO books_by_service (day, service, {names}) SELECT {on(day, row)},"
+                f" {row}.service, {values} WHERE true"
+                f" ON CONFLICT (day, service) DO UPDATE SET {updates};")
+
+    def spent_of(number: str, sign: int) -> str:
+        """Move the services `number` is spent for in or out of spent_free_counts."""
+        if sign < 0:
+            return (f"UPDATE spent_free_counts SET n = n - 1 WHERE country = {number}.country"
+                    f" AND operator = coalesce({number}.operator, '') AND service IN"
+                    f" (SELECT service FROM service_uses WHERE number_id = {number}.id"
+                    f" AND spent_at IS NOT NULL) AND {on(free, number)};")
+        return (f"INSERT INTO spent_free_counts (country, operator, service, n)"
+                f" SELECT {number}.country, coalesce({number}.operator, ''), service, 1"
+                f" FROM service_uses WHERE number_id = {number}.id AND spent_at IS NOT NULL"
+                f" AND {on(free, number)}"
+                " ON CONFLICT (country, operator, service) DO UPDATE SET n = n + 1;")
+
+    def use_counted(use: str, sign: int) -> str:
+        """Count one spent service_uses row in (or out of) spent_free_counts if its
+        number is free."""
+        return (f"INSERT INTO spent_free_counts (country, operator, service, n)"
+                f" SELECT numbers.country, coalesce(numbers.operator, ''), {use}.service,"
+                f" {sign} FROM numbers WHERE numbers.id = {use}.number_id"
+                f" AND {use}.spent_at IS NOT NULL AND {on(free, 'numbers')}"
+                f" ON CONFLICT (country, operator, service) DO UPDATE SET n = n + {sign};")
+
+    free_changed = (f"({on(free, 'OLD')}) IS NOT ({on(free, 'NEW')}) OR NEW.country IS NOT"
+                    " OLD.country OR NEW.operator IS NOT OLD.operator")
+    _run(db, f"""
+    -- An activation whose time ran out without a FINISH (RENTBOX_ACTIVATION_S): its number
+    -- was offered again; it stays open, flagged, until its FINISH or a close by hand.
+    ALTER TABLE operations ADD COLUMN lapsed_at TEXT;
+    -- Activations whose time may run out (operations.lapse_activations).
+    CREATE INDEX operations_activation_due ON operations(created_at)
+        WHERE state = 'open' AND service <> 'rent' AND lapsed_at IS NULL
+          AND failed_at IS NULL;
+
+    -- A number's history with each service it was sold for: cancelled tries, and when it
+    -- was spent (sold, or refused as already used, or cancelled too often): a spent
+    -- number is never offered for that service again (services.py).
+    CREATE TABLE service_uses (
+        number_id INTEGER NOT NULL REFERENCES numbers(id),
+        service TEXT NOT NULL,
+        tries INTEGER NOT NULL DEFAULT 0,   -- activations cancelled (FINISH 4)
+        spent_at TEXT,                      -- NULL: may still be offered for it
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (number_id, service)
+    ) WITHOUT ROWID;
+
+    -- Free numbers (pool.FREE) spent for a service, per country and operator ('' for
+    -- none): what GET_SERVICES takes from free_counts to count a service, so that the
+    -- count is exact and costs the same at any pool size.
+    CREATE TABLE spent_free_counts (
+        country TEXT NOT NULL,
+        operator TEXT NOT NULL,
+        service TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (country, operator, service)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER service_uses_counted_insert AFTER INSERT ON service_uses
+        WHEN NEW.spent_at IS NOT NULL
+    BEGIN
+        {use_counted('NEW', 1)}
+    END;
+    CREATE TRIGGER service_uses_counted_update AFTER UPDATE OF spent_at, number_id, service
+        ON service_uses
+    BEGIN
+        {use_counted('OLD', -1)}
+        {use_counted('NEW', 1)}
+    END;
+    CREATE TRIGGER service_uses_counted_delete AFTER DELETE ON service_uses
+        WHEN OLD.spent_at IS NOT NULL
+    BEGIN
+        {use_counted('OLD', -1)}
+    END;
+    CREATE TRIGGER numbers_counted_spent AFTER UPDATE
+        OF operation_id, enabled, banned_until, offline, country, operator ON numbers
+        WHEN {free_changed}
+    BEGIN
+        {spent_of('OLD', -1)}
+        {spent_of('NEW', 1)}
+    END;
+    CREATE TRIGGER numbers_counted_spent_delete AFTER DELETE ON numbers BEGIN
+        {spent_of('OLD', -1)}
+    END;
+
+    -- The books per day and service ('rent', or an activation's service): `report --by
+    -- product` and `--by service`, the status page, /metrics. Self-test operations are
+    -- left out, as in books_daily.
+    CREATE TABLE books_by_service (
+        day TEXT NOT NULL,
+        service TEXT NOT NULL,
+        operations INTEGER NOT NULL, sold INTEGER NOT NULL, cancelled INTEGER NOT NULL,
+        refunded INTEGER NOT NULL, wrong_service INTEGER NOT NULL, open INTEGER NOT NULL,
+        failed INTEGER NOT NULL, with_sms INTEGER NOT NULL,
+        credited_kopecks INTEGER NOT NULL, pending_kopecks INTEGER NOT NULL,
+        PRIMARY KEY (day, service)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER operations_booked_by_service_insert AFTER INSERT ON operations
+        WHEN NEW.test = 0
+    BEGIN
+        {add_books('NEW', '')}
+    END;
+    CREATE TRIGGER operations_booked_by_service_update AFTER UPDATE OF state, finish_status,
+        final_sum_kopecks, initial_sum_kopecks, failed_at, sms_accepted_at, finished_at,
+        created_at, service ON operations WHEN OLD.test = 0 AND NEW.test = 0
+    BEGIN
+        {add_books('OLD', '-')}
+        {add_books('NEW', '')}
+    END;
+    INSERT INTO books_by_service (day, service, {names})
+        SELECT {on(day, 'operations')}, service,
+            {", ".join(f"sum({on(v, 'operations')})" for v in figures.values())}
+        FROM operations WHERE test = 0 GROUP BY 1, 2;
+
+    -- Where a pending SMS is pushed: 'rent' (RENTBOX_PUSH_URL) or 'activation'
+    -- (RENTBOX_ACTIVATION_PUSH_URL), from its operation's kind when it was routed. Each
+    -- route has its own pusher, which reads only its own due SMS.
+    ALTER TABLE sms ADD COLUMN route TEXT;
+    UPDATE sms SET route = 'rent' WHERE push_state = 'pending';
+    CREATE INDEX sms_outbox_by_route ON sms(route, next_attempt_at)
+        WHERE push_state = 'pending'
+    """)
+
+
 def migrate(db: Database) -> None:
     """Bring the schema up to date. Safe to call on every start; never rebuilds data.
 

@@ -58,7 +58,9 @@ def server_rules(db: Database) -> Rules | None:
     return Rules(guard_s=facts["guard_s"], ban_after=facts["ban_after"], ban_s=facts["ban_s"],
                  guard_margin_s=facts.get("guard_margin_s", Rules.guard_margin_s),
                  presence=facts.get("presence", Rules.presence),
-                 presence_s=facts.get("presence_s", Rules.presence_s))
+                 presence_s=facts.get("presence_s", Rules.presence_s),
+                 services=tuple(facts.get("services", ())),
+                 activation_s=facts.get("activation_s", Rules.activation_s))
 
 
 class CallLog:

@@ -142,12 +142,14 @@ class DatabaseCollector:
         books = db.row("SELECT coalesce(sum(open), 0) AS open,"
                        " coalesce(sum(credited_kopecks), 0) AS credited,"
                        " coalesce(sum(pending_kopecks), 0) AS pending FROM books_daily")
-        yield _gauge("rentbox_open_rentals", "Rentals open now.", books["open"])
+        yield _gauge("rentbox_open_rentals", "Operations open now, rentals and activations "
+                     "(rentbox_service_open has them by service).", books["open"])
         yield _gauge("rentbox_income_credited_roubles", "Income credited by Onlinesim, all "
                      "time, in roubles (a gauge: a restore can lower it).",
                      books["credited"] / 100)
         yield _gauge("rentbox_income_pending_roubles", "Income of open rentals that "
                      "received an SMS, in roubles.", books["pending"] / 100)
+        yield from _by_service(db)
         sequence = db.row("SELECT seq FROM sqlite_sequence WHERE name = 'sms'")
         received = CounterMetricFamily("rentbox_sms_received", "SMS stored by rentbox, all "
                                        "time (routed to a rental or not).")
@@ -172,6 +174,35 @@ class DatabaseCollector:
         if replication is not None:
             yield _gauge("rentbox_replication_running", "1 if Litestream is replicating.",
                          int(replication.get("state") == "running"))
+
+
+def _by_service(db):
+    """The books per product (rent, activations) and service, from books_by_service. The
+    success rate is with_sms / (with_sms + failed)."""
+    labels = ("product", "service")
+    families = {
+        "open": GaugeMetricFamily("rentbox_service_open", "Operations open now, by product "
+                                  "and service.", labels=labels),
+        "credited_kopecks": GaugeMetricFamily(
+            "rentbox_service_income_credited_roubles", "Income credited by Onlinesim, all "
+            "time, in roubles, by product and service.", labels=labels),
+        "pending_kopecks": GaugeMetricFamily(
+            "rentbox_service_income_pending_roubles", "Income of open operations that "
+            "received an SMS, in roubles, by product and service.", labels=labels),
+        "with_sms": GaugeMetricFamily("rentbox_service_with_sms", "Operations, all time, "
+                                      "that Onlinesim took an SMS of in time.", labels=labels),
+        "failed": GaugeMetricFamily("rentbox_service_failed", "Operations, all time, that "
+                                    "failed (no SMS in time).", labels=labels),
+    }
+    for row in db.rows("SELECT service, sum(open) AS open, sum(credited_kopecks) AS"
+                       " credited_kopecks, sum(pending_kopecks) AS pending_kopecks,"
+                       " sum(with_sms) AS with_sms, sum(failed) AS failed"
+                       " FROM books_by_service GROUP BY service ORDER BY service"):
+        key = ["rent" if row["service"] == "rent" else "activations", row["service"]]
+        for figure, family in families.items():
+            value = row[figure] / 100 if figure.endswith("_kopecks") else row[figure]
+            family.add_metric(key, value)
+    return families.values()
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

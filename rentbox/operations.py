@@ -1,37 +1,45 @@
-"""Rent operations: opening one on a free number, the guard window, finishing it.
+"""Operations: rentals and activations opened on a free number, their windows, FINISH.
+
+An operation is a long-term rental (service 'rent', protocol.md 3) or a single-service
+activation (any other service, protocol.md 6). Both kinds share one id sequence (the
+activationId), one pool and `numbers.operation_id`, so a number is in one operation at a
+time, whatever its kind.
 
 States and transitions (each a conditional update plus an event row, in one write
 transaction):
 
     (none) --GET_NUMBER--> open --FINISH_ACTIVATION(1|3|4|5)--> closed
-                           open --`rentbox ops close` (failed rentals; any with --force)--> closed
+                           open --`rentbox ops close` (failed or lapsed; any with --force)--> closed
 
-While an operation is open and has not failed, it holds its number
-(`numbers.operation_id`). Two things can happen to an open operation before FINISH:
+While an operation is open and has not failed (nor lapsed), it holds its number. What can
+happen to an open operation before FINISH:
 
-- Onlinesim accepts an SMS of the rental (PUSH_SMS answered SUCCESS) before rentbox
-  decides its guard window (`sms_accepted_at`): the rental is a success, as Onlinesim
-  sees it, and the number's failure count starts again. An SMS that was only stored,
-  that Onlinesim refused (BAD_SERVICE) or that could not reach it in time does not
-  count: Onlinesim saw no SMS in that rental.
-- the guard window passes without that (`failed_at`, failure `guard_expired`):
-  Onlinesim cancels such a rental on its side, so rentbox frees the number and counts
-  a failure, but keeps the operation open in its books until FINISH arrives
-  (protocol.md: never close before FINISH). This is decided `rules.guard_margin_s`
-  after the window ends: Onlinesim records a rental a moment after rentbox commits it,
-  and a push sent just in time may still be on its way; a SUCCESS until then proves
-  the rental was alive on Onlinesim's side.
+- Onlinesim accepts an SMS of it (PUSH_SMS answered SUCCESS) before its window is
+  decided (`sms_accepted_at`): a success as Onlinesim sees it, and the number's failure
+  count starts again. An SMS that was only stored, that Onlinesim refused (BAD_SERVICE)
+  or that could not reach it in time does not count: Onlinesim saw no SMS.
+- A rental's guard window passes without that (`failed_at`, failure `guard_expired`):
+  Onlinesim cancels such a rental on its side, so rentbox frees the number and counts a
+  failure, but keeps the operation open in its books until FINISH arrives (protocol.md:
+  never close before FINISH). This is decided `rules.guard_margin_s` after the window
+  ends: Onlinesim records a rental a moment after rentbox commits it, and a push sent
+  just in time may still be on its way; a SUCCESS until then proves the rental was alive
+  on Onlinesim's side.
+- An activation's time (`rules.activation_s`, plus the same margin) passes without a
+  FINISH (`lapsed_at`): its number is offered again and the activation is flagged for
+  the operator; it stays open until its FINISH or a close by hand. Without an SMS
+  accepted, that is a failure too (`activation_expired`), under the same ban rule.
 
-A FINISH decides its own rental: a FINISH with status 4 for a rental with no SMS
-accepted is a failure (`cancelled_without_sms`, or `guard_expired` once the window was
-due); 1, 3 and 5 count none, even when the window was due and not yet applied. An
-operation counts as at most one failure. A repeated FINISH on a closed operation
-changes nothing (protocol.md 3.3). When an operation ends (closed, or failed), its SMS
-that Onlinesim has not taken expire: never pushed, since the number can be rented
-again.
+A FINISH decides its own operation: status 4 with no SMS accepted is a failure
+(`cancelled_without_sms`, or `guard_expired` once a rental's window was due); 1, 3 and
+5 count none, even when the window was due and not yet applied. An operation counts as
+at most one failure. For an activation, FINISH also spends the number for its service
+(services.py). A repeated FINISH on a closed operation changes nothing (protocol.md
+3.3). When an operation ends (closed, failed or lapsed), its SMS that Onlinesim has not
+taken expire: never pushed, since the number can be issued again.
 
 The request's time is read once the write lock is held (functions that take a `clock`):
-a request that waited for the lock must not date its rental, or the end of its guard
+a request that waited for the lock must not date its operation, or the end of its
 window, to before it was served.
 """
 
@@ -43,21 +51,20 @@ import json
 import logging
 import random
 
-from rentbox import bans, events, pool, presence
+from rentbox import bans, events, pool, presence, services
 from rentbox.clock import Clock, to_text
 from rentbox.config import Rules
 from rentbox.db import Database
 from rentbox.errors import Conflict, InvalidInput, NotFound, TooLate, Unavailable
 from rentbox.pool import FREE
-from rentbox.protocol import (CANCELLED, FINISH_OUTCOMES, SOLD, FinishRequest, NoOperation,
-                              RentRequest)
+from rentbox.protocol import (CANCELLED, FINISH_OUTCOMES, RENT, SOLD, FinishRequest,
+                              NoOperation, NumberRequest)
 
 log = logging.getLogger("rentbox.rules")
 
 
-
 @dataclasses.dataclass(frozen=True)
-class Rental:
+class Issued:
     """A number issued by GET_NUMBER, and the operation (activationId) holding it."""
 
     activation_id: int
@@ -71,14 +78,22 @@ class Rental:
 # ---------------------------------------------------------------------------------------
 
 
-# Open operations whose guard window was decided by the parameter (now - guard - margin)
+# Open rentals whose guard window was decided by the parameter (now - guard - margin)
 # without an accepted SMS (served by the operations_awaiting_sms index).
 GUARD_DUE = ("state = 'open' AND sms_accepted_at IS NULL AND failed_at IS NULL"
-             " AND created_at <= ?")
+             " AND created_at <= ? AND service = 'rent'")
+# Open activations whose time ran out by the parameter (now - activation time - margin)
+# without a FINISH (served by the operations_activation_due index).
+ACTIVATION_DUE = ("state = 'open' AND service <> 'rent' AND lapsed_at IS NULL"
+                  " AND failed_at IS NULL AND created_at <= ?")
 
 
 def _guard_cutoff(now: dt.datetime, rules: Rules) -> str:
     return to_text(now - dt.timedelta(seconds=rules.guard_decided_s))
+
+
+def _activation_cutoff(now: dt.datetime, rules: Rules) -> str:
+    return to_text(now - dt.timedelta(seconds=rules.activation_decided_s))
 
 
 def expire_guard_windows(db: Database, now: dt.datetime, rules: Rules,
@@ -94,26 +109,57 @@ def expire_guard_windows(db: Database, now: dt.datetime, rules: Rules,
     return len(due)
 
 
+def lapse_activations(db: Database, now: dt.datetime, rules: Rules,
+                      sparing: int | None = None) -> int:
+    """Offer again the number of every open activation whose time ran out without a
+    FINISH, and flag the activation (`lapsed_at`; it stays open). One that got no SMS
+    accepted is a failure too. `sparing` as for expire_guard_windows."""
+    due = [o for o in db.rows(f"SELECT id, number_id, sms_accepted_at, service FROM operations"
+                              f" WHERE {ACTIVATION_DUE}", (_activation_cutoff(now, rules),))
+           if o["id"] != sparing]
+    for operation in due:
+        stamp = to_text(now)
+        if not db.execute("UPDATE operations SET lapsed_at = ? WHERE id = ?"
+                          " AND lapsed_at IS NULL", (stamp, operation["id"])).rowcount:
+            continue
+        events.record(db, now, "activation_lapsed", operation_id=operation["id"],
+                      number_id=operation["number_id"],
+                      reason="no FINISH within the activation's time: its number is "
+                             "offered again, the activation waits for its FINISH")
+        if operation["sms_accepted_at"] is None:
+            _fail(db, now, rules, operation, "activation_expired")
+            continue
+        db.execute("UPDATE numbers SET operation_id = NULL, idle_since = ?"
+                   " WHERE operation_id = ?", (stamp, operation["id"]))
+        expire_undelivered(db, now, operation["id"], "its activation ran out of time before "
+                           "Onlinesim took it")
+        log.warning("activation %d (%s) got no FINISH in time: its number is offered again "
+                    "(see `rentbox status`)", operation["id"], operation["service"])
+    return len(due)
+
+
 def apply_due_rules(db: Database, now: dt.datetime, rules: Rules,
                     sparing: int | None = None) -> int:
-    """Everything that is due by `now`: guard expiries, ban lifts, and SIMs whose presence
-    window ended (at most presence.EXPIRE_BATCH of those). Returns the count.
+    """Everything that is due by `now`: guard expiries, activations out of time, ban
+    lifts, and SIMs whose presence window ended (at most presence.EXPIRE_BATCH of those).
+    Returns the count.
 
     Called by housekeeping, and at the start of every claim and count, so that an answer
     is right at the moment of the request even if the last pass ran seconds ago. A
     FINISH spares its own operation (`sparing`): its status decides that rental.
     """
-    return (expire_guard_windows(db, now, rules, sparing) + bans.lift_due_bans(db, now)
+    return (expire_guard_windows(db, now, rules, sparing)
+            + lapse_activations(db, now, rules, sparing) + bans.lift_due_bans(db, now)
             + presence.apply_due(db, now, rules))
 
 
 def has_due_rules(db: Database, now: dt.datetime, rules: Rules) -> bool:
     """Whether `apply_due_rules` would change anything (a read: no write lock taken)."""
-    cutoff = _guard_cutoff(now, rules)
     row = db.execute(
         f"SELECT EXISTS (SELECT 1 FROM operations WHERE {GUARD_DUE})"
+        f" OR EXISTS (SELECT 1 FROM operations WHERE {ACTIVATION_DUE})"
         f" OR EXISTS (SELECT 1 FROM numbers WHERE {bans.BAN_DUE})",
-        (cutoff, to_text(now)),
+        (_guard_cutoff(now, rules), _activation_cutoff(now, rules), to_text(now)),
     ).fetchone()
     return bool(row[0]) or presence.has_due(db, now, rules)
 
@@ -135,8 +181,8 @@ def _fail(db: Database, now: dt.datetime, rules: Rules, operation: dict, failure
                        "Onlinesim took it")
     number = db.execute("SELECT number FROM numbers WHERE id = ?",
                         (operation["number_id"],)).fetchone()[0]
-    log.info("rental %d on +%s failed (%s): the number is offered again", operation["id"],
-             number, failure)
+    log.info("operation %d on +%s failed (%s): the number is offered again",
+             operation["id"], number, failure)
     if not _is_test(db, operation["id"]):  # a self-test rental never counts as a failure
         bans.record_failure(db, now, rules, number_id=operation["number_id"],
                             operation_id=operation["id"], reason=failure)
@@ -170,24 +216,25 @@ def expire_undelivered(db: Database, now: dt.datetime, operation_id: int, reason
 
 def note_accepted(db: Database, now: dt.datetime, rules: Rules, *, operation_id: int,
                   number_id: int | None) -> bool:
-    """Onlinesim accepted an SMS of this rental at `now`: if the rental is open and its
-    guard window not decided yet (`rules.guard_decided_s` after it opened), it meets the
-    window. Returns whether it did. Call inside the transaction that records the delivery.
+    """Onlinesim accepted an SMS of this operation at `now`: if it is open and its window
+    not decided yet (`rules.guard_decided_s` after a rental opened, `activation_decided_s`
+    after an activation did), it meets the window. Returns whether it did. Call inside the
+    transaction that records the delivery.
 
     Whenever the SMS was sent: Onlinesim records a rental a moment after rentbox commits
     it, so its window ends a moment later too, and its SUCCESS proves the rental was alive
     on its side. An SMS it received in time whose answer was lost, and that is accepted
     again when re-sent, meets the window the same way.
     """
-    decided_before = to_text(now - dt.timedelta(seconds=rules.guard_decided_s))
     met = db.execute(
         "UPDATE operations SET sms_accepted_at = ? WHERE id = ? AND state = 'open'"
-        " AND sms_accepted_at IS NULL AND failed_at IS NULL AND created_at >= ? RETURNING id",
-        (to_text(now), operation_id, decided_before),
+        " AND sms_accepted_at IS NULL AND failed_at IS NULL AND lapsed_at IS NULL"
+        " AND created_at >= CASE service WHEN 'rent' THEN ? ELSE ? END RETURNING id",
+        (to_text(now), operation_id, _guard_cutoff(now, rules), _activation_cutoff(now, rules)),
     ).fetchone()
     if met:
         events.record(db, now, "guard_met", operation_id=operation_id, number_id=number_id,
-                      reason="Onlinesim accepted an SMS before the guard window was decided")
+                      reason="Onlinesim accepted an SMS before the window was decided")
         if number_id is not None and not _is_test(db, operation_id):
             bans.record_success(db, now, number_id=number_id, operation_id=operation_id)
     return bool(met)
@@ -215,8 +262,19 @@ def catch_up(db: Database, now: dt.datetime, rules: Rules) -> int:
     return changed
 
 
-def available_counts(db: Database, now: dt.datetime, rules: Rules) -> dict[str, dict[str, int]]:
-    """GET_SERVICES: the pool that can be rented now, after applying what is due.
+@dataclasses.dataclass(frozen=True)
+class Available:
+    """GET_SERVICES's counts: rent's {country: {operator: n}}, and activations'
+    {country: {operator: {service: n}}} for the offered services."""
+
+    rent: dict[str, dict[str, int]]
+    activations: dict[str, dict[str, dict[str, int]]]
+
+
+def available_counts(db: Database, now: dt.datetime, rules: Rules, *, rent: bool = True,
+                     activations: bool = True) -> Available:
+    """GET_SERVICES: what can be issued now, after applying what is due: for rent, and
+    for each offered service (`rent` / `activations`: which of the two to count).
 
     Nothing while the database cannot be written: every GET_NUMBER would fail, and
     advertising numbers that cannot be issued is over-reporting (protocol.md 3.1).
@@ -225,12 +283,17 @@ def available_counts(db: Database, now: dt.datetime, rules: Rules) -> dict[str, 
     if problem is None:
         try:
             catch_up(db, now, rules)
-            return pool.count_available(db)
+            db.conn.execute("BEGIN")  # one snapshot: rent's and services' counts agree
+            try:
+                return Available(pool.count_available(db) if rent else {},
+                                 services.counts(db, rules.services) if activations else {})
+            finally:
+                db.conn.execute("ROLLBACK")
         except Unavailable as error:
             problem = str(error)
     log.warning("GET_SERVICES answered with no numbers: the database cannot be written "
                 "(%s)", problem)
-    return {}
+    return Available({}, {})
 
 
 # A claim with exclusions first reads this many free numbers in idle order; when every one
@@ -241,27 +304,34 @@ SAMPLES_PER_RANGE = 2
 _random = random.Random()
 
 
-def open_rent(db: Database, clock: Clock, request: RentRequest, rules: Rules,
-              deadline: dt.datetime | None = None) -> Rental | None:
-    """Claim the free number that has been idle longest and open an operation on it.
+def open_operation(db: Database, clock: Clock, request: NumberRequest, rules: Rules,
+                   deadline: dt.datetime | None = None) -> Issued | None:
+    """GET_NUMBER: claim the free number that has been idle longest and open an
+    operation on it: a rental, or an activation for `request.service`.
 
-    Returns None when no free number matches. Catching up on due rules, the read and
-    both writes happen in one IMMEDIATE transaction, so concurrent callers can never
-    claim the same number; the conditional update is a second line of defence. The
-    rental is dated by `clock` once the write lock is held.
+    Returns None when no free number matches (or the service is not offered). Catching
+    up on due rules, the read and both writes happen in one IMMEDIATE transaction, so
+    concurrent callers can never claim the same number; the conditional update is a
+    second line of defence. The operation is dated by `clock` once the write lock is held.
 
-    With `exceptionPhoneSet`, the idlest allowed number among the HEAD_SCAN idlest free
-    ones is taken. When a client always excludes the same prefixes, the numbers it never
-    takes collect at the head of the idle order; once all of the head is excluded, the
-    claim seeks instead: from random points of each prefix range the exclusions allow, the
-    next free number in number order, and takes the idlest of those. Either way the cost
-    depends on the number of prefixes, never on the size of the pool (and a number is
-    found whenever one matches).
+    An activation never gets a number spent for its service (services.py). With
+    `exceptionPhoneSet` or a service, the idlest allowed number among the HEAD_SCAN idlest
+    free ones is taken. When a client always excludes the same prefixes (or a service has
+    spent the numbers idle longest), the numbers it never takes collect at the head of the
+    idle order; once all of the head is refused, the claim seeks instead: from random
+    points of each prefix range the exclusions allow, the next allowed free number in
+    number order, and takes the idlest of those. Either way the cost depends on the
+    number of prefixes and the share of numbers spent, never on the size of the pool (and
+    a number is found whenever one matches).
 
     `deadline`: when the caller gives up on the answer (Onlinesim, 10 s after it sent the
     call). Past it, at the moment of the commit, nothing is committed and TooLate is
-    raised: a rental nobody receives would fail its guard window and count toward a ban.
+    raised: an operation nobody receives would fail and count toward a ban.
     """
+    if not request.is_rent and request.service not in rules.services:
+        log.debug("GET_NUMBER for %s: not an offered service (RENTBOX_SERVICES)",
+                  request.service)
+        return None
     where = [FREE]
     params: list[object] = []
     if request.country is not None:
@@ -281,26 +351,43 @@ def open_rent(db: Database, clock: Clock, request: RentRequest, rules: Rules,
             where.append("NOT (numbers.seen_by IS NOT NULL AND numbers.seen_at < ?)")
             params.append(presence.cutoff(now, rules))
         base = " AND ".join(where)
-        if not request.excluded_prefixes:
+        if not request.is_rent:
+            # Past the head of numbers spent for the service, if one has collected there.
+            past = _past_spent(db, request, base, params)
+            if past is None:
+                return None  # every matching free number is spent for it
+            base, params = past
+        # What the free-number indexes cannot serve: checked row by row on the head.
+        refusals, refusal_params = [], []
+        if request.excluded_prefixes:
+            excluded, excluded_params = _excluded(request.excluded_prefixes)
+            refusals.append(excluded)
+            refusal_params += excluded_params
+        if not request.is_rent:
+            refusals.append(services.UNSPENT)
+            refusal_params.append(request.service)
+        if not refusals:
             candidate = db.row(f"SELECT id, number, country FROM numbers WHERE {base}"
                                " ORDER BY idle_since, id LIMIT 1", params)
         else:
-            excluded, excluded_params = _excluded(request.excluded_prefixes)
             candidate = db.row(
                 f"SELECT id, number, country FROM (SELECT id, number, country, idle_since"
                 f" FROM numbers WHERE {base} ORDER BY idle_since, id LIMIT {HEAD_SCAN:d})"
-                f" WHERE {excluded} ORDER BY idle_since, id LIMIT 1",
-                params + excluded_params)
+                f" AS numbers WHERE {' AND '.join(refusals)} ORDER BY idle_since, id LIMIT 1",
+                params + refusal_params)
             if candidate is None:
+                if not request.is_rent:
+                    base += " AND " + services.UNSPENT
+                    params.append(request.service)
                 candidate = _seek_allowed(db, request, base, params)
         if candidate is None:
             return None
         activation_id = db.execute(
-            "INSERT INTO operations (number_id, state, requested_country, requested_operator,"
-            " initial_sum_kopecks, created_at, country, test)"
-            " VALUES (?, 'open', ?, ?, ?, ?, ?, ?)",
-            (candidate["id"], request.country, request.operator, request.sum_kopecks, stamp,
-             candidate["country"], int(request.test)),
+            "INSERT INTO operations (number_id, service, state, requested_country,"
+            " requested_operator, initial_sum_kopecks, created_at, country, test)"
+            " VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?)",
+            (candidate["id"], request.service, request.country, request.operator,
+             request.sum_kopecks, stamp, candidate["country"], int(request.test)),
         ).lastrowid
         claimed = db.execute(
             "UPDATE numbers SET operation_id = ? WHERE id = ? AND operation_id IS NULL",
@@ -309,13 +396,58 @@ def open_rent(db: Database, clock: Clock, request: RentRequest, rules: Rules,
         if claimed != 1:  # impossible under BEGIN IMMEDIATE; refuse rather than double-issue
             raise RuntimeError(f"number {candidate['number']} was claimed concurrently")
         events.record(
-            db, now, "rent_opened", operation_id=activation_id, number_id=candidate["id"],
+            db, now, "rent_opened" if request.is_rent else "activation_opened",
+            operation_id=activation_id, number_id=candidate["id"],
+            **({} if request.is_rent else {"service": request.service}),
             sum_kopecks=request.sum_kopecks, country=request.country,
             operator=request.operator,
             excluded_prefixes=list(request.excluded_prefixes) or None,
         )
         _check_deadline(clock, deadline, "GET_NUMBER")
-    return Rental(activation_id, candidate["number"])
+    log.info("%s %d opened on +%s for %s RUB%s", _kind(request.service), activation_id,
+             candidate["number"], f"{request.sum_kopecks / 100:.2f}",
+             " (a self-test)" if request.test else "")
+    return Issued(activation_id, candidate["number"])
+
+
+# Per database, service, country and operator: where the claim's idle order starts to
+# have numbers not spent for the service, as (idle_since, id). Every free number before it
+# was spent for the service when the claim last looked; a number freed later is dated
+# now, at the end. Only a hint: the claim checks each number, and looks from the start
+# whenever nothing unspent is found after the mark (a number that came back with an old
+# date, a service unspent by hand).
+_UNSPENT_FROM: dict[tuple, tuple[str, int]] = {}
+
+
+def _past_spent(db: Database, request: NumberRequest, base: str, params: list
+                ) -> tuple[str, list] | None:
+    """`base` and `params` narrowed to the idle order from the first free number not
+    spent for the service (None: there is none). The walk over spent numbers happens
+    once: later claims start from where it ended, so a service whose numbers idle longest
+    are all spent costs no more than one whose are not."""
+    key = (str(db.path), request.service, request.country, request.operator)
+    mark = _UNSPENT_FROM.get(key)
+    for start in ((mark, None) if mark else (None,)):
+        where, values = base, list(params)
+        if start is not None:
+            where += " AND (numbers.idle_since, numbers.id) >= (?, ?)"
+            values += list(start)
+        first = db.row(f"SELECT idle_since, id FROM numbers WHERE {where}"
+                       f" AND {services.UNSPENT} ORDER BY idle_since, id LIMIT 1",
+                       values + [request.service])
+        if first is not None:
+            _UNSPENT_FROM[key] = (first["idle_since"], first["id"])
+            return (base + " AND (numbers.idle_since, numbers.id) >= (?, ?)",
+                    list(params) + [first["idle_since"], first["id"]])
+    _UNSPENT_FROM.pop(key, None)
+    return None
+
+
+def _kind(service: str) -> str:
+    return "rental" if service == RENT else f"{service} activation"
+
+
+open_rent = open_operation  # the old name, until every caller says open_operation
 
 
 def _check_deadline(clock: Clock, deadline: dt.datetime | None, call: str) -> None:
@@ -326,24 +458,27 @@ def _check_deadline(clock: Clock, deadline: dt.datetime | None, call: str) -> No
                       "for the database: nothing was changed")
 
 
-def finish_rent(db: Database, clock: Clock, request: FinishRequest, rules: Rules,
-                deadline: dt.datetime | None = None) -> bool:
-    """Close an open operation and free its number. Returns False if it was already closed.
+def finish_operation(db: Database, clock: Clock, request: FinishRequest, rules: Rules,
+                     deadline: dt.datetime | None = None) -> bool:
+    """FINISH_ACTIVATION: close an open operation, rental or activation (found by its id
+    alone), and free its number. Returns False if it was already closed.
 
-    The FINISH's status decides the rental: the rules due by now are applied first, but
-    never to this rental's own guard window, so a sale (1, 3 and 5 alike) never counts a
+    The FINISH's status decides the operation: the rules due by now are applied first,
+    but never to this operation's own window, so a sale (1, 3 and 5 alike) never counts a
     failure; a cancel (4) with no SMS accepted counts one. A sale without `sum` is
-    credited at the GET_NUMBER `sum`, and the event says so. The rental's SMS that
-    Onlinesim has not taken expire (never pushed: expire_undelivered).
+    credited at the GET_NUMBER `sum`, and the event says so. For an activation, the status
+    also spends the number for its service, or counts a try (services.record_finish). The
+    operation's SMS that Onlinesim has not taken expire (never pushed:
+    expire_undelivered).
 
     Raises NoOperation for an id rentbox never issued. Dated by `clock` once the write
-    lock is held; `deadline` as for open_rent.
+    lock is held; `deadline` as for open_operation.
     """
     with db.transaction():
         now = clock.now()
         stamp = to_text(now)
         operation = db.row(
-            "SELECT id, number_id, state, finish_status, sms_accepted_at, failed_at,"
+            "SELECT id, number_id, service, state, finish_status, sms_accepted_at, failed_at,"
             " created_at, initial_sum_kopecks FROM operations WHERE id = ?",
             (request.activation_id,),
         )
@@ -359,8 +494,9 @@ def finish_rent(db: Database, clock: Clock, request: FinishRequest, rules: Rules
             closed = False
         else:
             if request.status == CANCELLED and operation["sms_accepted_at"] is None:
-                # Cancelled with no SMS accepted: a failure (one at most per rental).
-                overdue = operation["created_at"] <= _guard_cutoff(now, rules)
+                # Cancelled with no SMS accepted: a failure (one at most per operation).
+                overdue = (operation["service"] == RENT
+                           and operation["created_at"] <= _guard_cutoff(now, rules))
                 _fail(db, now, rules, operation,
                       "guard_expired" if overdue else "cancelled_without_sms")
             _record_finish(db, now, request, operation)
@@ -369,8 +505,8 @@ def finish_rent(db: Database, clock: Clock, request: FinishRequest, rules: Rules
                 (stamp, request.activation_id),
             )
             expire_undelivered(db, now, request.activation_id,
-                               f"its rental was closed (FINISH status {request.status}) "
-                               "before Onlinesim took it")
+                               f"its {_kind(operation['service'])} was closed (FINISH "
+                               f"status {request.status}) before Onlinesim took it")
             closed = True
         _check_deadline(clock, deadline, "FINISH_ACTIVATION")
     if not closed and operation["finish_status"] != request.status:
@@ -379,66 +515,85 @@ def finish_rent(db: Database, clock: Clock, request: FinishRequest, rules: Rules
     return closed
 
 
+finish_rent = finish_operation  # the old name, until every caller says finish_operation
+
+
 def _record_finish(db: Database, now: dt.datetime, request: FinishRequest, operation: dict,
                    **detail: object) -> None:
+    kind = _kind(operation["service"])
     sum_kopecks = request.sum_kopecks
     if sum_kopecks is None and request.status == SOLD:
-        # Onlinesim sold it but sent no `sum`: the initial period's price is the least
-        # it was sold for (protocol.md 5, Income). Refusing the FINISH would leave the
-        # rental open for ever, Onlinesim sending it again and again.
+        # Onlinesim sold it but sent no `sum`: the GET_NUMBER price (a rental's initial
+        # period) is the least it was sold for (protocol.md 5, Income). Refusing the
+        # FINISH would leave it open for ever, Onlinesim sending it again and again.
         sum_kopecks = operation["initial_sum_kopecks"]
         detail["sum_from"] = "GET_NUMBER: the FINISH had no sum"
-        log.warning("FINISH of rental %d as sold came without a sum: credited the "
-                    "GET_NUMBER sum, %s RUB", request.activation_id,
-                    f"{sum_kopecks / 100:.2f}")
+        if operation["service"] == RENT:  # an activation's FINISH usually has none
+            log.warning("FINISH of rental %d as sold came without a sum: credited the "
+                        "GET_NUMBER sum, %s RUB", request.activation_id,
+                        f"{sum_kopecks / 100:.2f}")
     db.execute(
         "UPDATE operations SET state = 'closed', finish_status = ?, final_sum_kopecks = ?,"
         " finished_at = ? WHERE id = ? AND finish_status IS NULL",
         (request.status, sum_kopecks, to_text(now), request.activation_id),
     )
+    is_rent = operation["service"] == RENT
     events.record(
-        db, now, "rent_finished", operation_id=request.activation_id,
-        number_id=operation["number_id"], status=request.status,
+        db, now, "rent_finished" if is_rent else "activation_finished",
+        operation_id=request.activation_id, number_id=operation["number_id"],
+        **({} if is_rent else {"service": operation["service"]}), status=request.status,
         outcome=FINISH_OUTCOMES[request.status], sum_kopecks=sum_kopecks, **detail,
     )
+    if not is_rent:
+        services.record_finish(db, now, operation, request.status)
+    log.info("%s %d closed: %s%s", kind, request.activation_id,
+             FINISH_OUTCOMES[request.status].replace("_", " "),
+             f", {sum_kopecks / 100:.2f} RUB credited" if request.status == SOLD else "")
 
 
 def close_by_hand(db: Database, now: dt.datetime, operation_id: int, *,
                   force: bool = False) -> None:
-    """`rentbox ops close`: close an open rental by hand; recorded as such, with no
+    """`rentbox ops close`: close an open operation by hand; recorded as such, with no
     income and no failure counted. If Onlinesim's FINISH comes after all, it is recorded
     then (income included).
 
-    Without `force`, only a rental that failed its guard window (one Onlinesim will never
-    FINISH, e.g. its GET_NUMBER answer was lost) is closed: a rental still holding its
-    number waits for Onlinesim's FINISH (protocol.md 3.3). With `force`, any open rental
-    is closed and its number freed: for a FINISH that can never be applied. Either way
-    its SMS that Onlinesim has not taken expire."""
+    Without `force`, only an operation that no longer holds its number (a rental that
+    failed its guard window, an activation out of time: ones Onlinesim may never FINISH,
+    e.g. their GET_NUMBER answer was lost) is closed: one still holding its number waits
+    for Onlinesim's FINISH (protocol.md 3.3). With `force`, any open operation is closed
+    and its number freed: for a FINISH that can never be applied. Either way its SMS that
+    Onlinesim has not taken expire."""
     with db.transaction():
-        operation = db.row("SELECT id, number_id, state, failed_at FROM operations"
-                           " WHERE id = ?", (operation_id,))
+        operation = db.row("SELECT id, number_id, service, state, failed_at, lapsed_at"
+                           " FROM operations WHERE id = ?", (operation_id,))
         if operation is None:
             raise NotFound(f"no operation {operation_id}")
         if operation["state"] == "closed":
             raise Conflict(f"operation {operation_id} is already closed")
-        holding = operation["failed_at"] is None
+        kind = _kind(operation["service"])
+        holding = operation["failed_at"] is None and operation["lapsed_at"] is None
         if holding and not force:
-            raise Conflict(f"operation {operation_id} has not failed its guard window: it "
-                           "holds its number until Onlinesim's FINISH closes it (--force "
-                           "closes it anyway and frees the number)")
+            raise Conflict(f"operation {operation_id} ({kind}) still holds its number until "
+                           "Onlinesim's FINISH closes it (--force closes it anyway and "
+                           "frees the number)")
         stamp = to_text(now)
         db.execute("UPDATE operations SET state = 'closed', finished_at = ?"
                    " WHERE id = ? AND state = 'open'", (stamp, operation_id))
         if holding:
             db.execute("UPDATE numbers SET operation_id = NULL, idle_since = ?"
                        " WHERE operation_id = ?", (stamp, operation_id))
+        if holding:
+            reason = "closed by hand while it held its number"
+        elif operation["failed_at"] is not None and operation["service"] == RENT:
+            reason = "failed its guard window and got no FINISH from Onlinesim"
+        else:
+            reason = "ran out of time and got no FINISH from Onlinesim"
         events.record(db, now, "closed_by_hand", operation_id=operation_id,
                       number_id=operation["number_id"], **({"forced": True} if holding else {}),
-                      reason=("closed by hand while it held its number" if holding else
-                              "failed its guard window and got no FINISH from Onlinesim"))
-        expire_undelivered(db, now, operation_id, "its rental was closed by hand before "
+                      reason=reason)
+        expire_undelivered(db, now, operation_id, f"its {kind} was closed by hand before "
                            "Onlinesim took it")
-        log.info("rental %d closed by hand%s", operation_id,
+        log.info("%s %d closed by hand%s", kind, operation_id,
                  ": its number is offered again" if holding else "")
 
 
@@ -478,7 +633,7 @@ _SEEK_INDEX = {(False, False): "numbers_free_by_number",
                (True, True): "numbers_free_by_operator_number"}
 
 
-def _seek_allowed(db: Database, request: RentRequest, base: str, params: list
+def _seek_allowed(db: Database, request: NumberRequest, base: str, params: list
                   ) -> dict | None:
     """The idlest of a few free numbers sampled from each allowed prefix range: for each
     sample, the first free number at or after a random point of the range (wrapping
@@ -545,7 +700,12 @@ _COLUMNS = f"""operations.id, numbers.number, numbers.country, operations.state,
     operations.initial_sum_kopecks, operations.final_sum_kopecks,
     (SELECT count(*) FROM sms WHERE sms.operation_id = operations.id) AS sms_count,
     (numbers.operation_id IS operations.id AND numbers.offline = 1) AS at_risk,
-    operations.test"""
+    operations.test, operations.service,
+    CASE operations.service WHEN 'rent' THEN 'rent' ELSE 'activation' END AS kind,
+    operations.lapsed_at"""
+
+# The two kinds of operation (`ops list --kind`).
+KINDS = ("rent", "activation")
 
 
 def list_operations(
@@ -555,10 +715,21 @@ def list_operations(
     number: str | None = None,
     since: dt.datetime | None = None,
     outcome: str | None = None,
+    kind: str | None = None,
+    service: str | None = None,
     limit: int = 100,
 ) -> list[dict]:
-    """Operations, newest first, filtered as `rentbox ops list` asks."""
+    """Operations, newest first, filtered as `rentbox ops list` asks (`kind`: rent or
+    activation; `service`: one service, 'rent' included)."""
     where, params = ["1"], []
+    if kind is not None:
+        if kind not in KINDS:
+            raise InvalidInput(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        where.append("operations.service = 'rent'" if kind == "rent"
+                     else "operations.service <> 'rent'")
+    if service is not None:
+        where.append("operations.service = ?")
+        params.append(service.strip().lower())
     if open_only:
         where.append("operations.state = 'open'")
     if number is not None:
@@ -590,7 +761,19 @@ def list_operations(
 # them, but one whose GET_NUMBER answer was lost (a crash before the answer left) is
 # unknown to Onlinesim and would stay open for ever (status flags them after a day).
 STALE_FAILED = ("operations.state = 'open' AND operations.failed_at IS NOT NULL"
-                " AND operations.failed_at <= ?")
+                " AND operations.lapsed_at IS NULL AND operations.failed_at <= ?")
+
+
+# Activations whose time ran out without a FINISH: flagged for the operator at once.
+LAPSED = "operations.state = 'open' AND operations.lapsed_at IS NOT NULL"
+
+
+def lapsed_activations(db: Database) -> list[dict]:
+    """Open activations that ran out of time without a FINISH (their numbers are offered
+    again): Onlinesim normally FINISHes them; one it never will is closed by hand."""
+    return db.rows(
+        f"SELECT {_COLUMNS} FROM operations JOIN numbers ON numbers.id = operations.number_id"
+        f" WHERE {LAPSED} ORDER BY +operations.id")
 
 
 def stale_failed(db: Database, now: dt.datetime, older_than_s: float) -> list[dict]:

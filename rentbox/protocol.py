@@ -1,4 +1,5 @@
-"""Onlinesim's rent protocol: request fields parsed and validated, answers shaped (protocol.md).
+"""Onlinesim's v1 protocol, rent and activations: request fields parsed and validated,
+answers shaped (protocol.md 3 and 6).
 
 Pure functions over decoded JSON; no HTTP, no database. Every rejection is InvalidInput
 with a message that names the field and what is wrong, which the web layer sends back
@@ -17,8 +18,14 @@ from rentbox.errors import InvalidInput, NotFound
 
 # FINISH_ACTIVATION statuses (protocol.md 3.3) and the outcome each one records.
 FINISH_OUTCOMES = {1: "wrong_service", 3: "sold", 4: "cancelled", 5: "refunded"}
+WRONG_SERVICE = 1
 SOLD = 3
 CANCELLED = 4
+
+# The service of a long-term rental; any other service is a single-service activation.
+RENT = "rent"
+# A service name: Onlinesim's are short lower-case identifiers (vk, wa, tg, mailru, …).
+_SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 
 # activationId is a 64-bit signed integer in SQLite.
 _MAX_ID = 2**63 - 1
@@ -38,19 +45,24 @@ class NoOperation(NotFound):
 
 
 @dataclasses.dataclass(frozen=True)
-class RentRequest:
-    """GET_NUMBER (rent)."""
+class NumberRequest:
+    """GET_NUMBER: a rental (service 'rent') or an activation for one service."""
 
     sum_kopecks: int
     country: str | None = None
     operator: str | None = None  # None means any operator
     excluded_prefixes: tuple[str, ...] = ()
-    test: bool = False  # a self-test rental: no income, no failure (X-Rentbox-Test)
+    test: bool = False  # a self-test operation: no income, no failure (X-Rentbox-Test)
+    service: str = RENT
+
+    @property
+    def is_rent(self) -> bool:
+        return self.service == RENT
 
 
 @dataclasses.dataclass(frozen=True)
 class FinishRequest:
-    """FINISH_ACTIVATION (rent)."""
+    """FINISH_ACTIVATION, of a rental or an activation (found by its id)."""
 
     activation_id: int
     status: int
@@ -81,24 +93,55 @@ def parse_body(raw: bytes) -> dict:
     return body
 
 
-def parse_rent_request(body: dict, *, test: bool = False) -> RentRequest:
+def parse_rent_request(body: dict, *, test: bool = False) -> NumberRequest:
     """GET_NUMBER (rent): service, sum, and the optional filters (protocol.md 3.2);
     `test` marks a self-test rental (the caller authenticated it)."""
     _require_rent_service(body, required=True)
+    return _number_request(body, RENT, test)
+
+
+def parse_activation_request(body: dict, *, test: bool = False) -> NumberRequest:
+    """GET_NUMBER for a single-service activation (protocol.md 6): a service name, the
+    sum, and the same filters as rent. Whether the service is offered is the caller's
+    question (an unoffered one is answered NO_NUMBERS, not refused)."""
+    if body.get("service") is None:
+        raise InvalidInput("service is required")
+    service = service_name(body["service"], "service")
+    if service == RENT:
+        raise InvalidInput("service 'rent' is a long-term rental: use /getNumberRent")
+    return _number_request(body, service, test)
+
+
+def _number_request(body: dict, service: str, test: bool) -> NumberRequest:
     if "sum" not in body or body["sum"] is None:
         raise InvalidInput("sum is required")
-    return RentRequest(
+    return NumberRequest(
         sum_kopecks=to_kopecks(body["sum"], "sum"),
         country=_optional_name(body, "country"),
         operator=_operator(body),
         excluded_prefixes=_prefixes(body.get("exceptionPhoneSet")),
         test=test,
+        service=service,
     )
 
 
+def service_name(value: object, field: str) -> str:
+    """A service name as Onlinesim writes them: a short lower-case identifier."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be a string")
+    name = value.strip().lower()
+    if not _SERVICE_NAME.fullmatch(name):
+        raise InvalidInput(f"{field} must be a short service name such as vk or wa "
+                           f"(letters, digits, '_', '.', '-'; at most 32)")
+    return name
+
+
 def parse_finish_request(body: dict) -> FinishRequest:
-    """FINISH_ACTIVATION (rent): activationId, status, and sum (protocol.md 3.3)."""
-    _require_rent_service(body, required=False)
+    """FINISH_ACTIVATION: activationId, status, and sum (protocol.md 3.3 and 6). The id
+    alone finds the operation, whichever kind it is and whatever path the call came on; a
+    `service` field, when present, must be a service name."""
+    if body.get("service") is not None:
+        service_name(body["service"], "service")
     activation_id = _integer(body, "activationId")
     if not 1 <= activation_id <= _MAX_ID:
         raise InvalidInput("activationId must be a positive 64-bit integer")
@@ -114,15 +157,21 @@ def parse_finish_request(body: dict) -> FinishRequest:
     return FinishRequest(activation_id, status, sum_kopecks)
 
 
-def services_answer(counts: dict[str, dict[str, int]]) -> dict:
-    """GET_SERVICES (rent): {country: {operator: n}} in Onlinesim's countryList shape."""
+def services_answer(rent: dict[str, dict[str, int]],
+                    activations: dict[str, dict[str, dict[str, int]]] | None = None) -> dict:
+    """GET_SERVICES in Onlinesim's countryList shape: rent's {country: {operator: n}} as
+    the service 'rent', and activations' {country: {operator: {service: n}}} beside it
+    in the same operatorMap (protocol.md 6)."""
+    merged: dict[str, dict[str, dict[str, int]]] = {}
+    for country, operators in rent.items():
+        for operator, n in operators.items():
+            merged.setdefault(country, {}).setdefault(operator, {})[RENT] = n
+    for country, operators in (activations or {}).items():
+        for operator, per_service in operators.items():
+            merged.setdefault(country, {}).setdefault(operator, {}).update(per_service)
     return {
         "countryList": [
-            {
-                "country": country,
-                "operatorMap": {op: {"rent": n} for op, n in operators.items()},
-            }
-            for country, operators in counts.items()
+            {"country": country, "operatorMap": merged[country]} for country in sorted(merged)
         ],
         "status": "SUCCESS",
     }
@@ -224,3 +273,6 @@ def _prefixes(value: object) -> tuple[str, ...]:
         if len(prefix) <= MAX_NUMBER_DIGITS:  # a longer prefix is of no number: no exclusion
             prefixes.append(prefix)
     return tuple(dict.fromkeys(prefixes))
+
+
+RentRequest = NumberRequest  # the old name, until every caller says NumberRequest

@@ -1,8 +1,11 @@
 """PUSH_SMS to Onlinesim: the outbox, a few attempts in flight, retries and terminal answers.
 
-The outbox is the `sms` table itself: a routed SMS is `pending` with a `next_attempt_at`.
-A Pusher thread beside the web server sends what is due, so a slow or unreachable
-Onlinesim never delays the answers to Onlinesim's own calls.
+The outbox is the `sms` table itself: a routed SMS is `pending` with a `next_attempt_at`,
+and a `route`: where it goes, from its operation's kind (ROUTES: a rental's SMS to
+Onlinesim's rent URL, an activation's to its v1 URL, without `service`). One Pusher
+thread per route whose URL is set sends what is due, so a slow or unreachable Onlinesim
+never delays the answers to Onlinesim's own calls, and one URL's outage never holds up
+the other's SMS. A route without a URL keeps its SMS waiting.
 
 Threads: the Pusher thread alone reads the outbox and stores every outcome (short
 transactions, never one around network I/O); each attempt runs on a thread of its own,
@@ -95,17 +98,30 @@ class Outcome:
     unreachable: bool = False  # no answer at all: a timeout or no connection
 
 
-def payload(sms: dict, api_key: str) -> dict:
-    """The PUSH_SMS (rent) body for one stored SMS (protocol.md 4.1)."""
-    return {
+# Where SMS are pushed: a rental's to the rent URL, an activation's to the v1 URL.
+RENT_ROUTE, ACTIVATION_ROUTE = "rent", "activation"
+ROUTES = (RENT_ROUTE, ACTIVATION_ROUTE)
+
+
+def route_of(service: str) -> str:
+    """The route of an operation's SMS, from its service."""
+    return RENT_ROUTE if service == "rent" else ACTIVATION_ROUTE
+
+
+def payload(sms: dict, api_key: str, route: str = RENT_ROUTE) -> dict:
+    """The PUSH_SMS body for one stored SMS: rent's (protocol.md 4.1) or, for an
+    activation, the same without `service` (protocol.md 6)."""
+    body = {
         "smsId": sms["id"],
         "phoneFrom": sms["sender"],
         "phone": sms["number"],
         "text": sms["text"],
         "action": "PUSH_SMS",
         "key": api_key,
-        "service": "rent",
     }
+    if route == RENT_ROUTE:
+        body["service"] = "rent"
+    return body
 
 
 def classify(status: int, body: bytes) -> Outcome:
@@ -331,32 +347,36 @@ def _is_closed_by_peer(connection: http.client.HTTPConnection) -> bool:
     return bool(poller.poll(0))
 
 
-# The outbox's next SMS (served by the sms_outbox index).
+# A route's next SMS (served by the sms_outbox_by_route index).
 _DUE_SQL = ("SELECT id, number, sender, text, attempts, operation_id, number_id, created_at"
             " FROM sms"
-            " WHERE push_state = 'pending' AND next_attempt_at <= ?")
+            " WHERE push_state = 'pending' AND route = ? AND next_attempt_at <= ?")
 _DUE_ORDER = " ORDER BY next_attempt_at, id LIMIT 1"
 NEXT_DUE_SQL = _DUE_SQL + _DUE_ORDER
 
 
-def next_due(db: Database, now: dt.datetime, busy: Iterable[dict] = ()) -> dict | None:
-    """The pending SMS that has waited longest among those due by `now`, leaving out the
-    SMS in `busy` (on their way) and every other SMS of their operations."""
+def next_due(db: Database, now: dt.datetime, busy: Iterable[dict] = (),
+             route: str = RENT_ROUTE) -> dict | None:
+    """The pending SMS of `route` that has waited longest among those due by `now`,
+    leaving out the SMS in `busy` (on their way) and every other SMS of their operations."""
     busy = list(busy)
     if not busy:
-        return db.row(NEXT_DUE_SQL, (to_text(now),))
+        return db.row(NEXT_DUE_SQL, (route, to_text(now)))
     ids = [s["id"] for s in busy]
     rentals = [s["operation_id"] for s in busy if s["operation_id"] is not None]
     sql = _DUE_SQL + f" AND id NOT IN ({', '.join('?' * len(ids))})"
     if rentals:
         sql += (" AND (operation_id IS NULL OR operation_id NOT IN"
                 f" ({', '.join('?' * len(rentals))}))")
-    return db.row(sql + _DUE_ORDER, (to_text(now), *ids, *rentals))
+    return db.row(sql + _DUE_ORDER, (route, to_text(now), *ids, *rentals))
 
 
-def seconds_until_next(db: Database, now: dt.datetime) -> float | None:
-    """How long until the next pending SMS is due (0 if one is due); None if none waits."""
-    row = db.row("SELECT min(next_attempt_at) AS due FROM sms WHERE push_state = 'pending'")
+def seconds_until_next(db: Database, now: dt.datetime,
+                       route: str = RENT_ROUTE) -> float | None:
+    """How long until the next pending SMS of `route` is due (0 if one is due); None if
+    none waits."""
+    row = db.row("SELECT min(next_attempt_at) AS due FROM sms WHERE push_state = 'pending'"
+                 " AND route = ?", (route,))
     if row is None or row["due"] is None:
         return None
     return max(0.0, (from_text(row["due"]) - now).total_seconds())
@@ -543,17 +563,21 @@ def store_held(db: Database, now: dt.datetime, state: PushState, retry_s: float,
     return True
 
 
-def waiting_count(db: Database) -> int:
-    """How many SMS wait in the outbox."""
-    return db.row("SELECT count(*) AS n FROM sms WHERE push_state = 'pending'")["n"]
+def waiting_count(db: Database, route: str | None = None) -> int:
+    """How many SMS wait in the outbox (of one route, if given)."""
+    if route is None:
+        return db.row("SELECT count(*) AS n FROM sms WHERE push_state = 'pending'")["n"]
+    return db.row("SELECT count(*) AS n FROM sms WHERE push_state = 'pending' AND route = ?",
+                  (route,))["n"]
 
 
 def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: float,
              timeout_s: float, rules: Rules, state: PushState | None = None,
              sender: Callable | None = None, should_stop: Callable[[], bool] = lambda: False,
-             parallel: int = default("push_parallel")) -> Round:
-    """Send every SMS due now, oldest first, `parallel` at a time, until none is due or
-    `should_stop()`; then wait for the attempts in flight and store their outcomes.
+             parallel: int = default("push_parallel"), route: str = RENT_ROUTE) -> Round:
+    """Send every SMS of `route` due now, oldest first, `parallel` at a time, until none
+    is due or `should_stop()`; then wait for the attempts in flight and store their
+    outcomes.
 
     At most one SMS of an operation is in flight (see the module's docstring for the
     order within a rental). `sender(url, body, api_key, timeout_s) -> Outcome` makes one
@@ -575,7 +599,8 @@ def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: flo
         result.unreachable = True
         return result
     link = Link(clock) if sender is None else None
-    attempt = _Attempts(sender or link, clock, url=url, api_key=api_key, timeout_s=timeout_s)
+    attempt = _Attempts(sender or link, clock, url=url, api_key=api_key, timeout_s=timeout_s,
+                        route=route)
     # Every SMS from the moment it is handed to a thread until its outcome is stored (or
     # held): the operations they belong to send nothing else meanwhile.
     in_flight: dict[int, dict] = {}
@@ -584,7 +609,7 @@ def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: flo
         while True:
             limit = 1 if state.unreachable_since is not None else max(1, parallel)
             while sending and len(in_flight) < limit and not should_stop():
-                sms = next_due(db, clock.now(), busy=in_flight.values())
+                sms = next_due(db, clock.now(), busy=in_flight.values(), route=route)
                 if sms is None:
                     break
                 in_flight[sms["id"]] = sms
@@ -599,7 +624,7 @@ def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: flo
                 sending = False
             for answer in answers:
                 state.note(answer.answered_at, answer.sms, answer.outcome, retry_s,
-                           lambda: waiting_count(db))
+                           lambda: waiting_count(db, route))
                 del in_flight[answer.sms["id"]]
                 if answer.outcome.unreachable:
                     result.unreachable = True
@@ -639,9 +664,10 @@ class _Attempts:
     the thread that stores it."""
 
     def __init__(self, sender: Callable, clock: Clock, *, url: str, api_key: str,
-                 timeout_s: float):
+                 timeout_s: float, route: str):
         self._sender, self._clock = sender, clock
         self._url, self._api_key, self._timeout_s = url, api_key, timeout_s
+        self._route = route
         self._answers: queue.SimpleQueue = queue.SimpleQueue()
 
     def start(self, sms: dict) -> None:
@@ -661,8 +687,8 @@ class _Attempts:
     def _run(self, sms: dict) -> None:
         sent_at = self._clock.now()
         try:
-            outcome = self._sender(self._url, payload(sms, self._api_key), self._api_key,
-                                   self._timeout_s)
+            outcome = self._sender(self._url, payload(sms, self._api_key, self._route),
+                                   self._api_key, self._timeout_s)
         except Exception as error:  # a bug, not Onlinesim: the SMS must not be stuck
             # The frames, not the message: a message may quote the request (its key).
             log.error("push of SMS %d failed inside rentbox (%s); retrying later\n%s",
@@ -673,9 +699,8 @@ class _Attempts:
 
 
 class Pusher(Worker):
-    """The background thread that empties the outbox. `wake()` after storing an SMS."""
-
-    name = "rentbox-push"
+    """The background thread that empties one route of the outbox. `wake()` after storing
+    an SMS."""
 
     # How often the outbox is looked at even without a wake-up: an SMS stored by another
     # process (`rentbox sms add`) is pushed within this many seconds.
@@ -683,14 +708,18 @@ class Pusher(Worker):
 
     def __init__(self, connections: Connections, clock: Clock, *, url: str, api_key: str,
                  retry_s: float, timeout_s: float, rules: Rules,
-                 parallel: int = default("push_parallel"), sender: Callable | None = None):
+                 parallel: int = default("push_parallel"), sender: Callable | None = None,
+                 route: str = RENT_ROUTE):
+        self.name = "rentbox-push" if route == RENT_ROUTE else f"rentbox-push-{route}"
+        self.route = route
         super().__init__()
         self._connections = connections
         self._clock = clock
         # Kept for the Pusher's life: connections stay open from one round to the next.
         self.link = Link(clock) if sender is None else None
         self._options = dict(url=url, api_key=api_key, retry_s=retry_s, timeout_s=timeout_s,
-                             rules=rules, parallel=parallel, sender=sender or self.link)
+                             rules=rules, parallel=parallel, sender=sender or self.link,
+                             route=route)
         self.state = PushState()
         self._wake = threading.Event()
 
@@ -730,5 +759,5 @@ class Pusher(Worker):
             # Onlinesim is not there: wait for the next probe (retry_s after the last one
             # failed), even if woken meanwhile.
             return self.state.probe_wait_s(self._clock.now())
-        due_in = seconds_until_next(db, self._clock.now())
+        due_in = seconds_until_next(db, self._clock.now(), self.route)
         return self.POLL_S if due_in is None else min(self.POLL_S, due_in)

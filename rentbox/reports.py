@@ -17,7 +17,7 @@ import dataclasses
 import datetime as dt
 
 from rentbox import (backups, bans, events, gateways, meta, operations, pool, presence,
-                     replication, sms, spool, tallies)
+                     replication, services, sms, spool, tallies)
 from rentbox.clock import from_text, to_text
 from rentbox.config import Rules
 from rentbox.db import Database, is_being_served
@@ -70,8 +70,13 @@ def status(db: Database, now: dt.datetime) -> dict:
         " coalesce(sum(failed_at IS NOT NULL), 0) AS failed_awaiting_finish,"
         " coalesce(sum(sms_accepted_at IS NOT NULL AND failed_at IS NULL), 0) AS with_sms,"
         " coalesce(sum(sms_accepted_at IS NULL AND failed_at IS NULL), 0) AS awaiting_sms"
-        " FROM operations WHERE state = 'open'")
+        " FROM operations WHERE state = 'open' AND service = 'rent'")
+    # Single-service activations (protocol.md 6), open now.
+    ops["activations_open"] = db.row(
+        "SELECT count(*) AS n FROM operations WHERE state = 'open' AND service <> 'rent'")["n"]
     ops["stale_failed"] = [r["id"] for r in operations.stale_failed(db, now, STALE_FAILED_S)]
+    # Activations out of time without a FINISH: flagged at once (operations.py).
+    ops["lapsed_activations"] = [r["id"] for r in operations.lapsed_activations(db)]
     outbox = db.row(
         "SELECT count(*) AS pending, coalesce(sum(attempts > 0), 0) AS retrying,"
         " min(created_at) AS oldest_pending_at FROM sms WHERE push_state = 'pending'")
@@ -124,9 +129,14 @@ def _warnings(report: dict, now: dt.datetime) -> list[str]:
     elif not server["running"]:
         warnings.append("rentbox serve is not running (last started "
                         f"{_short_time(server['started_at'])})")
-    elif not server.get("push_url_set"):
-        warnings.append("the server runs without RENTBOX_PUSH_URL: SMS are stored but not "
-                        "pushed to Onlinesim")
+    else:
+        if not server.get("push_url_set"):
+            warnings.append("the server runs without RENTBOX_PUSH_URL: SMS are stored but "
+                            "not pushed to Onlinesim")
+        if server.get("services") and not server.get("activation_push_url_set"):
+            warnings.append(f"the server offers activations ({', '.join(server['services'])})"
+                            " without RENTBOX_ACTIVATION_PUSH_URL: their SMS are stored but "
+                            "not pushed to Onlinesim")
     if pool_counts["total"] == 0:
         warnings.append("the pool is empty: import numbers with `rentbox numbers import`")
     elif pool_counts["free"] == 0:
@@ -172,6 +182,13 @@ def _warnings(report: dict, now: dt.datetime) -> list[str]:
         shown = ", ".join(str(i) for i in stale[:5]) + (" …" if len(stale) > 5 else "")
         warnings.append(f"{len(stale)} rental(s) failed their guard window over a day ago and "
                         f"got no FINISH from Onlinesim ({shown}): close each with "
+                        "`rentbox ops close ID`")
+    lapsed = report["operations"]["lapsed_activations"]
+    if lapsed:
+        shown = ", ".join(str(i) for i in lapsed[:5]) + (" …" if len(lapsed) > 5 else "")
+        warnings.append(f"{len(lapsed)} activation{'s' if len(lapsed) > 1 else ''} ran out "
+                        f"of time without a FINISH from Onlinesim ({shown}): their numbers "
+                        "are offered again; close one Onlinesim will not finish with "
                         "`rentbox ops close ID`")
     if outbox["failed"]:
         warnings.append(f"{outbox['failed']} SMS refused by Onlinesim for good "
@@ -248,7 +265,7 @@ def _short_time(text: str) -> str:
 # rentbox report
 # ---------------------------------------------------------------------------------------
 
-GROUPINGS = ("day", "week", "month", "country", "number")
+GROUPINGS = ("day", "week", "month", "country", "number", "product", "service")
 
 # When an operation counts: closed ones when they closed (that is when income is
 # credited), open ones when they started.
@@ -259,6 +276,9 @@ _GROUP_SQL = {
     "month": f"substr({_WHEN}, 1, 7)",
     "country": "coalesce(operations.country, numbers.country)",
     "number": "numbers.number",
+    # Rent, or single-service activations (any other service); and each service.
+    "product": "CASE operations.service WHEN 'rent' THEN 'rent' ELSE 'activations' END",
+    "service": "operations.service",
 }
 
 
@@ -288,23 +308,29 @@ class ReportRow:
         return {**dataclasses.asdict(self), "success_rate": self.success_rate}
 
 
-# The same groups over the `books_daily` tally (tallies.py): one row per day and country.
+# The same groups over the tallies (tallies.py): `books_daily` has a row per day and
+# country, `books_by_service` per day and service (either serves day, week and month).
 _TALLY_GROUP_SQL = {
     "day": "day",
     "week": "date(day, 'weekday 0', '-6 days')",
     "month": "substr(day, 1, 7)",
     "country": "country",
+    "product": "CASE service WHEN 'rent' THEN 'rent' ELSE 'activations' END",
+    "service": "service",
 }
+_TALLY_OF = {"product": "books_by_service", "service": "books_by_service"}
 
 
 def income_report(db: Database, *, by: str = "day", since: dt.datetime | None = None,
                   until: dt.datetime | None = None, from_rows: bool = False,
                   ) -> tuple[list[ReportRow], ReportRow]:
-    """Operations and income grouped by day, week, month, country or number, with totals.
+    """Operations and income grouped by day, week, month, country, number, product (rent,
+    activations) or service, with totals.
 
     `since` is inclusive, `until` exclusive, both on when an operation counts (above).
-    Grouped by day, week, month or country over whole days (the usual case), it reads the
-    `books_daily` tally: a year's report costs the same on 1,000 and 1,000,000 rentals.
+    Grouped by anything but number over whole days (the usual case), it reads the
+    `books_daily` or `books_by_service` tally: a year's report costs the same on 1,000
+    and 1,000,000 operations.
     By number, or from a time of day, it reads the operations themselves (`from_rows`
     forces that, to check the tally against them).
     """
@@ -333,7 +359,7 @@ def _report_from_tally(db: Database, by: str, since: dt.datetime | None,
         params.append(to_text(until)[:10])
     sums = ", ".join(f"sum({name}) AS {name}" for name in tallies.BOOKS)
     return db.rows(
-        f"SELECT {_TALLY_GROUP_SQL[by]} AS key, {sums} FROM books_daily"
+        f"SELECT {_TALLY_GROUP_SQL[by]} AS key, {sums} FROM {_TALLY_OF.get(by, 'books_daily')}"
         f" WHERE {' AND '.join(where)} GROUP BY key HAVING sum(operations) > 0 ORDER BY key",
         params)
 
@@ -386,6 +412,8 @@ def number_history(db: Database, number: str, *, limit: int = 50) -> dict:
         "sim": row["sim"], "seen_at": row["seen_at"], "seen_by": row["seen_by"],
         "offline_since": row["offline_since"], "offline_reason": row["offline_reason"],
         "rentals": rentals,
+        # The services it was sold for as an activation: tries, and when it was spent.
+        "services": services.uses_of(db, row["id"]),
         "sms": sms.list_sms(db, number=row["number"], limit=limit),
         "events": events.for_number(db, row["id"])[-limit:],
     }

@@ -26,7 +26,7 @@ from rentbox.alerts import AlertSender
 from rentbox.backups import BackupScheduler
 from rentbox.housekeeping import Checkpointer, Housekeeper
 from rentbox.metrics import Metrics
-from rentbox.push import Pusher
+from rentbox.push import ACTIVATION_ROUTE, RENT_ROUTE, Pusher
 from rentbox.replication import Replicator
 from rentbox.spool import SpoolReader
 from rentbox.web.onlinesim import ARRIVED_AGE_KEY
@@ -242,13 +242,18 @@ class Server:
                                           settings.replication, settings.db)
                                if settings.replication.url else None)
             self.metrics = Metrics(self.connections, self.clock)  # GET /metrics
-            self.pusher = None
-            if settings.push_url:
-                self.pusher = Pusher(self.connections, self.clock, url=settings.push_url,
-                                     api_key=settings.api_key, retry_s=settings.push_retry_s,
-                                     timeout_s=settings.push_timeout_s,
-                                     parallel=settings.push_parallel, rules=settings.rules)
-                self.pusher.state.on_outcome = self.metrics.observe_push
+            # One pusher per route whose URL is set: rentals' SMS, activations' SMS.
+            self.pushers: list[Pusher] = []
+            for route, url in ((RENT_ROUTE, settings.push_url),
+                               (ACTIVATION_ROUTE, settings.activation_push_url)):
+                if url:
+                    pusher = Pusher(self.connections, self.clock, url=url,
+                                    api_key=settings.api_key, retry_s=settings.push_retry_s,
+                                    timeout_s=settings.push_timeout_s,
+                                    parallel=settings.push_parallel, rules=settings.rules,
+                                    route=route)
+                    pusher.state.on_outcome = self.metrics.observe_push
+                    self.pushers.append(pusher)
             self.housekeeper = Housekeeper(self.connections, self.clock, settings.rules,
                                            settings.housekeeping_s, settings.sms_keep_days,
                                            settings.alerting)
@@ -259,19 +264,19 @@ class Server:
                 self.goip = GoipListener(
                     self.connections, self.clock, settings.rules, host=settings.goip_host,
                     port=settings.goip_port, password=settings.goip_password or "",
-                    on_sms=self.pusher.wake if self.pusher else lambda: None)
+                    on_sms=self._wake_pushers)
             self.spool = None  # the local hooks' spool, when RENTBOX_SPOOL_DIR is set
             if settings.spool_dir is not None:
                 self.spool = SpoolReader(
                     self.connections, self.clock, settings.rules, settings.spool_dir,
                     settings.spool_every_s,
-                    on_sms=self.pusher.wake if self.pusher else lambda: None)
+                    on_sms=self._wake_pushers)
             self.poller = None  # the catch-up poll, when RENTBOX_POLL_BOXES lists boxes
             if settings.poll_boxes is not None:
                 self.poller = Poller(self.connections, self.clock, settings,
-                                     on_sms=self.pusher.wake if self.pusher else lambda: None)
+                                     on_sms=self._wake_pushers)
             app = web.wsgi(settings, self.clock, self.connections,
-                           on_sms=self.pusher.wake if self.pusher else lambda: None,
+                           on_sms=self._wake_pushers,
                            metrics=self.metrics)
             self._waitress = make_waitress(app, settings, limits)
         except BaseException:
@@ -283,6 +288,11 @@ class Server:
         self._facts: dict | None = None
         self._stopped = threading.Event()
         self._done = threading.Event()
+
+    def _wake_pushers(self) -> None:
+        """An SMS was stored: whichever route it is on, its pusher looks now."""
+        for pusher in self.pushers:
+            pusher.wake()
 
     @property
     def port(self) -> int:
@@ -309,8 +319,8 @@ class Server:
             self.replicator.start()
         if self.backups:
             self.backups.start()
-        if self.pusher:
-            self.pusher.start()
+        for pusher in self.pushers:
+            pusher.start()
         if self.alert_sender:
             self.alert_sender.start()
         if self.goip:
@@ -333,6 +343,8 @@ class Server:
         now = self.clock.now()
         facts = {"started_at": to_text(now), "version": __version__, "pid": os.getpid(),
                  "url": self.url, "push_url_set": bool(s.push_url),
+                 "activation_push_url_set": bool(s.activation_push_url),
+                 "services": list(s.rules.services), "activation_s": s.rules.activation_s,
                  "sms_intake": bool(s.gateway_token), "smsgate_intake": bool(s.smsgate_key),
                  "guard_s": s.rules.guard_s, "guard_margin_s": s.rules.guard_margin_s,
                  "ban_after": s.rules.ban_after,
@@ -402,8 +414,8 @@ class Server:
             self.spool.stop()
         if self.poller:
             self.poller.stop(timeout_s=self.settings.poll_timeout_s + 5)
-        if self.pusher:
-            self.pusher.stop(timeout_s=self.settings.push_timeout_s + 5)
+        for pusher in self.pushers:
+            pusher.stop(timeout_s=self.settings.push_timeout_s + 5)
         if self.backups:
             self.backups.stop()
         if self.replicator:

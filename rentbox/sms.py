@@ -12,7 +12,7 @@ import dataclasses
 import datetime as dt
 import logging
 
-from rentbox import events, operations, pool, presence
+from rentbox import events, operations, pool, presence, push
 from rentbox.clock import Clock, from_text, to_text
 from rentbox.config import Rules
 from rentbox.db import Database
@@ -97,7 +97,9 @@ def accept_sms(db: Database, clock: Clock, incoming: IncomingSms, rules: Rules) 
         number = holder["number"] if holder else number
         number_id = holder["id"] if holder else None
         operation_id = holder["operation_id"] if holder else None
-        if operation_id is not None and _before_rental(db, operation_id, received_at):
+        holding = (db.row("SELECT created_at, service FROM operations WHERE id = ?",
+                          (operation_id,)) if operation_id is not None else None)
+        if holding is not None and _before(holding, received_at):
             # A gateway that held an SMS back must not hand the last renter's SMS to the
             # next one.
             log.info("SMS for +%s received before its current rental began: kept unrouted",
@@ -109,21 +111,21 @@ def accept_sms(db: Database, clock: Clock, incoming: IncomingSms, rules: Rules) 
         stamp = to_text(now)
         sms_id = db.execute(
             "INSERT INTO sms (source, dedupe_key, number, port, number_id, operation_id, sender,"
-            " text, received_at, created_at, push_state, next_attempt_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " text, received_at, created_at, push_state, next_attempt_at, route)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (incoming.source, dedupe_key, number, port, number_id, operation_id, sender, text,
-             to_text(received_at), stamp, state, stamp if state == "pending" else None),
+             to_text(received_at), stamp, state, stamp if state == "pending" else None,
+             push.route_of(holding["service"]) if state == "pending" else None),
         ).lastrowid
         events.record(db, now, "sms_received", operation_id=operation_id, number_id=number_id,
                       sms_id=sms_id, source=incoming.source, routed=state == "pending")
     return Accepted(sms_id, False, state)
 
 
-def _before_rental(db: Database, operation_id: int, received_at: dt.datetime) -> bool:
-    """Whether an SMS was received (by the source's clock) before the rental started,
+def _before(operation: dict, received_at: dt.datetime) -> bool:
+    """Whether an SMS was received (by the source's clock) before the operation started,
     allowing ROUTING_SKEW_S for clocks that disagree."""
-    started = from_text(db.row("SELECT created_at FROM operations WHERE id = ?",
-                               (operation_id,))["created_at"])
+    started = from_text(operation["created_at"])
     return received_at < started - dt.timedelta(seconds=ROUTING_SKEW_S)
 
 
@@ -226,7 +228,9 @@ def retry_sms(db: Database, now: dt.datetime, sms_id: int) -> None:
     """Put an SMS whose push ended in a terminal answer back into the outbox."""
     with db.transaction():
         row = db.row("SELECT sms.id, push_state, operation_id, sms.number_id,"
-                     " operations.state = 'closed' OR operations.failed_at IS NOT NULL AS ended"
+                     " operations.service, operations.state = 'closed'"
+                     " OR operations.failed_at IS NOT NULL"
+                     " OR operations.lapsed_at IS NOT NULL AS ended"
                      " FROM sms LEFT JOIN operations ON operations.id = sms.operation_id"
                      " WHERE sms.id = ?", (sms_id,))
         if row is None:
@@ -238,7 +242,8 @@ def retry_sms(db: Database, now: dt.datetime, sms_id: int) -> None:
             raise Conflict(f"SMS {sms_id} belongs to rental {row['operation_id']}, which has "
                            "ended: it is never pushed again (the number may be rented to "
                            "someone else)")
-        db.execute("UPDATE sms SET push_state = 'pending', next_attempt_at = ?"
-                   " WHERE id = ? AND push_state = 'failed'", (to_text(now), sms_id))
+        db.execute("UPDATE sms SET push_state = 'pending', next_attempt_at = ?, route = ?"
+                   " WHERE id = ? AND push_state = 'failed'",
+                   (to_text(now), push.route_of(row["service"]), sms_id))
         events.record(db, now, "sms_requeued", operation_id=row["operation_id"],
                       number_id=row["number_id"], sms_id=sms_id, reason="retried by hand")

@@ -10,7 +10,11 @@ rows, so they cost the same on 1,000 and 1,000,000 numbers or operations:
   left out;
 - `books_daily`: each day's and country's rentals and income, as reports.py defines
   them (a closed rental on the day it closed, an open one on the day it began; under the
-  country its number had when the rental was issued, `operations.country`).
+  country its number had when the rental was issued, `operations.country`);
+- `books_by_service`: the same figures per day and service ('rent', or an activation's
+  service), for the books per product and per service;
+- `spent_free_counts`: free numbers spent for a service (services.py), per country and
+  operator: GET_SERVICES counts a service as free_counts minus this.
 
 Triggers (db.py, m006) update them inside the transaction that changes a row, whatever
 code changes it, so they cannot drift from the rows by a missed call. `verify` recounts
@@ -36,20 +40,8 @@ SIM_SQL = """CASE WHEN offline = 1 THEN 'sim_offline'
 BOOKS = ("operations", "sold", "cancelled", "refunded", "wrong_service", "open", "failed",
          "with_sms", "credited_kopecks", "pending_kopecks")
 
-# Each tally: its key columns, its value columns, and the recount from the rows.
-_RECOUNT = {
-    "free_counts": (("country", "operator"), ("n",), f"""
-        SELECT country, coalesce(operator, '') AS operator, count(*) AS n FROM numbers
-        WHERE {FREE} GROUP BY 1, 2"""),
-    "pool_counts": (("key",), ("n",), f"""
-        SELECT key, count(*) AS n FROM (
-            SELECT {STATE_SQL} AS key FROM numbers WHERE removed_at IS NULL
-            UNION ALL SELECT {SIM_SQL} FROM numbers WHERE removed_at IS NULL)
-        GROUP BY key"""),
-    "books_daily": (("day", "country"), BOOKS, """
-        SELECT substr(coalesce(o.finished_at, o.created_at), 1, 10) AS day,
-            coalesce(o.country, n.country) AS country,
-            count(*) AS operations,
+# The books' figures of a group of operations `o` (db.py m006 and m013 keep them so).
+_FIGURES = """count(*) AS operations,
             coalesce(sum(o.finish_status = 3), 0) AS sold,
             coalesce(sum(o.finish_status = 4), 0) AS cancelled,
             coalesce(sum(o.finish_status = 5), 0) AS refunded,
@@ -61,9 +53,33 @@ _RECOUNT = {
                 AS credited_kopecks,
             coalesce(sum(CASE WHEN o.state = 'open' AND o.sms_accepted_at IS NOT NULL
                               AND o.failed_at IS NULL THEN o.initial_sum_kopecks END), 0)
-                AS pending_kopecks
+                AS pending_kopecks"""
+
+# Each tally: its key columns, its value columns, and the recount from the rows.
+_RECOUNT = {
+    "free_counts": (("country", "operator"), ("n",), f"""
+        SELECT country, coalesce(operator, '') AS operator, count(*) AS n FROM numbers
+        WHERE {FREE} GROUP BY 1, 2"""),
+    "pool_counts": (("key",), ("n",), f"""
+        SELECT key, count(*) AS n FROM (
+            SELECT {STATE_SQL} AS key FROM numbers WHERE removed_at IS NULL
+            UNION ALL SELECT {SIM_SQL} FROM numbers WHERE removed_at IS NULL)
+        GROUP BY key"""),
+    "books_daily": (("day", "country"), BOOKS, f"""
+        SELECT substr(coalesce(o.finished_at, o.created_at), 1, 10) AS day,
+            coalesce(o.country, n.country) AS country,
+            {_FIGURES}
         FROM operations o JOIN numbers n ON n.id = o.number_id
         WHERE o.test = 0 GROUP BY 1, 2"""),
+    "spent_free_counts": (("country", "operator", "service"), ("n",), f"""
+        SELECT numbers.country, coalesce(numbers.operator, '') AS operator, u.service,
+            count(*) AS n
+        FROM numbers JOIN service_uses u ON u.number_id = numbers.id
+        WHERE u.spent_at IS NOT NULL AND {FREE} GROUP BY 1, 2, 3"""),
+    "books_by_service": (("day", "service"), BOOKS, f"""
+        SELECT substr(coalesce(o.finished_at, o.created_at), 1, 10) AS day, o.service,
+            {_FIGURES}
+        FROM operations o WHERE o.test = 0 GROUP BY 1, 2"""),
 }
 
 

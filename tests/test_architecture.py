@@ -7,7 +7,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "rentbox"
 BOTTOM = {"clock", "config", "errors", "db", "events", "meta", "logs", "workers"}
 MIDDLE = {"protocol", "pool", "bans", "operations", "sms", "gateways", "push", "housekeeping",
           "presence", "tallies", "retention", "alerts", "backups", "replication",
-          "reports", "dashboard", "metrics", "selftest", "spool"}
+          "reports", "dashboard", "metrics", "selftest", "spool", "services"}
 TOP = {"web", "server", "cli", "render"}
 # Who may import whom at the top: cli starts the server and renders tables, the server
 # serves the web app.

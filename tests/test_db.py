@@ -271,7 +271,7 @@ def test_m010_expires_what_an_older_rentbox_left_waiting_for_ended_rentals(tmp_p
     indexes = {r["name"] for r in db.rows("SELECT name FROM sqlite_master WHERE type ="
                                           " 'index' AND tbl_name = 'sms' AND sql IS NOT NULL")}
     assert indexes == {"sms_outbox", "sms_by_operation", "sms_by_number", "sms_failed",
-                       "sms_unrouted_unpruned", "sms_expired"}
+                       "sms_unrouted_unpruned", "sms_expired", "sms_outbox_by_route"}
     db.execute("INSERT INTO sms (source, sender, text, received_at, created_at, push_state)"
                " VALUES ('api', 'x', 'y', ?, ?, 'unrouted')", (stamp, stamp))
     assert db.row("SELECT max(id) AS id FROM sms")["id"] == 6

@@ -21,7 +21,7 @@ def test_a_full_disk_refuses_writes_advertises_nothing_and_recovers(small_disk):
     db = open_database(small_disk / "rentbox.db")
     add_numbers(db, START, ("+4915123456789", "germany", "telekom"),
                 ("+4915123456790", "germany", "telekom"))
-    assert operations.available_counts(db, clock.now(), RULES) == {
+    assert operations.available_counts(db, clock.now(), RULES).rent == {
         "germany": {"any": 2, "telekom": 2}}
     filler = fill_disk(small_disk)
     with pytest.raises(Unavailable, match="cannot be written now: "):
@@ -29,14 +29,14 @@ def test_a_full_disk_refuses_writes_advertises_nothing_and_recovers(small_disk):
     assert db.write_problem() is not None
     assert db.row("SELECT count(*) AS n FROM operations")["n"] == 0  # nothing half-done
     # Every GET_NUMBER would fail: GET_SERVICES must not advertise the pool.
-    assert operations.available_counts(db, clock.now(), RULES) == {}
+    assert operations.available_counts(db, clock.now(), RULES).rent == {}
     with pytest.raises(Unavailable):
         housekeeping.run_once(db, clock.now(), RULES)
     filler.unlink()
     # The next housekeeping pass finds that writing works again, and everything with it.
     assert housekeeping.run_once(db, clock.now(), RULES) == 0
     assert db.write_problem() is None
-    assert operations.available_counts(db, clock.now(), RULES) == {
+    assert operations.available_counts(db, clock.now(), RULES).rent == {
         "germany": {"any": 2, "telekom": 2}}
     assert operations.open_rent(db, clock, RentRequest(100), RULES) is not None
     db.close()
@@ -46,10 +46,10 @@ def test_without_root_a_failed_write_is_reported_until_a_write_succeeds(db, cloc
     add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
     db.health.failed("the disk is full")
     assert db.write_problem() == "the disk is full"
-    assert operations.available_counts(db, clock.now(), RULES) == {}
+    assert operations.available_counts(db, clock.now(), RULES).rent == {}
     assert housekeeping.run_once(db, clock.now(), RULES) == 0  # the probe write works
     assert db.write_problem() is None
-    assert operations.available_counts(db, clock.now(), RULES) == {
+    assert operations.available_counts(db, clock.now(), RULES).rent == {
         "germany": {"any": 1, "telekom": 1}}
 
 

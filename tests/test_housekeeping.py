@@ -33,13 +33,17 @@ def test_the_pass_reads_only_through_indexes(db, clock):
 
     cutoff = "2026-11-01T12:00:00.000000Z"
     queries = [
-        (f"SELECT id, number_id FROM operations WHERE {operations.GUARD_DUE}", (cutoff,)),
-        (f"SELECT id FROM numbers WHERE {bans.BAN_DUE}", (cutoff,)),
-        (push.NEXT_DUE_SQL, (cutoff,)),
+        (f"SELECT id, number_id FROM operations WHERE {operations.GUARD_DUE}", (cutoff,),
+         "operations_awaiting_sms"),
+        (f"SELECT id, number_id FROM operations WHERE {operations.ACTIVATION_DUE}", (cutoff,),
+         "operations_activation_due"),
+        (f"SELECT id FROM numbers WHERE {bans.BAN_DUE}", (cutoff,), "numbers_banned"),
+        (push.NEXT_DUE_SQL, ("activation", cutoff), "sms_outbox_by_route"),
     ]
-    for sql, params in queries:
+    for sql, params, index in queries:
         plan = " ".join(row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql, params))
-        assert "USING INDEX" in plan or "USING COVERING INDEX" in plan, (sql, plan)
+        assert f"USING INDEX {index}" in plan or f"USING COVERING INDEX {index}" in plan, (
+            sql, plan)
 
 
 class FlakyClock:

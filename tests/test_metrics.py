@@ -194,6 +194,29 @@ def test_income_credited_in_roubles(app, db):
     assert value(found, "rentbox_open_rentals") == 0
 
 
+def test_books_per_product_and_service(settings, clock, connections, db):
+    app = WsgiClient(wsgi(dataclasses.replace(settings, metrics_token=TOKEN,
+                                              rules=Rules(services=("vk", "wa"))),
+                          clock, connections))
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"),
+                ("+4915123456790", "germany", "telekom"))
+    rented = app.post("/getNumberRent", {**GET_NUMBER, "sum": 400}).json
+    app.post("/finishActivationRent", {"action": "FINISH_ACTIVATION", "key": API_KEY,
+                                       "activationId": rented["activationId"], "status": 3,
+                                       "sum": 870})
+    activation = app.post("/getNumber", {**GET_NUMBER, "service": "vk", "sum": 20}).json
+    app.post("/finishActivation", {"action": "FINISH_ACTIVATION", "key": API_KEY,
+                                   "activationId": activation["activationId"], "status": 3})
+    app.post("/getNumber", {**GET_NUMBER, "service": "wa", "sum": 15})
+    found = scrape(app)
+    assert value(found, "rentbox_service_income_credited_roubles", product="rent",
+                 service="rent") == 870
+    assert value(found, "rentbox_service_income_credited_roubles", product="activations",
+                 service="vk") == 20
+    assert value(found, "rentbox_service_open", product="activations", service="wa") == 1
+    assert value(found, "rentbox_income_credited_roubles") == 890
+
+
 def test_last_call_age_and_backup_age_follow_the_clock(app, db, clock, tmp_path):
     found = scrape(app)
     assert math.isnan(value(found, "rentbox_onlinesim_last_call_age_seconds"))

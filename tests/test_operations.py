@@ -215,7 +215,7 @@ def test_an_sms_onlinesim_did_not_accept_does_not_meet_the_window(db, clock, out
         operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 4), SHORT)
     assert db.row("SELECT failures, banned_until IS NOT NULL AS banned FROM numbers") == {
         "failures": 3, "banned": 1}
-    assert operations.available_counts(db, clock.now(), SHORT) == {}
+    assert operations.available_counts(db, clock.now(), SHORT).rent == {}
 
 
 def test_a_finish_4_in_the_window_is_a_failure_when_nothing_was_accepted(db, clock):
@@ -294,7 +294,7 @@ def test_a_finish_that_is_not_a_cancel_counts_no_failure_even_past_the_window(db
         "failed_at": None, "failure": None, "finish_status": status}
     kinds = [e["kind"] for e in events.for_operation(db, rental.activation_id)]
     assert kinds == ["rent_opened", "rent_finished"]
-    assert operations.available_counts(db, clock.now(), MARGIN) == {
+    assert operations.available_counts(db, clock.now(), MARGIN).rent == {
         "germany": {"any": 1, "telekom": 1}}
 
 
@@ -368,10 +368,10 @@ def test_a_guard_expired_number_is_offered_again_only_after_the_margin(db, clock
     add_numbers(db, START, *GERMANY[:1])
     operations.open_rent(db, clock, RentRequest(100), rules)
     clock.advance(60 + 14)
-    assert operations.available_counts(db, clock.now(), rules) == {}
+    assert operations.available_counts(db, clock.now(), rules).rent == {}
     assert operations.open_rent(db, clock, RentRequest(100), rules) is None
     clock.advance(1)
-    assert operations.available_counts(db, clock.now(), rules) == {
+    assert operations.available_counts(db, clock.now(), rules).rent == {
         "germany": {"any": 1, "telekom": 1}}
     assert operations.open_rent(db, clock, RentRequest(100), rules) is not None
 
@@ -423,7 +423,7 @@ def test_three_failures_ban_the_number_until_the_ban_ends(db, clock):
         assert rental.number == target
         clock.advance(61)
     assert pool.count_available(db) == {"germany": {"any": 1, "telekom": 1}}  # not yet applied
-    assert operations.available_counts(db, clock.now(), SHORT) == {
+    assert operations.available_counts(db, clock.now(), SHORT).rent == {
         "germany": {"any": 1, "telekom": 1}}
     banned = db.row("SELECT failures, banned_until FROM numbers WHERE number = ?", (target,))
     assert banned == {"failures": 3, "banned_until": "2026-11-01T13:03:03.000000Z"}
@@ -486,7 +486,7 @@ def test_list_and_show_operations(db, clock):
 def test_close_by_hand_only_for_a_failed_rental_and_a_late_finish_is_still_booked(db, clock):
     add_numbers(db, START, *GERMANY[:1])
     held = operations.open_rent(db, clock, RentRequest(100), SHORT)
-    with pytest.raises(Conflict, match="has not failed its guard window"):
+    with pytest.raises(Conflict, match="still holds its number until Onlinesim.s FINISH"):
         operations.close_by_hand(db, clock.now(), held.activation_id)
     clock.advance(61)
     housekeeping.run_once(db, clock.now(), SHORT)

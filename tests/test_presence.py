@@ -34,7 +34,7 @@ def report(db, clock, gateway="box-1", numbers=None, ports=None, rules=RULES):
 
 
 def offered(db, clock, rules=RULES) -> int:
-    counts = operations.available_counts(db, clock.now(), rules)
+    counts = operations.available_counts(db, clock.now(), rules).rent
     return counts.get("germany", {}).get("any", 0)
 
 
@@ -264,7 +264,7 @@ def test_an_existing_database_keeps_offering_every_number(tmp_path):
     db = open_database(path)
     later = START + dt.timedelta(days=30)
     for rules in (RULES, dataclasses.replace(RULES, presence=False)):
-        assert operations.available_counts(db, later, rules) == {
+        assert operations.available_counts(db, later, rules).rent == {
             "germany": {"any": 2, "o2": 2}}
     assert presence.counts(db) == {"online": 0, "offline": 0, "unwatched": 2}
 

@@ -85,7 +85,8 @@ def test_finish_request():
     ({"activationId": 1}, "status is required"),
     ({"activationId": 1, "status": 2}, "status must be one of 1, 3, 4, 5, not 2"),
     ({"activationId": 1, "status": 4, "sum": "x"}, "sum must be a number"),
-    ({"activationId": 1, "status": 4, "service": "activation"}, "service must be 'rent'"),
+    ({"activationId": 1, "status": 4, "service": "no such!"}, "service must be a short service"),
+    ({"activationId": 1, "status": 4, "service": 7}, "service must be a string"),
 ])
 def test_finish_request_rejects(fields, message):
     with pytest.raises(InvalidInput, match=message):

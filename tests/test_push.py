@@ -875,7 +875,7 @@ def test_an_error_in_response_never_meets_the_window_so_three_rentals_ban_the_nu
     assert db.row("SELECT count(*) AS n FROM sms WHERE push_state = 'delivered'")["n"] == 0
     assert db.row("SELECT failures, banned_until IS NOT NULL AS banned FROM numbers") == {
         "failures": 3, "banned": 1}
-    assert operations.available_counts(db, clock.now(), rules) == {}
+    assert operations.available_counts(db, clock.now(), rules).rent == {}
 
 
 # ---- SMS of a rental that ended are never pushed (issue 20, item 5) -------------------
@@ -976,7 +976,8 @@ def test_every_answer_that_has_come_is_stored_in_one_commit(db, clock):
     numbers = open_rentals(db, clock, 3)
     for number in numbers:
         add_sms(db, clock, number, "code")
-    attempts = push._Attempts(Sender(clock), clock, url="x", api_key=API_KEY, timeout_s=1)
+    attempts = push._Attempts(Sender(clock), clock, url="x", api_key=API_KEY, timeout_s=1,
+                              route="rent")
     for row in db.rows("SELECT * FROM sms ORDER BY id"):
         attempts.start(row)
     assert wait_until(lambda: attempts._answers.qsize() == 3)

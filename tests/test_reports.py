@@ -125,7 +125,8 @@ def test_status_figures_and_warnings(books):
     assert facts["pool"] == {"total": 3, "free": 2, "rented": 1, "banned": 0, "disabled": 0,
                              "offline": 0, "rented_disabled": 0}
     assert facts["operations"] == {"open": 2, "failed_awaiting_finish": 1, "with_sms": 1,
-                                   "awaiting_sms": 0, "stale_failed": []}
+                                   "awaiting_sms": 0, "stale_failed": [],
+                                   "lapsed_activations": [], "activations_open": 0}
     assert facts["outbox"]["pending"] == 1 and facts["outbox"]["failed"] == 0
     assert facts["outbox"]["oldest_pending_age_s"] == 28 * 60
     assert facts["server"] is None and facts["last_onlinesim_call"] is None

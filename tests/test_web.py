@@ -90,9 +90,13 @@ def test_post_root_dispatches_on_action(client, pooled, body):
 
 
 @pytest.mark.parametrize("body, message", [
-    ({"action": "GET_NUMBER", "sum": 400}, "GET_NUMBER is served for service 'rent' only"),
-    ({"action": "FINISH_ACTIVATION", "service": "sms", "activationId": 1, "status": 3},
-     "FINISH_ACTIVATION is served for service 'rent' only"),
+    # Without service 'rent', GET_NUMBER is an activation (tests/test_activations.py):
+    ({"action": "GET_NUMBER", "sum": 400}, "service is required"),
+    ({"action": "GET_NUMBER", "service": "v k!", "sum": 400},
+     "service must be a short service name such as vk or wa (letters, digits, '_', '.',"
+     " '-'; at most 32)"),
+    ({"action": "FINISH_ACTIVATION", "service": "sms", "activationId": 1, "status": 7},
+     "status must be one of 1, 3, 4, 5, not 7"),
     ({"action": "GET_BALANCE"}, "unknown action 'GET_BALANCE'"),
     ({}, "action is required"),
 ])
@@ -269,9 +273,9 @@ def test_bad_input_is_400_and_changes_nothing(client, pooled, path, body, messag
 
 def test_unknown_path_and_wrong_method(client, pooled):
     before = snapshot(pooled)
-    missing = client.post("/getNumber", GET_NUMBER)
+    missing = client.post("/getNumbers", GET_NUMBER)
     assert missing.status == 404
-    assert missing.json == {"status": "ERROR", "error": "no such path: /getNumber"}
+    assert missing.json == {"status": "ERROR", "error": "no such path: /getNumbers"}
     wrong = client.request("GET", "/getNumberRent")
     assert wrong.status == 405
     assert wrong.json == {"status": "ERROR", "error":
@@ -452,7 +456,9 @@ def test_routes_are_grouped_by_caller(settings, clock, connections):
         groups[module.__name__.rsplit(".", 1)[1]] = {(r.method, r.rule)
                                                      for r in app.routes[before:]}
     assert groups["onlinesim"] == {("POST", "/"), ("POST", "/getServicesRent"),
-                                   ("POST", "/getNumberRent"), ("POST", "/finishActivationRent")}
+                                   ("POST", "/getNumberRent"), ("POST", "/finishActivationRent"),
+                                   ("POST", "/getServices"), ("POST", "/getNumber"),
+                                   ("POST", "/finishActivation")}
     assert all(rule.startswith(("/sms", "/presence")) for _, rule in groups["intake"])
     assert ("GET", "/health") in groups["console"]
     assert ("GET", "/metrics") in groups["monitoring"]

@@ -1,5 +1,6 @@
-"""Onlinesim's rent calls: GET_SERVICES, GET_NUMBER, FINISH_ACTIVATION, on their own paths
-and dispatched from `POST /` (protocol.md 1–3). Authenticated by the API key."""
+"""Onlinesim's v1 calls: GET_SERVICES, GET_NUMBER, FINISH_ACTIVATION for rent and for
+single-service activations, on their own paths and dispatched from `POST /` (protocol.md
+1–3 and 6). Authenticated by the API key."""
 
 from __future__ import annotations
 
@@ -27,12 +28,17 @@ TEST_HEADER = "X-Rentbox-Test"
 # application was handed it. Absent (an in-process call): it has just arrived.
 ARRIVED_AGE_KEY = "rentbox.arrived_age_s"
 
-# Path → the action it serves; None is `POST /`, which dispatches on the body's action.
-PATHS: dict[str, str | None] = {
-    "/getServicesRent": "GET_SERVICES",
-    "/getNumberRent": "GET_NUMBER",
-    "/finishActivationRent": "FINISH_ACTIVATION",
-    "/": None,
+# Path → the action it serves and the product (rent, activation); (None, None) is
+# `POST /`, which dispatches on the body's action and service (protocol.md 1).
+RENT, ACTIVATION = "rent", "activation"
+PATHS: dict[str, tuple[str | None, str | None]] = {
+    "/getServicesRent": ("GET_SERVICES", RENT),
+    "/getNumberRent": ("GET_NUMBER", RENT),
+    "/finishActivationRent": ("FINISH_ACTIVATION", RENT),
+    "/getServices": ("GET_SERVICES", ACTIVATION),
+    "/getNumber": ("GET_NUMBER", ACTIVATION),
+    "/finishActivation": ("FINISH_ACTIVATION", ACTIVATION),
+    "/": (None, None),
 }
 
 
@@ -47,35 +53,43 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
         age_s = bottle.request.environ.get(ARRIVED_AGE_KEY, 0.0)
         return clock.now() + dt.timedelta(seconds=ctx.settings.call_deadline_s - age_s)
 
-    def get_services(body: dict) -> dict:
-        counts = operations.available_counts(connections.get(), clock.now(), rules)
-        return protocol.services_answer(counts)
+    def get_services(body: dict, product: str | None) -> dict:
+        """Rent's counts, activations' or (on `POST /`) both in one operatorMap."""
+        counts = operations.available_counts(connections.get(), clock.now(), rules,
+                                             rent=product != ACTIVATION,
+                                             activations=product != RENT)
+        return protocol.services_answer(counts.rent, counts.activations)
 
-    def get_number(body: dict) -> dict:
+    def get_number(body: dict, product: str | None) -> dict:
         # `call` authenticated the request before this: only the key's holder marks tests.
         test = header(TEST_HEADER) == "1"
-        request = protocol.parse_rent_request(body, test=test)
-        rental = operations.open_rent(connections.get(), clock, request, rules,
-                                      deadline=deadline())
-        if rental is None:
+        if product is None:  # POST /: service 'rent' is a rental, any other an activation
+            product = RENT if body.get("service") == "rent" else ACTIVATION
+        request = (protocol.parse_rent_request(body, test=test) if product == RENT
+                   else protocol.parse_activation_request(body, test=test))
+        issued = operations.open_operation(connections.get(), clock, request, rules,
+                                           deadline=deadline())
+        if issued is None:
             return {"status": "NO_NUMBERS"}
         if test:
             bottle.response.set_header(TEST_HEADER, "1")  # the self-test sees it was marked
-        return {"number": int(rental.number), "activationId": rental.activation_id,
+        return {"number": int(issued.number), "activationId": issued.activation_id,
                 "status": "SUCCESS"}
 
-    def finish_activation(body: dict) -> dict:
+    def finish_activation(body: dict, product: str | None) -> dict:
+        # The id finds the operation, rental or activation, whatever path it came on.
         request = protocol.parse_finish_request(body)
-        operations.finish_rent(connections.get(), clock, request, rules, deadline=deadline())
+        operations.finish_operation(connections.get(), clock, request, rules,
+                                    deadline=deadline())
         return {"status": "SUCCESS"}
 
-    handlers: dict[str, Callable[[dict], dict]] = {
+    handlers: dict[str, Callable[[dict, str | None], dict]] = {
         "GET_SERVICES": get_services,
         "GET_NUMBER": get_number,
         "FINISH_ACTIVATION": finish_activation,
     }
 
-    def call(path_action: str | None) -> dict:
+    def call(path_action: str | None, product: str | None) -> dict:
         """One protocol call; `path_action` is None on `POST /`, which dispatches."""
         body = protocol.parse_body(read_body(bottle.request.environ,
                                              ctx.settings.max_body_bytes))
@@ -92,7 +106,7 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
         if action == "GET_SERVICES":
             # Polled every 2 minutes: its access-log line is debug, not info.
             bottle.request.environ["rentbox.log_level"] = logging.DEBUG
-        answer = handlers[action](body)
+        answer = handlers[action](body, product)
         try:
             ctx.calls.note(connections.get(), clock.now(), action)
         except Unavailable:
@@ -102,11 +116,11 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
             log.exception("could not note Onlinesim's call")
         return answer
 
-    def measured(path_action: str | None) -> dict:
+    def measured(path_action: str | None, product: str | None) -> dict:
         """`call`, timed and counted by action and outcome for /metrics."""
         started, outcome = time.perf_counter(), "error"
         try:
-            answer = call(path_action)
+            answer = call(path_action, product)
             outcome = "no_numbers" if answer.get("status") == "NO_NUMBERS" else "success"
             return answer
         except Exception as error:
@@ -120,8 +134,9 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
             except Exception:
                 log.exception("could not count Onlinesim's call")
 
-    for path, action in PATHS.items():
-        app.route(path, "POST", answering(lambda action=action: measured(action)))
+    for path, (action, product) in PATHS.items():
+        app.route(path, "POST", answering(
+            lambda action=action, product=product: measured(action, product)))
 
 
 def outcome_of(error: Exception) -> str:
@@ -157,10 +172,8 @@ def authenticate(body: dict, authorization: str | None, key: bytes) -> None:
 
 
 def check_dispatch(body: dict) -> None:
-    """`POST /` (a single URL, SMSHub style): route on `action` and `service` (protocol.md 1)."""
+    """`POST /` (a single URL, SMSHub style): the three actions, for rent and activations
+    alike (protocol.md 1)."""
     action = body["action"]
-    if action in ("GET_NUMBER", "FINISH_ACTIVATION"):
-        if body.get("service") != "rent":
-            raise InvalidInput(f"{action} is served for service 'rent' only")
-    elif action != "GET_SERVICES":
+    if action not in ("GET_SERVICES", "GET_NUMBER", "FINISH_ACTIVATION"):
         raise InvalidInput(f"unknown action {action!r}")
