@@ -108,7 +108,8 @@ def parse_activation_request(body: dict, *, test: bool = False) -> NumberRequest
         raise InvalidInput("service is required")
     service = service_name(body["service"], "service")
     if service == RENT:
-        raise InvalidInput("service 'rent' is a long-term rental: use /getNumberRent")
+        raise InvalidInput("service 'rent' is a long-term rental: send it as exactly \"rent\" "
+                           "(on /getNumberRent or POST /)")
     return _number_request(body, service, test)
 
 

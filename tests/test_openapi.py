@@ -24,6 +24,7 @@ from conftest import add_numbers
 
 CONSOLE_PASSWORD = "console-pass-3e1"
 METRICS_TOKEN = "metrics-token-8b2"
+SERVICES = ("vk", "wa")  # offered for single-service activations where a test says so
 DOC = json.loads(docs.document())
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -116,6 +117,19 @@ def test_every_route_is_documented_and_every_documented_operation_served(setting
     assert served == documented_operations()
 
 
+def test_every_request_example_in_the_document_is_valid():
+    """schemathesis sends them (its examples phase drives /getNumber to a real activation
+    in tests/test_fuzz.py): each must be a request the document allows."""
+    examples = 0
+    for path, item in DOC["paths"].items():
+        for method, op in item.items():
+            for media in op.get("requestBody", {}).get("content", {}).values():
+                for example in media.get("examples", {}).values():
+                    validate(media["schema"], example["value"])
+                    examples += 1
+    assert examples >= 2
+
+
 def test_every_error_answer_is_the_one_error_shape():
     for path, item in DOC["paths"].items():
         for method, op in item.items():
@@ -144,11 +158,19 @@ def smsgate(envelope: dict, key: str = SMSGATE_KEY) -> tuple[bytes, dict]:
     return raw, {"X-Signature": signature, "X-Timestamp": stamp}
 
 
+def offering(settings, services=SERVICES):
+    """`settings` with single-service activations offered for `services`."""
+    return dataclasses.replace(settings,
+                               rules=dataclasses.replace(settings.rules, services=services))
+
+
 @pytest.fixture
-def server(start_server, db):
+def server(start_server, settings, db):
     add_numbers(db, START, ("+4917612345678", "germany", "vodafone", "box1:1"),
-                ("+4917612345679", "germany", "vodafone", "box1:2"))
-    return start_server(console_password=CONSOLE_PASSWORD, metrics_token=METRICS_TOKEN)
+                ("+4917612345679", "germany", "vodafone", "box1:2"),
+                ("+79161234567", "russia", "mts", "box2:1"))
+    return start_server(console_password=CONSOLE_PASSWORD, metrics_token=METRICS_TOKEN,
+                        rules=offering(settings).rules)
 
 
 def test_real_answers_validate_against_the_document(server):
@@ -197,8 +219,23 @@ def test_real_answers_validate_against_the_document(server):
                 headers=key).json == {"status": "ERROR", "error": "NO_OPERATION"}
     call("POST", "/finishActivationRent", 400, payload={**finish, "status": 2}, headers=key)
 
+    call("POST", "/getServices", 200, payload=services)
+    call("POST", "/getServices", 400, payload={"action": "GET_NUMBER"}, headers=key)
+    vk = {"action": "GET_NUMBER", "service": "vk", "sum": 40, "country": "russia"}
+    activation = call("POST", "/getNumber", 200, payload=vk, headers=key).json
+    assert activation["status"] == "SUCCESS"
+    assert call("POST", "/getNumber", 200, payload=vk, headers=key).json == {
+        "status": "NO_NUMBERS"}
+    call("POST", "/getNumber", 400, payload={**vk, "service": "v k"}, headers=key)
+    call("POST", "/getNumber", 401, payload={**vk, "key": "wrong"})
+    call("POST", "/finishActivation", 200, headers=key, payload={
+        "action": "FINISH_ACTIVATION", "activationId": activation["activationId"],
+        "status": 3})
+    call("POST", "/finishActivation", 400, payload={**finish, "service": "v k"}, headers=key)
+
     call("POST", "/", 200, payload=services)
     call("POST", "/", 200, payload=rent, headers=key)
+    call("POST", "/", 200, payload={**vk, "service": "wa"}, headers=key)
     call("POST", "/", 200, payload={**finish, "activationId": 999999}, headers=key)
     call("POST", "/", 400, payload={"action": "GET_STATE"}, headers=key)
     call("POST", "/", 401, payload=services, headers={"Authorization": "Bearer nope"})
@@ -310,11 +347,16 @@ def test_a_null_port_does_not_stand_for_the_number(client):
         validate({"$ref": "#/components/schemas/SmsRequest"}, body)
 
 
-def allows(schema: dict, value: object) -> bool:
-    """Whether the document allows `value`, formats asserted (as schemathesis checks)."""
+def allowing(schema: dict):
+    """Whether the document allows a value, formats asserted (as schemathesis checks): a
+    predicate, its validator built once."""
     return jsonschema_rs.Draft202012Validator(
         {"allOf": [schema], "components": DOC["components"]},
-        validate_formats=True).is_valid(value)
+        validate_formats=True).is_valid
+
+
+def allows(schema: dict, value: object) -> bool:
+    return allowing(schema)(value)
 
 
 def test_every_received_time_the_document_allows_is_taken_and_the_year_bound_agrees():
@@ -382,3 +424,132 @@ def test_the_sum_the_document_allows_is_the_sum_the_rent_calls_take():
     assert allows(finish, sold) and allows(finish, {**sold, "sum": None})
     assert not allows(number, {"action": "GET_NUMBER", "service": "rent"})
     assert not allows(number, {"action": "GET_NUMBER", "service": "rent", "sum": None})
+
+
+# -- single-service activations (protocol.md 6) ------------------------------------------
+
+def test_activation_answers_validate_against_the_document(settings, clock, connections, db):
+    """Success, NO_NUMBERS (none left, a service not offered), a bad service name, the
+    FINISH of an activation on every FINISH path, and GET_SERVICES with a count of 0 (a
+    number spent for a service): each answer is documented and true to the document."""
+    add_numbers(db, START, ("+79161234567", "russia", "mts"),
+                ("+79261234567", "russia", "megafon"), ("+4917612345678", "germany", "o2"))
+    client = WsgiClient(wsgi(offering(settings), clock, connections))
+    key = {"Authorization": f"Bearer {API_KEY}"}
+
+    def call(path, payload, status=200, headers=None):
+        answer = client.post(path, payload, headers={**key, **(headers or {})})
+        assert answer.status == status, (path, payload, answer.body)
+        check_answer("POST", path, answer)
+        return answer
+
+    services = {"action": "GET_SERVICES"}
+    assert call("/getServices", services).json == {"countryList": [
+        {"country": "germany", "operatorMap": {"any": {"vk": 1, "wa": 1},
+                                               "o2": {"vk": 1, "wa": 1}}},
+        {"country": "russia", "operatorMap": {"any": {"vk": 2, "wa": 2},
+                                              "megafon": {"vk": 1, "wa": 1},
+                                              "mts": {"vk": 1, "wa": 1}}}],
+        "status": "SUCCESS"}
+    assert call("/", services).json["countryList"][0]["operatorMap"]["o2"] == {
+        "rent": 1, "vk": 1, "wa": 1}
+
+    vk = {"action": "GET_NUMBER", "service": "vk", "sum": "40.00", "country": "germany",
+          "operator": "any", "exceptionPhoneSet": ["7916"]}
+    sold = call("/getNumber", vk).json
+    assert sold == {"number": 4917612345678, "activationId": sold["activationId"],
+                    "status": "SUCCESS"}
+    assert call("/getNumber", vk).json == {"status": "NO_NUMBERS"}  # none left in germany
+    assert call("/getNumber", {**vk, "service": "tg", "country": "russia"}).json == {
+        "status": "NO_NUMBERS"}  # not offered
+    test = call("/getNumber", {**vk, "service": " WA ", "country": "russia"},
+                headers={"X-Rentbox-Test": "1"})
+    assert test.json["status"] == "SUCCESS" and test.headers["X-Rentbox-Test"] == "1"
+    dispatched = call("/", {**vk, "country": "russia", "exceptionPhoneSet": None}).json
+    assert dispatched["status"] == "SUCCESS"
+
+    activation = {"$ref": "#/components/schemas/GetActivationRequest"}
+    for bad in ("v k", "", "rent", " Rent ", "x" * 33, 7, None):
+        body = {**vk, "service": bad}
+        assert "service" in call("/getNumber", body, 400).json["error"]
+        assert not allows(activation, body), bad
+    assert "service" in call("/", {**vk, "service": " rent"}, 400).json["error"]
+
+    finish = {"action": "FINISH_ACTIVATION", "activationId": sold["activationId"],
+              "status": 3}
+    assert call("/finishActivation", finish).json == {"status": "SUCCESS"}
+    assert call("/finishActivation", finish).json == {"status": "SUCCESS"}  # a repeat
+    assert call("/finishActivationRent", {**finish, "service": "vk",
+                                          "activationId": test.json["activationId"]}
+                ).json == {"status": "SUCCESS"}
+    assert call("/", {**finish, "activationId": dispatched["activationId"], "status": 4,
+                      "sum": None}).json == {"status": "SUCCESS"}
+    assert call("/finishActivation", {**finish, "activationId": 999999}).json == {
+        "status": "ERROR", "error": "NO_OPERATION"}
+    call("/finishActivation", {**finish, "service": "v k"}, 400)
+
+    # Sold for vk, germany's one number is spent for it: a count of 0 beside wa's 1.
+    germany = call("/getServices", services).json["countryList"][0]
+    assert germany == {"country": "germany", "operatorMap": {"any": {"vk": 0, "wa": 1},
+                                                             "o2": {"vk": 0, "wa": 1}}}
+
+
+def test_get_services_with_no_service_offered_is_an_empty_list(client, db):
+    add_numbers(db, START, ("+79161234567", "russia", "mts"))
+    answer = client.post("/getServices", {"action": "GET_SERVICES", "key": API_KEY})
+    assert answer.status == 200 and answer.json == {"countryList": [], "status": "SUCCESS"}
+    check_answer("POST", "/getServices", answer)
+
+
+def test_the_service_the_document_allows_is_the_service_the_calls_take():
+    """protocol.service_name strips (str.strip: every Unicode space Python knows) and
+    lower-cases (str.lower: the Kelvin sign is a `k`) before it matches a short name; an
+    activation's GET_NUMBER refuses `rent`, POST / routes the exact `rent` to a rental,
+    and FINISH takes any name or none. The document agrees on every character of the BMP,
+    alone, around a name and inside one, and on random strings of the characters that
+    matter."""
+    import random
+
+    from rentbox import protocol
+    from rentbox.errors import InvalidInput
+
+    def taken(parse, body) -> bool:
+        try:
+            parse(body)
+        except InvalidInput:
+            return False
+        return True
+
+    activation = allowing({"$ref": "#/components/schemas/GetActivationRequest"})
+    finish = allowing({"$ref": "#/components/schemas/FinishRequest"})
+    dispatch = allowing({"$ref": "#/components/schemas/DispatchRequest"})
+
+    def check(value):
+        number = {"action": "GET_NUMBER", "service": value, "sum": 40}
+        assert activation(number) == taken(protocol.parse_activation_request, number), value
+        rent = value == "rent"  # POST / (web/onlinesim.py): the exact value is a rental
+        assert dispatch(number) == taken(protocol.parse_rent_request if rent
+                                         else protocol.parse_activation_request,
+                                         number), value
+        ended = {"action": "FINISH_ACTIVATION", "activationId": 7, "status": 3,
+                 "service": value}
+        assert finish(ended) == taken(protocol.parse_finish_request, ended), value
+        assert dispatch(ended) == finish(ended), value
+
+    for value in ("vk", "wa", "VK", " vk ", "\u3000vk\x85", "mail.ru", "yandex-go", "a_b",
+                  "9gag", "_vk", ".vk", "-vk", "v k", "vk\u200b", "\u212a", "\u0130",
+                  "\u017f", "vk\n", "\nvk", "a" * 32, "a" * 33, " " + "a" * 32 + "\t",
+                  "rent", "RENT", " rent ", "\u3000Rent", "rents", "renta", "", " ", 7,
+                  7.5, True, [], {}, None):
+        check(value)
+    for code in range(0x10000):
+        if 0xD800 <= code < 0xE000:
+            continue
+        char = chr(code)
+        for value in (char, f"{char}vk{char}", f"v{char}k"):
+            check(value)
+    alphabet = ("azAZkK09_.-" "\u212a\u0130\u017f\u00e9\u200b" "\t\n\x0b\x0c\r\x1c\x1f "
+                "\x85\xa0\u1680\u2000\u200a\u2028\u2029\u202f\u205f\u3000" "rentRENT")
+    draw = random.Random(6)
+    for _ in range(5000):
+        check("".join(draw.choice(alphabet) for _ in range(draw.randrange(0, 37))))

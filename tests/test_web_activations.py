@@ -100,7 +100,7 @@ def test_a_finish_finds_its_operation_whatever_path_it_came_on(client, pooled):
     ({"service": None}, "service is required"),
     ({"service": "v k"}, "service must be a short service name"),
     ({"service": 12}, "service must be a string"),
-    ({"service": "rent"}, "service 'rent' is a long-term rental: use /getNumberRent"),
+    ({"service": "rent"}, "service 'rent' is a long-term rental: send it as exactly"),
     ({"sum": None}, "sum is required"),
     ({"sum": -1}, "sum must not be negative"),
     ({"exceptionPhoneSet": "7912"}, "exceptionPhoneSet must be an array"),
