@@ -25,7 +25,7 @@ from rentbox import operations, pool, push, sms
 from rentbox.clock import FixedClock
 from rentbox.config import Rules
 from rentbox.db import open_database
-from rentbox.protocol import FinishRequest, RentRequest
+from rentbox.protocol import FinishRequest, NumberRequest
 
 RULES = Rules()
 
@@ -48,8 +48,9 @@ def build(path: Path, numbers: int, rentals: int, days: int, seed: int = 7) -> N
     opened: list[tuple[int, str, bool]] = []
     for n in range(rentals):
         now += step
-        rental = operations.open_rent(db, FixedClock(now), RentRequest(rng.choice([40000, 25000, 90000]),
-                                                           country=countries[n % 2][0]), RULES)
+        rental = operations.open_operation(
+            db, FixedClock(now), NumberRequest(rng.choice([40000, 25000, 90000]),
+                                               country=countries[n % 2][0]), RULES)
         if rental is None:
             continue
         got_sms = rng.random() < 0.7
@@ -69,7 +70,7 @@ def build(path: Path, numbers: int, rentals: int, days: int, seed: int = 7) -> N
             activation_id, _, had_sms = opened.pop(0)
             status = (rng.choices([3, 5, 1], [90, 8, 2])[0] if had_sms
                       else rng.choices([4, 1], [95, 5])[0])
-            operations.finish_rent(db, FixedClock(now), FinishRequest(
+            operations.finish_operation(db, FixedClock(now), FinishRequest(
                 activation_id, status, rng.choice([40000, 87000, 120000]) if status == 3 else 0),
                 RULES)
     db.close()

@@ -9,7 +9,7 @@ import pytest
 from rentbox import alerts, bans, operations, presence
 from rentbox.config import Alerting, Rules
 from rentbox.db import open_database
-from rentbox.protocol import RentRequest
+from rentbox.protocol import NumberRequest
 
 from conftest import (API_KEY, GATEWAY_TOKEN, START, FakeOnlinesim, add_numbers, http_post,
                       wait_until)
@@ -34,7 +34,7 @@ def test_conditions_start_once_and_clear_once(db, clock):
     add_numbers(db, START, (A, "germany", "o2", "1.01"), (B, "germany", "o2", "1.02"))
     setup = alerting()
     assert alerts.evaluate(db, clock.now(), setup) == 0
-    rental = operations.open_rent(db, clock, RentRequest(sum_kopecks=1), Rules())  # on A
+    rental = operations.open_operation(db, clock, NumberRequest(sum_kopecks=1), Rules())  # on A
     presence.report(db, clock, Rules(), presence.Report("box", ports=("1.01", "1.02")))
     with db.transaction():  # B fails a rental and is banned
         bans.record_failure(db, clock.now(), Rules(ban_after=1), number_id=2,

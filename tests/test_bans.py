@@ -83,15 +83,16 @@ def test_lift_by_hand_resets_the_count_of_a_number_that_is_not_banned(pooled, cl
 
 def test_failed_test_rentals_never_count(pooled, clock):
     from rentbox import housekeeping, operations
-    from rentbox.protocol import FinishRequest, RentRequest
+    from rentbox.protocol import FinishRequest, NumberRequest
 
     for _ in range(3):  # guard windows that expire, then cancellations without an SMS
-        rentals = [operations.open_rent(pooled, clock, RentRequest(sum_kopecks=100, test=True),
-                                        RULES) for _ in range(2)]
+        rentals = [operations.open_operation(pooled, clock,
+                                             NumberRequest(sum_kopecks=100, test=True),
+                                             RULES) for _ in range(2)]
         clock.advance(61)
         housekeeping.run_once(pooled, clock.now(), RULES)
         for rental in rentals:
-            operations.finish_rent(pooled, clock, FinishRequest(
+            operations.finish_operation(pooled, clock, FinishRequest(
                 activation_id=rental.activation_id, status=4, sum_kopecks=0), RULES)
     assert bans.list_bans(pooled) == []
     assert pooled.rows("SELECT failures, banned_until FROM numbers") == [

@@ -8,7 +8,7 @@ from rentbox.config import Rules
 from rentbox.db import (JOURNAL_SIZE_LIMIT_BYTES, MIN_FREE_BYTES,
                         SMALL_DISK_JOURNAL_SIZE_LIMIT_BYTES, open_database)
 from rentbox.errors import Unavailable
-from rentbox.protocol import RentRequest
+from rentbox.protocol import NumberRequest
 
 from conftest import (API_KEY, START, FakeClock, add_numbers, fill_disk, http_post,
                       rent_number, wait_until)
@@ -25,7 +25,7 @@ def test_a_full_disk_refuses_writes_advertises_nothing_and_recovers(small_disk):
         "germany": {"any": 2, "telekom": 2}}
     filler = fill_disk(small_disk)
     with pytest.raises(Unavailable, match="cannot be written now: "):
-        operations.open_rent(db, clock, RentRequest(100), RULES)
+        operations.open_operation(db, clock, NumberRequest(100), RULES)
     assert db.write_problem() is not None
     assert db.row("SELECT count(*) AS n FROM operations")["n"] == 0  # nothing half-done
     # Every GET_NUMBER would fail: GET_SERVICES must not advertise the pool.
@@ -38,7 +38,7 @@ def test_a_full_disk_refuses_writes_advertises_nothing_and_recovers(small_disk):
     assert db.write_problem() is None
     assert operations.available_counts(db, clock.now(), RULES).rent == {
         "germany": {"any": 2, "telekom": 2}}
-    assert operations.open_rent(db, clock, RentRequest(100), RULES) is not None
+    assert operations.open_operation(db, clock, NumberRequest(100), RULES) is not None
     db.close()
 
 
@@ -65,11 +65,11 @@ def test_a_lock_held_past_the_busy_timeout_is_unavailable_not_a_crash(db, db_pat
     other.execute("BEGIN IMMEDIATE")
     try:
         with pytest.raises(Unavailable, match="locked by another process"):
-            operations.open_rent(db, clock, RentRequest(100), RULES)
+            operations.open_operation(db, clock, NumberRequest(100), RULES)
     finally:
         other.execute("ROLLBACK")
         other.close()
-    assert operations.open_rent(db, clock, RentRequest(100), RULES) is not None
+    assert operations.open_operation(db, clock, NumberRequest(100), RULES) is not None
     assert db.write_problem() is None
 
 
@@ -151,7 +151,7 @@ def test_a_checkpoint_that_fails_for_lack_of_space_is_unavailable_not_a_crash(sm
     before = wal_bytes(db.path)
     filler = fill_disk(small_disk)
     with pytest.raises(Unavailable, match="the disk is full"):
-        operations.open_rent(db, clock, RentRequest(100), RULES)
+        operations.open_operation(db, clock, NumberRequest(100), RULES)
     assert not db.truncate_wal()
     assert wal_bytes(db.path) >= before
     filler.unlink()

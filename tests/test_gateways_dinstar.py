@@ -20,7 +20,7 @@ from rentbox import meta, operations
 from rentbox.config import Rules
 from rentbox.errors import InvalidInput
 from rentbox.gateways import common, dinstar
-from rentbox.protocol import RentRequest
+from rentbox.protocol import NumberRequest
 from rentbox.web import wsgi
 
 from conftest import (EXAMPLES, GATEWAY_TOKEN, START, WsgiClient, add_numbers, http_post,
@@ -165,7 +165,7 @@ def test_a_box_five_hours_behind_has_its_sms_routed_and_the_setting_named_once(c
     before the rental began"; now it reaches the rental, and the log says once which
     setting is wrong."""
     add_numbers(db, START, (A, "russia", "megafon", "da00-0030-1901-2817:1"))
-    rental = operations.open_rent(db, clock, RentRequest(40000), Rules())
+    rental = operations.open_operation(db, clock, NumberRequest(40000), Rules())
     clock.advance(60)
     new_york = clock.now() - dt.timedelta(hours=5)
     with caplog.at_level(logging.INFO, logger="rentbox"):

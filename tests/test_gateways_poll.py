@@ -347,12 +347,12 @@ def test_an_sms_both_pushed_and_polled_is_stored_once(boxes, client, db, clock, 
 
 def test_a_polled_sms_reaches_its_rental(boxes, db, clock, dinstar_pool):
     from rentbox import operations
-    from rentbox.protocol import RentRequest
+    from rentbox.protocol import NumberRequest
 
     fake = boxes("dinstar")
     pass_ = catch_up(dinstar_box(fake), rules=Rules(presence=False))
     pass_.run_once(db, clock)
-    rental = operations.open_rent(db, clock, RentRequest(40000, country="china"), Rules())
+    rental = operations.open_operation(db, clock, NumberRequest(40000, country="china"), Rules())
     clock.advance(120)
     port = 2 if rental.number == "8613714637674" else 0
     fake.sms = [dinstar_row(1, clock.now() - dt.timedelta(seconds=90), "G-1234", port)]
@@ -365,7 +365,7 @@ def test_an_sms_held_across_the_rental_start_is_still_kept_from_it(boxes, client
     """A box 5 hours behind (RENTBOX_DINSTAR_TZ unset) whose pushes showed it: the SMS it
     held from before the rental began is dated by the box, corrected, and kept unrouted."""
     from rentbox import operations
-    from rentbox.protocol import RentRequest
+    from rentbox.protocol import NumberRequest
 
     fake = boxes("dinstar")
     pass_ = catch_up(dinstar_box(fake), rules=Rules(presence=False))
@@ -375,7 +375,7 @@ def test_an_sms_held_across_the_rental_start_is_still_kept_from_it(boxes, client
                 headers=AUTH)
     old = clock.now()
     clock.advance(3600)
-    operations.open_rent(db, clock, RentRequest(40000, country="china"), Rules())
+    operations.open_operation(db, clock, NumberRequest(40000, country="china"), Rules())
     fake.sms = [dinstar_row(1, old - behind), *(dinstar_row(n, old - behind, "old", p)
                                                 for n, p in ((2, 2), (3, 0)))]
     pass_.run_once(db, clock)

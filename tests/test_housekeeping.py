@@ -4,7 +4,7 @@ import threading
 from rentbox import housekeeping, operations
 from rentbox.config import Rules
 from rentbox.db import Connections
-from rentbox.protocol import RentRequest
+from rentbox.protocol import NumberRequest
 
 from conftest import START, add_numbers, snapshot
 
@@ -13,7 +13,7 @@ RULES = Rules(guard_s=60, ban_after=1, ban_s=120, guard_margin_s=0)
 
 def test_run_once_expires_guards_then_lifts_bans(db, clock):
     add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
-    operations.open_rent(db, clock, RentRequest(100), RULES)
+    operations.open_operation(db, clock, NumberRequest(100), RULES)
     before = snapshot(db)
     assert housekeeping.run_once(db, clock.now(), RULES) == 0
     assert snapshot(db) == before  # nothing due, nothing written

@@ -30,10 +30,10 @@ def test_text_and_json_lines_carry_utc_times(monkeypatch):
 
 def test_a_ban_names_the_number_not_its_row(db, clock, caplog):
     from rentbox import operations
-    from rentbox.protocol import RentRequest
+    from rentbox.protocol import NumberRequest
 
     add_numbers(db, START, ("+4915123456789", "germany", "o2"))
-    rental = operations.open_rent(db, clock, RentRequest(sum_kopecks=1), Rules())
+    rental = operations.open_operation(db, clock, NumberRequest(sum_kopecks=1), Rules())
     caplog.set_level(logging.INFO)
     with db.transaction():
         bans.record_failure(db, START, Rules(ban_after=1), number_id=1,

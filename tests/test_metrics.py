@@ -354,7 +354,7 @@ def test_every_metric_named_in_the_examples_exists(app, db, clock, tmp_path):
     assert len(named) >= 3
     assert named <= exposed, named - exposed
     # The README's table (its "Prometheus metrics" section) names real families too.
-    readme = (EXAMPLES.parent / "README.md").read_text()
+    readme = (EXAMPLES.parent / "docs" / "operations.md").read_text()
     documented = set(re.findall(r"`(rentbox_[a-z_]+)`", readme))
     families = {family.name for family in text_string_to_metric_families(text)}
     assert documented <= exposed | families, documented - exposed - families

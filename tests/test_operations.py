@@ -6,7 +6,7 @@ from rentbox import events, housekeeping, operations, pool
 from rentbox.config import Rules
 from rentbox.db import Connections
 from rentbox.errors import Conflict, InvalidInput, NotFound
-from rentbox.protocol import FinishRequest, NoOperation, RentRequest
+from rentbox.protocol import FinishRequest, NoOperation, NumberRequest
 
 from conftest import START, add_numbers, snapshot
 
@@ -18,11 +18,11 @@ RULES = Rules()
 
 
 def rent(db, clock, **kwargs):
-    return operations.open_rent(db, clock, RentRequest(sum_kopecks=40000, **kwargs), RULES)
+    return operations.open_operation(db, clock, NumberRequest(sum_kopecks=40000, **kwargs), RULES)
 
 
 def finish(db, clock, activation_id, status, sum_kopecks=None):
-    return operations.finish_rent(db, clock, FinishRequest(activation_id, status,
+    return operations.finish_operation(db, clock, FinishRequest(activation_id, status,
                                                                  sum_kopecks), RULES)
 
 
@@ -168,7 +168,7 @@ def sms_for(db, clock, number, rules=SHORT, outcome="delivered", sent_at=None):
 def test_guard_window_passing_without_sms_frees_the_number_but_keeps_the_operation_open(
         db, clock):
     add_numbers(db, START, *GERMANY[:1])
-    rental = operations.open_rent(db, clock, RentRequest(100), SHORT)
+    rental = operations.open_operation(db, clock, NumberRequest(100), SHORT)
     clock.advance(59)
     assert housekeeping.run_once(db, clock.now(), SHORT) == 0
     clock.advance(1)
@@ -179,9 +179,9 @@ def test_guard_window_passing_without_sms_frees_the_number_but_keeps_the_operati
     assert db.row("SELECT operation_id, failures FROM numbers") == {"operation_id": None,
                                                                      "failures": 1}
     # The number is offered again at once; the old operation still waits for its FINISH.
-    again = operations.open_rent(db, clock, RentRequest(100), SHORT)
+    again = operations.open_operation(db, clock, NumberRequest(100), SHORT)
     assert again.number == rental.number
-    assert operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 4), SHORT)
+    assert operations.finish_operation(db, clock, FinishRequest(rental.activation_id, 4), SHORT)
     # ... which neither counts a second failure nor frees the number's new rental.
     assert db.row("SELECT operation_id, failures FROM numbers") == {
         "operation_id": again.activation_id, "failures": 1}
@@ -190,7 +190,7 @@ def test_guard_window_passing_without_sms_frees_the_number_but_keeps_the_operati
 def test_sms_inside_the_window_keeps_the_rental_and_resets_the_count(db, clock):
     add_numbers(db, START, *GERMANY[:1])
     db.execute("UPDATE numbers SET failures = 2")
-    rental = operations.open_rent(db, clock, RentRequest(100), SHORT)
+    rental = operations.open_operation(db, clock, NumberRequest(100), SHORT)
     clock.advance(30)
     assert sms_for(db, clock, "+4915123456789").push_state == "pending"
     clock.advance(3600)
@@ -208,11 +208,11 @@ def test_an_sms_onlinesim_did_not_accept_does_not_meet_the_window(db, clock, out
     Onlinesim saw no SMS in these rentals, so three of them ban the number."""
     add_numbers(db, START, *GERMANY[:1])
     for _ in range(3):
-        rental = operations.open_rent(db, clock, RentRequest(100), SHORT)
+        rental = operations.open_operation(db, clock, NumberRequest(100), SHORT)
         clock.advance(10)
         sms_for(db, clock, "+4915123456789", outcome=outcome)
         clock.advance(60)  # past the window
-        operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 4), SHORT)
+        operations.finish_operation(db, clock, FinishRequest(rental.activation_id, 4), SHORT)
     assert db.row("SELECT failures, banned_until IS NOT NULL AS banned FROM numbers") == {
         "failures": 3, "banned": 1}
     assert operations.available_counts(db, clock.now(), SHORT).rent == {}
@@ -220,10 +220,10 @@ def test_an_sms_onlinesim_did_not_accept_does_not_meet_the_window(db, clock, out
 
 def test_a_finish_4_in_the_window_is_a_failure_when_nothing_was_accepted(db, clock):
     add_numbers(db, START, *GERMANY[:1])
-    rental = operations.open_rent(db, clock, RentRequest(100), SHORT)
+    rental = operations.open_operation(db, clock, NumberRequest(100), SHORT)
     clock.advance(10)
     sms_for(db, clock, "+4915123456789", outcome="BAD_SERVICE")
-    operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 4), SHORT)
+    operations.finish_operation(db, clock, FinishRequest(rental.activation_id, 4), SHORT)
     assert db.row("SELECT failure FROM operations")["failure"] == "cancelled_without_sms"
     assert db.row("SELECT failures FROM numbers")["failures"] == 1
 
@@ -235,7 +235,7 @@ def test_an_sms_accepted_after_the_window_but_before_it_is_decided_meets_it(db, 
     """Onlinesim records a rental a moment after rentbox commits it: a SUCCESS 0.45 s
     after rentbox's window ended proves the rental was alive on its side."""
     add_numbers(db, START, *GERMANY[:1])
-    rental = operations.open_rent(db, clock, RentRequest(100), MARGIN)
+    rental = operations.open_operation(db, clock, NumberRequest(100), MARGIN)
     clock.advance(60.45)
     sms_for(db, clock, "+4915123456789", MARGIN)
     clock.advance(3600)
@@ -250,7 +250,7 @@ def test_an_sms_whose_answer_was_lost_meets_the_window_when_accepted_on_the_rese
     """Received by Onlinesim inside the window, its answer lost (a timeout); the re-send
     10 s later, after the window but before it is decided, is answered SUCCESS."""
     add_numbers(db, START, *GERMANY[:1])
-    rental = operations.open_rent(db, clock, RentRequest(100), MARGIN)
+    rental = operations.open_operation(db, clock, NumberRequest(100), MARGIN)
     clock.advance(55)
     accepted = sms_for(db, clock, "+4915123456789", MARGIN, outcome="retry")
     clock.advance(10)
@@ -267,7 +267,7 @@ def test_an_sms_whose_answer_was_lost_meets_the_window_when_accepted_on_the_rese
 
 def test_an_sms_accepted_after_the_window_was_decided_does_not_meet_it(db, clock):
     add_numbers(db, START, *GERMANY[:1])
-    rental = operations.open_rent(db, clock, RentRequest(100), MARGIN)
+    rental = operations.open_operation(db, clock, NumberRequest(100), MARGIN)
     clock.advance(60 + 15 + 0.001)  # decided; housekeeping has not run yet
     sms_for(db, clock, "+4915123456789", MARGIN)
     assert db.row("SELECT sms_accepted_at FROM operations")["sms_accepted_at"] is None
@@ -284,9 +284,9 @@ def test_a_finish_that_is_not_a_cancel_counts_no_failure_even_past_the_window(db
     is credited."""
     add_numbers(db, START, *GERMANY[:1])
     db.execute("UPDATE numbers SET failures = 2")
-    rental = operations.open_rent(db, clock, RentRequest(400), MARGIN)
+    rental = operations.open_operation(db, clock, NumberRequest(400), MARGIN)
     clock.advance(60 + 15 + 5)
-    assert operations.finish_rent(db, clock, FinishRequest(rental.activation_id, status,
+    assert operations.finish_operation(db, clock, FinishRequest(rental.activation_id, status,
                                                            87000), MARGIN)
     assert db.row("SELECT failures, banned_until FROM numbers") == {"failures": 2,
                                                                     "banned_until": None}
@@ -301,9 +301,9 @@ def test_a_finish_that_is_not_a_cancel_counts_no_failure_even_past_the_window(db
 def test_a_finish_4_past_the_window_counts_one_failure_and_bans_at_the_threshold(db, clock):
     add_numbers(db, START, *GERMANY[:1])
     db.execute("UPDATE numbers SET failures = 2")
-    rental = operations.open_rent(db, clock, RentRequest(400), MARGIN)
+    rental = operations.open_operation(db, clock, NumberRequest(400), MARGIN)
     clock.advance(60 + 15 + 5)
-    operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 4), MARGIN)
+    operations.finish_operation(db, clock, FinishRequest(rental.activation_id, 4), MARGIN)
     assert db.row("SELECT failures, banned_until IS NOT NULL AS banned FROM numbers") == {
         "failures": 3, "banned": 1}
     assert db.row("SELECT failure FROM operations")["failure"] == "guard_expired"
@@ -311,8 +311,8 @@ def test_a_finish_4_past_the_window_counts_one_failure_and_bans_at_the_threshold
 
 def test_a_sale_without_sum_is_credited_at_the_get_number_sum_and_says_so(db, clock, caplog):
     add_numbers(db, START, *GERMANY[:1])
-    rental = operations.open_rent(db, clock, RentRequest(40000), SHORT)
-    assert operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 3), SHORT)
+    rental = operations.open_operation(db, clock, NumberRequest(40000), SHORT)
+    assert operations.finish_operation(db, clock, FinishRequest(rental.activation_id, 3), SHORT)
     assert db.row("SELECT state, final_sum_kopecks FROM operations") == {
         "state": "closed", "final_sum_kopecks": 40000}
     [finished] = [e for e in events.for_operation(db, rental.activation_id)
@@ -321,9 +321,9 @@ def test_a_sale_without_sum_is_credited_at_the_get_number_sum_and_says_so(db, cl
     assert finished["detail"]["sum_kopecks"] == 40000
     assert "came without a sum: credited the GET_NUMBER sum, 400.00 RUB" in caplog.text
     # A repeat changes nothing; a cancel without sum credits nothing.
-    assert not operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 3), SHORT)
-    other = operations.open_rent(db, clock, RentRequest(40000), SHORT)
-    operations.finish_rent(db, clock, FinishRequest(other.activation_id, 5), SHORT)
+    assert not operations.finish_operation(db, clock, FinishRequest(rental.activation_id, 3), SHORT)
+    other = operations.open_operation(db, clock, NumberRequest(40000), SHORT)
+    operations.finish_operation(db, clock, FinishRequest(other.activation_id, 5), SHORT)
     assert db.row("SELECT final_sum_kopecks FROM operations WHERE id = ?",
                   (other.activation_id,))["final_sum_kopecks"] is None
 
@@ -338,13 +338,13 @@ def test_a_call_past_its_deadline_changes_nothing(db, clock):
     add_numbers(db, START, *GERMANY[:1])
     before = snapshot(db)
     with pytest.raises(TooLate, match="GET_NUMBER waited past the caller's deadline"):
-        operations.open_rent(db, clock, RentRequest(100), SHORT,
+        operations.open_operation(db, clock, NumberRequest(100), SHORT,
                              deadline=clock.now() - dt.timedelta(seconds=0.001))
     assert snapshot(db) == before
-    rental = operations.open_rent(db, clock, RentRequest(100), SHORT, deadline=clock.now())
+    rental = operations.open_operation(db, clock, NumberRequest(100), SHORT, deadline=clock.now())
     before = snapshot(db)
     with pytest.raises(TooLate, match="FINISH_ACTIVATION waited"):
-        operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 3, 100), SHORT,
+        operations.finish_operation(db, clock, FinishRequest(rental.activation_id, 3, 100), SHORT,
                                deadline=clock.now() - dt.timedelta(seconds=1))
     assert snapshot(db) == before
 
@@ -352,7 +352,7 @@ def test_a_call_past_its_deadline_changes_nothing(db, clock):
 def test_an_sms_sent_in_time_and_accepted_inside_the_margin_meets_the_window(db, clock):
     rules = Rules(guard_s=60, ban_after=3, ban_s=3600, guard_margin_s=15)
     add_numbers(db, START, *GERMANY[:1])
-    rental = operations.open_rent(db, clock, RentRequest(100), rules)
+    rental = operations.open_operation(db, clock, NumberRequest(100), rules)
     sent = clock.advance(59)
     clock.advance(10)  # Onlinesim took 10 s to answer SUCCESS: 69 s, inside the margin
     sms_for(db, clock, "+4915123456789", rules, sent_at=sent)
@@ -366,14 +366,14 @@ def test_an_sms_sent_in_time_and_accepted_inside_the_margin_meets_the_window(db,
 def test_a_guard_expired_number_is_offered_again_only_after_the_margin(db, clock):
     rules = Rules(guard_s=60, ban_after=3, ban_s=3600, guard_margin_s=15)
     add_numbers(db, START, *GERMANY[:1])
-    operations.open_rent(db, clock, RentRequest(100), rules)
+    operations.open_operation(db, clock, NumberRequest(100), rules)
     clock.advance(60 + 14)
     assert operations.available_counts(db, clock.now(), rules).rent == {}
-    assert operations.open_rent(db, clock, RentRequest(100), rules) is None
+    assert operations.open_operation(db, clock, NumberRequest(100), rules) is None
     clock.advance(1)
     assert operations.available_counts(db, clock.now(), rules).rent == {
         "germany": {"any": 1, "telekom": 1}}
-    assert operations.open_rent(db, clock, RentRequest(100), rules) is not None
+    assert operations.open_operation(db, clock, NumberRequest(100), rules) is not None
 
 
 def test_the_rental_is_dated_when_the_write_lock_is_held(db, db_path, clock):
@@ -397,7 +397,7 @@ def test_the_rental_is_dated_when_the_write_lock_is_held(db, db_path, clock):
     thread = threading.Thread(target=release_later)
     thread.start()
     holding.wait(5)
-    rental = operations.open_rent(db, clock, RentRequest(100), SHORT)
+    rental = operations.open_operation(db, clock, NumberRequest(100), SHORT)
     thread.join(5)
     other.close()
     created = db.row("SELECT created_at FROM operations WHERE id = ?", (rental.activation_id,))
@@ -407,9 +407,9 @@ def test_the_rental_is_dated_when_the_write_lock_is_held(db, db_path, clock):
 def test_cancel_inside_the_window_without_sms_is_a_failure(db, clock):
     add_numbers(db, START, *GERMANY[:1])
     for status, counted in [(4, 1), (5, 1), (1, 1), (3, 1), (4, 2)]:
-        rental = operations.open_rent(db, clock, RentRequest(100), SHORT)
+        rental = operations.open_operation(db, clock, NumberRequest(100), SHORT)
         clock.advance(10)
-        operations.finish_rent(db, clock, FinishRequest(rental.activation_id, status, 0),
+        operations.finish_operation(db, clock, FinishRequest(rental.activation_id, status, 0),
                                SHORT)
         assert db.row("SELECT failures FROM numbers")["failures"] == counted, status
 
@@ -418,7 +418,7 @@ def test_three_failures_ban_the_number_until_the_ban_ends(db, clock):
     add_numbers(db, START, *GERMANY[:2])
     target = "4915123456789"
     for _ in range(3):
-        rental = operations.open_rent(db, clock, RentRequest(100, excluded_prefixes=(
+        rental = operations.open_operation(db, clock, NumberRequest(100, excluded_prefixes=(
             "4915123456790",)), SHORT)
         assert rental.number == target
         clock.advance(61)
@@ -429,12 +429,12 @@ def test_three_failures_ban_the_number_until_the_ban_ends(db, clock):
     assert banned == {"failures": 3, "banned_until": "2026-11-01T13:03:03.000000Z"}
     # Neither offered nor counted while banned; the other number still is.
     assert [r["state"] for r in pool.list_numbers(db)] == ["banned", "free"]
-    assert operations.open_rent(db, clock, RentRequest(100, country="germany",
+    assert operations.open_operation(db, clock, NumberRequest(100, country="germany",
                                                              operator="telekom", excluded_prefixes=(
         "4915123456790",)), SHORT) is None
     clock.advance(3600)
     # A claim right after the ban ended gets the number, even before housekeeping ran.
-    rental = operations.open_rent(db, clock, RentRequest(100, excluded_prefixes=(
+    rental = operations.open_operation(db, clock, NumberRequest(100, excluded_prefixes=(
         "4915123456790",)), SHORT)
     assert rental.number == target
     assert db.row("SELECT failures, banned_until FROM numbers WHERE number = ?", (target,)) == {
@@ -449,11 +449,11 @@ def test_three_failures_ban_the_number_until_the_ban_ends(db, clock):
 def test_a_success_between_failures_restarts_the_count(db, clock):
     add_numbers(db, START, *GERMANY[:1])
     for got_sms in (False, False, True, False, False):
-        operations.open_rent(db, clock, RentRequest(100), SHORT)
+        operations.open_operation(db, clock, NumberRequest(100), SHORT)
         if got_sms:
             sms_for(db, clock, "+4915123456789")
             rental = db.row("SELECT operation_id FROM numbers")["operation_id"]
-            operations.finish_rent(db, clock, FinishRequest(rental, 3, 100), SHORT)
+            operations.finish_operation(db, clock, FinishRequest(rental, 3, 100), SHORT)
         clock.advance(61)
         housekeeping.run_once(db, clock.now(), SHORT)
     assert db.row("SELECT failures, banned_until FROM numbers") == {"failures": 2,
@@ -462,11 +462,11 @@ def test_a_success_between_failures_restarts_the_count(db, clock):
 
 def test_list_and_show_operations(db, clock):
     add_numbers(db, START, *GERMANY[:2])
-    first = operations.open_rent(db, clock, RentRequest(40000), SHORT)
+    first = operations.open_operation(db, clock, NumberRequest(40000), SHORT)
     sms_for(db, clock, "+" + first.number)
     clock.advance(1)
-    operations.finish_rent(db, clock, FinishRequest(first.activation_id, 3, 87000), SHORT)
-    second = operations.open_rent(db, clock, RentRequest(100), SHORT)
+    operations.finish_operation(db, clock, FinishRequest(first.activation_id, 3, 87000), SHORT)
+    second = operations.open_operation(db, clock, NumberRequest(100), SHORT)
     rows = operations.list_operations(db)
     assert [(r["id"], r["outcome"], r["sms_count"]) for r in rows] == [
         (second.activation_id, "open", 0), (first.activation_id, "sold", 1)]
@@ -485,7 +485,7 @@ def test_list_and_show_operations(db, clock):
 
 def test_close_by_hand_only_for_a_failed_rental_and_a_late_finish_is_still_booked(db, clock):
     add_numbers(db, START, *GERMANY[:1])
-    held = operations.open_rent(db, clock, RentRequest(100), SHORT)
+    held = operations.open_operation(db, clock, NumberRequest(100), SHORT)
     with pytest.raises(Conflict, match="still holds its number until Onlinesim.s FINISH"):
         operations.close_by_hand(db, clock.now(), held.activation_id)
     clock.advance(61)
@@ -499,14 +499,14 @@ def test_close_by_hand_only_for_a_failed_rental_and_a_late_finish_is_still_booke
         held.activation_id
     # The number was re-rented meanwhile; a FINISH that comes after all is booked, and
     # leaves the new rental alone.
-    again = operations.open_rent(db, clock, RentRequest(100), SHORT)
-    assert operations.finish_rent(db, clock, FinishRequest(held.activation_id, 3, 500), SHORT)
+    again = operations.open_operation(db, clock, NumberRequest(100), SHORT)
+    assert operations.finish_operation(db, clock, FinishRequest(held.activation_id, 3, 500), SHORT)
     assert operations.show_operation(db, held.activation_id)["outcome"] == "sold"
     assert db.row("SELECT operation_id FROM numbers")["operation_id"] == again.activation_id
     kinds = [e["kind"] for e in events.for_operation(db, held.activation_id)]
     assert kinds[-2:] == ["closed_by_hand", "rent_finished"]
     # ... and only once.
-    assert not operations.finish_rent(db, clock, FinishRequest(held.activation_id, 3, 900),
+    assert not operations.finish_operation(db, clock, FinishRequest(held.activation_id, 3, 900),
                                       SHORT)
     assert operations.show_operation(db, held.activation_id)["final_sum_kopecks"] == 500
 
@@ -570,14 +570,14 @@ def test_claims_with_random_exclusions_agree_with_a_brute_force_search(db, clock
 
 def test_a_test_rental_is_marked_and_listed_as_one(db, clock):
     add_numbers(db, START, ("4915123456789", "germany", "telekom"))
-    rental = operations.open_rent(db, clock, RentRequest(sum_kopecks=0, test=True), RULES)
+    rental = operations.open_operation(db, clock, NumberRequest(sum_kopecks=0, test=True), RULES)
     assert [r["test"] for r in operations.list_operations(db)] == [1]
-    operations.finish_rent(db, clock, FinishRequest(activation_id=rental.activation_id,
+    operations.finish_operation(db, clock, FinishRequest(activation_id=rental.activation_id,
                                                     status=1, sum_kopecks=0), RULES)
-    operations.finish_rent(db, clock, FinishRequest(activation_id=rental.activation_id,
+    operations.finish_operation(db, clock, FinishRequest(activation_id=rental.activation_id,
                                                     status=1, sum_kopecks=0), RULES)
     assert pool.find_number(db, "4915123456789")["state"] == "free"
-    real = operations.open_rent(db, clock, RentRequest(sum_kopecks=0), RULES)
+    real = operations.open_operation(db, clock, NumberRequest(sum_kopecks=0), RULES)
     assert real is not None
     assert [r["test"] for r in operations.list_operations(db)] == [0, 1]
 

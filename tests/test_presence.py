@@ -10,7 +10,7 @@ from rentbox import events, operations, pool, presence, reports
 from rentbox.config import Rules
 from rentbox.db import Database, migrations, open_database
 from rentbox.errors import InvalidInput, NotFound
-from rentbox.protocol import FinishRequest, RentRequest
+from rentbox.protocol import FinishRequest, NumberRequest
 from rentbox.sms import IncomingSms, accept_sms
 
 from conftest import START, add_numbers, snapshot
@@ -39,7 +39,7 @@ def offered(db, clock, rules=RULES) -> int:
 
 
 def rent(db, clock, rules=RULES):
-    return operations.open_rent(db, clock, RentRequest(sum_kopecks=40000), rules)
+    return operations.open_operation(db, clock, NumberRequest(sum_kopecks=40000), rules)
 
 
 def sim(db, number) -> dict:
@@ -142,7 +142,7 @@ def test_keep_and_missing_name_the_rented_numbers(box, clock):
     assert any(f"+{B} (rental {operation['id']})" in w for w in facts["warnings"])
     assert facts["presence"]["offline"] == 1
     # FINISH still closes it as usual, and the number is free but offline.
-    operations.finish_rent(box, clock, FinishRequest(activation_id=operation["id"], status=3,
+    operations.finish_operation(box, clock, FinishRequest(activation_id=operation["id"], status=3,
                                                      sum_kopecks=40000), RULES)
     assert pool.find_number(box, B)["state"] == "offline"
     assert report(box, clock, ports=["1.01", "2.01", "2.02"]).missing == []

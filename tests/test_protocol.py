@@ -11,7 +11,7 @@ def rent(**fields):
 def test_rent_request_full():
     request = rent(sum=400, country=" Germany ", operator="any",
                    exceptionPhoneSet=[4915, "46950", "+7", 4915])
-    assert request == protocol.RentRequest(
+    assert request == protocol.NumberRequest(
         sum_kopecks=40000, country="germany", operator=None,
         excluded_prefixes=("4915", "46950", "7"))
 
@@ -24,7 +24,7 @@ def test_rent_request_takes_integral_floats_and_drops_prefixes_longer_than_any_n
 
 
 def test_rent_request_minimal():
-    assert rent(sum=12.5) == protocol.RentRequest(sum_kopecks=1250)
+    assert rent(sum=12.5) == protocol.NumberRequest(sum_kopecks=1250)
 
 
 @pytest.mark.parametrize("fields, message", [
@@ -117,7 +117,7 @@ def test_services_answer_shape():
 
 
 def test_a_finish_without_sum_is_accepted_whatever_its_status():
-    """A FINISH 3 without `sum` credits the GET_NUMBER sum (operations.finish_rent):
+    """A FINISH 3 without `sum` credits the GET_NUMBER sum (operations.finish_operation):
     refusing it would have Onlinesim send it again for ever, the rental never closed."""
     assert finish(activationId=7, status=3) == protocol.FinishRequest(7, 3, None)
     assert finish(activationId=7, status=3, sum="870.00") == protocol.FinishRequest(7, 3, 87000)

@@ -7,7 +7,7 @@ from rentbox.config import Rules
 
 from conftest import API_KEY, START, FakeOnlinesim, add_numbers, refused_url
 from rentbox import operations
-from rentbox.protocol import RentRequest
+from rentbox.protocol import NumberRequest
 
 RULES = Rules()
 
@@ -65,7 +65,7 @@ def test_classify(status, body, kind, detail):
 def routed(db, clock):
     """One open rental on +4915123456789 with one SMS waiting in the outbox."""
     add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
-    operations.open_rent(db, clock, RentRequest(100), RULES)
+    operations.open_operation(db, clock, NumberRequest(100), RULES)
     accepted = sms.accept_sms(db, clock, sms.IncomingSms(
         source="api", to="+49 151 23456789", sender="Instagram",
         text="784958 is your secret code ✅ Код"), RULES)
@@ -340,7 +340,7 @@ def test_a_full_disk_never_makes_an_acknowledged_sms_go_out_twice(small_disk, on
     clock = FakeClock()
     db = open_database(small_disk / "rentbox.db")
     add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
-    operations.open_rent(db, clock, RentRequest(100), RULES)
+    operations.open_operation(db, clock, NumberRequest(100), RULES)
     sms_id = sms.accept_sms(db, clock, sms.IncomingSms(
         source="api", to="+4915123456789", sender="x", text="y"), RULES).sms_id
     try:
@@ -611,7 +611,7 @@ def open_rentals(db, clock, count):
     add_numbers(db, START, *[(f"+49151234{i:05d}", "germany", "telekom")
                              for i in range(count)])
     for _ in range(count):
-        operations.open_rent(db, clock, RentRequest(100), RULES)
+        operations.open_operation(db, clock, NumberRequest(100), RULES)
     return [r["number"] for r in db.rows("SELECT number FROM numbers ORDER BY id")]
 
 
@@ -864,14 +864,14 @@ def test_an_error_in_response_never_meets_the_window_so_three_rentals_ban_the_nu
     add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
     sender = Sender(clock, lambda now: push.classify(200, b'{"response":"ERROR_WRONG_KEY"}'))
     for _ in range(3):
-        rental = operations.open_rent(db, clock, RentRequest(100), rules)
+        rental = operations.open_operation(db, clock, NumberRequest(100), rules)
         clock.advance(5)
         sms.accept_sms(db, clock, sms.IncomingSms(source="api", to="+4915123456789",
                                                   sender="Instagram", text="123456"), rules)
         deliver(db, clock, "x", sender=sender, rules=rules)
         clock.advance(10)
         deliver(db, clock, "x", sender=sender, rules=rules)
-        operations.finish_rent(db, clock, FinishRequest(rental.activation_id, 4), rules)
+        operations.finish_operation(db, clock, FinishRequest(rental.activation_id, 4), rules)
     assert db.row("SELECT count(*) AS n FROM sms WHERE push_state = 'delivered'")["n"] == 0
     assert db.row("SELECT failures, banned_until IS NOT NULL AS banned FROM numbers") == {
         "failures": 3, "banned": 1}
@@ -888,7 +888,7 @@ def test_the_sms_of_a_finished_rental_expire_and_are_never_pushed_even_after_a_r
     from rentbox.protocol import FinishRequest
 
     [rental] = db.rows("SELECT id FROM operations")
-    operations.finish_rent(db, clock, FinishRequest(rental["id"], 3, 870), RULES)
+    operations.finish_operation(db, clock, FinishRequest(rental["id"], 3, 870), RULES)
     assert sms_row(db, routed)["push_state"] == "expired"
     assert db.row("SELECT last_error FROM sms")["last_error"] == (
         "its rental was closed (FINISH status 3) before Onlinesim took it")
@@ -911,7 +911,7 @@ def test_the_sms_of_a_rental_that_failed_its_window_expire(db, clock):
 
     rules = Rules(guard_s=60, guard_margin_s=0)
     add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
-    operations.open_rent(db, clock, RentRequest(100), rules)
+    operations.open_operation(db, clock, NumberRequest(100), rules)
     clock.advance(30)
     waiting = sms.accept_sms(db, clock, sms.IncomingSms(
         source="api", to="+4915123456789", sender="x", text="y"), rules)
@@ -929,7 +929,7 @@ def test_a_refused_sms_of_an_ended_rental_cannot_be_retried_by_hand(db, clock, r
     deliver(db, clock, "x", sender=Sender(clock, lambda now: push.Outcome("terminal",
                                                                           "BAD_SERVICE")))
     [rental] = db.rows("SELECT id FROM operations")
-    operations.finish_rent(db, clock, FinishRequest(rental["id"], 4), RULES)
+    operations.finish_operation(db, clock, FinishRequest(rental["id"], 4), RULES)
     with pytest.raises(Conflict, match="which has ended: it is never pushed again"):
         sms.retry_sms(db, clock.now(), routed)
     assert sms_row(db, routed)["push_state"] == "failed"
@@ -949,7 +949,7 @@ def test_a_push_on_its_way_when_the_finish_arrives_is_never_sent_again(db, db_pa
     def finish_meanwhile(now):
         other = Database(db_path)  # the web request's own connection
         try:
-            operations.finish_rent(other, clock, FinishRequest(rental["id"], 3, 870), RULES)
+            operations.finish_operation(other, clock, FinishRequest(rental["id"], 3, 870), RULES)
         finally:
             other.close()
         return {"delivered": push.Outcome("delivered"),

@@ -12,7 +12,7 @@ from rentbox.clock import FixedClock
 from rentbox.config import Rules
 from rentbox.errors import InvalidInput
 from rentbox.gateways import smsgate
-from rentbox.protocol import FinishRequest, RentRequest
+from rentbox.protocol import FinishRequest, NumberRequest
 
 from conftest import EXAMPLES, START, FakeClock, add_numbers
 
@@ -32,8 +32,8 @@ DAY2 = START + dt.timedelta(days=1)           # Monday 2026-11-02 12:00 UTC
 
 def rent(db, when, number, sum_kopecks):
     others = tuple(n for n in (A, B, C) if n != number)
-    return operations.open_rent(db, FixedClock(when),
-                                RentRequest(sum_kopecks, excluded_prefixes=others),
+    return operations.open_operation(db, FixedClock(when),
+                                NumberRequest(sum_kopecks, excluded_prefixes=others),
                                 RULES).activation_id
 
 
@@ -48,7 +48,7 @@ def sms_to(db, when, number, outcome=push.Outcome("delivered")):
 
 
 def finish(db, when, op, status, sum_kopecks):
-    operations.finish_rent(db, FixedClock(when), FinishRequest(op, status, sum_kopecks), RULES)
+    operations.finish_operation(db, FixedClock(when), FinishRequest(op, status, sum_kopecks), RULES)
 
 
 @pytest.fixture
@@ -224,11 +224,11 @@ def test_test_rentals_are_not_in_the_income_report(books, by):
     before = reports.income_report(books, by=by)
     before_rows = reports.income_report(books, by=by, since=since, from_rows=True)
     add_numbers(books, START, ("4930111222333", "germany", "telekom"))
-    rental = operations.open_rent(books, clock, RentRequest(sum_kopecks=40000, test=True),
+    rental = operations.open_operation(books, clock, NumberRequest(sum_kopecks=40000, test=True),
                                   RULES)
     assert rental is not None
     assert reports.income_report(books, by=by) == before
-    operations.finish_rent(books, clock, FinishRequest(activation_id=rental.activation_id,
+    operations.finish_operation(books, clock, FinishRequest(activation_id=rental.activation_id,
                                                        status=3, sum_kopecks=87000), RULES)
     assert reports.income_report(books, by=by) == before
     assert reports.income_report(books, by=by, since=since, from_rows=True) == before_rows

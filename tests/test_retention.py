@@ -4,7 +4,7 @@ import datetime as dt
 
 from rentbox import housekeeping, operations, retention
 from rentbox.config import Rules
-from rentbox.protocol import FinishRequest, RentRequest
+from rentbox.protocol import FinishRequest, NumberRequest
 from rentbox.sms import IncomingSms, accept_sms
 
 from conftest import START, add_numbers
@@ -30,18 +30,18 @@ def texts(db) -> dict:
 
 def test_texts_go_after_the_retention_period_and_the_rows_stay(db, clock, monkeypatch):
     add_numbers(db, START, (A, "germany", "o2"), (B, "germany", "o2"))
-    old = operations.open_rent(db, clock, RentRequest(sum_kopecks=100), RULES)
+    old = operations.open_operation(db, clock, NumberRequest(sum_kopecks=100), RULES)
     first = sms(db, clock, old.number, "code 1111")
     deliver(db, first)
     # Never delivered: it expires when its rental closes, and goes like the others.
     waiting = sms(db, clock, old.number, "code 2222")
-    operations.finish_rent(db, clock, FinishRequest(old.activation_id, 3, 100), RULES)
+    operations.finish_operation(db, clock, FinishRequest(old.activation_id, 3, 100), RULES)
     stray = sms(db, clock, B, "hello")  # for no rental
     clock.advance(20 * 86400)
-    recent = operations.open_rent(db, clock, RentRequest(sum_kopecks=100), RULES)
+    recent = operations.open_operation(db, clock, NumberRequest(sum_kopecks=100), RULES)
     kept = sms(db, clock, recent.number, "code 3333")
     deliver(db, kept)
-    operations.finish_rent(db, clock, FinishRequest(recent.activation_id, 3, 100), RULES)
+    operations.finish_operation(db, clock, FinishRequest(recent.activation_id, 3, 100), RULES)
     clock.advance(11 * 86400)  # the first rental closed 31 days ago, the second 11
     assert retention.prune_due(db, clock.now(), keep_days=30) == 3
     assert texts(db) == {first: (retention.PRUNED_TEXT, True),

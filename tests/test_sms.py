@@ -5,7 +5,7 @@ import pytest
 from rentbox import operations, sms
 from rentbox.config import Rules
 from rentbox.errors import Conflict, InvalidInput, NotFound
-from rentbox.protocol import RentRequest
+from rentbox.protocol import NumberRequest
 
 from conftest import START, add_numbers, snapshot
 
@@ -23,7 +23,7 @@ def incoming(**fields):
 def rented(db, clock):
     add_numbers(db, START, ("+4915123456789", "germany", "telekom", "dev1:1"),
                 ("+4915123456790", "germany", "telekom", "dev1:2"))
-    return operations.open_rent(db, clock, RentRequest(100, excluded_prefixes=(
+    return operations.open_operation(db, clock, NumberRequest(100, excluded_prefixes=(
         "4915123456790",)), RULES)
 
 

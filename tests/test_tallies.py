@@ -7,7 +7,7 @@ import pytest
 from rentbox import bans, housekeeping, operations, pool, presence, reports, tallies
 from rentbox.config import Rules
 from rentbox.pool import PoolEntry
-from rentbox.protocol import FinishRequest, RentRequest
+from rentbox.protocol import FinishRequest, NumberRequest
 from rentbox.sms import IncomingSms, accept_sms
 
 from conftest import START, add_numbers
@@ -24,10 +24,11 @@ def test_every_state_change_keeps_the_tallies_exact(db, clock):
         assert tallies.verify(db) == [], step
 
     def rent(**request):
-        return operations.open_rent(db, clock, RentRequest(sum_kopecks=40000, **request), RULES)
+        return operations.open_operation(db, clock,
+                                         NumberRequest(sum_kopecks=40000, **request), RULES)
 
     def finish(rental, status, rub=400):
-        operations.finish_rent(db, clock, FinishRequest(activation_id=rental.activation_id,
+        operations.finish_operation(db, clock, FinishRequest(activation_id=rental.activation_id,
                                                         status=status, sum_kopecks=rub * 100),
                                RULES)
 
@@ -122,7 +123,7 @@ def test_reads_use_the_tallies(db, clock):
 
 def test_verify_finds_a_tally_that_drifted_and_rebuild_repairs_it(db, clock):
     add_numbers(db, START, (A, "germany", "telekom"), (C, "russia", "mts"))
-    operations.open_rent(db, clock, RentRequest(sum_kopecks=100), RULES)
+    operations.open_operation(db, clock, NumberRequest(sum_kopecks=100), RULES)
     with db.transaction():
         db.execute("UPDATE free_counts SET n = n + 5 WHERE country = 'russia'")
         db.execute("DELETE FROM books_daily")
@@ -141,9 +142,9 @@ def test_the_report_from_the_tallies_equals_the_report_from_the_rows(db, clock, 
     add_numbers(db, START, (A, "germany", "telekom"), (C, "russia", "mts"))
     for day in range(40):
         clock.current = START + dt.timedelta(days=day, hours=13)
-        rental = operations.open_rent(db, clock, RentRequest(sum_kopecks=100 * day), RULES)
+        rental = operations.open_operation(db, clock, NumberRequest(sum_kopecks=100 * day), RULES)
         if day % 3:
-            operations.finish_rent(db, clock, FinishRequest(
+            operations.finish_operation(db, clock, FinishRequest(
                 activation_id=rental.activation_id, status=3 if day % 2 else 5,
                 sum_kopecks=250 * day), RULES)
     for since, until in [(None, None), (START + dt.timedelta(days=3), None),
@@ -162,10 +163,11 @@ def test_test_rentals_keep_the_tallies_exact_and_stay_out_of_the_books(db, clock
     books = db.rows("SELECT * FROM books_daily ORDER BY day, country")
 
     def rent():
-        return operations.open_rent(db, clock, RentRequest(sum_kopecks=40000, test=True), RULES)
+        return operations.open_operation(db, clock,
+                                         NumberRequest(sum_kopecks=40000, test=True), RULES)
 
     def finish(rental, status):
-        operations.finish_rent(db, clock, FinishRequest(activation_id=rental.activation_id,
+        operations.finish_operation(db, clock, FinishRequest(activation_id=rental.activation_id,
                                                         status=status, sum_kopecks=87000),
                                RULES)
 
@@ -194,7 +196,7 @@ def test_test_rentals_keep_the_tallies_exact_and_stay_out_of_the_books(db, clock
         finish(rental, 4)
         check("failed rental finished")
     assert db.rows("SELECT count(*) AS n FROM operations WHERE test = 1") == [{"n": 8}]
-    real = operations.open_rent(db, clock, RentRequest(sum_kopecks=40000), RULES)
+    real = operations.open_operation(db, clock, NumberRequest(sum_kopecks=40000), RULES)
     finish(real, 3)
     assert tallies.verify(db) == []
     assert sum(r["credited_kopecks"] for r in db.rows("SELECT * FROM books_daily")) == 87000
