@@ -47,7 +47,7 @@ POOL = """number,country,operator,port
 +4915112345670,germany,telekom,box1:3
 +79161234567,russia,mts,box2:1
 +79261234567,russia,megafon,box2:2
-+447911123456,uk,,box3:1
++447911123456,england,,box3:1
 """
 
 

@@ -56,6 +56,24 @@ def backup_name(now: dt.datetime) -> str:
     return f"rentbox-{now.astimezone(dt.timezone.utc).strftime(_NAME_TIME)}.db"
 
 
+def hand_backup_name(now: dt.datetime) -> str:
+    """The file name of `rentbox backup FOLDER/` at `now`: a scheduled backup's name with
+    `-by-hand`, so that the two sort together by time but pruning the scheduled ones
+    never deletes it."""
+    return backup_name(now)[:-len(".db")] + "-by-hand.db"
+
+
+def backup_by_hand(db: Database, path: str | Path, now: dt.datetime) -> tuple[Path, int]:
+    """`rentbox backup PATH`: copy the database (db.backup) to PATH, a file that must not
+    exist yet, or into PATH, a folder (one that exists, or any path written with a
+    trailing slash), as hand_backup_name(now). Returns the file written and its size.
+    Never overwrites: a file of that name already there is refused (Conflict)."""
+    target = Path(path)
+    if str(path).endswith(("/", os.sep)) or target.is_dir():
+        target = target / hand_backup_name(now)
+    return target, backup(db, target)
+
+
 def scheduled_backups(folder: Path) -> list[Path]:
     """The scheduled backups in `folder`, oldest first (other files are not theirs)."""
     try:
@@ -295,7 +313,9 @@ def what_to_check(result: dict) -> list[str]:
         "unknown here, and their numbers look free: find them in Onlinesim's partner panel "
         "and `rentbox numbers disable` those numbers until the rentals end (a FINISH for "
         "one is answered NO_OPERATION)",
-        f"the {result['open_rentals']} rental(s) open in these books (`rentbox ops list "
+        f"the {result['open_rentals']} "
+        f"{'rental' if result['open_rentals'] == 1 else 'rentals'} open in these books "
+        "(`rentbox ops list "
         "--open`): Onlinesim may have closed some since; each holds its number until a "
         "FINISH comes",
         f"SMS received after it (smsIds above {result['last_sms_id']}) are lost: the "

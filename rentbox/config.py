@@ -27,14 +27,19 @@ class Setting:
         return self.option
 
 
-# The one table of settings. The CLI builds its options from it and the README's settings
-# table mirrors it (tests/test_readme.py checks that the README names every one).
+# The one table of settings. The CLI builds its options from it and docs/settings.md's table
+# is generated from it (docs/settings_table.py; tests/test_readme.py checks it is current).
 SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in [
         Setting("db", "RENTBOX_DB", Path("rentbox.db"),
                 "SQLite database file; serve, numbers import and sms add create it, "
                 "other commands need it to exist."),
+        Setting("country_names", "RENTBOX_COUNTRY_NAMES", "",
+                "Country names that numbers import accepts beside Onlinesim's own "
+                "(rentbox/countries.py), as name=REGION pairs, comma-separated: the name "
+                "as Onlinesim writes it and the two-letter ISO code of its numbers' "
+                "region (e.g. kosovo=XK)."),
         Setting("host", "RENTBOX_HOST", "127.0.0.1",
                 "Address the server listens on."),
         Setting("port", "RENTBOX_PORT", 8080,

@@ -7,10 +7,11 @@ import dataclasses
 import datetime as dt
 import itertools
 import re
+import sqlite3
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TextIO
+from typing import Callable, Iterable, Iterator, Mapping, TextIO
 
-from rentbox import events
+from rentbox import countries, events
 from rentbox.clock import to_text
 from rentbox.db import Database
 from rentbox.errors import Conflict, InvalidInput, NotFound, RentboxError
@@ -37,6 +38,12 @@ def normalize_number(raw: str) -> str:
     Accepts '+', spaces and dashes (`+49 151-2345 6789`); the country code is required,
     with or without the '+'. Raises InvalidInput with the reason.
     """
+    return _parse_number(raw)[0]
+
+
+def _parse_number(raw: str) -> tuple[str, str]:
+    """A valid international number's digits and its region, as libphonenumber names it
+    (DE, RU, KZ, US, CA, ...; 001 for an international network). Raises InvalidInput."""
     text = raw.strip()
     if not text:
         raise InvalidInput("the number is empty")
@@ -59,9 +66,10 @@ def normalize_number(raw: str) -> str:
         if error.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE:
             raise InvalidInput(f"{text!r} does not start with a known country code") from None
         raise invalid from None
-    if not phonenumbers.is_valid_number(parsed):
+    region = phonenumbers.region_code_for_number(parsed)
+    if region is None or not phonenumbers.is_valid_number_for_region(parsed, region):
         raise invalid
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)[1:]
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)[1:], region
 
 
 def normalize_name(raw: str | None, what: str) -> str | None:
@@ -123,7 +131,7 @@ class ImportRejected(InvalidInput):
         shown = "\n".join(f"  {e}" for e in errors[:20])
         more = f"\n  … and {count - 20} more" if count > 20 else ""
         super().__init__(
-            f"{count} invalid row(s), nothing imported "
+            f"{count} invalid {'row' if count == 1 else 'rows'}, nothing imported "
             f"(fix them, or pass --skip-invalid to import the valid rows):\n{shown}{more}"
         )
 
@@ -133,15 +141,21 @@ MAX_REPORTED_ERRORS = 1000
 
 
 def check_rows(
-    stream: TextIO, *, country: str | None = None, operator: str | None = None
+    stream: TextIO, *, country: str | None = None, operator: str | None = None,
+    country_names: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Iterator[PoolEntry | RowError]:
     """Read a pool CSV (header row; columns number, country, operator, port), one row at a
     time: a PoolEntry for each valid row, a RowError (with its line number) for each bad one.
 
     `country` and `operator` fill the column where the file lacks it or a cell is empty.
+    A row's country must be one of `country_names` (countries.table(): Onlinesim's names
+    and the regions of their numbers), and its number a number of that country's regions.
     Numbers repeated within the file are found by the caller.
     """
+    names = countries.table() if country_names is None else country_names
     default_country = normalize_name(country, "country")
+    if default_country is not None and default_country not in names:
+        raise InvalidInput(f"--country: {countries.unknown_name(default_country, names)}")
     default_operator = normalize_name(operator, "operator")
     if default_operator == "any":
         raise InvalidInput("operator 'any' is reserved: leave the operator empty instead")
@@ -164,10 +178,14 @@ def check_rows(
         if not any((v or "").strip() for v in record.values() if isinstance(v, str)):
             continue  # blank line
         try:
-            number = normalize_number(raw)
+            number, region = _parse_number(raw)
             row_country = normalize_name(record.get("country"), "country") or default_country
             if row_country is None:
                 raise InvalidInput("no country: add a 'country' column or pass --country")
+            if row_country not in names:
+                raise InvalidInput(countries.unknown_name(row_country, names))
+            if region not in names[row_country]:
+                raise InvalidInput(countries.wrong_region(number, region, row_country, names))
             row_operator = normalize_name(record.get("operator"), "operator") or default_operator
             if row_operator == "any":
                 raise InvalidInput("operator 'any' is reserved: leave the cell empty instead")
@@ -278,21 +296,26 @@ def _import_batch(db: Database, now: dt.datetime, batch: list[PoolEntry], result
 
 
 def import_file(
-    db: Database,
+    db: Database | Callable[[], Database],
     now: dt.datetime,
     path: Path,
     *,
     country: str | None = None,
     operator: str | None = None,
+    country_names: Mapping[str, tuple[str, ...]] | None = None,
     skip_invalid: bool = False,
     on_progress: Callable[[str, int, int], None] | None = None,
     between_batches: Callable[[], None] | None = None,
 ) -> ImportResult:
     """Import a pool CSV: all of it, or (with bad rows) nothing unless `skip_invalid`.
 
+    `db` is the database, or a function that opens it: called only once there are valid
+    rows to merge, so that a failed import (a missing file, bad rows, an empty file)
+    creates no database file. `country_names` as check_rows takes them.
+
     Two phases, so that a file of any size needs little memory and a running server
-    keeps answering: every row is checked and staged in a TEMP table of this connection
-    (which takes no lock on the database), then merged in batches of IMPORT_BATCH_ROWS,
+    keeps answering: every row is checked and staged in a private temporary database
+    (which takes no lock on the pool's), then merged in batches of IMPORT_BATCH_ROWS,
     each its own short write transaction. `on_progress(phase, done, total)` reports rows;
     `between_batches()` runs between two merge transactions, with the lock free (the CLI
     pauses there, so that a server waiting for the lock gets in: see db.LOCK_POLL_MAX_S).
@@ -310,13 +333,15 @@ def import_file(
         raise InvalidInput(f"cannot read {path}: {error.strerror}") from None
     errors: list[RowError] = []
     error_count = 0
-    staging = _Staging(db)
+    staging = _Staging()
     try:
         with stream:
             try:
                 done = 0
                 for done, item in enumerate(check_rows(stream, country=country,
-                                                       operator=operator), start=1):
+                                                       operator=operator,
+                                                       country_names=country_names),
+                                            start=1):
                     if isinstance(item, PoolEntry):
                         first_line = staging.add(item)
                         if first_line is not None:
@@ -337,65 +362,69 @@ def import_file(
         staging.finish()
         if error_count and not skip_invalid:
             raise ImportRejected(errors, error_count)
-        merged = 0
+        result = ImportResult()
+        if staging.count:
+            database = db if isinstance(db, Database) else db()
+            merged = 0
 
-        def merged_batch(size: int) -> None:
-            nonlocal merged
-            merged += size
-            if on_progress:
-                on_progress("importing", merged, staging.count)
-            if between_batches:
-                between_batches()
+            def merged_batch(size: int) -> None:
+                nonlocal merged
+                merged += size
+                if on_progress:
+                    on_progress("importing", merged, staging.count)
+                if between_batches:
+                    between_batches()
 
-        try:
-            result = import_entries(db, now, staging.entries(), on_batch=merged_batch)
-        except KeyboardInterrupt:
-            raise ImportInterrupted(merged, staging.count) from None
+            try:
+                result = import_entries(database, now, staging.entries(),
+                                        on_batch=merged_batch)
+            except KeyboardInterrupt:
+                raise ImportInterrupted(merged, staging.count) from None
     finally:
-        staging.drop()
+        staging.close()
     result.rejected = errors
     result.rejected_count = error_count
     return result
 
 
 class _Staging:
-    """The checked rows of one import, in a TEMP table of this connection.
+    """The checked rows of one import, in a private temporary database.
 
-    TEMP tables live in the connection's own temporary database: writing them takes no
-    lock on rentbox.db, so staging a million rows never holds up the server.
+    SQLite deletes a database opened with an empty name when it is closed, and keeps it
+    on disk rather than in memory once it grows: staging a million rows neither takes a
+    lock on the pool's database (nor creates it: see import_file) nor needs the memory.
     """
 
-    def __init__(self, db: Database):
-        self.db = db
+    def __init__(self):
+        self.conn = sqlite3.connect("")
         self.count = 0
-        self.db.conn.execute("DROP TABLE IF EXISTS temp.import_staging")
-        self.db.conn.execute(
-            "CREATE TEMP TABLE import_staging (number TEXT PRIMARY KEY, country TEXT,"
+        self.conn.execute(
+            "CREATE TABLE import_staging (number TEXT PRIMARY KEY, country TEXT,"
             " operator TEXT, port TEXT, line INTEGER)")
-        self.db.conn.execute("BEGIN")  # touches only temp: no lock on the database file
+        self.conn.execute("PRAGMA synchronous = OFF")  # thrown away at the end anyway
+        self.conn.execute("BEGIN")
 
     def add(self, entry: PoolEntry) -> int | None:
         """Stage a row; for a number already staged, return the line it was first on."""
-        added = self.db.conn.execute(
-            "INSERT OR IGNORE INTO temp.import_staging VALUES (?, ?, ?, ?, ?)",
+        added = self.conn.execute(
+            "INSERT OR IGNORE INTO import_staging VALUES (?, ?, ?, ?, ?)",
             (entry.number, entry.country, entry.operator, entry.port, entry.line)).rowcount
         if added:
             self.count += 1
             return None
-        return self.db.conn.execute("SELECT line FROM temp.import_staging WHERE number = ?",
-                                    (entry.number,)).fetchone()[0]
+        return self.conn.execute("SELECT line FROM import_staging WHERE number = ?",
+                                 (entry.number,)).fetchone()[0]
 
     def finish(self) -> None:
-        if self.db.conn.in_transaction:
-            self.db.conn.execute("COMMIT")
+        if self.conn.in_transaction:
+            self.conn.execute("COMMIT")
 
     def entries(self) -> Iterator[PoolEntry]:
-        """The staged rows in file order, read in pages (no cursor is left open across the
-        merge's write transactions)."""
+        """The staged rows in file order, read in pages of IMPORT_BATCH_ROWS."""
         last_rowid = 0
         while True:
-            page = self.db.conn.execute(
-                "SELECT rowid, number, country, operator, port, line FROM temp.import_staging"
+            page = self.conn.execute(
+                "SELECT rowid, number, country, operator, port, line FROM import_staging"
                 " WHERE rowid > ? ORDER BY rowid LIMIT ?", (last_rowid, IMPORT_BATCH_ROWS)
             ).fetchall()
             if not page:
@@ -404,10 +433,8 @@ class _Staging:
                 yield PoolEntry(number, country, operator, port, line)
             last_rowid = page[-1][0]
 
-    def drop(self) -> None:
-        if self.db.conn.in_transaction:
-            self.db.conn.execute("ROLLBACK")
-        self.db.conn.execute("DROP TABLE IF EXISTS temp.import_staging")
+    def close(self) -> None:
+        self.conn.close()
 
 
 # ---------------------------------------------------------------------------------------
@@ -438,12 +465,21 @@ def list_numbers(db: Database, *, include_removed: bool = False,
     risk" for a rented one whose SIM is offline; removed ones only when asked) and its SIM
     presence (`sim`: online, offline or '-'; the filter takes online or offline), by
     country and number."""
+    return list(iter_numbers(db, include_removed=include_removed, sim=sim, limit=limit))
+
+
+def iter_numbers(db: Database, *, include_removed: bool = False,
+                 sim: str | None = None, limit: int | None = None) -> Iterator[dict]:
+    """list_numbers, one row at a time as SQLite reads it: `rentbox numbers list` prints
+    the first rows of a pool of any size at once. The read transaction stays open until
+    the iterator is exhausted or closed: use it for one command's output, never in the
+    server (an open read stops WAL checkpoints)."""
     where = ["1" if include_removed else "numbers.removed_at IS NULL"]
     if sim is not None:
         if sim not in _SIM_FILTERS:
             raise InvalidInput(f"sim must be one of {', '.join(_SIM_FILTERS)}")
         where.append(_SIM_FILTERS[sim])
-    return db.rows(
+    return db.query(
         f"SELECT number, country, operator, port, {STATE_SQL} AS state, {SIM_SQL} AS sim,"
         f" seen_at, seen_by, offline_since FROM numbers WHERE {' AND '.join(where)}"
         " ORDER BY country, number LIMIT ?", (-1 if limit is None else limit,)
@@ -491,6 +527,21 @@ def remove_number(db: Database, now: dt.datetime, number: str) -> None:
         db.execute("UPDATE numbers SET removed_at = ?, enabled = 0, updated_at = ? WHERE id = ?",
                    (to_text(now), to_text(now), row["id"]))
         events.record(db, now, "number_removed", number_id=row["id"], reason="by hand")
+
+
+# Why a number in the pool is not offered now, as `pool_counts` (tallies.py) keys them.
+NOT_OFFERED = ("rented", "banned", "disabled", "offline")
+
+
+def count_not_offered(db: Database) -> dict[str, int]:
+    """Numbers in the pool that are not offered now, by reason (NOT_OFFERED; each number
+    under the first that applies: rented, disabled, banned, offline). Read from the
+    `pool_counts` tally: the cost does not grow with the pool. A ban that has ended but
+    that housekeeping has not lifted yet still counts as banned."""
+    tally = {r["key"]: r["n"] for r in db.rows("SELECT key, n FROM pool_counts")}
+    counts = {reason: tally.get(reason, 0) for reason in NOT_OFFERED}
+    counts["rented"] += tally.get("rented_disabled", 0)
+    return counts
 
 
 def count_available(db: Database) -> dict[str, dict[str, int]]:

@@ -9,12 +9,15 @@ Piped output is never cut (use --json for scripts).
 
 from __future__ import annotations
 
+import itertools
 import re
-from typing import TextIO
+from typing import Iterable, TextIO
 
 from rich.cells import cell_len, set_cell_size
 
-_NUMERIC = re.compile(r"^-?[\d,]*\.?\d*%?$")
+# A cell right-aligned as a number: digits, maybe signed, grouped, decimal or a percentage;
+# or empty. Not a lone '-' (no value).
+_NUMERIC = re.compile(r"^(-?(?=[\d,.]*\d)[\d,]*\.?\d*%?)?$")
 GAP = "  "
 
 
@@ -23,27 +26,56 @@ def table(stream: TextIO, columns: list[str], rows: list[list[str]], *,
           width: int | None = None) -> None:
     """Write a table: a header, a rule, one line per row. `width` (a terminal's) cuts the
     `flexible` columns so that rows fit; None never cuts."""
-    widths = [max([cell_len(name)] + [cell_len(row[i]) for row in rows])
+    if title:
+        stream.write("\n" + title + "\n")
+    stream_table(stream, columns, rows, flexible=flexible, width=width, sample=len(rows))
+
+
+# Rows a streamed table measures its columns on before it writes the first line.
+SAMPLE_ROWS = 1000
+
+
+def stream_table(stream: TextIO, columns: list[str], rows: Iterable[list[str]], *,
+                 flexible: tuple[str, ...] = (), width: int | None = None,
+                 sample: int | None = None) -> int:
+    """`table` for rows that come one at a time (a pool of any size): the columns are
+    measured on the header and the first `sample` (SAMPLE_ROWS) rows only, so that the
+    first lines appear at once, and each later row is written as it comes. A later cell
+    wider than its column pushes the rest of its line right, except in a `flexible`
+    column on a terminal (`width`), where it is cut. Returns the number of rows written."""
+    rows = iter(rows)
+    first = list(itertools.islice(rows, SAMPLE_ROWS if sample is None else sample))
+    widths = [max([cell_len(name)] + [cell_len(row[i]) for row in first])
               for i, name in enumerate(columns)]
     if width is not None:
         widths = _fit(columns, widths, flexible, width)
-    right = [bool(rows) and name not in flexible and all(_NUMERIC.match(row[i]) for row in rows)
+    cut = [width is not None and name in flexible for name in columns]
+    right = [bool(first) and name not in flexible and all(_NUMERIC.match(row[i]) for row in first)
              for i, name in enumerate(columns)]
 
     def line(cells: list[str]) -> str:
         parts = []
-        for cell, size, align_right in zip(cells, widths, right):
-            if cell_len(cell) > size:
-                cell = set_cell_size(cell, size - 1) + "…"
-            pad = " " * (size - cell_len(cell))
+        for cell, size, align_right, may_cut in zip(cells, widths, right, cut):
+            length = cell_len(cell)
+            if length > size and may_cut:
+                cell, length = set_cell_size(cell, size - 1) + "…", size
+            pad = " " * max(0, size - length)
             parts.append(pad + cell if align_right else cell + pad)
         return GAP.join(parts).rstrip()
 
-    if title:
-        stream.write("\n" + title + "\n")
     stream.write(line(columns) + "\n")
     stream.write("─" * (sum(widths) + len(GAP) * (len(widths) - 1)) + "\n")
-    stream.write("".join(line(row) + "\n" for row in rows))
+    stream.write("".join(line(row) + "\n" for row in first))
+    count = len(first)
+    for row in rows:
+        stream.write(line(row) + "\n")
+        count += 1
+    return count
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 number`, `2 numbers` (`words`: the plural where it is not `word` + s)."""
+    return f"{count} {word if count == 1 else words or word + 's'}"
 
 
 def _fit(columns: list[str], widths: list[int], flexible: tuple[str, ...],
@@ -120,6 +152,9 @@ def duration(seconds: float) -> str:
     return f"{days} d {hours % 24} h"
 
 
-def check_line(passed: bool, name: str, duration_s: float, detail: str) -> str:
-    """One self-test check for people: ✓/✗, its name, its time, what was seen."""
-    return f"{'✓' if passed else '✗'} {name} ({duration_s * 1000:.0f} ms): {detail}"
+def check_line(status: str, name: str, duration_s: float, detail: str) -> str:
+    """One self-test check for people: ✓ passed, ✗ failed or – skipped (never shown as
+    passed, and without a time: it did nothing), its name, its time, what was seen."""
+    if status == "skipped":
+        return f"– {name} (skipped): {detail}"
+    return f"{'✓' if status == 'passed' else '✗'} {name} ({duration_s * 1000:.0f} ms): {detail}"

@@ -278,3 +278,38 @@ def test_restore_command_says_what_may_be_missing(lost_books, db_path):
     assert len(lines) == 9
     again = json.loads(run("restore", lost_books, "--json", "--db", db_path).stdout)
     assert again["last_activation_id"] == 2 and again["kept_aside"]
+
+
+# ---- rentbox backup by hand ----------------------------------------------------------------
+
+def test_a_backup_by_hand_into_a_folder_is_named_by_its_time(db, tmp_path):
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
+    target, size = backups.backup_by_hand(db, tmp_path, START)
+    assert target == tmp_path / "rentbox-2026-11-01T12-00-00Z-by-hand.db"
+    assert size == target.stat().st_size and books(target)["check"] == "ok"
+    # A second one in the same second is refused, never written over the first.
+    with pytest.raises(Conflict, match="already exists; choose a new name"):
+        backups.backup_by_hand(db, tmp_path, START)
+    # A folder written with a trailing slash must exist: nothing is created.
+    with pytest.raises(Conflict, match="the folder .*new does not exist"):
+        backups.backup_by_hand(db, f"{tmp_path / 'new'}/", START)
+    assert not (tmp_path / "new").exists()
+    # A file name is taken as it is.
+    assert backups.backup_by_hand(db, tmp_path / "copy.db", START)[0] == tmp_path / "copy.db"
+    # Beside scheduled backups it sorts by time, and their pruning leaves it alone.
+    later = START + dt.timedelta(hours=1)
+    for moment in (START, later):
+        backup(db, tmp_path / backups.backup_name(moment))
+    assert sorted(p.name for p in tmp_path.glob("rentbox-*")) == [
+        "rentbox-2026-11-01T12-00-00Z-by-hand.db", "rentbox-2026-11-01T12-00-00Z.db",
+        "rentbox-2026-11-01T13-00-00Z.db"]
+    assert backups.prune(tmp_path, keep=1) == [tmp_path / backups.backup_name(START)]
+    assert target.exists()
+
+
+def test_the_restore_checklist_counts_open_rentals_in_words():
+    facts = {"last_activation_id": 9, "last_sms_id": 4}
+    assert "the 1 rental open in these books" in backups.what_to_check(
+        {**facts, "open_rentals": 1})[1]
+    assert "the 2 rentals open in these books" in backups.what_to_check(
+        {**facts, "open_rentals": 2})[1]

@@ -1,7 +1,8 @@
 import json
+import os
+import re
 from pathlib import Path
 
-import click
 import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
@@ -20,8 +21,12 @@ def run(*args, env=None):
 def test_import_and_list(db_path):
     result = run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
     assert result.exit_code == 0, result.stderr
-    assert result.stdout == f"{EXAMPLES / 'pool.csv'}: 7 added, 0 updated, 0 unchanged, " \
-                            "0 rejected.\n"
+    assert result.stdout == (f"{EXAMPLES / 'pool.csv'}: 7 added, 0 updated, 0 unchanged, "
+                             "0 rejected.\n"
+                             "Ready to offer: 7 numbers:\n"
+                             "  germany 3: o2 1, telekom 2\n"
+                             "  russia 3: beeline 1, megafon 1, mts 1\n"
+                             "  ukraine 1: 1 without an operator\n")
     assert result.stderr == ""
     listed = run("numbers", "list", "--json", "--db", db_path)
     rows = json.loads(listed.stdout)
@@ -31,16 +36,16 @@ def test_import_and_list(db_path):
                        "seen_by": None, "offline_since": None}
     table = run("numbers", "list", "--db", db_path)
     assert "+4915123456789" in table.stdout and "telekom" in table.stdout
-    assert table.stdout.rstrip().endswith("7 number(s)")
+    assert table.stdout.rstrip().endswith("\n7 numbers")
     again = run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
-    assert again.stdout.endswith("0 added, 0 updated, 7 unchanged, 0 rejected.\n")
+    assert "0 added, 0 updated, 7 unchanged, 0 rejected.\n" in again.stdout
 
 
 def test_db_from_environment(db_path):
     result = run("numbers", "import", EXAMPLES / "pool.csv", env={"RENTBOX_DB": str(db_path)})
     assert result.exit_code == 0 and db_path.exists()
     result = run("numbers", "list", env={"RENTBOX_DB": str(db_path)})
-    assert result.exit_code == 0 and result.stdout.endswith("7 number(s)\n")
+    assert result.exit_code == 0 and result.stdout.endswith("\n7 numbers\n")
 
 
 @pytest.mark.parametrize("command", [
@@ -124,14 +129,18 @@ def test_bad_rows_are_reported_and_nothing_imported(db_path, tmp_path):
     assert result.exit_code == 1
     assert result.stdout == ""
     assert result.stderr == (
-        "Error: 1 invalid row(s), nothing imported (fix them, or pass --skip-invalid to "
+        "Error: 1 invalid row, nothing imported (fix them, or pass --skip-invalid to "
         "import the valid rows):\n  line 3: '+49 1' is not a valid international number "
         "(country code first, as in +49 151 2345 6789)\n")
-    assert json.loads(run("numbers", "list", "--json", "--db", db_path).stdout) == []
-    skipped = run("numbers", "import", csv, "--skip-invalid", "--country", "x", "--db", db_path)
+    # Nothing imported, nothing created: the guard against a mistyped --db still holds.
+    assert not db_path.exists()
+    assert run("status", "--db", db_path).stderr.startswith(f"Error: {db_path} does not exist")
+    skipped = run("numbers", "import", csv, "--skip-invalid", "--country", "germany",
+                  "--db", db_path)
     assert skipped.exit_code == 0
     assert skipped.stderr.startswith("Skipped line 3: '+49 1' is not a valid")
-    assert skipped.stdout.endswith("1 added, 0 updated, 0 unchanged, 1 rejected.\n")
+    assert skipped.stdout.splitlines()[:2] == [f"{csv}: 1 added, 0 updated, 0 unchanged, "
+                                               "1 rejected.", "Ready to offer: 1 number:"]
 
 
 def test_missing_file(db_path):
@@ -154,10 +163,16 @@ def test_version():
 
 
 def _all_commands(command, path=()):
+    """Every command and group under `command` (Typer's own click: not click.Group)."""
     yield path, command
-    if isinstance(command, click.Group):
-        for name, sub in command.commands.items():
-            yield from _all_commands(sub, path + (name,))
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _all_commands(sub, path + (name,))
+
+
+def test_the_help_walk_reaches_every_command():
+    paths = {" ".join(path) for path, _ in _all_commands(get_command(app))}
+    assert {"", "serve", "numbers", "numbers import", "sms add", "ops close",
+            "alerts test"} <= paths
 
 
 @pytest.mark.parametrize("path, command", list(_all_commands(get_command(app))),
@@ -165,7 +180,7 @@ def _all_commands(command, path=()):
 def test_every_command_and_option_has_help(path, command):
     assert (command.help or "").strip(), f"rentbox {' '.join(path)} has no help"
     for param in command.params:
-        if isinstance(param, click.Option):
+        if param.param_type_name == "option":
             assert (param.help or "").strip(), f"{' '.join(path)} {param.name} has no help"
     result = run(*path, "--help")
     assert result.exit_code == 0
@@ -221,7 +236,7 @@ def test_ops_list_and_show(db_path):
     rows = json.loads(run("ops", "list", "--json", "--open", "--db", db_path).stdout)
     assert [r["id"] for r in rows] == [2, 1]
     shown = run("ops", "show", "1", "--db", db_path)
-    assert shown.stdout.startswith(f"Operation 1 on +{rentals[0].number} (")
+    assert shown.stdout.startswith(f"Operation 1, rental, on +{rentals[0].number} (")
     assert "rent_opened" in shown.stdout
     detail = json.loads(run("ops", "show", "1", "--json", "--db", db_path).stdout)
     assert detail["events"][0]["kind"] == "rent_opened"
@@ -231,8 +246,10 @@ def test_ops_list_and_show(db_path):
     assert "Showing" not in run("ops", "list", "--limit", "3", "--db", db_path).stdout
     missing = run("ops", "show", "9", "--db", db_path)
     assert (missing.exit_code, missing.stderr) == (1, "Error: no operation 9\n")
-    since = run("ops", "list", "--since", "tomorrow", "--db", db_path)
-    assert since.exit_code == 2 and "'tomorrow' does not match the formats" in since.stderr
+    since = run("ops", "list", "--since", "tomorrow", "--db", db_path, env={"COLUMNS": "300"})
+    assert since.exit_code == 2
+    assert "'tomorrow' is not a date: write a date like 2026-12-03, or a time like " \
+           "2026-12-03T14:30:00" in since.stderr
     assert run("ops", "list", "--since", "2030-01-01", "--db", db_path).stdout == \
         "No operations.\n"
 
@@ -245,7 +262,7 @@ def test_bans_list_lift_and_housekeep(db_path):
     # Guard window of 0 s and one failure to ban: a pass fails and bans the number.
     kept = run("housekeep", "--guard-s", "0", "--guard-margin-s", "0", "--ban-after", "1",
                "--db", db_path)
-    assert kept.stdout == "Housekeeping: 1 change(s).\n"
+    assert kept.stdout == "Housekeeping: 1 change.\n"
     rows = json.loads(run("bans", "list", "--json", "--db", db_path).stdout)
     assert [(r["number"], r["failures"]) for r in rows] == [("4915123456789", 1)]
     assert rows[0]["banned_until"] is not None
@@ -279,10 +296,12 @@ def test_status_on_a_fresh_database(db_path):
     lines = result.stdout.splitlines()
     # Sizes and free space vary from machine to machine: their shape is checked.
     assert re.fullmatch(r"Database:   \d+\.\d KiB \(WAL \d+(\.\d KiB| B)\), "
-                        r"\d+\.\d [KMG]iB free on its disk", lines.pop(6)), lines
+                        r"\d+\.\d [KMG]iB free on its disk", lines.pop(7)), lines
     assert lines == [
         "Server:     never started on this database",
         "Onlinesim:  last call never",
+        "Income:     0.00 RUB credited today, 0.00 RUB this month (UTC); 0.00 RUB pending in "
+        "open rentals",
         "Pool:       0 numbers: 0 free, 0 rented, 0 banned, 0 disabled",
         "SIMs:       0 online, 0 offline, 0 not reported by any gateway",
         "Rentals:    0 open: 0 met their guard window, 0 waiting for an SMS, 0 failed and "
@@ -295,6 +314,48 @@ def test_status_on_a_fresh_database(db_path):
     ]
     facts = json.loads(run("status", "--json", "--db", db_path).stdout)
     assert facts["pool"]["total"] == 0 and len(facts["warnings"]) == 2
+
+
+def test_status_shows_income_and_the_last_call_made(client, clock, db, db_path, monkeypatch):
+    """Onlinesim polls, rents two numbers and finishes one as sold: `status` names FINISH
+    as the last call (not the poll), and the income credited and pending."""
+    from conftest import API_KEY, add_numbers
+    from rentbox import cli
+
+    monkeypatch.setattr(cli, "_now", clock.now)  # the test's clock, not the machine's
+    add_numbers(db, clock.now(), ("+4915100000001", "germany", "o2"),
+                ("+4915100000002", "germany", "o2"))
+
+    def call(action: str, **body) -> dict:
+        answer = client.post("/", {"action": action, "key": API_KEY, **body})
+        assert answer.status == 200, answer.json
+        return answer.json
+
+    call("GET_SERVICES")
+    clock.advance(5)
+    rentals = [call("GET_NUMBER", service="rent", sum=400, country="germany")["activationId"]
+               for _ in range(2)]
+    clock.advance(7)
+    call("FINISH_ACTIVATION", service="rent", activationId=rentals[0], status=3, sum=870)
+    with db.transaction():  # Onlinesim took an SMS of the other one in its guard window
+        db.execute("UPDATE operations SET sms_accepted_at = ? WHERE id = ?",
+                   ("2026-11-01T12:00:10.000000Z", rentals[1]))
+        # The sold number's SIM is out: "offline" is said of SIMs only.
+        db.execute("UPDATE numbers SET seen_by = 'gw1', seen_at = ?, offline = 1,"
+                   " offline_since = ? WHERE operation_id IS NULL",
+                   ("2026-11-01T12:00:10.000000Z", "2026-11-01T12:00:11.000000Z"))
+    lines = run("status", "--db", db_path).stdout.splitlines()
+    assert lines[1:5] == [
+        "Onlinesim:  last call 2026-11-01 12:00:12 UTC (FINISH_ACTIVATION); before it "
+        "GET_NUMBER 2026-11-01 12:00:05 UTC, GET_SERVICES 2026-11-01 12:00:00 UTC",
+        "Income:     870.00 RUB credited today, 870.00 RUB this month (UTC); 400.00 RUB "
+        "pending in open rentals",
+        "Pool:       2 numbers: 0 free, 1 rented, 0 banned, 0 disabled, 1 waiting for their "
+        "SIM",
+        "SIMs:       0 online, 1 offline, 1 not reported by any gateway"]
+    facts = json.loads(run("status", "--json", "--db", db_path).stdout)
+    assert facts["income"]["credited_today_kopecks"] == 87000
+    assert facts["last_onlinesim_call"]["action"] == "FINISH_ACTIVATION"
 
 
 def test_report_outputs(db_path):
@@ -328,7 +389,7 @@ def test_report_outputs(db_path):
     bad = run("ops", "list", "--outcome", "won", "--db", db_path)
     assert bad.exit_code == 2 and "'won' is not one of 'open', 'failed'" in bad.stderr
     soon = run("report", "--until", "soon", "--db", db_path)
-    assert soon.exit_code == 2 and "'soon' does not match the formats" in soon.stderr
+    assert soon.exit_code == 2 and "'soon' is not a date: write a date like" in soon.stderr
     zoned = run("report", "--json", "--since", "2026-01-01T00:00:00+03:00", "--db", db_path)
     assert zoned.exit_code == 0, zoned.stderr
     assert run("report", "--since", "2026-02-02", "--until", "2026-02-01",
@@ -345,8 +406,8 @@ def test_numbers_show_disable_enable_remove(db_path):
     assert run("numbers", "enable", n, "--db", db_path).stdout == f"{n} is enabled.\n"
     shown = run("numbers", "show", "+49 176 1234 5678", "--db", db_path)
     assert shown.stdout.splitlines()[0] == (
-        f"{n} (germany, o2, port gw1:3): free; 0 failed rental(s) in a row")
-    assert "No rentals yet." in shown.stdout and "number_disabled" in shown.stdout
+        f"{n} (germany, o2, port gw1:3): free; 0 failed rentals in a row")
+    assert "No operations yet." in shown.stdout and "number_disabled" in shown.stdout
     assert json.loads(run("numbers", "show", n, "--json", "--db", db_path).stdout)[
         "state"] == "free"
     assert run("numbers", "remove", n, "--db", db_path).stdout == \
@@ -399,12 +460,21 @@ def test_sms_add_follows_the_rules_the_server_started_with(db_path):
     added = run("sms", "add", "--to", "+" + rental.number, "--from", "x", "--text", "y",
                 "--db", db_path)
     assert added.stdout == "SMS 1 stored: queued for Onlinesim.\n"  # 30 min < 2 h window
-    forced = run("sms", "add", "--to", "+" + rental.number, "--from", "x", "--text", "y",
-                 "--guard-s", "60", "--db", db_path)
+    meta.put(db, half_hour_ago, meta.SERVER, {"guard_s": 60, "ban_after": 3, "ban_s": 86400})
+    late = run("sms", "add", "--to", "+" + rental.number, "--from", "x", "--text", "y",
+               "--db", db_path)
     # No SMS was accepted by Onlinesim in a 60 s window: the rental failed, its number is free.
-    assert forced.stdout == ("SMS 2 stored: kept, not pushed: the number is in no open "
-                             "rental.\n")
-    assert "Default: as" in run("sms", "add", "--help").stdout
+    assert late.stdout == "SMS 2 stored: kept, not pushed: the number is in no open rental.\n"
+
+
+def test_sms_add_help_shows_only_what_it_takes():
+    from typer.main import get_command
+
+    command = get_command(app).commands["sms"].commands["add"]
+    assert [p.opts for p in command.params] == [
+        ["--to"], ["--from"], ["--text"], ["--id"], ["--json"], ["--db"]]
+    shown = run("sms", "add", "--help").stdout
+    assert "--guard" not in shown and "--presence" not in shown and "--ban" not in shown
 
 
 def test_ops_close_by_hand(db_path):
@@ -412,9 +482,9 @@ def test_ops_close_by_hand(db_path):
     [rental] = rent(db_path)
     refused = run("ops", "close", str(rental.activation_id), "--db", db_path)
     assert (refused.exit_code, refused.stdout) == (1, "")
-    assert refused.stderr == (f"Error: operation {rental.activation_id} has not failed its "
-                              "guard window: it holds its number until Onlinesim's FINISH "
-                              "closes it (--force closes it anyway and frees the number)\n")
+    assert refused.stderr == (f"Error: operation {rental.activation_id} (rental) still holds "
+                              "its number until Onlinesim's FINISH closes it (--force closes "
+                              "it anyway and frees the number)\n")
     run("housekeep", "--guard-s", "0", "--guard-margin-s", "0", "--db", db_path)
     closed = run("ops", "close", str(rental.activation_id), "--db", db_path)
     assert (closed.exit_code, closed.stdout, closed.stderr) == (
@@ -450,10 +520,10 @@ def test_ops_close_force_closes_a_rental_that_holds_its_number(db_path):
 def test_numbers_online_offline_and_the_sim_column(db_path):
     run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
     result = run("numbers", "offline", "+49 151 2345 6789", "+7 912 345-67-89", "--db", db_path)
-    assert (result.exit_code, result.stdout) == (0, "2 number(s) offline now (2 of them were "
+    assert (result.exit_code, result.stdout) == (0, "2 numbers offline now (2 of them were "
                                                     "online or not reported).\n")
     result = run("numbers", "online", "+7 912 345-67-89", "--db", db_path)
-    assert result.stdout == "1 number(s) online now (1 of them were offline).\n"
+    assert result.stdout == "1 number online now (1 of them was offline).\n"
     offline = json.loads(run("numbers", "list", "--offline", "--json", "--db", db_path).stdout)
     assert [(r["number"], r["state"], r["sim"]) for r in offline] == [
         ("4915123456789", "offline", "offline")]
@@ -481,7 +551,7 @@ def test_housekeep_verify_recounts_and_repairs_the_tallies(db_path):
 
     run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
     result = run("housekeep", "--verify", "--db", db_path)
-    assert (result.exit_code, result.stdout) == (0, "Housekeeping: 0 change(s).\nTallies: every "
+    assert (result.exit_code, result.stdout) == (0, "Housekeeping: 0 changes.\nTallies: every "
                                                     "one equals a recount of the rows.\n")
     db = open_database(db_path)
     with db.transaction():
@@ -490,7 +560,7 @@ def test_housekeep_verify_recounts_and_repairs_the_tallies(db_path):
     result = run("housekeep", "--verify", "--db", db_path)
     assert result.exit_code == 1
     assert result.stderr == ("Tally differed: free_counts russia/mts: stored 0, recounted 1\n"
-                             "Error: 1 tally figure(s) differed from the rows and were "
+                             "Error: 1 tally figure differed from the rows and were "
                              "rebuilt\n")
     assert run("housekeep", "--verify", "--db", db_path).exit_code == 0
 
@@ -501,8 +571,11 @@ def test_numbers_import_reads_stdin_semicolons_and_answers_json(db_path):
     result = runner.invoke(app, ["numbers", "import", "-", "--json", "--db", str(db_path)],
                            input=text)
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout) == {"file": "standard input", "added": 2, "updated": 0,
-                                         "unchanged": 0, "rejected": 0, "errors": []}
+    assert json.loads(result.stdout) == {
+        "file": "standard input", "added": 2, "updated": 0, "unchanged": 0, "rejected": 0,
+        "errors": [], "offered": {"germany": {"any": 1, "telekom": 1},
+                                  "russia": {"any": 1, "mts": 1}},
+        "not_offered": {"rented": 0, "banned": 0, "disabled": 0, "offline": 0}}
     listed = json.loads(run("numbers", "list", "--json", "--db", db_path).stdout)
     assert [(r["number"], r["port"]) for r in listed] == [("4915123456789", "1.01"),
                                                           ("79123456789", "2.01")]
@@ -564,3 +637,207 @@ def test_backup_answers_json(db_path, tmp_path):
     answer = json.loads(result.stdout)
     assert answer == {"database": str(db_path), "backup": str(copy),
                       "bytes": copy.stat().st_size}
+
+
+# ---- help texts (issue 24, item 11) --------------------------------------------------------
+
+# What a help text must not show: Click's and Typer's type placeholders and ranges, strftime
+# patterns, and "(s)" plurals.
+BAD_HELP = re.compile(r"<(int|float|str|text|file|directory|path|parse)( range)?>|\{[a-z_]+\}"
+                      r"|%[YmdHMSz]|\bx *[<>]=|[<>]= *x\b|\(s\)")
+
+
+@pytest.fixture(params=["rich", "plain"])
+def help_mode(request, monkeypatch):
+    """Help as on a terminal (Rich), and as in a pipe (plain text: rentbox's main() turns
+    Rich off there)."""
+    import typer.core
+
+    monkeypatch.setattr(typer.core, "HAS_RICH", request.param == "rich")
+    return request.param
+
+
+@pytest.mark.parametrize("path", [path for path, _ in _all_commands(get_command(app))],
+                         ids=lambda path: " ".join(path) or "rentbox")
+def test_help_says_what_to_write(path, help_mode):
+    shown = run(*path, "--help", env={"COLUMNS": "100"}).stdout
+    assert not BAD_HELP.search(shown), BAD_HELP.search(shown).group()
+    usage = next(line for line in shown.splitlines() if "Usage:" in line)
+    assert re.search(r"Usage: \S+ " + " ".join(path) + r" ?\[OPTIONS\]( [A-Z_.]+| COMMAND"
+                     r" \[ARGS\]\.\.\.)*$", usage.strip()), usage
+
+
+def test_rentbox_help_groups_its_commands_with_whole_summaries(help_mode):
+    from rentbox.cli import COMMAND_GROUPS
+
+    top = get_command(app)
+    assert sorted(n for names in COMMAND_GROUPS.values() for n in names) == sorted(top.commands)
+    shown = run("--help", env={"COLUMNS": "100"}).stdout
+    flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", shown).split())
+    headings = [flat.index(f"{panel}") for panel in COMMAND_GROUPS]
+    assert headings == sorted(headings)
+    names = [n for names in COMMAND_GROUPS.values() for n in names]
+    assert names[:3] == ["serve", "status", "report"] and names[-1] == "restore"
+    where = [flat.index(f" {name} ", headings[0]) for name in names]
+    assert where == sorted(where)
+    for name in names:  # each summary whole, not cut at 45 characters
+        first = top.commands[name].help.split("\n\n")[0]
+        sentence = " ".join(first.split(". ")[0].split()).rstrip(".")
+        assert sentence.replace("`", "") in flat, name
+    assert "..." not in flat.replace("[ARGS]...", "")
+
+
+def test_help_in_a_pipe_has_whole_summaries():
+    import subprocess
+    import sys
+
+    piped = subprocess.run([sys.executable, "-m", "rentbox", "--help"], capture_output=True,
+                           text=True, timeout=60, env={**os.environ, "COLUMNS": "80"})
+    flat = " ".join(piped.stdout.split())
+    assert "Maintenance: housekeep Run one housekeeping pass now: expire guard windows, " \
+           "lift ended bans, turn offline the SIMs whose presence window ended." in flat
+
+
+@pytest.mark.parametrize("args, message", [
+    (["serve", "--port", "70000"], "'70000' is not a whole number from 0 to 65535"),
+    (["serve", "--threads", "1.5"], "'1.5' is not a whole number from 1 to 64"),
+    (["serve", "--guard-s", "-1"], "'-1' is not a number of at least 0"),
+    (["serve", "--push-retry-s", "nan"], "'nan' is not a number of at least 0.1"),
+    (["numbers", "list", "--limit", "0"], "'0' is not a whole number of at least 1"),
+    (["ops", "show", "0"], "'0' is not an id (a whole number, 1 or more)"),
+    (["report", "--since", "3.12.2026"], "'3.12.2026' is not a date: write a date like "
+                                         "2026-12-03"),
+])
+def test_a_bad_value_is_refused_in_words(db_path, args, message):
+    result = run(*args, "--db", db_path, env={"COLUMNS": "300", "RENTBOX_API_KEY": "k"})
+    assert result.exit_code == 2
+    assert message in result.stderr and not BAD_HELP.search(result.stderr)
+
+
+# ---- numbers import: countries, no database on failure, what is offered -------------------
+
+def test_import_refuses_countries_onlinesim_does_not_know_or_that_are_wrong(tmp_path):
+    db_path = tmp_path / "typo.db"
+    csv = tmp_path / "typo.csv"
+    csv.write_text("number,country,operator\n+4915123456789,gemany,telekom\n"
+                   "+4915123456790,de,o2\n+4917612345678,russia,o2\n")
+    result = run("numbers", "import", csv, "--db", db_path)
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr.splitlines()[1:] == [
+        "  line 2: 'gemany' is not one of Onlinesim's country names: did you mean germany?",
+        "  line 3: 'de' is not one of Onlinesim's country names: use Onlinesim's country "
+        "name, e.g. germany",
+        "  line 4: +4917612345678 is a number of germany (DE), not of russia"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["typo.csv"]  # no -wal, no -shm
+    status = run("status", "--db", db_path)
+    assert (status.exit_code, status.stderr) == (
+        1, f"Error: {db_path} does not exist: check --db (or RENTBOX_DB); `rentbox numbers "
+           "import` or `rentbox serve` creates a new database\n")
+    for failing in (["numbers", "import", tmp_path / "nope.csv"],
+                    ["numbers", "import", csv, "--country", "gemany"]):
+        assert run(*failing, "--db", db_path).exit_code == 1
+        assert not db_path.exists()
+    added = run("numbers", "import", csv, "--db", db_path, "--country-names", "de=DE,gemany=DE",
+                env={"RENTBOX_COUNTRY_NAMES": "ignored=XX"})
+    assert added.exit_code == 1 and "line 4: +4917612345678 is a number of germany" in \
+        added.stderr
+    csv.write_text("number,country\n+4915123456789,gemany\n")
+    added = run("numbers", "import", csv, "--db", db_path,
+                env={"RENTBOX_COUNTRY_NAMES": "gemany=DE"})
+    assert added.exit_code == 0, added.stderr
+    bad = run("numbers", "import", csv, "--db", db_path, "--country-names", "gemany")
+    assert bad.stderr == ("Error: country name 'gemany' must be written name=REGION: a "
+                          "lower-case name as Onlinesim writes it, and the two-letter ISO code "
+                          "of its numbers' region (e.g. kosovo=XK)\n")
+
+
+def test_import_says_what_is_offered_and_why_the_rest_is_not(db_path):
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    rent(db_path)
+    run("numbers", "disable", "+380 50 123 4567", "--db", db_path)
+    run("numbers", "offline", "+7 912 345-67-89", "--db", db_path)
+    result = run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    assert result.stdout.splitlines()[1:] == [
+        "Ready to offer: 4 numbers:",
+        "  germany 2: o2 1, telekom 1",
+        "  russia 2: beeline 1, mts 1",
+        "Not offered now: 1 rented, 1 disabled, 1 with their SIM offline."]
+
+
+# ---- numbers list streams (issue 24, item 13) -----------------------------------------------
+
+def test_numbers_list_streams_json_csv_and_table_like_the_lists(db_path, monkeypatch):
+    import csv
+    import io
+
+    from rentbox import render
+
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    listed = run("numbers", "list", "--json", "--db", db_path).stdout
+    rows = json.loads(listed)
+    assert listed == json.dumps(rows, ensure_ascii=False, indent=2) + "\n"
+    assert [r["number"] for r in rows][:2] == ["4915123456789", "4915123456790"]
+    empty = run("numbers", "list", "--json", "--online", "--db", db_path)
+    assert empty.stdout == "[]\n"
+    as_csv = list(csv.DictReader(io.StringIO(run("numbers", "list", "--csv", "--db",
+                                                 db_path).stdout)))
+    assert [r["number"] for r in as_csv] == [r["number"] for r in rows]
+    # The table's columns are measured on the first rows only; a later, wider cell pushes
+    # its line right instead of being cut (in a pipe).
+    monkeypatch.setattr(render, "SAMPLE_ROWS", 2)
+    wide = db_path.parent / "wide.csv"
+    wide.write_text("number,country,operator,port\n+380501234567,ukraine,,gateway-7:slot-12\n")
+    run("numbers", "import", wide, "--db", db_path)
+    lines = run("numbers", "list", "--db", db_path).stdout.splitlines()
+    assert lines[:3] == [
+        "number          country  operator  port   state  SIM  last seen (UTC)",
+        "─" * 69,
+        "+4915123456789  germany  telekom   gw1:1  free   -"]
+    assert lines[-2:] == ["+380501234567   ukraine            gateway-7:slot-12  free   -",
+                          "7 numbers"]
+    assert run("numbers", "list", "--limit", "1", "--db", db_path).stdout.endswith(
+        "\n1 number\n")
+
+
+def test_numbers_list_into_head_exits_0_quietly(db_path):
+    """`rentbox numbers list | head`: the reader goes away after a few lines; rentbox stops
+    writing, without a traceback and with exit code 0."""
+    import subprocess
+    import sys
+
+    from conftest import START, add_numbers
+    from rentbox.db import open_database
+
+    db = open_database(db_path)
+    add_numbers(db, START, *[(f"+49151{i:08d}", "germany", "telekom") for i in range(3000)])
+    db.close()
+    for options in ([], ["--csv"], ["--json"]):
+        lister = subprocess.Popen([sys.executable, "-m", "rentbox", "numbers", "list",
+                                   "--db", str(db_path), *options],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        first = [lister.stdout.readline() for _ in range(3)]
+        lister.stdout.close()  # far more than a pipe holds is still to come
+        assert lister.wait(timeout=60) == 0
+        assert lister.stderr.read() == b""
+        lister.stderr.close()
+        assert first[0].startswith((b"number", b"[")), first
+
+
+# ---- backup into a folder (issue 24, item 14) -----------------------------------------------
+
+def test_backup_into_a_folder_writes_a_file_named_by_the_time(db_path, tmp_path):
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    folder = tmp_path / "backups"
+    missing = run("backup", f"{folder}/", "--db", db_path)
+    assert (missing.exit_code, missing.stdout) == (1, "")
+    assert missing.stderr.startswith(f"Error: cannot write {folder}/rentbox-")
+    assert missing.stderr.endswith(f"-by-hand.db: the folder {folder} does not exist\n")
+    folder.mkdir()
+    for path in (f"{folder}/", folder):  # with a slash, or a folder that exists
+        result = run("backup", path, "--json", "--db", db_path)
+        assert result.exit_code in (0, 1), result.stderr
+        if result.exit_code == 1:  # the same second as the one before: never overwritten
+            assert "already exists; choose a new name" in result.stderr
+    [written] = folder.iterdir()
+    assert re.fullmatch(r"rentbox-\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ-by-hand\.db", written.name)
+    assert len(json.loads(run("numbers", "list", "--json", "--db", written).stdout)) == 7

@@ -45,11 +45,66 @@ def test_parse_csv_reads_all_columns():
 
 
 def test_parse_csv_fills_missing_columns_from_options():
-    entries, errors = parse("number\n+49 151 2345 6789\n\n+7 912 345-67-89\n",
+    entries, errors = parse("number,country\n+49 151 2345 6789,\n\n+7 912 345-67-89,russia\n",
                             country="germany", operator="o2")
     assert errors == []
     assert [(e.number, e.country, e.operator, e.line) for e in entries] == [
-        ("4915123456789", "germany", "o2", 2), ("79123456789", "germany", "o2", 4)]
+        ("4915123456789", "germany", "o2", 2), ("79123456789", "russia", "o2", 4)]
+
+
+@pytest.mark.parametrize("number, country, reason", [
+    # Not one of Onlinesim's names: the name probably meant is suggested.
+    ("+4915123456789", "gemany",
+     "'gemany' is not one of Onlinesim's country names: did you mean germany?"),
+    ("+4915123456789", "de", "'de' is not one of Onlinesim's country names: use "
+                             "Onlinesim's country name, e.g. germany"),
+    ("+447911123456", "uk", "'uk' is not one of Onlinesim's country names: use "
+                            "Onlinesim's country name, e.g. england"),
+    ("+4915123456789", "atlantis", "'atlantis' is not one of Onlinesim's country names: if "
+                                   "Onlinesim uses it, add it with --country-names or "
+                                   "RENTBOX_COUNTRY_NAMES as atlantis=XX, XX being the "
+                                   "two-letter ISO code of its numbers' region"),
+    # A name that is not the number's country, whatever the calling code shares.
+    ("+4915123456789", "russia", "+4915123456789 is a number of germany (DE), not of russia"),
+    ("+77011234567", "russia", "+77011234567 is a number of kazakhstan (KZ), not of russia"),
+    ("+79123456789", "kazakhstan", "+79123456789 is a number of russia (RU), not of kazakhstan"),
+    ("+14165550123", "usa", "+14165550123 is a number of canada (CA), not of usa"),
+])
+def test_a_row_needs_onlinesims_name_of_its_numbers_country(number, country, reason):
+    entries, errors = parse(f"number,country\n{number},{country}\n")
+    assert (entries, [(e.line, e.reason) for e in errors]) == ([], [(2, reason)])
+
+
+@pytest.mark.parametrize("number, country", [
+    ("+77011234567", "kazakhstan"), ("+79123456789", "russia"), ("+12025550123", "usa"),
+    ("+14165550123", "canada"), ("+447911123456", "england"), ("+447797123456", "england"),
+    ("+380501234567", "ukraine"),
+])
+def test_numbers_sharing_a_calling_code_go_by_their_region(number, country):
+    entries, errors = parse(f"number,country\n{number},{country}\n")
+    assert (errors, [e.country for e in entries]) == ([], [country])
+
+
+def test_names_can_be_added_for_numbers_of_a_region():
+    from rentbox import countries
+
+    names = countries.table("kosovo=XK, england=IM,kosovo=RS")
+    assert names["kosovo"] == ("XK", "RS") and names["england"] == ("GB", "GG", "JE", "IM")
+    entries, errors = parse("number,country\n+38344123456,kosovo\n+381601234567,kosovo\n",
+                            country_names=names)
+    assert (errors, [e.number for e in entries]) == ([], ["38344123456", "381601234567"])
+    # The added name does not take over what a number of the region is called.
+    _, errors = parse("number,country\n+381601234567,russia\n", country_names=names)
+    assert errors[0].reason == "+381601234567 is a number of serbia (RS), not of russia"
+    for bad in ("kosovo", "kosovo=", "kosovo=Kosovo", "=XK", "Kosovo Republic=XK"):
+        with pytest.raises(InvalidInput, match="must be written name=REGION"):
+            countries.table(bad)
+
+
+def test_the_default_country_is_checked_once():
+    with pytest.raises(InvalidInput, match="^--country: 'gemany' is not one of Onlinesim's "
+                                           "country names: did you mean germany[?]$"):
+        parse("number\n+4915123456789\n", country="gemany")
 
 
 def test_parse_csv_reports_each_bad_row_with_its_line():
@@ -205,7 +260,7 @@ def test_import_reports_progress_and_caps_the_errors_it_keeps(db, tmp_path, monk
     with pytest.raises(pool.ImportRejected) as caught:
         pool.import_file(db, START, path, on_progress=lambda *a: seen.append(a))
     assert len(caught.value.errors) == 5
-    assert str(caught.value).startswith("12 invalid row(s), nothing imported")
+    assert str(caught.value).startswith("12 invalid rows, nothing imported")
     assert pool.list_numbers(db) == []
     assert seen[0] == ("checking", 1000, 2512)
     assert seen[-1] == ("checking", 2512, 2512)
@@ -214,9 +269,73 @@ def test_import_reports_progress_and_caps_the_errors_it_keeps(db, tmp_path, monk
                               on_progress=lambda *a: seen.append(a))
     assert (result.added, result.rejected_count, len(result.rejected)) == (2500, 12, 5)
     assert seen[-1] == ("importing", 2500, 2500)
-    # The staging table is gone, and the connection is ready for the next write.
+    # Nothing was staged in the pool's database, and its connection is ready to write.
     assert db.execute("SELECT count(*) FROM sqlite_temp_master").fetchone()[0] == 0
     assert not db.conn.in_transaction
+
+
+@pytest.mark.parametrize("content", [
+    None,  # no such file
+    b"number,country\n+4915123456789,gemany\n",  # a bad row
+    b"number,country\n",  # nothing to import
+    b"number,country\n12,germany\n",  # nothing valid, even with --skip-invalid
+])
+def test_a_failed_or_empty_import_never_opens_the_database(tmp_path, content):
+    """The database (`rentbox numbers import` creates it) is opened only for rows to merge."""
+    path = tmp_path / "pool.csv"
+    if content is not None:
+        path.write_bytes(content)
+
+    def open_database():
+        raise AssertionError("the database was opened")
+
+    try:
+        result = pool.import_file(open_database, START, path, skip_invalid=True)
+    except InvalidInput:  # the missing file
+        assert content is None
+    else:
+        assert result.added == 0
+
+
+def test_an_import_opens_the_database_when_it_has_rows_to_merge(db, tmp_path):
+    path = tmp_path / "pool.csv"
+    path.write_text("number,country\n+4915123456789,germany\n")
+    opened = []
+    result = pool.import_file(lambda: opened.append(db) or db, START, path)
+    assert (result.added, opened) == (1, [db])
+
+
+def test_count_not_offered_by_reason(db, clock):
+    from rentbox import operations
+    from rentbox.config import Rules
+    from rentbox.protocol import RentRequest
+
+    add_numbers(db, START, *[(f"+491512345678{i}", "germany", "telekom") for i in range(6)])
+    assert pool.count_not_offered(db) == {"rented": 0, "banned": 0, "disabled": 0,
+                                          "offline": 0}
+    first = operations.open_rent(db, clock, RentRequest(100), Rules())
+    second = operations.open_rent(db, clock, RentRequest(100), Rules())
+    pool.set_enabled(db, clock.now(), second.number, False)  # rented, and disabled
+    pool.set_enabled(db, clock.now(), "+4915123456785", False)
+    db.execute("UPDATE numbers SET banned_until = '2099-01-01T00:00:00.000000Z'"
+               " WHERE number = '4915123456784'")
+    db.execute("UPDATE numbers SET offline = 1 WHERE number = '4915123456783'")
+    assert first.number != second.number
+    assert pool.count_not_offered(db) == {"rented": 2, "banned": 1, "disabled": 1,
+                                          "offline": 1}
+    assert pool.count_available(db) == {"germany": {"any": 1, "telekom": 1}}
+
+
+def test_iter_numbers_reads_row_by_row(db):
+    add_numbers(db, START, ("+79123456789", "russia", "mts"),
+                ("+4915123456789", "germany", "telekom"))
+    rows = pool.iter_numbers(db)
+    assert not isinstance(rows, list)
+    assert next(rows)["number"] == "4915123456789"  # by country, then number
+    assert [r["number"] for r in rows] == ["79123456789"]
+    assert [r["number"] for r in pool.iter_numbers(db, limit=1)] == ["4915123456789"]
+    with pytest.raises(InvalidInput, match="sim must be one of online, offline"):
+        pool.iter_numbers(db, sim="maybe")
 
 
 def test_import_does_not_lock_the_database_while_checking(db_path, db, tmp_path):

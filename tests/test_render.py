@@ -35,3 +35,25 @@ def test_cell_helpers():
     assert render.rub(8705050) == "87,050.50" and render.rub(None) == ""
     assert render.flat(" two\nlines  here ") == "two lines here"
     assert render.detail({"a": 1, "b": None, "c": [], "d": "x"}) == "a=1 d=x"
+
+
+def test_a_streamed_table_is_measured_on_its_first_rows():
+    """Rows that come one at a time (`numbers list`): widths from the first `sample` rows;
+    a later wider cell pushes its line right in a pipe, and on a terminal is cut only in a
+    flexible column. A lone '-' is no number."""
+    rows = iter([["1", "ab", "-"], ["22", "abcdefgh", "-"], ["3", "abcdefghijkl", "-"]])
+    stream = io.StringIO()
+    assert render.stream_table(stream, ["id", "port", "sim"], rows, sample=2) == 3
+    assert stream.getvalue().splitlines() == ["id  port      sim", "─" * 17,
+                                              " 1  ab        -", "22  abcdefgh  -",
+                                              " 3  abcdefghijkl  -"]
+    cut = io.StringIO()
+    render.stream_table(cut, ["id", "port"], iter([["1", "ab"], ["3", "abcdefghijkl"]]),
+                        flexible=("port",), width=12, sample=1)
+    assert cut.getvalue().splitlines()[3] == " 3  abcde…"  # the column stays 6 wide
+
+
+def test_plural():
+    assert [render.plural(n, "number") for n in (0, 1, 2)] == ["0 numbers", "1 number",
+                                                                "2 numbers"]
+    assert render.plural(2, "reply", "replies") == "2 replies"
