@@ -1,12 +1,14 @@
-"""The README's screenshot of the status page: a demo database, a real `rentbox serve` on a
-loopback port, and headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
+"""The README's screenshots of the status page, on a desktop and on a phone: a demo
+database, a real `rentbox serve` on a loopback port, and headless Chromium (Debian's
+/usr/bin/chromium, driven by Playwright).
 
-    python examples/screenshot_status_page.py                 # writes docs/status-page.png
-    python examples/screenshot_status_page.py --out /tmp/page.png --width 390   # a phone
+    python examples/screenshot_status_page.py     # docs/status-page.png, -phone.png
+    python examples/screenshot_status_page.py --desktop /tmp/d.png --phone /tmp/p.png --dark
 
-The demo: numbers in four countries, 90 days of rentals with a weekly rhythm, their SMS
-and push delays, one rented SIM offline, an active and a cleared alert. Deterministic
-(a fixed random seed), relative to today. Nothing leaves the machine.
+The demo: numbers in four countries on two gateways, 90 days of rentals with a weekly
+rhythm, their SMS and push delays, one rented SIM offline and two free ones, an active
+and a cleared alert, and Onlinesim's last calls. Deterministic (a fixed random seed),
+relative to today. Nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -105,7 +107,18 @@ def seed(db_path: Path, now: dt.datetime) -> None:
                 _sms(db, created, created + dt.timedelta(seconds=0.8), operation)
         db.execute("UPDATE numbers SET banned_until = ?, failures = 3 WHERE id = ?",
                    (to_text(now + dt.timedelta(hours=20)), numbers[-1][0]))
-        at_risk = db.row("SELECT number, operation_id FROM numbers WHERE offline = 1")
+        # Two gateways report the SIMs of their ports; two free SIMs are out of theirs.
+        db.execute("UPDATE numbers SET seen_by = CASE WHEN id <= 100 THEN 'goip-1'"
+                   " ELSE 'goip-2' END, seen_at = ? WHERE seen_by IS NULL",
+                   (to_text(now - dt.timedelta(seconds=40)),))
+        for number_id, reason, minutes in ((numbers[5][0], "dropped", 50),
+                                           (numbers[120][0], "silent", 190)):
+            db.execute("UPDATE numbers SET offline = 1, offline_reason = ?, offline_since = ?,"
+                       " seen_at = ? WHERE id = ?",
+                       (reason, to_text(now - dt.timedelta(minutes=minutes)),
+                        to_text(now - dt.timedelta(minutes=minutes + 1)), number_id))
+        at_risk = db.row("SELECT number, operation_id FROM numbers WHERE offline = 1"
+                         " AND operation_id IS NOT NULL")
         db.execute("INSERT INTO alerts (key, message, state, started_at) VALUES (?, ?,"
                    " 'active', ?)", (f"sim_offline:{at_risk['number']}",
                                      f"the SIM of +{at_risk['number']} (rental "
@@ -152,13 +165,15 @@ def call(port: int, method: str, path: str, body: bytes | None = None) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "status-page.png")
-    parser.add_argument("--width", type=int, default=1100)
-    parser.add_argument("--height", type=int, default=900)
+    parser.add_argument("--desktop", type=Path, default=ROOT / "docs" / "status-page.png",
+                        help="the desktop screenshot (1280 px wide)")
+    parser.add_argument("--phone", type=Path, default=ROOT / "docs" / "status-page-phone.png",
+                        help="the phone screenshot (390 px wide)")
     parser.add_argument("--dark", action="store_true", help="the dark colour scheme")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
+    shots = ((args.desktop, 1280, 900), (args.phone, 390, 844))
     with tempfile.TemporaryDirectory() as tmp:
         db_path = Path(tmp) / "demo.db"
         seed(db_path, dt.datetime.now(dt.timezone.utc))
@@ -182,27 +197,34 @@ def main() -> None:
                 if time.monotonic() > until:
                     raise SystemExit("rentbox serve did not come up")
                 time.sleep(0.1)
-            # Onlinesim's poll, so the page shows its last call.
+            # Onlinesim's poll, then a rental: the page shows the last call and the one
+            # before it.
             call(port, "POST", "/", json.dumps({"action": "GET_SERVICES", "key": KEY}).encode())
+            call(port, "POST", "/getNumberRent", json.dumps({
+                "action": "GET_NUMBER", "key": KEY, "service": "rent", "sum": 400,
+                "country": "poland"}).encode())
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(
                     executable_path=CHROMIUM, headless=True,
                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                           "--disable-component-update", "--disable-sync", "--no-first-run",
                           "--disable-dev-shm-usage", "--hide-scrollbars"])
-                context = browser.new_context(
-                    viewport={"width": args.width, "height": args.height},
-                    http_credentials={"username": "partner", "password": PASSWORD},
-                    color_scheme="dark" if args.dark else "light")
-                page = context.new_page()
-                page.goto(f"http://{HOST}:{port}/", wait_until="load")
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(args.out), full_page=True)
+                for out, width, height in shots:
+                    context = browser.new_context(
+                        viewport={"width": width, "height": height},
+                        http_credentials={"username": "partner", "password": PASSWORD},
+                        color_scheme="dark" if args.dark else "light")
+                    page = context.new_page()
+                    page.goto(f"http://{HOST}:{port}/", wait_until="load")
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    page.screenshot(path=str(out), full_page=True)
+                    context.close()
                 browser.close()
         finally:
             server.terminate()
             server.wait(timeout=30)
-    print(f"{args.out}: {args.out.stat().st_size // 1024} KB")
+    for out, width, _ in shots:
+        print(f"{out}: {width} px wide, {out.stat().st_size // 1024} KB")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Dashboard: what the status page at GET / shows, as one dict (the page and its JSON).
 
-Reads only, and cheap on a big database: health and warnings are `reports.status`'s own,
-the pool by country and operator and the per-day books come from the tallies
-(`free_counts`, `books_daily`), open rentals and the outbox through their partial
-indexes, alerts as `rentbox alerts list` reads them. Only the push delays read rows:
-the SMS delivered in the window, one column pair each.
+Reads only, and cheap on a big database: health, warnings and the income to date are
+`reports.status`'s own, the pool by country and operator and the per-day books come from
+the tallies (`free_counts`, `books_daily`), open rentals, offline SIMs and the outbox
+through their partial indexes, alerts as `rentbox alerts list` reads them. Two read
+rows: the push delays (the SMS delivered in the window, one column pair each) and the
+gateways (their watched numbers, through `numbers_by_gateway`: about 1 ms per 1,000).
 
 Every series covers the last `DAYS` days (UTC) up to and including today, one entry per
 day; a day with nothing is a zero day (no delay figures: None), never a gap.
@@ -13,23 +14,30 @@ day; a day with nothing is a zero day (no delay figures: None), never a gap.
 from __future__ import annotations
 
 import datetime as dt
+import json
 
-from rentbox import alerts, reports
-from rentbox.clock import from_text
+from rentbox import alerts, meta, presence, reports
+from rentbox.clock import from_text, to_text
+from rentbox.config import Rules
 from rentbox.db import Database
 
 # The charts' window, in days (today included).
 DAYS = 90
-# The most open rentals and alerts listed (the counts are always whole).
+# The most open rentals, offline SIMs, gateways and alerts listed (the counts are always
+# whole).
 MAX_RENTALS = 100
+MAX_SIMS = 100
+MAX_GATEWAYS = 50
 MAX_ALERTS = 20
 # Rental outcomes, in the order a chart stacks them (books_daily's columns).
 OUTCOMES = ("sold", "cancelled", "refunded", "wrong_service", "open")
 
 
-def overview(db: Database, now: dt.datetime) -> dict:
-    """Everything the status page shows, as of `now`."""
+def overview(db: Database, now: dt.datetime, rules: Rules | None = None) -> dict:
+    """Everything the status page shows, as of `now`; `rules` are the server's (by
+    default the ones `rentbox serve` last started with), for the rentals' windows."""
     status = reports.status(db, now)
+    rules = rules or meta.server_rules(db) or Rules()
     days = window(now)
     return {
         "at": status["at"],
@@ -42,10 +50,17 @@ def overview(db: Database, now: dt.datetime) -> dict:
             "replication": status["replication"],
         },
         "warnings": status["warnings"],
+        "income": status["income"],
+        # Rent and each activation service apart (issue 22): shown once there are any.
+        "products": reports.products_to_date(db, now),
+        "push": push_urls(status["server"]),
         "pool": {"by_state": status["pool"], "presence": _presence(status["presence"]),
                  "by_operator": by_operator(db)},
         "rentals": {**status["operations"],
-                    "list": open_rentals(db, now)},
+                    "list": open_rentals(db, now, rules)},
+        "offline_sims": {"count": status["presence"]["offline"],
+                         "list": offline_sims(db, now)},
+        "gateways": gateways(db, now, rules),
         "outbox": {k: status["outbox"][k] for k in
                    ("pending", "retrying", "failed", "expired", "oldest_pending_at",
                     "oldest_pending_age_s", "last_error")},
@@ -145,24 +160,118 @@ def by_operator(db: Database) -> list[dict]:
     return [{"country": c, "operator": o, **v} for (c, o), v in sorted(found.items())]
 
 
-def open_rentals(db: Database, now: dt.datetime, limit: int = MAX_RENTALS) -> list[dict]:
-    """The open rentals, oldest first: age, SMS count, and whether they are at risk (the
-    SIM is offline: presence) or failed their guard window."""
+def open_rentals(db: Database, now: dt.datetime, rules: Rules,
+                 limit: int = MAX_RENTALS) -> list[dict]:
+    """The open rentals (and activations) that need attention first: at risk (the SIM is
+    offline: presence), then still waiting for an SMS (the least time left first), then
+    failed awaiting FINISH, then the rest; oldest first within each. With the number's
+    port and how long its window (the guard window of a rental, the time of an
+    activation) has left: `window_left_s`, None once it is decided."""
     rows = db.rows(
-        "SELECT o.id, n.number, n.country, n.operator, o.created_at, o.failed_at,"
-        " o.sms_accepted_at, n.offline,"
-        " (SELECT count(*) FROM sms s WHERE s.operation_id = o.id) AS sms"
-        " FROM operations o JOIN numbers n ON n.id = o.number_id"
-        " WHERE o.state = 'open' ORDER BY o.created_at, o.id LIMIT ?", (limit,))
+        "SELECT o.id, o.service, n.number, n.port, n.country, n.operator, o.created_at,"
+        " o.failed_at, o.lapsed_at, o.sms_accepted_at,"
+        " n.offline = 1 AND n.operation_id = o.id AS sim_offline"
+        " FROM operations o JOIN numbers n ON n.id = o.number_id WHERE o.state = 'open'"
+        " ORDER BY CASE WHEN n.offline = 1 AND n.operation_id = o.id THEN 0"
+        " WHEN o.sms_accepted_at IS NULL AND o.failed_at IS NULL AND o.lapsed_at IS NULL"
+        " THEN 1 WHEN o.failed_at IS NOT NULL THEN 2 ELSE 3 END, o.created_at, o.id LIMIT ?",
+        (limit,))
+    # Counted for the rows shown only (a subquery in the SELECT above would run for every
+    # open rental before the sort).
+    sms = {r["operation_id"]: r["n"] for r in db.rows(
+        "SELECT operation_id, count(*) AS n FROM sms WHERE operation_id IN"
+        " (SELECT value FROM json_each(?)) GROUP BY operation_id",
+        (json.dumps([r["id"] for r in rows]),))}
+    return [_rental(r, now, rules, sms.get(r["id"], 0)) for r in rows]
+
+
+def _rental(row: dict, now: dt.datetime, rules: Rules, sms: int) -> dict:
+    started = from_text(row["created_at"])
+    rent = row["service"] == "rent"
+    ends = started + dt.timedelta(seconds=rules.guard_s if rent else rules.activation_s)
+    if row["failed_at"]:
+        window = "failed"
+    elif rent and row["sms_accepted_at"]:
+        window = "met"
+    elif row["lapsed_at"]:
+        window = "lapsed"
+    elif ends > now:
+        window = "open"
+    else:
+        window = "deciding"  # over; rentbox decides it a margin later (operations.py)
+    return {
+        "id": row["id"], "service": row["service"], "number": row["number"],
+        "port": row["port"], "country": row["country"], "operator": row["operator"],
+        "started_at": row["created_at"],
+        "age_s": round((now - started).total_seconds()),
+        "sms": sms,
+        "risk": ("sim_offline" if row["sim_offline"] else
+                 "failed" if row["failed_at"] else None),
+        "guard_met": row["sms_accepted_at"] is not None,
+        "window": window, "window_ends_at": to_text(ends),
+        "window_left_s": round((ends - now).total_seconds()) if window == "open" else None,
+    }
+
+
+def offline_sims(db: Database, now: dt.datetime, limit: int = MAX_SIMS) -> list[dict]:
+    """Pool numbers whose SIM is offline, with their port: the rented ones first (their
+    rentals are at risk), then the longest offline (`numbers_offline`)."""
+    columns = ("number, port, seen_by, offline_since, offline_reason, operation_id,"
+               " enabled, banned_until")
+    # In the index's own order (offline_since, then id): a gateway that fell silent puts
+    # many SIMs offline at the same time, and a tie broken by another column would sort
+    # them all to find the first few.
+    rows = db.rows(f"SELECT {columns} FROM numbers WHERE offline = 1 AND removed_at IS NULL"
+                   " AND operation_id IS NOT NULL ORDER BY offline_since, id LIMIT ?",
+                   (limit,))
+    rows += db.rows(f"SELECT {columns} FROM numbers WHERE offline = 1 AND removed_at IS NULL"
+                    " AND operation_id IS NULL ORDER BY offline_since, id LIMIT ?",
+                    (limit - len(rows),))
     return [{
-        "id": r["id"], "number": r["number"], "country": r["country"],
-        "operator": r["operator"], "started_at": r["created_at"],
-        "age_s": round((now - from_text(r["created_at"])).total_seconds()),
-        "sms": r["sms"],
-        "risk": ("sim_offline" if r["offline"] else
-                 "failed" if r["failed_at"] else None),
-        "guard_met": r["sms_accepted_at"] is not None,
+        "number": r["number"], "port": r["port"], "gateway": r["seen_by"],
+        "offline_since": r["offline_since"],
+        "offline_s": (round((now - from_text(r["offline_since"])).total_seconds())
+                      if r["offline_since"] else None),
+        "reason": r["offline_reason"], "rental": r["operation_id"],
+        "state": ("rented" if r["operation_id"] is not None else
+                  "disabled" if not r["enabled"] else
+                  "banned" if r["banned_until"] else "free"),
     } for r in rows]
+
+
+def gateways(db: Database, now: dt.datetime, rules: Rules,
+             limit: int = MAX_GATEWAYS) -> list[dict]:
+    """Each source of SIM presence (a gateway, or `cli` for `rentbox numbers online`):
+    when it last reported (the last report or SMS that showed one of its SIMs present,
+    or a report that dropped one), its SIMs online and offline now, and whether it is
+    `silent` (nothing for longer than the presence window: its SIMs go offline)."""
+    rows = db.rows(
+        "SELECT seen_by AS gateway, max(seen_at) AS seen_at,"
+        " max(CASE WHEN offline = 1 AND offline_reason = 'dropped' THEN offline_since END)"
+        " AS dropped_at, coalesce(sum(offline = 0), 0) AS online,"
+        " coalesce(sum(offline = 1), 0) AS offline"
+        " FROM numbers WHERE seen_by IS NOT NULL AND removed_at IS NULL"
+        " GROUP BY seen_by ORDER BY seen_by LIMIT ?", (limit,))
+    found = []
+    for r in rows:
+        last = max(filter(None, (r["seen_at"], r["dropped_at"])), default=None)
+        age_s = round((now - from_text(last)).total_seconds()) if last else None
+        found.append({
+            "gateway": r["gateway"], "last_report_at": last, "last_report_age_s": age_s,
+            "online": r["online"], "offline": r["offline"],
+            "silent": bool(rules.presence and r["gateway"] != presence.BY_HAND
+                           and (age_s is None or age_s > rules.presence_s))})
+    return found
+
+
+def push_urls(server: dict | None) -> dict:
+    """Whether the server pushes SMS to Onlinesim: RENTBOX_PUSH_URL (and, when it offers
+    activations, RENTBOX_ACTIVATION_PUSH_URL) set; None while no server ever ran."""
+    if server is None:
+        return {"url_set": None, "activation_url_set": None, "services": []}
+    return {"url_set": bool(server.get("push_url_set")),
+            "activation_url_set": bool(server.get("activation_push_url_set")),
+            "services": list(server.get("services") or [])}
 
 
 def _presence(sims: dict) -> dict:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 
 from rentbox.clock import Clock, to_text
 from rentbox.config import Rules
 from rentbox.db import Database
 
 SERVER = "server"                    # {started_at, version, pid, url, push_url_set, ...}
-LAST_ONLINESIM_CALL = "onlinesim.last_call"  # {at, action}
+LAST_ONLINESIM_CALL = "onlinesim.last_call"  # {at, action, actions: {action: at}}
 BACKUPS = "backups"                  # scheduled backups: the last one, any failure
 REPLICATION = "replication"          # Litestream: its state, how current the replica is
 
@@ -64,16 +65,41 @@ def server_rules(db: Database) -> Rules | None:
 
 
 class CallLog:
-    """Notes when Onlinesim last called, writing at most every `every_s` seconds: GET_SERVICES
-    is a read and should not become a write transaction on every poll."""
+    """Notes Onlinesim's calls in the LAST_ONLINESIM_CALL entry: the last call made (`at`,
+    `action`) and the last call of each action (`actions`: {action: at}).
+
+    An action is written at most every `every_s` seconds (GET_SERVICES is a read and
+    should not become a write transaction on every poll, nor a burst of GET_NUMBER one
+    write each), but a call of an action not written that long is written at once, and
+    every write carries the latest call of each action seen so far. So GET_NUMBER or
+    FINISH after a poll is named as soon as it is made; only a repeat of an action within
+    `every_s` of its last write is not (the entry is then at most `every_s` behind)."""
 
     def __init__(self, every_s: float = 30.0):
         self.every_s = every_s
-        self._written_at: dt.datetime | None = None
+        # Waitress threads call `note` concurrently: the dicts change under the lock.
+        self._lock = threading.Lock()
+        self._latest: dict[str, str] = {}  # action -> its last call (stored time text)
+        self._written_at: dict[str, dt.datetime] = {}  # action -> when last written
 
     def note(self, db: Database, now: dt.datetime, action: str) -> None:
-        """Record that Onlinesim called with `action`, unless noted very recently."""
-        if self._written_at and (now - self._written_at).total_seconds() < self.every_s:
-            return
-        self._written_at = now
-        put(db, now, LAST_ONLINESIM_CALL, {"at": to_text(now), "action": action})
+        """Record that Onlinesim called with `action` (one of the protocol's actions)."""
+        with self._lock:
+            self._latest[action] = max(to_text(now), self._latest.get(action, ""))
+            written = self._written_at.get(action)
+            if written is not None and (now - written).total_seconds() < self.every_s:
+                return
+            self._written_at[action] = now
+            latest = dict(self._latest)
+        with db.transaction():
+            noted = get(db, LAST_ONLINESIM_CALL) or {}
+            # Merged with what is stored, the later time of each action winning: another
+            # thread may have written first, and a restarted server remembers nothing.
+            actions = dict(noted.get("actions") or {})
+            if noted.get("action") and noted.get("at"):
+                actions.setdefault(noted["action"], noted["at"])
+            for name, at in latest.items():
+                actions[name] = max(at, actions.get(name, ""))
+            last = max(actions, key=lambda name: (actions[name], name == action))
+            put_within(db, now, LAST_ONLINESIM_CALL,
+                       {"at": actions[last], "action": last, "actions": actions})

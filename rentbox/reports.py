@@ -107,6 +107,7 @@ def status(db: Database, now: dt.datetime) -> dict:
         "database": db.storage(),
         "server": server,
         "last_onlinesim_call": meta.get(db, meta.LAST_ONLINESIM_CALL),
+        "income": income_to_date(db, now),
     }
     # Scheduled backups and the replica (None when the server takes none).
     report["backups"], backup_warnings = backups.status(meta.get(db, meta.BACKUPS), server, now)
@@ -119,6 +120,45 @@ def status(db: Database, now: dt.datetime) -> dict:
                           + _smsgate_ping_warnings(db, now) + _unwatched_warnings(db, sims)
                           + _spool_warnings(report["spool"]))
     return report
+
+
+def income_to_date(db: Database, now: dt.datetime) -> dict:
+    """Income credited today, this week (from Monday) and this month, all UTC, and
+    pending now, in kopecks, from the `books_daily` tally: a month of days per country
+    to add up, whatever the number of operations."""
+    today = now.astimezone(dt.timezone.utc).date()
+    week = today - dt.timedelta(days=today.weekday())
+    month = today.replace(day=1)
+    days = {"today": today.isoformat(), "week_from": week.isoformat(),
+            "month_from": month.isoformat()}
+    credited = db.row(
+        "SELECT coalesce(sum(CASE WHEN day >= :today THEN credited_kopecks END), 0) AS today,"
+        " coalesce(sum(CASE WHEN day >= :week_from THEN credited_kopecks END), 0) AS week,"
+        " coalesce(sum(CASE WHEN day >= :month_from THEN credited_kopecks END), 0) AS month"
+        " FROM books_daily WHERE day >= min(:week_from, :month_from) AND day <= :today", days)
+    # Open rentals are booked on the day they began, which may be long ago: all days.
+    pending = db.row("SELECT coalesce(sum(pending_kopecks), 0) AS k FROM books_daily")["k"]
+    return {**days, "credited_today_kopecks": credited["today"],
+            "credited_week_kopecks": credited["week"],
+            "credited_month_kopecks": credited["month"], "pending_kopecks": pending}
+
+
+def products_to_date(db: Database, now: dt.datetime) -> list[dict]:
+    """Per product and service, from the `books_by_service` tally: income credited this
+    month (UTC), pending now, and the success rate of all time (operations that met their
+    window, of those decided): rent first, then each service of the activations."""
+    month = now.astimezone(dt.timezone.utc).date().replace(day=1).isoformat()
+    rows = db.rows(
+        "SELECT service, coalesce(sum(CASE WHEN day >= ? THEN credited_kopecks END), 0)"
+        " AS credited_month_kopecks, sum(pending_kopecks) AS pending_kopecks,"
+        " sum(with_sms) AS with_sms, sum(failed) AS failed, sum(open) AS open"
+        " FROM books_by_service GROUP BY service ORDER BY service <> 'rent', service",
+        (month,))
+    for row in rows:
+        row["product"] = "rent" if row["service"] == "rent" else "activations"
+        decided = row["with_sms"] + row["failed"]
+        row["success_rate"] = row["with_sms"] / decided if decided else None
+    return rows
 
 
 def _warnings(report: dict, now: dt.datetime) -> list[str]:

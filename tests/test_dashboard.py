@@ -183,3 +183,151 @@ def test_an_empty_database_has_whole_zero_series(db):
     assert all(series == [0] * 90 for series in charts["rentals"].values())
     assert charts["push_delay"]["p99_s"] == [None] * 90
     assert data["rentals"]["list"] == [] and data["alerts"] == []
+    assert data["offline_sims"] == {"count": 0, "list": []} and data["gateways"] == []
+    assert data["income"]["credited_month_kopecks"] == data["income"]["pending_kopecks"] == 0
+
+
+# ---- what needs doing first: income to date, rentals, offline SIMs, gateways, push URL ----
+
+def _sold(db, number_id: int, finished: dt.datetime, rub: int) -> None:
+    db.execute("INSERT INTO operations (number_id, state, finish_status, initial_sum_kopecks,"
+               " final_sum_kopecks, created_at, finished_at, sms_accepted_at, country)"
+               " VALUES (?, 'closed', 3, 40000, ?, ?, ?, ?, 'germany')",
+               (number_id, rub * 100, to_text(finished - dt.timedelta(hours=1)),
+                to_text(finished), to_text(finished - dt.timedelta(minutes=50))))
+
+
+def test_income_today_this_week_this_month_and_pending(db):
+    add_numbers(db, START - 200 * DAY, ("+4915100000001", "germany", "telekom"),
+                ("+4915100000002", "germany", "o2"))
+    at = dt.datetime(2026, 11, 4, 9, tzinfo=dt.timezone.utc)  # a Wednesday
+    with db.transaction():
+        for day, rub in ((4, 100), (2, 200), (1, 400)):  # Wed, Mon, Sun before it
+            _sold(db, 1, at.replace(day=day), rub)
+        _sold(db, 1, at.replace(month=10, day=31), 800)  # Saturday, the month before
+        db.execute("INSERT INTO operations (number_id, state, initial_sum_kopecks, created_at,"
+                   " sms_accepted_at, country) VALUES (2, 'open', 40000, ?, ?, 'germany')",
+                   (to_text(at.replace(month=10, day=20)), to_text(at.replace(month=10, day=20))))
+    wednesday = dashboard.overview(db, at.replace(hour=12))["income"]
+    assert wednesday == {"today": "2026-11-04", "week_from": "2026-11-02",
+                         "month_from": "2026-11-01", "credited_today_kopecks": 10000,
+                         "credited_week_kopecks": 30000, "credited_month_kopecks": 70000,
+                         "pending_kopecks": 40000}
+    # On the Sunday the week began in October, the month on that day; later days are not
+    # in (they cannot exist yet, but a day after today is never counted).
+    sunday = dashboard.overview(db, at.replace(day=1, hour=23))["income"]
+    assert (sunday["week_from"], sunday["month_from"]) == ("2026-10-26", "2026-11-01")
+    assert (sunday["credited_today_kopecks"], sunday["credited_week_kopecks"],
+            sunday["credited_month_kopecks"]) == (40000, 120000, 40000)
+
+
+def test_open_rentals_come_at_risk_first_then_by_time_left(db):
+    from rentbox.config import Rules
+
+    add_numbers(db, START - 200 * DAY, *[(f"+491510000000{i}", "germany", "o2", f"gw1:1.0{i}")
+                                         for i in range(1, 6)])
+    ids = {}
+    with db.transaction():
+        for number_id, (name, minutes, accepted, failed) in enumerate((
+                ("met", 30, True, False), ("waiting", 5, False, False),
+                ("failed", 25, False, True), ("at_risk", 40, True, False),
+                ("deciding", 11, False, False)), start=1):
+            opened = START - dt.timedelta(minutes=minutes)
+            ids[name] = db.execute(
+                "INSERT INTO operations (number_id, state, initial_sum_kopecks, created_at,"
+                " sms_accepted_at, failed_at, country) VALUES (?, 'open', 40000, ?, ?, ?,"
+                " 'germany')", (number_id, to_text(opened),
+                                to_text(opened + dt.timedelta(minutes=1)) if accepted else None,
+                                to_text(opened + dt.timedelta(minutes=10)) if failed else None)
+            ).lastrowid
+            if not failed:  # a failed rental's number is free again
+                db.execute("UPDATE numbers SET operation_id = ? WHERE id = ?",
+                           (ids[name], number_id))
+        # The SIMs of the rental at risk and of the failed one (its number is free now).
+        db.execute("UPDATE numbers SET seen_by = 'gw1', seen_at = ?, offline = 1,"
+                   " offline_since = ?, offline_reason = 'dropped' WHERE id IN (3, 4)",
+                   (to_text(START), to_text(START)))
+    # A 10-minute guard window, as the server says.
+    listed = dashboard.open_rentals(db, START, Rules(guard_s=600))
+    assert [r["id"] for r in listed] == [ids[n] for n in ("at_risk", "deciding", "waiting",
+                                                           "failed", "met")]
+    by_name = {name: next(r for r in listed if r["id"] == i) for name, i in ids.items()}
+    assert by_name["waiting"]["window"] == "open"
+    assert by_name["waiting"]["window_left_s"] == 300  # 10 min window, opened 5 min ago
+    assert by_name["waiting"]["window_ends_at"] == "2026-11-01T12:05:00.000000Z"
+    assert by_name["waiting"]["port"] == "gw1:1.02"
+    assert [by_name[n]["window"] for n in ("met", "failed", "deciding", "at_risk")] == [
+        "met", "failed", "deciding", "met"]
+    assert all(by_name[n]["window_left_s"] is None for n in ("met", "failed", "deciding"))
+    # Only the rental that holds the number is at risk from its SIM.
+    assert [by_name[n]["risk"] for n in ("at_risk", "failed", "met")] == [
+        "sim_offline", "failed", None]
+    assert dashboard.open_rentals(db, START, Rules(guard_s=600), limit=2) == listed[:2]
+
+
+def test_offline_sims_rented_first_with_their_ports(db):
+    add_numbers(db, START - 200 * DAY, ("+4915100000001", "germany", "o2", "gw1:1.01"),
+                ("+4915100000002", "germany", "o2", "gw1:1.02"),
+                ("+4915100000003", "germany", "o2", "gw2:1.01"),
+                ("+4915100000004", "germany", "o2", None))
+    with db.transaction():
+        rental = db.execute("INSERT INTO operations (number_id, state, initial_sum_kopecks,"
+                            " created_at, country) VALUES (3, 'open', 40000, ?, 'germany')",
+                            (to_text(START - DAY),)).lastrowid
+        db.execute("UPDATE numbers SET operation_id = ? WHERE id = 3", (rental,))
+        for number_id, gateway, reason, minutes in ((1, "gw1", "silent", 90),
+                                                   (3, "gw2", "dropped", 5),
+                                                   (2, "gw1", "by hand", 30)):
+            db.execute("UPDATE numbers SET seen_by = ?, seen_at = ?, offline = 1,"
+                       " offline_reason = ?, offline_since = ? WHERE id = ?",
+                       (gateway, to_text(START - dt.timedelta(hours=3)), reason,
+                        to_text(START - dt.timedelta(minutes=minutes)), number_id))
+        db.execute("UPDATE numbers SET enabled = 0 WHERE id = 2")
+    data = dashboard.overview(db, START)["offline_sims"]
+    assert data["count"] == 3
+    assert [(s["number"], s["port"], s["gateway"], s["offline_s"], s["reason"], s["rental"],
+             s["state"]) for s in data["list"]] == [
+        ("4915100000003", "gw2:1.01", "gw2", 300, "dropped", rental, "rented"),
+        ("4915100000001", "gw1:1.01", "gw1", 5400, "silent", None, "free"),
+        ("4915100000002", "gw1:1.02", "gw1", 1800, "by hand", None, "disabled")]
+    assert dashboard.offline_sims(db, START, limit=1) == data["list"][:1]
+
+
+def test_gateways_last_report_online_and_offline(db):
+    from rentbox.config import Rules
+
+    add_numbers(db, START - 200 * DAY, *[(f"+491510000000{i}", "germany", "o2")
+                                         for i in range(1, 7)])
+    with db.transaction():
+        for number_id, gateway, seen_s, offline, reason in (
+                (1, "box-a", 50, 0, None), (2, "box-a", 20, 0, None),
+                (3, "box-a", 900, 1, "silent"), (4, "box-b", 700, 0, None),
+                (5, "box-c", 4000, 1, "dropped"), (6, "cli", 5000, 0, None)):
+            db.execute("UPDATE numbers SET seen_by = ?, seen_at = ?, offline = ?,"
+                       " offline_reason = ?, offline_since = ? WHERE id = ?",
+                       (gateway, to_text(START - dt.timedelta(seconds=seen_s)), offline,
+                        reason, to_text(START - dt.timedelta(seconds=60)) if offline else None,
+                        number_id))
+    found = dashboard.gateways(db, START, Rules(presence_s=600))
+    assert [(g["gateway"], g["last_report_age_s"], g["online"], g["offline"], g["silent"])
+            for g in found] == [
+        ("box-a", 20, 2, 1, False),
+        ("box-b", 700, 1, 0, True),       # nothing for longer than the presence window
+        ("box-c", 60, 0, 1, False),       # its last report dropped its SIM a minute ago
+        ("cli", 5000, 1, 0, False)]       # set by hand: never silent
+    assert found[0]["last_report_at"] == "2026-11-01T11:59:40.000000Z"
+    assert not any(g["silent"] for g in dashboard.gateways(db, START, Rules(presence=False)))
+
+
+def test_push_urls_follow_the_server(db):
+    from rentbox import meta
+
+    assert dashboard.overview(db, START)["push"] == {
+        "url_set": None, "activation_url_set": None, "services": []}
+    meta.put(db, START, meta.SERVER, {"started_at": to_text(START), "push_url_set": False,
+                                      "version": "x", "url": "http://127.0.0.1:1"})
+    assert dashboard.overview(db, START)["push"]["url_set"] is False
+    meta.put(db, START, meta.SERVER, {"started_at": to_text(START), "push_url_set": True,
+                                      "activation_push_url_set": False, "services": ["tg"]})
+    assert dashboard.overview(db, START)["push"] == {
+        "url_set": True, "activation_url_set": False, "services": ["tg"]}

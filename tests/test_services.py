@@ -380,3 +380,12 @@ def test_report_by_product_and_service_reads_the_tally_and_equals_a_recount(db, 
         assert credited == {"rent": 87000, "vk": 2000, "wa": 2000}
         assert {r.key: r.open for r in rows} == {"rent": 0, "vk": 1, "wa": 0}
     assert totals.credited_kopecks == 91000
+
+
+def test_a_self_test_activation_spends_nothing_and_is_not_booked(db, clock):
+    add_numbers(db, START, *NUMBERS[:1])
+    issued = activate(db, clock, test=True)
+    finish(db, clock, issued.activation_id, 3)
+    assert db.rows("SELECT * FROM service_uses") == []
+    assert db.rows("SELECT * FROM books_by_service") == []
+    assert activate(db, clock) is not None

@@ -39,24 +39,35 @@ def console(settings, clock, connections, db):
 
 
 def test_off_without_a_password(client):
-    answer = client.request("GET", "/", headers={"Accept": BROWSER,
-                                                 "Authorization": basic(PASSWORD)})
+    answer = client.request("GET", "/", headers={"Authorization": basic(PASSWORD)})
     assert answer.status == 404
     assert answer.json["status"] == "ERROR"
     assert "RENTBOX_CONSOLE_PASSWORD" in answer.json["error"]
     assert "www-authenticate" not in lower(answer)
+    # A browser gets a page for a person saying how to turn it on, with the same status.
+    answer = client.request("GET", "/", headers={"Accept": BROWSER,
+                                                 "Authorization": basic(PASSWORD)})
+    assert answer.status == 404
+    assert answer.headers["Content-Type"] == "text/html; charset=utf-8"
+    html = answer.body.decode()
+    assert "<title>rentbox status: the page is off</title>" in html
+    assert "set RENTBOX_CONSOLE_PASSWORD in the environment of rentbox serve" in html
+    assert "www-authenticate" not in lower(answer)
 
 
-@pytest.mark.parametrize("authorization", [
+UNAUTHORIZED = [
     None, basic("wrong"), basic(PASSWORD.upper()), "Bearer " + PASSWORD, "Basic !!!notbase64",
     "Basic " + base64.b64encode(PASSWORD.encode()).decode(),  # no colon
     "Basic " + base64.b64encode(b"\xff\xfe:\xc3\x28" + PASSWORD.encode()).decode(),
     "Basic", "",
     # Only HTTP's spaces and tabs surround the credentials: "\xa0" and "\x85" are not spaces.
     basic(PASSWORD) + "\xa0", "Basic \x85" + basic(PASSWORD)[6:], "\xa0" + basic(PASSWORD),
-])
+]
+
+
+@pytest.mark.parametrize("authorization", UNAUTHORIZED)
 def test_401_without_the_password(console, authorization):
-    headers = {"Accept": BROWSER}
+    headers = {"Accept": "application/json"}
     if authorization is not None:
         headers["Authorization"] = authorization
     answer = console.request("GET", "/", headers=headers)
@@ -64,6 +75,25 @@ def test_401_without_the_password(console, authorization):
     assert lower(answer)["www-authenticate"] == 'Basic realm="rentbox"'
     assert answer.json == {"status": "ERROR", "error": answer.json["error"]}
     assert PASSWORD not in answer.body.decode()
+
+
+@pytest.mark.parametrize("authorization", UNAUTHORIZED)
+def test_a_browser_without_the_password_gets_a_page_that_says_how(console, authorization):
+    headers = {"Accept": BROWSER}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    answer = console.request("GET", "/", headers=headers)
+    assert answer.status == 401
+    # The challenge stays: the browser asks for the password, and shows this if cancelled.
+    assert lower(answer)["www-authenticate"] == 'Basic realm="rentbox"'
+    assert answer.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "default-src 'none'" in answer.headers["Content-Security-Policy"]
+    html = answer.body.decode()
+    assert "<title>rentbox status: password needed</title>" in html
+    assert "any user name, and as the password the value of RENTBOX_CONSOLE_PASSWORD" in html
+    assert "reload the page" in html
+    assert PASSWORD not in html and "4915100000003" not in html  # nothing of the page
+    assert "<script" not in html and 'http-equiv=refresh' not in html
 
 
 def test_non_utf8_header_bytes_get_401_not_500(console):
@@ -97,14 +127,101 @@ def test_a_browser_gets_the_page(console):
     html = answer.body.decode()
     assert "<title>rentbox status</title>" in html
     assert 'name=viewport' in html
-    for section in ("health", "pool", "outbox", "income", "rentals-chart", "push-delay",
-                    "rentals", "operators", "alerts"):
-        assert f"<section id={section}" in html
+    assert '<meta http-equiv=refresh content="30">' in html and "<script" not in html
+    # What needs doing first, then the history.
+    assert re.findall(r"<section id=([\w-]+)", html) == [
+        "attention", "rentals", "offline", "income", "gateways", "onlinesim", "pool",
+        "outbox", "health", "income-chart", "rentals-chart", "push-delay", "operators",
+        "alerts"]
     points = dict(re.findall(r"data-chart=(\w+) data-points=(\d+)", html))
     assert points == {"income": "90", "rentals": "90", "push_delay": "3"}
     assert html.count("class='pt bar'") == 90 and html.count("<g class=pt>") == 90
     assert html.count("class='pt d50'") == 3
     assert len(answer.body) < 100_000
+
+
+def section(html: str, ident: str) -> str:
+    """One section's HTML."""
+    return re.search(rf"<section id={ident}[ >].*?</section>", html).group(0)
+
+
+def text_of(html: str) -> str:
+    """The text a person reads: tags out, entities in."""
+    import html as html_module
+
+    inline = re.sub(r"</?(b|i|span)\b[^>]*>", "", html)
+    return " ".join(html_module.unescape(re.sub(r"<[^>]+>", " ", inline)).split())
+
+
+def test_the_page_puts_what_to_do_first(console, db):
+    from rentbox import meta
+
+    with db.transaction():
+        db.execute("UPDATE numbers SET port = 'gw1:1.03' WHERE id = 3")
+    meta.put(db, START, meta.SERVER, {"started_at": "2026-11-01T11:00:00.000000Z",
+                                      "push_url_set": False, "version": "x",
+                                      "url": "http://127.0.0.1:1"})
+    html = console.request("GET", "/", headers={"Accept": BROWSER,
+                                                "Authorization": basic(PASSWORD)}).body.decode()
+    attention = text_of(section(html, "attention"))
+    assert attention.startswith("Needs attention") and "SIM offline" in attention
+    rentals = text_of(section(html, "rentals"))
+    # The seeded rental: its port, its window (an SMS in time), and its SIM offline.
+    assert "+4915100000003 gw1:1.03 SMS in time SIM offline" in rentals
+    offline = text_of(section(html, "offline"))
+    assert offline.startswith("Offline SIMs (1)")
+    assert re.search(r"\+4915100000003 gw1:1.03 goip 60 min rental \d+ at risk", offline)
+    # Two sales yesterday (2026-10-31, a Saturday): this week, not today nor this month.
+    assert re.findall(r"<b>([^<]*)</b><span>([^<]*)</span>", section(html, "income")) == [
+        ("0.00 RUB", "credited today"), ("1 740.00 RUB", "this week, from Monday"),
+        ("0.00 RUB", "this month, from 11-01"),
+        ("400.00 RUB", "pending: open operations with an SMS in time")]
+    assert text_of(section(html, "gateways")) == (
+        "Gateways gateway last report SIMs online offline goip 2 d 0 h ago 0 1")
+    onlinesim = text_of(section(html, "onlinesim"))
+    assert ("Push URL: not set: SMS are stored but Onlinesim never gets them. Set "
+            "RENTBOX_PUSH_URL to the push URL Onlinesim gave you and restart rentbox serve."
+            ) in onlinesim
+    assert "Last call: never." in onlinesim
+
+
+def test_the_pool_says_offline_of_sims_only(console):
+    html = console.request("GET", "/", headers={"Accept": BROWSER,
+                                                "Authorization": basic(PASSWORD)}).body.decode()
+    pool = section(html, "pool")
+    labels = re.findall(r"<span>([^<]*)</span>", pool)
+    assert labels == ["numbers", "free", "rented", "banned", "disabled", "waiting for SIM"]
+    assert text_of(pool).endswith("SIMs: 0 online, 1 offline (1 of them rented), "
+                                  "3 not watched by any gateway")
+
+
+def test_charts_wait_for_data_and_their_axes_are_whole(settings, clock, connections, db):
+    import dataclasses
+
+    app = WsgiClient(wsgi(dataclasses.replace(settings, console_password=PASSWORD), clock,
+                          connections))
+
+    def page() -> str:
+        return app.request("GET", "/", headers={"Accept": BROWSER,
+                                                "Authorization": basic(PASSWORD)}).body.decode()
+
+    empty = page()
+    assert "<svg" not in empty and "class=chart" not in empty
+    assert "No history yet" in text_of(section(empty, "history"))
+    # One sale of 1 RUB today: its bar and its rental, on axes of whole roubles and rentals
+    # (not "0 / 0 / 0"); no SMS was delivered, so no delay chart.
+    add_numbers(db, START, ("+4915100000001", "germany", "o2"))
+    with db.transaction():
+        db.execute("INSERT INTO operations (number_id, state, finish_status,"
+                   " initial_sum_kopecks, final_sum_kopecks, created_at, finished_at, country)"
+                   " VALUES (1, 'closed', 3, 100, 100, ?, ?, 'germany')",
+                   ("2026-11-01T10:00:00.000000Z", "2026-11-01T11:00:00.000000Z"))
+    html = page()
+    assert re.findall(r"<section id=([\w-]+)-chart", html) == ["income", "rentals"]
+    assert "push-delay" not in html and "id=history" not in html
+    ticks = re.findall(r"<div class=y>(.*?)</div>", html)
+    assert [re.findall(r"<span>([^<]*)</span>", t) for t in ticks] == [
+        ["2", "1", "0"], ["2", "1", "0"]]
 
 
 def test_the_page_escapes_what_comes_from_outside(console):
@@ -128,8 +245,8 @@ def test_any_other_caller_gets_the_same_data_as_json(console, accept):
     assert answer.headers["Content-Type"].startswith("application/json")
     data = answer.json
     assert data["status"] == "SUCCESS"
-    assert set(data) >= {"at", "health", "warnings", "pool", "rentals", "outbox", "alerts",
-                         "charts"}
+    assert set(data) >= {"at", "health", "warnings", "income", "push", "pool", "rentals",
+                         "offline_sims", "gateways", "outbox", "alerts", "charts"}
     assert data["charts"]["income"]["credited_kopecks"][-2] == 174000
     assert data["rentals"]["list"][0]["operator"] == HOSTILE
     assert data["outbox"]["pending"] == 1
@@ -220,3 +337,46 @@ def test_the_password_never_reaches_the_log(console, caplog):
     text = caplog.text
     assert PASSWORD not in text and base64.b64encode(PASSWORD.encode()).decode() not in text
     assert "GET / 200" in text and "GET / 401" in text
+
+
+def test_the_last_call_named_is_the_last_call_made(console, clock, db):
+    """GET_SERVICES polls, then GET_NUMBER and FINISH: the last call noted is FINISH, not
+    the poll, each with its time; a repeat of an action within 30 s of its last write
+    waits for the next write."""
+    from rentbox import meta
+
+    def call(action: str, **body) -> None:
+        answer = console.post("/", {"action": action, "key": API_KEY, **body})
+        assert answer.status == 200 and answer.json["status"] == "SUCCESS", answer.json
+
+    def noted() -> dict:
+        return meta.get(db, meta.LAST_ONLINESIM_CALL)
+
+    call("GET_SERVICES")
+    assert noted() == {"at": "2026-11-01T12:00:00.000000Z", "action": "GET_SERVICES",
+                       "actions": {"GET_SERVICES": "2026-11-01T12:00:00.000000Z"}}
+    clock.advance(5)
+    answer = console.post("/", {"action": "GET_NUMBER", "key": API_KEY, "service": "rent",
+                                "sum": 400, "country": "germany"})
+    rental = answer.json["activationId"]
+    assert noted()["action"] == "GET_NUMBER" and noted()["at"] == "2026-11-01T12:00:05.000000Z"
+    clock.advance(5)
+    call("FINISH_ACTIVATION", service="rent", activationId=rental, status=3, sum=400)
+    assert noted() == {"at": "2026-11-01T12:00:10.000000Z", "action": "FINISH_ACTIVATION",
+                       "actions": {"GET_SERVICES": "2026-11-01T12:00:00.000000Z",
+                                   "GET_NUMBER": "2026-11-01T12:00:05.000000Z",
+                                   "FINISH_ACTIVATION": "2026-11-01T12:00:10.000000Z"}}
+    # A poll 20 s after the last written one is not written (a poll is not a write every
+    # time); the next one, 30 s after it, is, and brings the entry up to date.
+    clock.advance(10)
+    call("GET_SERVICES")
+    assert noted()["action"] == "FINISH_ACTIVATION"
+    clock.advance(10)
+    call("GET_SERVICES")
+    assert noted()["action"] == "GET_SERVICES" and noted()["at"] == "2026-11-01T12:00:30.000000Z"
+    html = console.request("GET", "/", headers={"Accept": BROWSER,
+                                                "Authorization": basic(PASSWORD)}).body.decode()
+    onlinesim = text_of(section(html, "onlinesim"))
+    assert ("Last call: GET_SERVICES, 0 s ago (2026-11-01 12:00 UTC) before it: "
+            "FINISH_ACTIVATION 20 s ago (2026-11-01 12:00 UTC); GET_NUMBER 25 s ago "
+            "(2026-11-01 12:00 UTC)") in onlinesim
