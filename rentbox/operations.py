@@ -479,7 +479,7 @@ def finish_operation(db: Database, clock: Clock, request: FinishRequest, rules: 
         stamp = to_text(now)
         operation = db.row(
             "SELECT id, number_id, service, state, finish_status, sms_accepted_at, failed_at,"
-            " created_at, initial_sum_kopecks FROM operations WHERE id = ?",
+            " created_at, initial_sum_kopecks, test FROM operations WHERE id = ?",
             (request.activation_id,),
         )
         if operation is None:
@@ -544,7 +544,7 @@ def _record_finish(db: Database, now: dt.datetime, request: FinishRequest, opera
         **({} if is_rent else {"service": operation["service"]}), status=request.status,
         outcome=FINISH_OUTCOMES[request.status], sum_kopecks=sum_kopecks, **detail,
     )
-    if not is_rent:
+    if not is_rent and not operation["test"]:  # a self-test spends nothing
         services.record_finish(db, now, operation, request.status)
     log.info("%s %d closed: %s%s", kind, request.activation_id,
              FINISH_OUTCOMES[request.status].replace("_", " "),

@@ -1,108 +1,54 @@
 """rentbox selftest: against a real `rentbox serve` behind a real TLS reverse proxy (Caddy)
-with certificates from a CA generated here, and its failures with the right advice."""
+with certificates from a CA generated here, and its failures with the right advice, given
+once per cause; a check that does not run is shown as skipped, never as passed."""
 
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import json
-import os
-import shutil
-import socket
 import ssl
-import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from conftest import API_KEY, add_numbers, refused_url, wait_until
+import proxies
+from conftest import API_KEY, add_numbers, refused_url
 from rentbox import selftest
 from rentbox.cli import app
 
-CADDY = shutil.which("caddy") or ("/usr/bin/caddy" if Path("/usr/bin/caddy").exists() else None)
-OPENSSL = shutil.which("openssl")
 NOW = dt.datetime.now(dt.timezone.utc)
-
-
-def needs(tool: str | None, name: str) -> None:
-    if tool is None:
-        if os.environ.get("RENTBOX_REQUIRE_PROXY") == "1":
-            pytest.fail(f"{name} is required (RENTBOX_REQUIRE_PROXY=1) but not installed")
-        pytest.skip(f"{name} is not installed")
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run([OPENSSL, *args], cwd=cwd, check=True, capture_output=True)
-
-
-CA_CONFIG = """[ca]
-default_ca = test
-[test]
-dir = .
-database = index.txt
-new_certs_dir = .
-serial = serial
-default_md = sha256
-policy = anything
-copy_extensions = copy
-unique_subject = no
-[anything]
-commonName = supplied
-"""
-
-
-def leaf(directory: Path, name: str, hosts: str, *, start: str | None = None,
-         end: str | None = None) -> tuple[Path, Path]:
-    """A certificate for `hosts` (a subjectAltName) signed by the test CA; `start`/`end`
-    (YYYYMMDDHHMMSSZ) make one valid in the past."""
-    key, csr, cert = f"{name}.key", f"{name}.csr", f"{name}.pem"
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
-            "-subj", f"/CN={name}", "-addext", f"subjectAltName={hosts}", cwd=directory)
-    dates = ["-startdate", start, "-enddate", end] if start else ["-days", "30"]
-    openssl("ca", "-batch", "-config", "ca.cnf", "-cert", "ca.pem", "-keyfile", "ca.key",
-            "-in", csr, "-out", cert, "-notext", *dates, cwd=directory)
-    return directory / cert, directory / key
 
 
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory) -> dict:
-    needs(OPENSSL, "openssl")
     directory = tmp_path_factory.mktemp("ca")
-    (directory / "ca.cnf").write_text(CA_CONFIG)
-    (directory / "index.txt").write_text("")
-    (directory / "serial").write_text("1000\n")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-            "ca.pem", "-days", "30", "-subj", "/CN=rentbox test CA",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory)
+    ca = proxies.make_ca(directory)
     return {
-        "ca": directory / "ca.pem",
-        "good": leaf(directory, "localhost", "DNS:localhost,IP:127.0.0.1"),
-        "other": leaf(directory, "other", "DNS:other.example"),
-        "expired": leaf(directory, "expired", "DNS:localhost",
-                        start="20200101000000Z", end="20200201000000Z"),
+        "ca": ca,
+        "good": proxies.leaf(directory, "localhost", "DNS:localhost,IP:127.0.0.1"),
+        "other": proxies.leaf(directory, "other", "DNS:other.example"),
+        "expired": proxies.leaf(directory, "expired", "DNS:localhost",
+                                start="20200101000000Z", end="20200201000000Z"),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def caddy(tmp_path):
     """start(backend_url, cert_pair) → the proxy's https URL (rentbox served under /rentbox;
     `strip_test_header` plays a server that ignores X-Rentbox-Test);
-    every Caddy started is stopped at the end."""
-    needs(CADDY, "caddy")
+    every Caddy started is stopped at the end. (The shipped examples/proxy/ files are
+    tested in test_proxy_examples.py.)"""
+    proxies.needs(proxies.CADDY, "caddy")
     started = []
 
     def start(backend: str, pair: tuple[Path, Path], *, strip_test_header: bool = False) -> str:
-        port = free_port()
+        port = proxies.free_port()
         home = tmp_path / f"caddy-{port}"
         home.mkdir()
-        (home / "Caddyfile").write_text(f"""{{
+        started.append(proxies.start_caddy(f"""{{
     admin off
     auto_https off
     storage file_system {home}
@@ -118,27 +64,12 @@ https://localhost:{port} {{
         respond 404
     }}
 }}
-""")
-        env = {**os.environ, "HOME": str(home), "XDG_DATA_HOME": str(home),
-               "XDG_CONFIG_HOME": str(home)}
-        process = subprocess.Popen([CADDY, "run", "--config", str(home / "Caddyfile"),
-                                    "--adapter", "caddyfile"], env=env, cwd=home,
-                                   stdout=subprocess.DEVNULL,
-                                   stderr=(home / "caddy.log").open("wb"))
-        started.append(process)
-
-        def listening() -> bool:
-            assert process.poll() is None, (home / "caddy.log").read_text()
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", port)) == 0
-
-        assert wait_until(listening), "Caddy did not start"
+""", home, port))
         return f"https://localhost:{port}"
 
     yield start
-    for process in started:
-        process.terminate()
-        process.wait(timeout=10)
+    for proxy in started:
+        proxy.stop()
 
 
 @pytest.fixture
@@ -172,18 +103,24 @@ def test_wrong_key_fails_with_key_advice(start_server, caddy, certificates, trus
     assert found["GET /health"].passed  # the server itself is fine
 
 
+def stopped_at_the_first(checks: list[selftest.Check]) -> selftest.Check:
+    """The first check, failed; every other one listed as not run (skipped)."""
+    assert [c.status for c in checks] == ["failed"] + ["skipped"] * 8, checks
+    assert {c.detail for c in checks[1:]} == {selftest.NOT_RUN}
+    assert checks[-1].name == "answers within 10 s"
+    return checks[0]
+
+
 def test_expired_certificate(start_server, caddy, certificates, trusted):
     url = caddy(start_server().url, certificates["expired"]) + "/rentbox"
-    checks = selftest.run(url, API_KEY, now=NOW, context=trusted)
-    assert len(checks) == 1 and not checks[0].passed
-    assert "expired" in checks[0].detail and "renew" in checks[0].advice
+    first = stopped_at_the_first(selftest.run(url, API_KEY, now=NOW, context=trusted))
+    assert "expired" in first.detail and "renew" in first.advice
 
 
 def test_certificate_for_another_host(start_server, caddy, certificates, trusted):
     url = caddy(start_server().url, certificates["other"]) + "/rentbox"
-    checks = selftest.run(url, API_KEY, now=NOW, context=trusted)
-    assert len(checks) == 1 and not checks[0].passed
-    assert "another host name" in checks[0].advice
+    first = stopped_at_the_first(selftest.run(url, API_KEY, now=NOW, context=trusted))
+    assert "another host name" in first.advice
 
 
 def test_untrusted_ca_names_ssl_cert_file(start_server, caddy, certificates):
@@ -201,24 +138,31 @@ def test_near_expiry_is_a_failure(start_server, caddy, certificates, trusted):
 
 def test_wrong_path_prefix(start_server, caddy, certificates, trusted):
     url = caddy(start_server().url, certificates["good"])  # without /rentbox
-    found = by_name(selftest.run(url, API_KEY, now=NOW, context=trusted))
+    checks = selftest.run(url, API_KEY, now=NOW, context=trusted)
+    found = by_name(checks)
     assert found["HTTPS certificate"].passed
     check = found["GET_SERVICES, key in the body"]
-    assert not check.passed and "path prefix" in check.advice
+    assert check.failed and "path prefix" in check.advice
+    # /health is one more path the prefix is missing from: the same cause, the same advice.
+    assert found["GET /health"].failed and found["GET /health"].advice == check.advice
+    assert [a for a in selftest.advice_once(checks) if a] == [selftest.ADVICE_PATH]
 
 
 def test_nothing_listening():
     checks = selftest.run(refused_url().replace("http:", "https:"), API_KEY, now=NOW)
-    assert len(checks) == 1 and not checks[0].passed
-    assert "firewall" in checks[0].advice
+    assert "firewall" in stopped_at_the_first(checks).advice
+    assert selftest.summary(checks) == "0 passed, 1 failed, 8 skipped"
 
 
 def test_plain_http_needs_allow_http(start_server):
     server = start_server()
     checks = selftest.run(server.url, API_KEY, now=NOW)
-    assert not checks[0].passed and "HTTPS" in checks[0].detail
+    assert checks[0].failed and "HTTPS" in checks[0].detail
     allowed = selftest.run(server.url, API_KEY, now=NOW, allow_http=True)
-    assert all(c.passed for c in allowed), allowed
+    # Allowed, the HTTPS check does not run: skipped, not passed; the run still passes.
+    assert [c.status for c in allowed] == ["skipped"] + ["passed"] * 8, allowed
+    assert "--allow-http" in allowed[0].detail and not allowed[0].passed
+    assert selftest.has_passed(allowed)
 
 
 def test_reserve_finishes_every_rental(start_server, db):
@@ -233,6 +177,24 @@ def test_reserve_finishes_every_rental(start_server, db):
     assert rows == [{"state": "closed", "finish_status": 1}] * 3
 
 
+def test_reserve_activations_spends_nothing(start_server, db):
+    from rentbox.config import Rules
+
+    add_numbers(db, NOW, ("79001110001", "russia", "mts"), ("79001110002", "russia", "mts"))
+    server = start_server(rules=Rules(services=("vk",)))
+    found = by_name(selftest.run(server.url, API_KEY, now=NOW, allow_http=True, reserve=2,
+                                 service="vk"))
+    check = found["reserve 2 numbers for vk activations"]
+    assert check.passed, check
+    assert "2 of 2 reserved, all distinct; marked as tests" in check.detail
+    assert db.rows("SELECT service, state, finish_status, test FROM operations") == [
+        {"service": "vk", "state": "closed", "finish_status": 5, "test": 1}] * 2
+    assert db.rows("SELECT * FROM service_uses") == []
+    unoffered = by_name(selftest.run(server.url, API_KEY, now=NOW, allow_http=True, reserve=1,
+                                     service="wa"))["reserve 1 numbers for wa activations"]
+    assert unoffered.failed and "Offer wa (RENTBOX_SERVICES)" in unoffered.advice
+
+
 def test_reserve_more_than_the_pool(start_server, db):
     add_numbers(db, NOW, ("79001110001", "russia", "mts"))
     server = start_server()
@@ -241,15 +203,36 @@ def test_reserve_more_than_the_pool(start_server, db):
     assert check.passed and "2 NO_NUMBERS" in check.detail
 
 
-def test_health_404_is_not_rentbox():
-    answer = selftest.Answer(404, {}, b"", 0.01)
+def test_health_404_is_a_failure_the_proxy_does_not_forward_it():
+    answer = selftest.Answer(404, {}, b'{"status":"ERROR","error":"not served here"}', 0.01)
 
-    class NotRentbox:
+    class ProxyWithoutHealth:
         def request(self, *args, **kwargs):
             return answer
 
-    passed, detail, _ = selftest.check_health(NotRentbox())
-    assert passed and "not a rentbox server" in detail
+    passed, detail, advice = selftest.check_health(ProxyWithoutHealth())
+    assert not passed
+    assert detail == ("HTTP 404: not served here (the proxy does not forward /health to "
+                      "rentbox, or the server is not rentbox)")
+    assert advice == selftest.ADVICE_PATH and "examples/proxy/" in advice
+
+
+@pytest.mark.parametrize("body, shown", [
+    (b"", "(empty body)"),
+    (b"<html>\r\n<title>404 Not Found</title>\n</html>", "<html> <title>404 Not Found</title> </html>"),
+    (b"\x1b[31mred\x1b[0m \xff\xfe bytes", "[31mred [0m \ufffd\ufffd bytes"),
+    ("Ошибка: нет пути".encode(), "Ошибка: нет пути"),
+    (b"x" * 150, "x" * 99 + "…"),
+])
+def test_a_body_is_shown_as_one_line_of_text_never_as_python_bytes(body, shown):
+    assert selftest.excerpt(body) == shown
+    described = selftest.Answer(502, {}, body, 0.01).described()
+    assert described == f"HTTP 502: {shown}" and "b'" not in described
+
+
+def test_a_json_error_is_shown_by_its_message():
+    answer = selftest.Answer(400, {}, b'{"status":"ERROR","error":"action is required"}', 0)
+    assert answer.described() == "HTTP 400: action is required"
 
 
 runner = CliRunner()
@@ -260,10 +243,80 @@ def test_cli_json_and_exit_codes(start_server, monkeypatch):
     monkeypatch.setenv("RENTBOX_API_KEY", API_KEY)
     result = runner.invoke(app, ["selftest", server.url, "--allow-http", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["passed"] is True
+    report = json.loads(result.stdout)
+    assert report["passed"] is True
+    assert report["summary"] == {"passed": 8, "failed": 0, "skipped": 1}
+    assert report["checks"][0]["status"] == "skipped" and report["checks"][0]["passed"] is False
     result = runner.invoke(app, ["selftest", server.url])
     assert result.exit_code == 1
     assert "✗ HTTPS certificate" in result.stdout and "→ Put a TLS reverse proxy" in result.stdout
+    assert result.stdout.splitlines()[-1] == "8 passed, 1 failed, 0 skipped"
+
+
+def test_cli_shows_a_skipped_check_as_skipped(start_server, monkeypatch):
+    monkeypatch.setenv("RENTBOX_API_KEY", API_KEY)
+    result = runner.invoke(app, ["selftest", start_server().url, "--allow-http"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == ("– HTTPS certificate (skipped): plain HTTP allowed by --allow-http "
+                        "(Onlinesim itself needs HTTPS)")
+    assert [line[0] for line in lines[1:-1]] == ["✓"] * 8
+    assert lines[-1] == "8 passed, 0 failed, 1 skipped"
+
+
+@pytest.fixture
+def answering_404(monkeypatch):
+    """A server that answers every request 404 with an HTML page holding bytes that are
+    not UTF-8 and a terminal escape: what the old Caddy example answered (issue 24)."""
+    body = b"<html><body>\x1b[2J404 page not found \xff</body></html>"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("RENTBOX_API_KEY", API_KEY)
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_proxy_that_forwards_nothing_is_one_cause_with_one_advice(answering_404):
+    result = runner.invoke(app, ["selftest", answering_404, "--allow-http"])
+    assert result.exit_code == 1
+    out = result.stdout
+    assert out.count("→ ") == 1 and out.count(f"→ {selftest.ADVICE_PATH[:40]}") == 1, out
+    assert "✗ GET /health" in out  # no longer passed as "not a rentbox server"
+    assert out.count("✗") == 7 and "b'" not in out and "\x1b" not in out
+    assert "HTTP 404: <html><body> [2J404 page not found \ufffd</body></html>" in out
+    assert out.splitlines()[-1] == "1 passed, 7 failed, 1 skipped"
+
+
+def test_a_wrong_key_is_one_cause_with_one_advice(start_server, monkeypatch):
+    monkeypatch.setenv("RENTBOX_API_KEY", "not-the-key")
+    result = runner.invoke(app, ["selftest", start_server().url, "--allow-http"])
+    assert result.exit_code == 1
+    assert result.stdout.count("→ ") == 1
+    assert result.stdout.count(f"→ {selftest.ADVICE_KEY}") == 1, result.stdout
+
+
+def test_advice_once_keeps_the_first_of_each():
+    checks = [selftest.Check(name, status, 0.0, "", advice) for name, status, advice in [
+        ("a", "failed", "fix the path"), ("b", "failed", "fix the key"),
+        ("c", "failed", "fix the path"), ("d", "passed", None), ("e", "failed", "fix the key")]]
+    assert selftest.advice_once(checks) == ["fix the path", "fix the key", None, None, None]
 
 
 def test_cli_without_key(monkeypatch):
@@ -322,3 +375,4 @@ def test_cli_trusts_a_private_ca_through_ssl_cert_file(start_server, caddy, cert
     result = runner.invoke(app, ["selftest", url])
     assert result.exit_code == 0, result.output
     assert result.stdout.count("✓") == 9 and "✗" not in result.stdout
+    assert result.stdout.splitlines()[-1] == "9 passed, 0 failed, 0 skipped"
