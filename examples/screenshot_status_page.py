@@ -5,7 +5,8 @@ database, a real `rentbox serve` on a loopback port, and headless Chromium (Debi
     python examples/screenshot_status_page.py     # docs/status-page.png, -phone.png
     python examples/screenshot_status_page.py --desktop /tmp/d.png --phone /tmp/p.png --dark
 
-The demo: numbers in four countries on two gateways, 90 days of rentals with a weekly
+The demo: numbers in four countries on two gateways, 90 days of rentals (and vk, wa and
+tg activations) with a weekly
 rhythm, their SMS and push delays, one rented SIM offline and two free ones, an active
 and a cleared alert, and Onlinesim's last calls. Deterministic (a fixed random seed),
 relative to today. Nothing leaves the machine.
@@ -72,12 +73,17 @@ def seed(db_path: Path, now: dt.datetime) -> None:
                 outcome = rng.random()
                 status = 3 if outcome < 0.78 else 4 if outcome < 0.9 else 5 if outcome < 0.97 else 1
                 sent = status in (3, 5)
+                # About a third are single-service activations, sold for tens of roubles.
+                service = rng.choice(("vk", "wa", "tg")) if rng.random() < 0.35 else "rent"
+                price = (rng.choice((60000, 87000, 120000)) if service == "rent"
+                         else rng.choice((1500, 2000, 3500)))
                 operation = db.execute(
-                    "INSERT INTO operations (number_id, state, finish_status,"
+                    "INSERT INTO operations (number_id, service, state, finish_status,"
                     " initial_sum_kopecks, final_sum_kopecks, created_at, finished_at,"
                     " sms_accepted_at, failed_at, country)"
-                    " VALUES (?, 'closed', ?, 40000, ?, ?, ?, ?, ?, ?)",
-                    (number_id, status, rng.choice((60000, 87000, 120000)) if status == 3 else 0,
+                    " VALUES (?, ?, 'closed', ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (number_id, service, status, 40000 if service == "rent" else price,
+                     price if status == 3 else 0,
                      to_text(opened), to_text(closed),
                      to_text(opened + dt.timedelta(minutes=3)) if sent else None,
                      None if sent or status == 1 else to_text(opened + dt.timedelta(minutes=20)),
@@ -182,7 +188,9 @@ def main() -> None:
                "RENTBOX_CONSOLE_PASSWORD": PASSWORD,
                # Nothing is pending, so nothing is pushed: the URL only marks the demo
                # as set up the way a partner runs it.
-               "RENTBOX_PUSH_URL": f"http://{HOST}:{dead}/pushSmsRent"}
+               "RENTBOX_PUSH_URL": f"http://{HOST}:{dead}/pushSmsRent",
+               "RENTBOX_SERVICES": "vk,wa,tg",
+               "RENTBOX_ACTIVATION_PUSH_URL": f"http://{HOST}:{dead}/v1/PUSH_SMS"}
         server = subprocess.Popen(
             [sys.executable, "-m", "rentbox", "serve", "--host", HOST, "--port", str(port)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -285,7 +285,7 @@ def test_the_status_page_shows_each_product_and_service(settings, clock, connect
     auth = "Basic " + base64.b64encode(f"rentbox:{password}".encode()).decode()
     html = app.request("GET", "/", headers={"Authorization": auth,
                                             "Accept": "text/html"}).body.decode()
-    income = html[html.index('<section id=income'):]
+    income = html[html.index("<section id=products"):]
     income = income[:income.index("</section>")]
     cells = [c for c in re.findall(r"<td[^>]*>(.*?)</td>", income)]
     assert cells[:6] == ["rent", "rent", "870.00 RUB", "0.00 RUB", "-", "0"], cells

@@ -130,10 +130,14 @@ def render(data: dict) -> str:
         _section("rentals", f"{title} ({_e(opened)})", _rentals(rentals), wide=True),
         _section("offline", f"Offline SIMs ({_e(data['offline_sims']['count'])})",
                  _offline(data["offline_sims"]), wide=True),
-        _section("income", "Income (RUB)", _income(data["income"], data["products"])),
+        _section("income", "Income (RUB)", _income(data["income"])),
         _section("gateways", "Gateways", _gateways(data["gateways"])),
         _section("onlinesim", "Onlinesim", _onlinesim(
             data["push"], data["health"]["last_onlinesim_call"], from_text(data["at"]))),
+        # Rent and each activation service apart, once there are activations.
+        (_section("products", "Income by service (RUB)", _products(data["products"]),
+                  wide=True)
+         if any(p["product"] == "activations" for p in data["products"]) else ""),
         _section("pool", "Pool", _pool(data["pool"])),
         _section("outbox", "Outbox", _outbox(data["outbox"])),
         _section("health", "Health", _health(data["health"])),
@@ -285,21 +289,22 @@ def _offline(sims: dict) -> str:
                   rows) + more
 
 
-def _income(income: dict, products: list[dict]) -> str:
-    figures = _figures([
+def _income(income: dict) -> str:
+    return _figures([
         ("credited today", _rub(income["credited_today_kopecks"])),
         ("this week, from Monday", _rub(income["credited_week_kopecks"])),
         (f"this month, from {income['month_from'][5:]}", _rub(income["credited_month_kopecks"])),
         ("pending: open operations with an SMS in time", _rub(income["pending_kopecks"])),
     ]) + "<p class=legend>Days are UTC. Credited: FINISH with status 3.</p>"
-    if not any(p["product"] == "activations" for p in products):
-        return figures  # rent alone: the figures above are rent's
+
+
+def _products(products: list[dict]) -> str:
     rows = [[_e(p["service"]), _e(p["product"]), _e(_rub(p["credited_month_kopecks"])),
              _e(_rub(p["pending_kopecks"])),
              _e("-" if p["success_rate"] is None else f"{p['success_rate']:.0%}"),
              _e(p["open"])] for p in products]
-    return figures + _table([("service", ""), ("product", ""), ("this month", "n"),
-                             ("pending", "n"), ("success", "n"), ("open", "n")], rows)
+    return _table([("service", ""), ("product", ""), ("credited this month", "n"),
+                   ("pending", "n"), ("success, all time", "n"), ("open", "n")], rows)
 
 
 def _gateways(rows: list[dict]) -> str:
@@ -329,6 +334,9 @@ def _onlinesim(push: dict, call: dict | None, now: dt.datetime) -> str:
     if push["services"] and not push["activation_url_set"]:
         text += ("<p>Activation push URL: <b class=risk>not set</b>: set "
                  "RENTBOX_ACTIVATION_PUSH_URL and restart rentbox serve.</p>")
+    elif push["services"]:
+        text += ("<p>Activation push URL: <b class=good>set</b>, for "
+                 f"{_e(', '.join(push['services']))}.</p>")
     if not call:
         return text + "<p>Last call: <b>never</b>.</p>"
     def when(at: str) -> str:
