@@ -143,6 +143,16 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
+def _reader_gone() -> None:
+    """Rich's own answer to a closed pipe is exit code 1; raise it as the BrokenPipeError
+    it is, for fails_cleanly to end the output quietly with 0 (`numbers list | head`)."""
+    out.quiet = True
+    raise BrokenPipeError
+
+
+out.on_broken_pipe = _reader_gone
+
+
 def _option(name: str, **extra) -> typer.models.OptionInfo:
     """A CLI option built from the settings table: one name, env var and help for each."""
     setting = SETTINGS[name]

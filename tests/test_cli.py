@@ -1,4 +1,5 @@
 import json
+import sys
 import os
 import re
 from pathlib import Path
@@ -821,6 +822,19 @@ def test_numbers_list_into_head_exits_0_quietly(db_path):
         assert lister.stderr.read() == b""
         lister.stderr.close()
         assert first[0].startswith((b"number", b"[")), first
+
+
+def test_a_reader_gone_before_rentbox_writes_is_exit_0_too(db_path):
+    """`rentbox status | true`: the reader is gone before the first line, which Rich
+    writes; Rich's own reaction to that (exit 1) is not rentbox's."""
+    import subprocess
+
+    run("numbers", "import", EXAMPLES / "pool.csv", "--db", db_path)
+    for command in ("status", "ops list", "numbers list"):
+        done = subprocess.run(["bash", "-c", f'"{sys.executable}" -m rentbox {command} --db '
+                               f'"{db_path}" | true; echo "${{PIPESTATUS[0]}}"'],
+                              capture_output=True, text=True, timeout=60)
+        assert done.stdout == "0\n" and done.stderr == "", (command, done)
 
 
 # ---- backup into a folder (issue 24, item 14) -----------------------------------------------
