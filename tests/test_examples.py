@@ -1,8 +1,11 @@
 """The examples a partner copies: they must work against a real server."""
 
 import os
+import re
 import subprocess
 import sys
+
+import pytest
 
 from conftest import EXAMPLES, GATEWAY_TOKEN, START, add_numbers
 
@@ -133,3 +136,157 @@ def test_the_systemd_advice_sets_a_utf8_locale_and_lets_rentbox_use_the_spool():
     assert "ReadWritePaths=/var/lib/rentbox -/var/spool/rentbox" in unit
     hook = (EXAMPLES / "gammu_run_on_receive.py").read_text()
     assert "Environment=LANG=C.UTF-8" in hook and "systemctl edit gammu-smsd" in hook
+
+
+# ---- the unit and the environment file a partner installs (issue 24) --------------------
+
+UNIT = EXAMPLES / "rentbox.service"
+ENV_FILE = EXAMPLES / "rentbox.env"
+ROOT = EXAMPLES.parent
+# What a partner may have to set, each in the file, commented out where it is optional.
+PARTNER_SETS = {"RENTBOX_API_KEY", "RENTBOX_PUSH_URL", "RENTBOX_SERVICES",
+                "RENTBOX_ACTIVATION_PUSH_URL", "RENTBOX_HOST", "RENTBOX_PORT",
+                "RENTBOX_GOIP_PORT", "RENTBOX_DINSTAR_TZ", "RENTBOX_POLL_BOXES",
+                "RENTBOX_TELEGRAM_CHAT_ID", "RENTBOX_ALERT_WEBHOOK_URL", "RENTBOX_BACKUP_DIR",
+                "RENTBOX_REPLICA_URL"}
+
+
+def env_file(*, commented: bool) -> dict[str, str]:
+    """The file's NAME=value lines in effect, or those commented out (`#NAME=value`)."""
+    pattern = r"^#([A-Z][A-Z0-9_]*)=(.*)$" if commented else r"^([A-Z][A-Z0-9_]*)=(.*)$"
+    return dict(re.findall(pattern, ENV_FILE.read_text(), re.M))
+
+
+def unit_entries(text: str) -> list[tuple[str, str, str, bool]]:
+    """(section, key, value, commented out) of each setting line of a unit file."""
+    section, found = "", []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+        elif "=" in line:
+            key, _, value = line.lstrip("#").partition("=")
+            if re.fullmatch(r"[A-Za-z]+", key):
+                found.append((section, key, value, line.startswith("#")))
+    return found
+
+
+def with_backup_lines_on(text: str) -> str:
+    return re.sub(r"^#(RequiresMountsFor|ReadWritePaths)=", r"\1=", text, flags=re.M)
+
+
+def test_the_env_file_names_every_secret_and_what_a_partner_sets():
+    from rentbox.config import SECRETS, SETTINGS
+
+    on, off = env_file(commented=False), env_file(commented=True)
+    named = {name for name in {*on, *off} if name.startswith("RENTBOX_")}
+    assert set(SECRETS) <= named, set(SECRETS) - named
+    assert PARTNER_SETS <= named, PARTNER_SETS - named
+    assert named <= {s.env for s in SETTINGS.values()} | set(SECRETS), named
+    assert "RENTBOX_API_KEY" in on  # the one setting serve cannot start without
+
+
+def test_the_env_file_pushes_nowhere_until_support_gives_the_urls():
+    from urllib.parse import urlsplit
+
+    on, off = env_file(commented=False), env_file(commented=True)
+    assert "RENTBOX_PUSH_URL" not in on and "RENTBOX_ACTIVATION_PUSH_URL" not in on
+    urls = [v for v in {**on, **off}.values() if "://" in v and not v.startswith("s3:")]
+    assert {"RENTBOX_PUSH_URL", "RENTBOX_ACTIVATION_PUSH_URL"} <= set(off)
+    for url in urls:  # placeholders only: RFC 2606 keeps .example from ever being a host
+        assert urlsplit(url).hostname.endswith(".example"), url
+        assert urlsplit(url).scheme == "https", url
+
+
+def test_the_env_file_is_what_systemd_reads():
+    # systemd reads NAME=value lines, without a shell: no command substitution, no quotes,
+    # no comment after a value.
+    for line in ENV_FILE.read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, equals, value = line.partition("=")
+        assert equals and re.fullmatch(r"[A-Z][A-Z0-9_]*", name), line
+        assert not re.search(r"[\s'\"`$#]", value), line
+
+
+@pytest.mark.parametrize("uncommented", [False, True])
+def test_serve_takes_every_value_of_the_env_file(monkeypatch, uncommented):
+    """The values in effect, and every commented example once uncommented, are values
+    `rentbox serve` accepts (parsed as it parses them, without starting it)."""
+    from pathlib import Path
+
+    import typer.main
+
+    from rentbox import cli, services
+    from rentbox.config import SETTINGS
+
+    values = {**env_file(commented=False), **(env_file(commented=True) if uncommented else {})}
+    for name in [n for n in os.environ if n.startswith("RENTBOX_")]:
+        monkeypatch.delenv(name)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    serve = typer.main.get_command(cli.app).commands["serve"]
+    params = serve.make_context("serve", []).params
+    by_env = {s.env: s.name for s in SETTINGS.values()}
+    for name, value in values.items():
+        if name in by_env and value:
+            assert str(params[by_env[name]]) == value, name  # read from the file, unchanged
+    assert params["port"] == 8080 and params["host"] == "127.0.0.1"
+    if uncommented:
+        assert Path(params["backup_dir"]) == Path("/mnt/backup/rentbox")
+        assert services.parse_offered(params["services"]) == ("vk", "wa", "tg")
+        cli._check_push_url(params["push_url"])
+
+
+def test_the_unit_reads_the_env_file_that_the_docs_name():
+    entries = unit_entries(UNIT.read_text())
+    [path] = [v for _, k, v, off in entries if k == "EnvironmentFile" and not off]
+    assert path == "/etc/rentbox/rentbox.env"
+    assert ENV_FILE.read_text().startswith(f"# {path}:")
+    # Every doc and example names that path; upgrading.md also names the one it replaced.
+    texts = [p for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md"),
+                         *EXAMPLES.rglob("*")] if p.is_file() and p.name != "upgrading.md"]
+    for doc in texts:
+        for named in re.findall(r"/etc/rentbox[\w./-]*\.env\b", doc.read_text(errors="replace")):
+            assert named == path, f"{doc.name} names {named}"
+
+
+def test_the_unit_can_let_rentbox_write_a_backup_folder_on_another_disk():
+    text = UNIT.read_text()
+    entries = unit_entries(text)
+    assert ("Service", "ProtectSystem", "strict", False) in entries  # else the line is moot
+    [mount] = [v for s, k, v, off in entries if k == "RequiresMountsFor" and off]
+    [writable] = [v for s, k, v, off in entries if k == "ReadWritePaths" and off]
+    folder = env_file(commented=True)["RENTBOX_BACKUP_DIR"]
+    assert mount == writable == folder
+    # Uncommented, the folder is writable and its disk mounted first, each in its section.
+    on = unit_entries(with_backup_lines_on(text))
+    assert ("Unit", "RequiresMountsFor", folder, False) in on
+    writable_paths = " ".join(v for s, k, v, off in on
+                              if (s, k, off) == ("Service", "ReadWritePaths", False)).split()
+    assert folder in writable_paths and "/var/lib/rentbox" in writable_paths
+    # docs/backups.md shows the same lines.
+    backups = (ROOT / "docs" / "backups.md").read_text()
+    assert f"RequiresMountsFor={folder}" in backups and f"ReadWritePaths={folder}" in backups
+
+
+@pytest.mark.parametrize("backup_lines_on", [False, True])
+def test_systemd_accepts_the_unit(tmp_path, backup_lines_on):
+    import shutil
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed here")
+    # verify wants ExecStart's program to exist: a stand-in for /opt/rentbox/bin/rentbox.
+    program = tmp_path / "rentbox"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    text = UNIT.read_text().replace("ExecStart=/opt/rentbox/bin/rentbox",
+                                    f"ExecStart={program}")
+    assert f"ExecStart={program} serve" in text
+    unit = tmp_path / "rentbox.service"
+    unit.write_text(with_backup_lines_on(text) if backup_lines_on else text)
+    done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
+                          timeout=60)
+    said = [line for line in (done.stdout + done.stderr).splitlines() if "rentbox" in line]
+    assert done.returncode == 0 and said == [], done.stdout + done.stderr

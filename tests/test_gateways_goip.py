@@ -373,8 +373,8 @@ def test_a_long_sms_reaches_onlinesim_as_its_parts_in_order_as_the_readme_says(
         (A, "Example", LONG_SMS[0]), (A, "Example", LONG_SMS[1])]
     assert len({b["smsId"] for b in bodies}) == 2 and len(onlinesim.requests) == 2
     # What the README promises a partner with a GoIP is what happened.
-    readme = " ".join((EXAMPLES.parent / "README.md").read_text().split())
-    long_sms = readme[readme.index("**Long SMS.**"):readme.index("## Connecting your gateway")]
+    readme = " ".join((EXAMPLES.parent / "docs" / "gateways.md").read_text().split())
+    long_sms = readme[readme.index("## Long SMS"):readme.index("## Connecting your gateway")]
     assert "**In parts: GoIP and Ejoin.** Neither passes that header on" in long_sms
     assert ("Each part is stored, acknowledged and pushed to Onlinesim as an SMS of its own, "
             "with its own `smsId`, in the order the parts arrived") in long_sms

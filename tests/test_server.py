@@ -413,7 +413,7 @@ def test_every_answer_is_json_and_which_ones_waitress_makes(live_server, caplog,
 def test_the_readme_lists_what_waitress_answers_itself():
     from conftest import EXAMPLES
 
-    readme = (EXAMPLES.parent / "README.md").read_text()
+    readme = (EXAMPLES.parent / "docs" / "api.md").read_text()
     section = readme.split("Answered by the server before rentbox reads them", 1)[1][:2000]
     section = " ".join(section.split())  # as read, whatever the line breaks
     for what, _, status in WAITRESS_ANSWERS:
