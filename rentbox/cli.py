@@ -124,13 +124,13 @@ class _Typer(typer.Typer):
 
 app = _Typer(
     cls=_Commands,
-    help="rentbox: a partner server for Onlinesim's long-term number rentals.",
+    help="rentbox: a partner server for Onlinesim's rentals and activations.",
     # Rich tracebacks with local variables could print the API key.
     pretty_exceptions_enable=False,
 )
 numbers_app = _Typer(help="Import and inspect the number pool.")
 sms_app = _Typer(help="Add, list and re-queue SMS.")
-ops_app = _Typer(help="Inspect rent operations.")
+ops_app = _Typer(help="Inspect operations: rentals and activations.")
 bans_app = _Typer(help="Inspect and lift bans of numbers.")
 alerts_app = _Typer(help="See alerts, and test the channels they go to.")
 app.add_typer(numbers_app, name="numbers")
@@ -399,7 +399,7 @@ def main_callback(
     version: Annotated[Optional[bool], typer.Option(
         "--version", callback=_version, is_eager=True, help="Show the version and exit.")] = None,
 ) -> None:
-    """rentbox: a partner server for Onlinesim's long-term number rentals.
+    """rentbox: a partner server for Onlinesim's rentals and activations.
 
     Import your numbers with `rentbox numbers import`, then run `rentbox serve`.
     """
@@ -478,7 +478,7 @@ def serve(
     replica_restart_s: Annotated[float, _option("replica_restart_s", min=1)] = SETTINGS[
         "replica_restart_s"].default,
 ) -> None:
-    """Answer Onlinesim's rent calls, take in SMS and push them, until Ctrl-C or SIGTERM.
+    """Answer Onlinesim's calls, take in SMS and push them, until Ctrl-C or SIGTERM.
 
     Secrets come from the environment only: RENTBOX_API_KEY (required),
     RENTBOX_GATEWAY_TOKEN (turns on POST /sms and the gateways' routes),
@@ -1397,7 +1397,8 @@ def _escape(text: str) -> str:
 @fails_cleanly
 def services_command(
     offered: Annotated[Optional[str], typer.Option(
-        "--services", help="The services to show (comma-separated); by default those the "
+        "--services", metavar="NAMES",
+        help="The services to show (comma-separated); by default those the "
                            "server last started with (RENTBOX_SERVICES).")] = None,
     json_output: JsonOption = False,
     db: DbOption = SETTINGS["db"].default,
@@ -1424,7 +1425,7 @@ def services_command(
 @app.command()
 @fails_cleanly
 def report(
-    by: Annotated[Grouping, typer.Option(help="How to group the rentals.")] = "day",
+    by: Annotated[Grouping, typer.Option(help="How to group the operations (product: rent or activations).")] = "day",
     since: Annotated[Optional[dt.datetime], typer.Option(
         parser=_moment, metavar="DATE",
         help="From this date or time (UTC unless it has a zone), inclusive.")] = None,
@@ -1435,11 +1436,12 @@ def report(
     csv_output: CsvOption = False,
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
-    """Income and rentals: credited (FINISH status 3) and pending (open rentals with SMS).
+    """Income and operations: credited (FINISH status 3) and pending (open ones with SMS).
 
-    A closed rental counts on the day it closed, an open one on the day it started.
-    Success rate: rentals that met their guard window (Onlinesim accepted an SMS sent
-    within it), of those decided.
+    A closed operation counts on the day it closed, an open one on the day it started.
+    Success rate: operations that met their window (Onlinesim accepted an SMS sent
+    within it), of those decided. --by product or service keeps rentals and each
+    activation service apart.
     """
     if json_output and csv_output:
         raise InvalidInput("choose one of --json and --csv")
@@ -1482,7 +1484,7 @@ def report(
              "" if r.success_rate is None else f"{r.success_rate:.0%}",
              render.rub(r.credited_kopecks), render.rub(r.pending_kopecks)]
             for r in rows + [totals]])
-    say("credited: FINISH status 3. pending: open rentals with SMS, at their initial sum.")
+    say("credited: FINISH status 3. pending: open operations with SMS, at their GET_NUMBER sum.")
     say("other: cancelled, refunded or wrong service. --json and --csv give kopecks.")
 
 
