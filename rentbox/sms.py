@@ -119,6 +119,11 @@ def accept_sms(db: Database, clock: Clock, incoming: IncomingSms, rules: Rules) 
         ).lastrowid
         events.record(db, now, "sms_received", operation_id=operation_id, number_id=number_id,
                       sms_id=sms_id, source=incoming.source, routed=state == "pending")
+    # One line per SMS taken in; never its text (one-time codes do not belong in logs).
+    log.info("SMS %d for %s taken in from %s: %s", sms_id,
+             f"+{number}" if number else f"port {port}", incoming.source,
+             f"queued for operation {operation_id}" if state == "pending"
+             else "kept, no open operation holds the number")
     return Accepted(sms_id, False, state)
 
 

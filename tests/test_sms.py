@@ -204,3 +204,19 @@ def test_an_sms_received_before_the_rental_began_is_not_pushed_to_the_renter(db,
         "unrouted"
     assert sms.accept_sms(db, clock, incoming(received_at=late), RULES).push_state == \
         "pending"
+
+
+def test_each_sms_taken_in_is_one_info_line_without_its_text(db, clock, caplog):
+    import logging
+
+    from rentbox.sms import IncomingSms, accept_sms
+
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
+    with caplog.at_level(logging.INFO, logger="rentbox"):
+        accepted = accept_sms(db, clock, IncomingSms(source="cli", to="+4915123456789",
+                                                     sender="bank", text="code 918273"),
+                              RULES)
+    lines = [r.getMessage() for r in caplog.records if r.name == "rentbox.sms"]
+    assert lines == [f"SMS {accepted.sms_id} for +4915123456789 taken in from cli: kept, no "
+                     "open operation holds the number"]
+    assert "918273" not in caplog.text
