@@ -25,12 +25,14 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 from rentbox import (__version__, alerts, backups, bans, countries, housekeeping, logs, meta,
                      operations, pool, presence, render, replication, reports, retention, sms,
                      spool, tallies)
+from rentbox import buyers as buyers_module
 from rentbox import protocol
 from rentbox import services as services_module
 from rentbox.clock import SystemClock
 from rentbox.config import (API_KEY_ENV, CONSOLE_PASSWORD_ENV, GATEWAY_TOKEN_ENV,
                             GOIP_PASSWORD_ENV, METRICS_TOKEN_ENV, SETTINGS,
-                            SMSGATE_KEY_ENV, TELEGRAM_TOKEN_ENV, Alerting, BackupPlan,
+                            SMSGATE_KEY_ENV, SMSHUB_KEY_ENV, TELEGRAM_TOKEN_ENV, Alerting,
+                            BackupPlan,
                             ReplicaPlan, Rules, Setting, Settings)
 from rentbox.db import LOCK_POLL_MAX_S, open_database
 from rentbox.errors import InvalidInput, RentboxError
@@ -162,7 +164,7 @@ def _option(name: str, **extra) -> typer.models.OptionInfo:
 
 # What a setting's option takes, where its name does not say it (SECONDS for `_s`, URL
 # for `_url`).
-_METAVARS = {"db": "FILE", "poll_boxes": "FILE", "spool_dir": "FOLDER",
+_METAVARS = {"db": "FILE", "poll_boxes": "FILE", "buyers": "FILE", "spool_dir": "FOLDER",
              "backup_dir": "FOLDER", "host": "ADDRESS", "goip_host": "ADDRESS",
              "port": "PORT", "goip_port": "PORT", "threads": "N", "push_parallel": "N",
              "ban_after": "N", "backup_keep": "N", "alert_summary_hour": "HOUR",
@@ -422,6 +424,8 @@ def serve(
     activation_s: Annotated[float, _option("activation_s", min=1)] = SETTINGS[
         "activation_s"].default,
     activation_push_url: Annotated[Optional[str], _option("activation_push_url")] = None,
+    smshub_push_url: Annotated[Optional[str], _option("smshub_push_url")] = None,
+    buyers: Annotated[Optional[Path], _option("buyers", dir_okay=False)] = None,
     push_retry_s: Annotated[float, _option("push_retry_s", min=0.1)] = SETTINGS[
         "push_retry_s"].default,
     push_timeout_s: Annotated[float, _option("push_timeout_s", min=0.1)] = SETTINGS[
@@ -484,7 +488,8 @@ def serve(
     RENTBOX_GATEWAY_TOKEN (turns on POST /sms and the gateways' routes),
     RENTBOX_SMSGATE_KEY (turns on POST /sms/smsgate), RENTBOX_GOIP_PASSWORD (needed with
     --goip-port), RENTBOX_CONSOLE_PASSWORD (turns on the status page at GET /),
-    RENTBOX_METRICS_TOKEN (turns on GET /metrics).
+    RENTBOX_METRICS_TOKEN (turns on GET /metrics), RENTBOX_SMSHUB_KEY (SMSHub as a buyer,
+    at POST /smshub).
     """
     from rentbox import server  # waitress is only needed here
 
@@ -499,6 +504,13 @@ def serve(
     if activation_push_url:
         _check_outbound_url(activation_push_url, "--activation-push-url", "the API key")
     offered = services_module.parse_offered(services)
+    others, aliases = buyers_module.load(
+        buyers, smshub_key=os.environ.get(SMSHUB_KEY_ENV, "").strip() or None,
+        smshub_push_url=smshub_push_url or None)
+    for buyer in others:
+        if buyer.push_url:
+            _check_outbound_url(buyer.push_url, f"the push URL of buyer {buyer.name}",
+                                "its key")
     if replica_url:
         replication.check_replica_url(replica_url)
     logs.configure(LogLevel(log_level).value, LogFormat(log_format).value)
@@ -522,7 +534,8 @@ def serve(
                            alert_webhook_url),
         rules=Rules(guard_s=guard_s, ban_after=ban_after, ban_s=ban_s,
                     guard_margin_s=guard_margin_s, presence=presence, presence_s=presence_s,
-                    services=offered, activation_s=activation_s),
+                    services=offered, activation_s=activation_s, buyers=others,
+                    aliases=aliases),
         backups=BackupPlan(folder=backup_dir, every_s=backup_every_s, keep=backup_keep,
                            mib_s=backup_mib_s),
         replication=ReplicaPlan(url=replica_url or None, sync_s=replica_sync_s,

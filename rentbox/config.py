@@ -86,6 +86,16 @@ SETTINGS: dict[str, Setting] = {
                 "Onlinesim's v1 PUSH_SMS URL for activations, as given by its partner "
                 "support (not the rent one). Without it, SMS of activations wait in the "
                 "outbox."),
+        Setting("smshub_push_url", "RENTBOX_SMSHUB_PUSH_URL", None,
+                "SMSHub's PUSH_SMS URL, as SMSHub gives it. With RENTBOX_SMSHUB_KEY set, "
+                "SMSHub is a buyer, served at POST /smshub; without this URL its SMS wait "
+                "in the outbox."),
+        Setting("buyers", "RENTBOX_BUYERS", None,
+                "TOML file of further buyers that speak the SMSHub agent protocol "
+                "(GrizzlySMS, SMSBower, ...), each served at POST /buyer/<name>, and of "
+                "what each buyer is offered: services, reserved countries or a share of "
+                "the pool, and service aliases (docs/buyers.md). It holds the buyers' "
+                "keys: readable by rentbox only."),
         Setting("ban_after", "RENTBOX_BAN_AFTER", 3,
                 "Consecutive failed rentals after which a number is banned."),
         Setting("ban_s", "RENTBOX_BAN_S", 86400.0,
@@ -185,13 +195,44 @@ TELEGRAM_TOKEN_ENV = "RENTBOX_TELEGRAM_BOT_TOKEN"  # the alert bot's token
 GOIP_PASSWORD_ENV = "RENTBOX_GOIP_PASSWORD"  # password of the GoIP lines (SMS server)
 CONSOLE_PASSWORD_ENV = "RENTBOX_CONSOLE_PASSWORD"  # HTTP Basic password of the status page
 METRICS_TOKEN_ENV = "RENTBOX_METRICS_TOKEN"  # Bearer token of GET /metrics
+SMSHUB_KEY_ENV = "RENTBOX_SMSHUB_KEY"      # SMSHub's key for this partner, both ways
 SECRETS = (API_KEY_ENV, GATEWAY_TOKEN_ENV, SMSGATE_KEY_ENV, TELEGRAM_TOKEN_ENV,
-           GOIP_PASSWORD_ENV, CONSOLE_PASSWORD_ENV, METRICS_TOKEN_ENV)
+           GOIP_PASSWORD_ENV, CONSOLE_PASSWORD_ENV, METRICS_TOKEN_ENV, SMSHUB_KEY_ENV)
 
 
 def default(name: str):
     """A setting's default value."""
     return SETTINGS[name].default
+
+
+# Buyers (protocol.md 7): Onlinesim, configured by RENTBOX_API_KEY and the push URLs, and
+# SMSHub-protocol buyers (RENTBOX_SMSHUB_KEY, RENTBOX_BUYERS).
+ONLINESIM = "onlinesim"
+SMSHUB = "smshub"
+PROTOCOLS = (ONLINESIM, SMSHUB)
+
+
+@dataclasses.dataclass(frozen=True)
+class Buyer:
+    """One buyer of the pool's numbers: its name, the protocol it speaks, its key, where
+    its SMS are pushed, and its terms: the services it is offered (None: those of
+    RENTBOX_SERVICES; names as the buyer writes them), the countries reserved for it, and
+    the share of each country's numbers kept for it (buyers.py)."""
+
+    name: str
+    protocol: str
+    key: str = dataclasses.field(default="", repr=False)
+    push_url: str | None = dataclasses.field(default=None, repr=False)
+    services: tuple[str, ...] | None = None
+    countries: tuple[str, ...] = ()
+    share: float = 0.0
+
+    @property
+    def path(self) -> str | None:
+        """Where its calls arrive (Onlinesim's paths are its own: web/onlinesim.py)."""
+        if self.protocol == ONLINESIM:
+            return None
+        return "/smshub" if self.name == SMSHUB else f"/buyer/{self.name}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +252,11 @@ class Rules:
     # how long an activation holds its number without a FINISH.
     services: tuple[str, ...] = ()
     activation_s: float = default("activation_s")
+    # Buyers beside Onlinesim, and Onlinesim's own terms if the buyers file sets any
+    # (buyers.py; none: Onlinesim alone, first come first served). Service aliases the
+    # partner adds to buyers.ALIASES, as (alias, service) pairs.
+    buyers: tuple[Buyer, ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()
 
     @property
     def guard_decided_s(self) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -1362,6 +1363,141 @@ def m013_activations(db: Database) -> None:
     CREATE INDEX sms_outbox_by_route ON sms(route, next_attempt_at)
         WHERE push_state = 'pending'
     """)
+
+
+@migrations()
+def m014_buyers(db: Database) -> None:
+    """Several buyers on one pool (protocol.md 7, buyers.py): each operation names its
+    buyer and the currency of its sums (minor units: kopecks for RUB, cents for USD).
+
+    - `held_counts`: numbers held by an operation, per buyer and country (a buyer's
+      reserved share is what it holds against the country's numbers in use);
+    - `books_by_buyer`: the books per day, buyer and currency;
+    - the RUB books (books_daily, books_by_service) keep their triggers and count money
+      of RUB operations only: a USD income is never added to roubles;
+    - service names that the shipped aliases (buyers.ALIASES, as of this migration) map
+      to a short code are stored under it, so a number spent for `whatsapp` stays spent
+      for `wa` whichever buyer asks."""
+    figures = {
+        "operations": "1",
+        "sold": "coalesce({r}.finish_status = 3, 0)",
+        "cancelled": "coalesce({r}.finish_status = 4, 0)",
+        "refunded": "coalesce({r}.finish_status = 5, 0)",
+        "wrong_service": "coalesce({r}.finish_status = 1, 0)",
+        "open": "{r}.state = 'open'",
+        "failed": "{r}.failed_at IS NOT NULL",
+        "with_sms": "{r}.sms_accepted_at IS NOT NULL",
+        "credited_minor": "CASE WHEN {r}.finish_status = 3"
+                          " THEN coalesce({r}.final_sum_kopecks, 0) ELSE 0 END",
+        "pending_minor": "CASE WHEN {r}.state = 'open' AND {r}.sms_accepted_at IS NOT NULL"
+                         " AND {r}.failed_at IS NULL THEN {r}.initial_sum_kopecks ELSE 0 END",
+    }
+    names = ", ".join(figures)
+    day = "substr(coalesce({r}.finished_at, {r}.created_at), 1, 10)"
+
+    def on(template: str, row: str) -> str:
+        return template.format(r=row)
+
+    def add_books(row: str, sign: str) -> str:
+        values = ", ".join(f"{sign}({on(v, row)})" for v in figures.values())
+        updates = ", ".join(f"{k} = {k} + excluded.{k}" for k in figures)
+        return (f"INSERT INTO books_by_buyer (day, buyer, currency, {names})"
+                f" SELECT {on(day, row)}, {row}.buyer, {row}.currency, {values} WHERE true"
+                f" ON CONFLICT (day, buyer, currency) DO UPDATE SET {updates};")
+
+    _run(db, f"""
+    -- Who bought the operation ('onlinesim', 'smshub', or a buyers-file name), and the
+    -- currency of its sums (ISO 4217 letters).
+    ALTER TABLE operations ADD COLUMN buyer TEXT NOT NULL DEFAULT 'onlinesim';
+    ALTER TABLE operations ADD COLUMN currency TEXT NOT NULL DEFAULT 'RUB';
+
+    CREATE TABLE held_counts (
+        buyer TEXT NOT NULL,
+        country TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (buyer, country)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER numbers_held_update AFTER UPDATE OF operation_id, country ON numbers
+        WHEN OLD.operation_id IS NOT NEW.operation_id OR OLD.country IS NOT NEW.country
+    BEGIN
+        UPDATE held_counts SET n = n - 1 WHERE country = OLD.country
+            AND buyer = (SELECT buyer FROM operations WHERE id = OLD.operation_id);
+        INSERT INTO held_counts (buyer, country, n)
+            SELECT buyer, NEW.country, 1 FROM operations WHERE id = NEW.operation_id
+            ON CONFLICT (buyer, country) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER numbers_held_delete AFTER DELETE ON numbers
+        WHEN OLD.operation_id IS NOT NULL
+    BEGIN
+        UPDATE held_counts SET n = n - 1 WHERE country = OLD.country
+            AND buyer = (SELECT buyer FROM operations WHERE id = OLD.operation_id);
+    END;
+    INSERT INTO held_counts (buyer, country, n)
+        SELECT o.buyer, n.country, count(*) FROM numbers n
+        JOIN operations o ON o.id = n.operation_id GROUP BY 1, 2;
+
+    CREATE TABLE books_by_buyer (
+        day TEXT NOT NULL,
+        buyer TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        operations INTEGER NOT NULL, sold INTEGER NOT NULL, cancelled INTEGER NOT NULL,
+        refunded INTEGER NOT NULL, wrong_service INTEGER NOT NULL, open INTEGER NOT NULL,
+        failed INTEGER NOT NULL, with_sms INTEGER NOT NULL,
+        credited_minor INTEGER NOT NULL, pending_minor INTEGER NOT NULL,
+        PRIMARY KEY (day, buyer, currency)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER operations_booked_by_buyer_insert AFTER INSERT ON operations
+        WHEN NEW.test = 0
+    BEGIN
+        {add_books('NEW', '')}
+    END;
+    CREATE TRIGGER operations_booked_by_buyer_update AFTER UPDATE OF state, finish_status,
+        final_sum_kopecks, initial_sum_kopecks, failed_at, sms_accepted_at, finished_at,
+        created_at, buyer, currency ON operations WHEN OLD.test = 0 AND NEW.test = 0
+    BEGIN
+        {add_books('OLD', '-')}
+        {add_books('NEW', '')}
+    END;
+    INSERT INTO books_by_buyer (day, buyer, currency, {names})
+        SELECT {on(day, 'operations')}, buyer, currency,
+            {", ".join(f"sum({on(v, 'operations')})" for v in figures.values())}
+        FROM operations WHERE test = 0 GROUP BY 1, 2, 3
+    """)
+    # The RUB books: their money figures gain `currency = 'RUB'` (as m009 did for tests,
+    # each trigger keeps its body otherwise). No operation has another currency yet.
+    money = [(re.compile(r"CASE WHEN (NEW|OLD)\.finish_status = 3 THEN"),
+              r"CASE WHEN \1.finish_status = 3 AND \1.currency = 'RUB' THEN"),
+             (re.compile(r"CASE WHEN (NEW|OLD)\.state = 'open' AND"),
+              r"CASE WHEN \1.currency = 'RUB' AND \1.state = 'open' AND")]
+    for name, expected in (("operations_booked_insert", 1), ("operations_booked_update", 2),
+                           ("operations_booked_by_service_insert", 1),
+                           ("operations_booked_by_service_update", 2)):
+        sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?",
+                         (name,)).fetchone()[0]
+        for pattern, replacement in money:
+            sql, found = pattern.subn(replacement, sql)
+            if found != expected:
+                raise RuntimeError(f"m014: trigger {name} is not the one m006/m013 created")
+        db.execute(f"DROP TRIGGER {name}")
+        db.execute(sql)
+    # Long service names stored under their short codes (this migration's own copy of the
+    # aliases). A number's uses of both names become one: the most tries, the first spend.
+    for alias, code in (("whatsapp", "wa"), ("telegram", "tg"), ("vkontakte", "vk"),
+                        ("vkcom", "vk"), ("google", "go"), ("gmail", "go"),
+                        ("instagram", "ig"), ("facebook", "fb"), ("twitter", "tw"),
+                        ("viber", "vi"), ("odnoklassniki", "ok"), ("avito", "av"),
+                        ("yandex", "ya"), ("mailru", "ma"), ("discord", "ds"),
+                        ("tiktok", "lf"), ("amazon", "am"), ("openai", "dr")):
+        db.execute(
+            "INSERT INTO service_uses (number_id, service, tries, spent_at, updated_at)"
+            " SELECT number_id, ?, tries, spent_at, updated_at FROM service_uses"
+            " WHERE service = ? AND true ON CONFLICT (number_id, service) DO UPDATE SET"
+            " tries = max(tries, excluded.tries),"
+            " spent_at = min(coalesce(spent_at, excluded.spent_at),"
+            "                coalesce(excluded.spent_at, spent_at)),"
+            " updated_at = max(updated_at, excluded.updated_at)", (code, alias))
+        db.execute("DELETE FROM service_uses WHERE service = ?", (alias,))
+        db.execute("UPDATE operations SET service = ? WHERE service = ?", (code, alias))
 
 
 def migrate(db: Database) -> None:

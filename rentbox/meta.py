@@ -7,7 +7,7 @@ import json
 import threading
 
 from rentbox.clock import Clock, to_text
-from rentbox.config import Rules
+from rentbox.config import ONLINESIM, Buyer, Rules
 from rentbox.db import Database
 
 SERVER = "server"                    # {started_at, version, pid, url, push_url_set, ...}
@@ -61,11 +61,35 @@ def server_rules(db: Database) -> Rules | None:
                  presence=facts.get("presence", Rules.presence),
                  presence_s=facts.get("presence_s", Rules.presence_s),
                  services=tuple(facts.get("services", ())),
-                 activation_s=facts.get("activation_s", Rules.activation_s))
+                 activation_s=facts.get("activation_s", Rules.activation_s),
+                 buyers=tuple(Buyer(b["name"], b["protocol"],
+                                    services=tuple(b["services"]) if b.get("services")
+                                    is not None else None,
+                                    countries=tuple(b.get("countries", ())),
+                                    share=b.get("share", 0.0))
+                              for b in facts.get("buyers", ())),
+                 aliases=tuple(tuple(pair) for pair in facts.get("aliases", ())))
+
+
+def buyer_facts(rules: Rules) -> list[dict]:
+    """What the server facts say of each buyer beside Onlinesim (never its key)."""
+    return [{"name": b.name, "protocol": b.protocol, "path": b.path,
+             "push_url_set": bool(b.push_url), "services": b.services,
+             "countries": list(b.countries), "share": b.share} for b in rules.buyers]
+
+
+def last_call_key(buyer: str) -> str:
+    """The entry that holds a buyer's last calls: {at, action, actions: {action: at}}."""
+    return LAST_ONLINESIM_CALL if buyer == ONLINESIM else f"{buyer}.last_call"
+
+
+def last_calls(db: Database, names: list[str]) -> dict[str, dict | None]:
+    """Each named buyer's last calls (None: it never called)."""
+    return {name: get(db, last_call_key(name)) for name in names}
 
 
 class CallLog:
-    """Notes Onlinesim's calls in the LAST_ONLINESIM_CALL entry: the last call made (`at`,
+    """Notes each buyer's calls in its entry (last_call_key): the last call made (`at`,
     `action`) and the last call of each action (`actions`: {action: at}).
 
     An action is written at most every `every_s` seconds (GET_SERVICES is a read and
@@ -79,20 +103,23 @@ class CallLog:
         self.every_s = every_s
         # Waitress threads call `note` concurrently: the dicts change under the lock.
         self._lock = threading.Lock()
-        self._latest: dict[str, str] = {}  # action -> its last call (stored time text)
-        self._written_at: dict[str, dt.datetime] = {}  # action -> when last written
+        # (buyer, action) -> its last call (stored time text), and when last written.
+        self._latest: dict[tuple[str, str], str] = {}
+        self._written_at: dict[tuple[str, str], dt.datetime] = {}
 
-    def note(self, db: Database, now: dt.datetime, action: str) -> None:
-        """Record that Onlinesim called with `action` (one of the protocol's actions)."""
+    def note(self, db: Database, now: dt.datetime, action: str,
+             buyer: str = ONLINESIM) -> None:
+        """Record that `buyer` called with `action` (one of the protocol's actions)."""
         with self._lock:
-            self._latest[action] = max(to_text(now), self._latest.get(action, ""))
-            written = self._written_at.get(action)
+            key = (buyer, action)
+            self._latest[key] = max(to_text(now), self._latest.get(key, ""))
+            written = self._written_at.get(key)
             if written is not None and (now - written).total_seconds() < self.every_s:
                 return
-            self._written_at[action] = now
-            latest = dict(self._latest)
+            self._written_at[key] = now
+            latest = {a: at for (b, a), at in self._latest.items() if b == buyer}
         with db.transaction():
-            noted = get(db, LAST_ONLINESIM_CALL) or {}
+            noted = get(db, last_call_key(buyer)) or {}
             # Merged with what is stored, the later time of each action winning: another
             # thread may have written first, and a restarted server remembers nothing.
             actions = dict(noted.get("actions") or {})
@@ -101,5 +128,5 @@ class CallLog:
             for name, at in latest.items():
                 actions[name] = max(at, actions.get(name, ""))
             last = max(actions, key=lambda name: (actions[name], name == action))
-            put_within(db, now, LAST_ONLINESIM_CALL,
+            put_within(db, now, last_call_key(buyer),
                        {"at": actions[last], "action": last, "actions": actions})

@@ -51,9 +51,9 @@ import json
 import logging
 import random
 
-from rentbox import bans, events, pool, presence, services
+from rentbox import bans, buyers, events, pool, presence, services
 from rentbox.clock import Clock, to_text
-from rentbox.config import Rules
+from rentbox.config import ONLINESIM, Rules
 from rentbox.db import Database
 from rentbox.errors import Conflict, InvalidInput, NotFound, TooLate, Unavailable
 from rentbox.pool import FREE
@@ -264,17 +264,19 @@ def catch_up(db: Database, now: dt.datetime, rules: Rules) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Available:
-    """GET_SERVICES's counts: rent's {country: {operator: n}}, and activations'
-    {country: {operator: {service: n}}} for the offered services."""
+    """Onlinesim's GET_SERVICES counts: rent's {country: {operator: n}}, and activations'
+    {country: {operator: {service: n}}} for the offered services, with 'any' per country
+    carrying the sums (protocol.md 3.1, 6)."""
 
     rent: dict[str, dict[str, int]]
     activations: dict[str, dict[str, dict[str, int]]]
 
 
-def available_counts(db: Database, now: dt.datetime, rules: Rules, *, rent: bool = True,
-                     activations: bool = True) -> Available:
-    """GET_SERVICES: what can be issued now, after applying what is due: for rent, and
-    for each offered service (`rent` / `activations`: which of the two to count).
+def pool_view(db: Database, now: dt.datetime, rules: Rules, buyer: str = ONLINESIM, *,
+              rent: bool = True, activations: bool = True) -> buyers.View:
+    """GET_SERVICES: what `buyer` can be issued now, after applying what is due: for rent
+    (Onlinesim's alone), and for each service it is offered (`rent` / `activations`: which
+    of the two to count). Each protocol shapes it (smshub.py, available_counts).
 
     Nothing while the database cannot be written: every GET_NUMBER would fail, and
     advertising numbers that cannot be issued is over-reporting (protocol.md 3.1).
@@ -285,15 +287,45 @@ def available_counts(db: Database, now: dt.datetime, rules: Rules, *, rent: bool
             catch_up(db, now, rules)
             db.conn.execute("BEGIN")  # one snapshot: rent's and services' counts agree
             try:
-                return Available(pool.count_available(db) if rent else {},
-                                 services.counts(db, rules.services) if activations else {})
+                return buyers.view(db, rules, buyer, rent=rent, activations=activations)
             finally:
                 db.conn.execute("ROLLBACK")
         except Unavailable as error:
             problem = str(error)
     log.warning("GET_SERVICES answered with no numbers: the database cannot be written "
                 "(%s)", problem)
-    return Available({}, {})
+    return buyers.View({}, {})
+
+
+def available_counts(db: Database, now: dt.datetime, rules: Rules, *, rent: bool = True,
+                     activations: bool = True) -> Available:
+    """Onlinesim's GET_SERVICES counts (pool_view, with 'any' per country)."""
+    view = pool_view(db, now, rules, ONLINESIM, rent=rent, activations=activations)
+    return Available(with_any(view.rent, view.caps), with_any(view.services, view.caps))
+
+
+def with_any(counts: dict[str, dict], caps: dict[str, int]) -> dict[str, dict]:
+    """Counts per country and operator with 'any' added, Onlinesim's way: the sum over
+    the country's operators (per service, for activations), capped by what the buyer may
+    take of the country; numbers without an operator (operator '') count only there."""
+    shaped: dict[str, dict] = {}
+    for country, operators in counts.items():
+        cap = caps.get(country)
+        per_operator = {op: n for op, n in operators.items() if op}
+        values = list(operators.values())
+        if values and isinstance(values[0], dict):
+            total: dict[str, int] = {}
+            for per_service in values:
+                for service, n in per_service.items():
+                    total[service] = total.get(service, 0) + n
+            if cap is not None:
+                total = {s: min(n, cap) for s, n in total.items()}
+        else:
+            total = sum(values)
+            if cap is not None:
+                total = min(total, cap)
+        shaped[country] = {"any": total, **per_operator}
+    return shaped
 
 
 # A claim with exclusions first reads this many free numbers in idle order; when every one
@@ -328,15 +360,27 @@ def open_operation(db: Database, clock: Clock, request: NumberRequest, rules: Ru
     call). Past it, at the moment of the commit, nothing is committed and TooLate is
     raised: an operation nobody receives would fail and count toward a ban.
     """
-    if not request.is_rent and request.service not in rules.services:
-        log.debug("GET_NUMBER for %s: not an offered service (RENTBOX_SERVICES)",
-                  request.service)
-        return None
+    if request.is_rent:
+        service = RENT
+        if request.buyer != ONLINESIM:
+            return None  # rent is Onlinesim's alone
+    else:
+        service = buyers.offers(rules, request.buyer, request.service)
+        if service is None:
+            log.debug("GET_NUMBER from %s for %s: not a service offered to it",
+                      request.buyer, request.service)
+            return None
+    closed = buyers.closed_countries(rules, request.buyer)
+    if request.country in closed:
+        return None  # reserved for other buyers
     where = [FREE]
     params: list[object] = []
     if request.country is not None:
         where.append("numbers.country = ?")
         params.append(request.country)
+    elif closed:
+        where.append("numbers.country NOT IN (SELECT value FROM json_each(?))")
+        params.append(json.dumps(sorted(closed)))
     if request.operator is not None:
         where.append("numbers.operator = ?")
         params.append(request.operator)
@@ -353,7 +397,7 @@ def open_operation(db: Database, clock: Clock, request: NumberRequest, rules: Ru
         base = " AND ".join(where)
         if not request.is_rent:
             # Past the head of numbers spent for the service, if one has collected there.
-            past = _past_spent(db, request, base, params)
+            past = _past_spent(db, request, service, base, params)
             if past is None:
                 return None  # every matching free number is spent for it
             base, params = past
@@ -365,7 +409,7 @@ def open_operation(db: Database, clock: Clock, request: NumberRequest, rules: Ru
             refusal_params += excluded_params
         if not request.is_rent:
             refusals.append(services.UNSPENT)
-            refusal_params.append(request.service)
+            refusal_params.append(service)
         if not refusals:
             candidate = db.row(f"SELECT id, number, country FROM numbers WHERE {base}"
                                " ORDER BY idle_since, id LIMIT 1", params)
@@ -378,16 +422,19 @@ def open_operation(db: Database, clock: Clock, request: NumberRequest, rules: Ru
             if candidate is None:
                 if not request.is_rent:
                     base += " AND " + services.UNSPENT
-                    params.append(request.service)
+                    params.append(service)
                 candidate = _seek_allowed(db, request, base, params)
         if candidate is None:
             return None
+        if not buyers.may_take(db, rules, request.buyer, candidate["country"]):
+            return None  # what is left of the country is kept for other buyers' shares
         activation_id = db.execute(
             "INSERT INTO operations (number_id, service, state, requested_country,"
-            " requested_operator, initial_sum_kopecks, created_at, country, test)"
-            " VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?)",
-            (candidate["id"], request.service, request.country, request.operator,
-             request.sum_kopecks, stamp, candidate["country"], int(request.test)),
+            " requested_operator, initial_sum_kopecks, created_at, country, test, buyer,"
+            " currency) VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?)",
+            (candidate["id"], service, request.country, request.operator,
+             request.sum_kopecks, stamp, candidate["country"], int(request.test),
+             request.buyer, request.currency),
         ).lastrowid
         claimed = db.execute(
             "UPDATE numbers SET operation_id = ? WHERE id = ? AND operation_id IS NULL",
@@ -398,14 +445,17 @@ def open_operation(db: Database, clock: Clock, request: NumberRequest, rules: Ru
         events.record(
             db, now, "rent_opened" if request.is_rent else "activation_opened",
             operation_id=activation_id, number_id=candidate["id"],
-            **({} if request.is_rent else {"service": request.service}),
+            **({} if request.is_rent else {"service": service}),
+            **({} if request.buyer == ONLINESIM else {"buyer": request.buyer}),
+            **({} if request.currency == "RUB" else {"currency": request.currency}),
             sum_kopecks=request.sum_kopecks, country=request.country,
             operator=request.operator,
             excluded_prefixes=list(request.excluded_prefixes) or None,
         )
         _check_deadline(clock, deadline, "GET_NUMBER")
-    log.info("%s %d opened on +%s for %s RUB%s", _kind(request.service), activation_id,
-             candidate["number"], f"{request.sum_kopecks / 100:.2f}",
+    log.info("%s %d opened on +%s for %s %s%s%s", _kind(service), activation_id,
+             candidate["number"], f"{request.sum_kopecks / 100:.2f}", request.currency,
+             "" if request.buyer == ONLINESIM else f" by {request.buyer}",
              " (a self-test)" if request.test else "")
     return Issued(activation_id, candidate["number"])
 
@@ -419,13 +469,13 @@ def open_operation(db: Database, clock: Clock, request: NumberRequest, rules: Ru
 _UNSPENT_FROM: dict[tuple, tuple[str, int]] = {}
 
 
-def _past_spent(db: Database, request: NumberRequest, base: str, params: list
-                ) -> tuple[str, list] | None:
+def _past_spent(db: Database, request: NumberRequest, service: str, base: str,
+                params: list) -> tuple[str, list] | None:
     """`base` and `params` narrowed to the idle order from the first free number not
     spent for the service (None: there is none). The walk over spent numbers happens
     once: later claims start from where it ended, so a service whose numbers idle longest
     are all spent costs no more than one whose are not."""
-    key = (str(db.path), request.service, request.country, request.operator)
+    key = (str(db.path), service, request.country, request.operator, request.buyer)
     mark = _UNSPENT_FROM.get(key)
     for start in ((mark, None) if mark else (None,)):
         where, values = base, list(params)
@@ -434,7 +484,7 @@ def _past_spent(db: Database, request: NumberRequest, base: str, params: list
             values += list(start)
         first = db.row(f"SELECT idle_since, id FROM numbers WHERE {where}"
                        f" AND {services.UNSPENT} ORDER BY idle_since, id LIMIT 1",
-                       values + [request.service])
+                       values + [service])
         if first is not None:
             _UNSPENT_FROM[key] = (first["idle_since"], first["id"])
             return (base + " AND (numbers.idle_since, numbers.id) >= (?, ?)",
@@ -479,10 +529,11 @@ def finish_operation(db: Database, clock: Clock, request: FinishRequest, rules: 
         stamp = to_text(now)
         operation = db.row(
             "SELECT id, number_id, service, state, finish_status, sms_accepted_at, failed_at,"
-            " created_at, initial_sum_kopecks, test FROM operations WHERE id = ?",
-            (request.activation_id,),
-        )
+            " created_at, initial_sum_kopecks, test, currency FROM operations"
+            " WHERE id = ? AND buyer = ?", (request.activation_id, request.buyer))
         if operation is None:
+            # Unknown, or another buyer's: ids are one sequence, and a buyer must never
+            # close (or learn of) another's operation.
             raise NoOperation(request.activation_id)
         apply_due_rules(db, now, rules, sparing=operation["id"])
         if operation["state"] == "closed" and operation["finish_status"] is None:
@@ -548,7 +599,8 @@ def _record_finish(db: Database, now: dt.datetime, request: FinishRequest, opera
         services.record_finish(db, now, operation, request.status)
     log.info("%s %d closed: %s%s", kind, request.activation_id,
              FINISH_OUTCOMES[request.status].replace("_", " "),
-             f", {sum_kopecks / 100:.2f} RUB credited" if request.status == SOLD else "")
+             f", {sum_kopecks / 100:.2f} {operation['currency']} credited"
+             if request.status == SOLD else "")
 
 
 def close_by_hand(db: Database, now: dt.datetime, operation_id: int, *,

@@ -53,7 +53,9 @@ class NumberRequest:
     operator: str | None = None  # None means any operator
     excluded_prefixes: tuple[str, ...] = ()
     test: bool = False  # a self-test operation: no income, no failure (X-Rentbox-Test)
-    service: str = RENT
+    service: str = RENT  # as the buyer named it (operations store its canonical name)
+    buyer: str = "onlinesim"
+    currency: str = "RUB"  # of `sum_kopecks`, in minor units (cents for USD)
 
     @property
     def is_rent(self) -> bool:
@@ -67,6 +69,7 @@ class FinishRequest:
     activation_id: int
     status: int
     sum_kopecks: int | None = None
+    buyer: str = "onlinesim"  # who sent it: only an operation of its own is found
 
 
 def parse_body(raw: bytes) -> dict:
@@ -97,7 +100,7 @@ def parse_rent_request(body: dict, *, test: bool = False) -> NumberRequest:
     """GET_NUMBER (rent): service, sum, and the optional filters (protocol.md 3.2);
     `test` marks a self-test rental (the caller authenticated it)."""
     _require_rent_service(body, required=True)
-    return _number_request(body, RENT, test)
+    return number_request(body, RENT, test)
 
 
 def parse_activation_request(body: dict, *, test: bool = False) -> NumberRequest:
@@ -110,10 +113,10 @@ def parse_activation_request(body: dict, *, test: bool = False) -> NumberRequest
     if service == RENT:
         raise InvalidInput("service 'rent' is a long-term rental: send it as exactly \"rent\" "
                            "(on /getNumberRent or POST /)")
-    return _number_request(body, service, test)
+    return number_request(body, service, test)
 
 
-def _number_request(body: dict, service: str, test: bool) -> NumberRequest:
+def number_request(body: dict, service: str, test: bool, **more: object) -> NumberRequest:
     if "sum" not in body or body["sum"] is None:
         raise InvalidInput("sum is required")
     return NumberRequest(
@@ -123,7 +126,9 @@ def _number_request(body: dict, service: str, test: bool) -> NumberRequest:
         excluded_prefixes=_prefixes(body.get("exceptionPhoneSet")),
         test=test,
         service=service,
+        **more,
     )
+
 
 
 def service_name(value: object, field: str) -> str:
@@ -137,7 +142,7 @@ def service_name(value: object, field: str) -> str:
     return name
 
 
-def parse_finish_request(body: dict) -> FinishRequest:
+def parse_finish_request(body: dict, *, buyer: str = "onlinesim") -> FinishRequest:
     """FINISH_ACTIVATION: activationId, status, and sum (protocol.md 3.3 and 6). The id
     alone finds the operation, whichever kind it is and whatever path the call came on; a
     `service` field, when present, must be a service name."""
@@ -155,7 +160,7 @@ def parse_finish_request(body: dict) -> FinishRequest:
     # a FINISH refused for a missing field would be retried for ever, the rental never
     # closed.
     sum_kopecks = None if raw_sum is None else to_kopecks(raw_sum, "sum")
-    return FinishRequest(activation_id, status, sum_kopecks)
+    return FinishRequest(activation_id, status, sum_kopecks, buyer)
 
 
 def services_answer(rent: dict[str, dict[str, int]],
@@ -220,13 +225,13 @@ def _require_rent_service(body: dict, *, required: bool) -> None:
 def _integer(body: dict, field: str) -> int:
     if field not in body or body[field] is None:
         raise InvalidInput(f"{field} is required")
-    value = _whole(body[field])
+    value = whole(body[field])
     if value is None:
         raise InvalidInput(f"{field} must be an integer")
     return value
 
 
-def _whole(value: object) -> int | None:
+def whole(value: object) -> int | None:
     """A JSON integer, or None. `5.0` is the same JSON number as `5` (JSON Schema calls
     both integers), so an integral float counts; `5.5`, a string or a bool does not."""
     if isinstance(value, bool):
@@ -260,9 +265,9 @@ def _prefixes(value: object) -> tuple[str, ...]:
         raise InvalidInput("exceptionPhoneSet must be an array of number prefixes")
     prefixes = []
     for item in value:
-        whole = _whole(item)
-        if whole is not None and whole >= 0:
-            prefix = str(whole)
+        integer = whole(item)
+        if integer is not None and integer >= 0:
+            prefix = str(integer)
         elif isinstance(item, str) and item.strip().lstrip("+").isdigit():
             prefix = item.strip().lstrip("+")
         else:

@@ -98,14 +98,10 @@ class Outcome:
     unreachable: bool = False  # no answer at all: a timeout or no connection
 
 
-# Where SMS are pushed: a rental's to the rent URL, an activation's to the v1 URL.
+# Where SMS are pushed: Onlinesim's rentals' to its rent URL, its activations' to its v1
+# URL; another buyer's to that buyer's URL, the route named by the buyer
+# (buyers.route).
 RENT_ROUTE, ACTIVATION_ROUTE = "rent", "activation"
-ROUTES = (RENT_ROUTE, ACTIVATION_ROUTE)
-
-
-def route_of(service: str) -> str:
-    """The route of an operation's SMS, from its service."""
-    return RENT_ROUTE if service == "rent" else ACTIVATION_ROUTE
 
 
 def payload(sms: dict, api_key: str, route: str = RENT_ROUTE) -> dict:
@@ -122,6 +118,16 @@ def payload(sms: dict, api_key: str, route: str = RENT_ROUTE) -> dict:
     if route == RENT_ROUTE:
         body["service"] = "rent"
     return body
+
+
+@dataclasses.dataclass(frozen=True)
+class Wire:
+    """How one buyer's protocol writes a push and reads its answer: `body(sms, key)` is
+    the PUSH_SMS body of a stored SMS, `read(http_status, decoded_body)` the Outcome of
+    an answer. Onlinesim's are below; other protocols' are in their adapters (smshub.py)."""
+
+    body: Callable[[dict, str], dict]
+    read: Callable[[int, bytes], Outcome]
 
 
 def classify(status: int, body: bytes) -> Outcome:
@@ -165,6 +171,15 @@ def classify(status: int, body: bytes) -> Outcome:
     if not text or text.upper() in _SUCCESS_WORDS:
         return Outcome("delivered")
     return Outcome("retry", f"HTTP {status}: {excerpt(text)}")
+
+
+ONLINESIM_RENT = Wire(lambda sms, key: payload(sms, key, RENT_ROUTE), classify)
+ONLINESIM_ACTIVATION = Wire(lambda sms, key: payload(sms, key, ACTIVATION_ROUTE), classify)
+
+
+def onlinesim_wire(route: str) -> Wire:
+    """Onlinesim's wire for one of its two routes."""
+    return ONLINESIM_RENT if route == RENT_ROUTE else ONLINESIM_ACTIVATION
 
 
 def excerpt(text: str, limit: int = 100) -> str:
@@ -216,8 +231,10 @@ class Link:
       sent again at once.
     """
 
-    def __init__(self, clock: Clock, keepalive_s: float = KEEPALIVE_IDLE_S):
+    def __init__(self, clock: Clock, keepalive_s: float = KEEPALIVE_IDLE_S,
+                 read: Callable[[int, bytes], Outcome] = classify):
         self._clock = clock
+        self._read = read  # the buyer's protocol reads its answers (Wire.read)
         self._keepalive_s = keepalive_s
         self._lock = threading.Lock()  # guards the fields below
         # (scheme, host, port), connection, idle since: most recently used last.
@@ -273,8 +290,8 @@ class Link:
             return Outcome("retry", f"connection failed: {type(error).__name__}",
                            unreachable=True)
         self._give_back(origin, connection, response)
-        return classify(response.status,
-                        decode_answer(raw, response.getheader("Content-Encoding")))
+        return self._read(response.status,
+                          decode_answer(raw, response.getheader("Content-Encoding")))
 
     def close(self) -> None:
         """Close the idle connections; one still in use is closed when its attempt ends."""
@@ -574,14 +591,16 @@ def waiting_count(db: Database, route: str | None = None) -> int:
 def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: float,
              timeout_s: float, rules: Rules, state: PushState | None = None,
              sender: Callable | None = None, should_stop: Callable[[], bool] = lambda: False,
-             parallel: int = default("push_parallel"), route: str = RENT_ROUTE) -> Round:
+             parallel: int = default("push_parallel"), route: str = RENT_ROUTE,
+             wire: Wire | None = None) -> Round:
     """Send every SMS of `route` due now, oldest first, `parallel` at a time, until none
     is due or `should_stop()`; then wait for the attempts in flight and store their
     outcomes.
 
     At most one SMS of an operation is in flight (see the module's docstring for the
     order within a rental). `sender(url, body, api_key, timeout_s) -> Outcome` makes one
-    attempt, on a thread of its own; by default a `Link` kept for this round only.
+    attempt, on a thread of its own; by default a `Link` kept for this round only. `wire`:
+    the buyer's protocol (Onlinesim's for `route` by default).
 
     First stores any answer held from an earlier round; while one is held, or while
     writes to the database are failing, nothing is sent (its answer could not be stored
@@ -598,9 +617,10 @@ def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: flo
     if state.probe_wait_s(clock.now()) > 0:
         result.unreachable = True
         return result
-    link = Link(clock) if sender is None else None
+    wire = wire or onlinesim_wire(route)
+    link = Link(clock, read=wire.read) if sender is None else None
     attempt = _Attempts(sender or link, clock, url=url, api_key=api_key, timeout_s=timeout_s,
-                        route=route)
+                        wire=wire)
     # Every SMS from the moment it is handed to a thread until its outcome is stored (or
     # held): the operations they belong to send nothing else meanwhile.
     in_flight: dict[int, dict] = {}
@@ -664,10 +684,10 @@ class _Attempts:
     the thread that stores it."""
 
     def __init__(self, sender: Callable, clock: Clock, *, url: str, api_key: str,
-                 timeout_s: float, route: str):
+                 timeout_s: float, wire: Wire):
         self._sender, self._clock = sender, clock
         self._url, self._api_key, self._timeout_s = url, api_key, timeout_s
-        self._route = route
+        self._wire = wire
         self._answers: queue.SimpleQueue = queue.SimpleQueue()
 
     def start(self, sms: dict) -> None:
@@ -687,7 +707,7 @@ class _Attempts:
     def _run(self, sms: dict) -> None:
         sent_at = self._clock.now()
         try:
-            outcome = self._sender(self._url, payload(sms, self._api_key, self._route),
+            outcome = self._sender(self._url, self._wire.body(sms, self._api_key),
                                    self._api_key, self._timeout_s)
         except Exception as error:  # a bug, not Onlinesim: the SMS must not be stuck
             # The frames, not the message: a message may quote the request (its key).
@@ -709,17 +729,18 @@ class Pusher(Worker):
     def __init__(self, connections: Connections, clock: Clock, *, url: str, api_key: str,
                  retry_s: float, timeout_s: float, rules: Rules,
                  parallel: int = default("push_parallel"), sender: Callable | None = None,
-                 route: str = RENT_ROUTE):
+                 route: str = RENT_ROUTE, wire: Wire | None = None):
         self.name = "rentbox-push" if route == RENT_ROUTE else f"rentbox-push-{route}"
         self.route = route
         super().__init__()
         self._connections = connections
         self._clock = clock
+        wire = wire or onlinesim_wire(route)
         # Kept for the Pusher's life: connections stay open from one round to the next.
-        self.link = Link(clock) if sender is None else None
+        self.link = Link(clock, read=wire.read) if sender is None else None
         self._options = dict(url=url, api_key=api_key, retry_s=retry_s, timeout_s=timeout_s,
                              rules=rules, parallel=parallel, sender=sender or self.link,
-                             route=route)
+                             route=route, wire=wire)
         self.state = PushState()
         self._wake = threading.Event()
 

@@ -15,9 +15,9 @@ from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
 from waitress.task import ErrorTask, WSGITask
 
-from rentbox import __version__, meta, reports, web
+from rentbox import __version__, meta, reports, smshub, web
 from rentbox.clock import Clock, SystemClock, to_text
-from rentbox.config import Settings
+from rentbox.config import ONLINESIM, SMSHUB, Settings
 from rentbox.db import CHECKPOINT_EVERY_S, Connections, hold_serving_lock, open_database
 from rentbox.errors import Unavailable
 from rentbox.gateways.goip import GoipListener
@@ -29,7 +29,10 @@ from rentbox.metrics import Metrics
 from rentbox.push import ACTIVATION_ROUTE, RENT_ROUTE, Pusher
 from rentbox.replication import Replicator
 from rentbox.spool import SpoolReader
-from rentbox.web.onlinesim import ARRIVED_AGE_KEY
+from rentbox.web.calls import ARRIVED_AGE_KEY
+
+# Each protocol's push wire beside Onlinesim's (push.py): one adapter module per protocol.
+WIRES = {SMSHUB: smshub.WIRE}
 
 log = logging.getLogger("rentbox.server")
 
@@ -129,7 +132,7 @@ class _TimedRequest(HTTPRequestParser):
 class _AgedTask(WSGITask):
     """A request handed to the application, with how long ago its first byte arrived: a
     request that queued behind others (a write blocked by another process) may already be
-    past its caller's deadline (web/onlinesim.py)."""
+    past its caller's deadline (web/calls.py)."""
 
     def get_environment(self):
         environ = super().get_environment()
@@ -242,16 +245,20 @@ class Server:
                                           settings.replication, settings.db)
                                if settings.replication.url else None)
             self.metrics = Metrics(self.connections, self.clock)  # GET /metrics
-            # One pusher per route whose URL is set: rentals' SMS, activations' SMS.
+            # One pusher per route whose URL is set: Onlinesim's rentals' SMS, its
+            # activations' SMS, and each other buyer's, in that buyer's protocol.
             self.pushers: list[Pusher] = []
-            for route, url in ((RENT_ROUTE, settings.push_url),
-                               (ACTIVATION_ROUTE, settings.activation_push_url)):
+            routes = [(RENT_ROUTE, settings.push_url, settings.api_key, None),
+                      (ACTIVATION_ROUTE, settings.activation_push_url, settings.api_key, None)]
+            routes += [(b.name, b.push_url, b.key, WIRES[b.protocol])
+                       for b in settings.rules.buyers if b.protocol != ONLINESIM]
+            for route, url, key, wire in routes:
                 if url:
                     pusher = Pusher(self.connections, self.clock, url=url,
-                                    api_key=settings.api_key, retry_s=settings.push_retry_s,
+                                    api_key=key, retry_s=settings.push_retry_s,
                                     timeout_s=settings.push_timeout_s,
                                     parallel=settings.push_parallel, rules=settings.rules,
-                                    route=route)
+                                    route=route, wire=wire)
                     pusher.state.on_outcome = self.metrics.observe_push
                     self.pushers.append(pusher)
             self.housekeeper = Housekeeper(self.connections, self.clock, settings.rules,
@@ -345,6 +352,8 @@ class Server:
                  "url": self.url, "push_url_set": bool(s.push_url),
                  "activation_push_url_set": bool(s.activation_push_url),
                  "services": list(s.rules.services), "activation_s": s.rules.activation_s,
+                 "buyers": meta.buyer_facts(s.rules),
+                 "aliases": [list(pair) for pair in s.rules.aliases],
                  "sms_intake": bool(s.gateway_token), "smsgate_intake": bool(s.smsgate_key),
                  "guard_s": s.rules.guard_s, "guard_margin_s": s.rules.guard_margin_s,
                  "ban_after": s.rules.ban_after,

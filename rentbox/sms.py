@@ -12,7 +12,7 @@ import dataclasses
 import datetime as dt
 import logging
 
-from rentbox import events, operations, pool, presence, push
+from rentbox import buyers, events, operations, pool, presence
 from rentbox.clock import Clock, from_text, to_text
 from rentbox.config import Rules
 from rentbox.db import Database
@@ -97,7 +97,7 @@ def accept_sms(db: Database, clock: Clock, incoming: IncomingSms, rules: Rules) 
         number = holder["number"] if holder else number
         number_id = holder["id"] if holder else None
         operation_id = holder["operation_id"] if holder else None
-        holding = (db.row("SELECT created_at, service FROM operations WHERE id = ?",
+        holding = (db.row("SELECT created_at, service, buyer FROM operations WHERE id = ?",
                           (operation_id,)) if operation_id is not None else None)
         if holding is not None and _before(holding, received_at):
             # A gateway that held an SMS back must not hand the last renter's SMS to the
@@ -115,7 +115,8 @@ def accept_sms(db: Database, clock: Clock, incoming: IncomingSms, rules: Rules) 
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (incoming.source, dedupe_key, number, port, number_id, operation_id, sender, text,
              to_text(received_at), stamp, state, stamp if state == "pending" else None,
-             push.route_of(holding["service"]) if state == "pending" else None),
+             buyers.route(holding["buyer"], holding["service"]) if state == "pending"
+             else None),
         ).lastrowid
         events.record(db, now, "sms_received", operation_id=operation_id, number_id=number_id,
                       sms_id=sms_id, source=incoming.source, routed=state == "pending")
@@ -233,7 +234,7 @@ def retry_sms(db: Database, now: dt.datetime, sms_id: int) -> None:
     """Put an SMS whose push ended in a terminal answer back into the outbox."""
     with db.transaction():
         row = db.row("SELECT sms.id, push_state, operation_id, sms.number_id,"
-                     " operations.service, operations.state = 'closed'"
+                     " operations.service, operations.buyer, operations.state = 'closed'"
                      " OR operations.failed_at IS NOT NULL"
                      " OR operations.lapsed_at IS NOT NULL AS ended"
                      " FROM sms LEFT JOIN operations ON operations.id = sms.operation_id"
@@ -249,6 +250,6 @@ def retry_sms(db: Database, now: dt.datetime, sms_id: int) -> None:
                            "someone else)")
         db.execute("UPDATE sms SET push_state = 'pending', next_attempt_at = ?, route = ?"
                    " WHERE id = ? AND push_state = 'failed'",
-                   (to_text(now), push.route_of(row["service"]), sms_id))
+                   (to_text(now), buyers.route(row["buyer"], row["service"]), sms_id))
         events.record(db, now, "sms_requeued", operation_id=row["operation_id"],
                       number_id=row["number_id"], sms_id=sms_id, reason="retried by hand")

@@ -13,6 +13,9 @@ rows, so they cost the same on 1,000 and 1,000,000 numbers or operations:
   country its number had when the rental was issued, `operations.country`);
 - `books_by_service`: the same figures per day and service ('rent', or an activation's
   service), for the books per product and per service;
+- `books_by_buyer`: the same figures per day, buyer and currency (the two above count
+  the money of RUB operations only: a USD income is never added to roubles);
+- `held_counts`: numbers held by an operation, per buyer and country (buyers.py);
 - `spent_free_counts`: free numbers spent for a service (services.py), per country and
   operator: GET_SERVICES counts a service as free_counts minus this.
 
@@ -40,8 +43,9 @@ SIM_SQL = """CASE WHEN offline = 1 THEN 'sim_offline'
 BOOKS = ("operations", "sold", "cancelled", "refunded", "wrong_service", "open", "failed",
          "with_sms", "credited_kopecks", "pending_kopecks")
 
-# The books' figures of a group of operations `o` (db.py m006 and m013 keep them so).
-_FIGURES = """count(*) AS operations,
+# The books' figures of a group of operations `o` (db.py m006, m013 and m014 keep them
+# so); `{money}`: which operations' sums count (the RUB books leave other currencies out).
+_FIGURES_OF = """count(*) AS operations,
             coalesce(sum(o.finish_status = 3), 0) AS sold,
             coalesce(sum(o.finish_status = 4), 0) AS cancelled,
             coalesce(sum(o.finish_status = 5), 0) AS refunded,
@@ -49,11 +53,13 @@ _FIGURES = """count(*) AS operations,
             coalesce(sum(o.state = 'open'), 0) AS open,
             coalesce(sum(o.failed_at IS NOT NULL), 0) AS failed,
             coalesce(sum(o.sms_accepted_at IS NOT NULL), 0) AS with_sms,
-            coalesce(sum(CASE WHEN o.finish_status = 3 THEN o.final_sum_kopecks END), 0)
-                AS credited_kopecks,
+            coalesce(sum(CASE WHEN o.finish_status = 3 AND {money}
+                              THEN o.final_sum_kopecks END), 0) AS credited_{unit},
             coalesce(sum(CASE WHEN o.state = 'open' AND o.sms_accepted_at IS NOT NULL
-                              AND o.failed_at IS NULL THEN o.initial_sum_kopecks END), 0)
-                AS pending_kopecks"""
+                              AND o.failed_at IS NULL AND {money}
+                              THEN o.initial_sum_kopecks END), 0) AS pending_{unit}"""
+_FIGURES = _FIGURES_OF.format(money="o.currency = 'RUB'", unit="kopecks")
+BUYER_BOOKS = BOOKS[:-2] + ("credited_minor", "pending_minor")
 
 # Each tally: its key columns, its value columns, and the recount from the rows.
 _RECOUNT = {
@@ -80,6 +86,13 @@ _RECOUNT = {
         SELECT substr(coalesce(o.finished_at, o.created_at), 1, 10) AS day, o.service,
             {_FIGURES}
         FROM operations o WHERE o.test = 0 GROUP BY 1, 2"""),
+    "books_by_buyer": (("day", "buyer", "currency"), BUYER_BOOKS, f"""
+        SELECT substr(coalesce(o.finished_at, o.created_at), 1, 10) AS day, o.buyer,
+            o.currency, {_FIGURES_OF.format(money="true", unit="minor")}
+        FROM operations o WHERE o.test = 0 GROUP BY 1, 2, 3"""),
+    "held_counts": (("buyer", "country"), ("n",), """
+        SELECT o.buyer, n.country, count(*) AS n FROM numbers n
+        JOIN operations o ON o.id = n.operation_id GROUP BY 1, 2"""),
 }
 
 

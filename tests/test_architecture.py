@@ -8,7 +8,8 @@ BOTTOM = {"clock", "config", "errors", "db", "events", "meta", "logs", "workers"
           "countries"}
 MIDDLE = {"protocol", "pool", "bans", "operations", "sms", "gateways", "push", "housekeeping",
           "presence", "tallies", "retention", "alerts", "backups", "replication",
-          "reports", "dashboard", "metrics", "selftest", "spool", "services"}
+          "reports", "dashboard", "metrics", "selftest", "spool", "services", "buyers",
+          "smshub"}
 TOP = {"web", "server", "cli", "render"}
 # Who may import whom at the top: cli starts the server and renders tables, the server
 # serves the web app.
@@ -59,3 +60,11 @@ def test_no_sql_in_the_cli_or_the_routes():
         for keyword in ("SELECT ", "INSERT ", "UPDATE ", "DELETE "):
             assert keyword not in text, f"{path.name} contains SQL ({keyword.strip()})"
 
+
+
+def test_the_core_never_knows_a_buyers_wire_format():
+    """A buyer's protocol is an adapter (smshub.py), as a gateway is: only the HTTP layer,
+    the server (its push wire) and the self-test (which plays a buyer) import one."""
+    importers = {layer_name(path) for path in PACKAGE.rglob("*.py")
+                 if "smshub" in rentbox_imports(path) and path.stem != "smshub"}
+    assert importers <= {"web", "server", "selftest"}

@@ -977,7 +977,7 @@ def test_every_answer_that_has_come_is_stored_in_one_commit(db, clock):
     for number in numbers:
         add_sms(db, clock, number, "code")
     attempts = push._Attempts(Sender(clock), clock, url="x", api_key=API_KEY, timeout_s=1,
-                              route="rent")
+                              wire=push.ONLINESIM_RENT)
     for row in db.rows("SELECT * FROM sms ORDER BY id"):
         attempts.start(row)
     assert wait_until(lambda: attempts._answers.qsize() == 3)

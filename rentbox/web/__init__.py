@@ -19,7 +19,7 @@ from rentbox.clock import Clock
 from rentbox.config import Settings
 from rentbox.db import Connections
 from rentbox.metrics import Metrics
-from rentbox.web import console, docs, intake, monitoring, onlinesim
+from rentbox.web import console, docs, intake, monitoring, onlinesim, smshub
 from rentbox.web.answers import JSON_TYPE, error_answer, json_error_body
 from rentbox.web.middleware import AccessLog, GzipAnswers, StrictPaths
 
@@ -35,7 +35,7 @@ class Context:
     connections: Connections
     # Called after an SMS was stored for a rental (it wakes the pusher).
     on_sms: Callable[[], None] = lambda: None
-    # When Onlinesim last called, per action (status, alerts).
+    # When each buyer last called, per action (status, alerts).
     calls: meta.CallLog = dataclasses.field(default_factory=meta.CallLog)
     # Prometheus' registry and instruments (GET /metrics; Onlinesim's calls observed).
     metrics: Metrics | None = None
@@ -52,7 +52,7 @@ def make_app(settings: Settings, clock: Clock, connections: Connections,
     calls = meta.CallLog(every_s=min(30.0, settings.alerting.silence_s / 4))
     ctx = Context(settings, clock, connections, on_sms, calls=calls,
                   metrics=metrics or Metrics(connections, clock))
-    for group in (onlinesim, intake, console, monitoring, docs):
+    for group in (onlinesim, smshub, intake, console, monitoring, docs):
         group.routes(app, ctx)
 
     def error_page(res: bottle.HTTPError) -> str:
