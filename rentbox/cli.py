@@ -964,7 +964,9 @@ def numbers_unspend(
     when the account on it is gone (recorded as an event).
     """
     digits = pool.normalize_number(number)
-    services_module.unspend(_books(db), _now(), digits, service)
+    books = _books(db)
+    services_module.unspend(books, _now(), digits, service,
+                            meta.server_rules(books) or Rules())
     say(f"+{digits} is offered for {service.strip().lower()} again.")
 
 
@@ -1086,28 +1088,40 @@ def ops_list(
         help="Only rentals, or only activations.")] = None,
     service: Annotated[Optional[str], typer.Option(
         help="Only operations for this service (rent, vk, wa, ...).")] = None,
+    buyer: Annotated[Optional[str], typer.Option(
+        help="Only this buyer's operations (onlinesim, smshub, or a name from the buyers "
+             "file).")] = None,
     limit: LimitOption = 100,
     json_output: JsonOption = False,
     csv_output: CsvOption = False,
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
-    """Show operations, rentals and activations, newest first (sums: RUB in the table,
-    kopecks in JSON and CSV)."""
-    rows = operations.list_operations(_books(db), open_only=open_only, number=number,
+    """Show operations, rentals and activations, newest first (sums: RUB in the table
+    unless another currency is named, minor units in JSON and CSV)."""
+    books = _books(db)
+    rows = operations.list_operations(books, open_only=open_only, number=number,
                                       since=_utc(since),
                                       outcome=outcome.value if outcome else None,
                                       kind=kind.value if kind else None, service=service,
-                                      limit=limit)
+                                      buyer=buyer, rules=meta.server_rules(books), limit=limit)
     if not _wants_table(rows, json_output, empty="No operations.", csv_output=csv_output):
         return
-    _table(None, ["id", "service", "number", "created (UTC)", "outcome", "guard", "SMS",
-                  "sum (RUB)"],
-           [[str(r["id"]), r["service"], "+" + r["number"], render.when(r["created_at"]),
-             render.outcome(r),
+    # The buyer only once there is another than Onlinesim.
+    by = any(r["buyer"] != "onlinesim" for r in rows)
+    _table(None, ["id", *(["buyer"] if by else []), "service", "number", "created (UTC)",
+                  "outcome", "guard", "SMS", "sum (RUB)"],
+           [[str(r["id"]), *([r["buyer"]] if by else []), r["service"], "+" + r["number"],
+             render.when(r["created_at"]), render.outcome(r),
              render.GUARD.get(r["failure"], ""), str(r["sms_count"]),
-             render.rub(r["final_sum_kopecks"] if r["final_sum_kopecks"] is not None
-                  else r["initial_sum_kopecks"])] for r in rows])
+             _money(r["final_sum_kopecks"] if r["final_sum_kopecks"] is not None
+                    else r["initial_sum_kopecks"], r["currency"])] for r in rows])
     _more_rows(len(rows), limit)
+
+
+def _money(minor: int | None, currency: str) -> str:
+    """A sum in a table whose column says RUB: another currency is named."""
+    shown = render.rub(minor)
+    return shown if currency == "RUB" or not shown else f"{shown} {currency}"
 
 
 @ops_app.command("show")
@@ -1124,16 +1138,20 @@ def ops_show(
         _print_json(op)
         return
     kind = "rental" if op["service"] == "rent" else f"activation for {op['service']}"
+    if op["buyer"] != "onlinesim":
+        kind += f" sold to {op['buyer']}"
     say(f"Operation {op['id']}, {kind}, on +{op['number']} ({op['country']}): {op['state']}, "
         f"outcome {op['outcome']}" + (f", failed: {op['failure']}" if op["failure"] else "")
         + (f", out of time since {render.when(op['lapsed_at'])} (its number is offered "
            "again)" if op["lapsed_at"] else "")
         + (", at risk: the number's SIM is offline" if op["at_risk"] else ""))
-    say(f"Created {render.when(op['created_at'])}, first SMS accepted by Onlinesim "
+    buyer = "Onlinesim" if op["buyer"] == "onlinesim" else op["buyer"]
+    say(f"Created {render.when(op['created_at'])}, first SMS accepted by {buyer} "
         f"{render.when(op['sms_accepted_at']) or '-'}, "
         f"finished {render.when(op['finished_at']) or '-'}; initial sum "
-        f"{render.rub(op['initial_sum_kopecks'])} RUB, final sum "
-        + ("-" if op["final_sum_kopecks"] is None else f"{render.rub(op['final_sum_kopecks'])} RUB"))
+        f"{render.rub(op['initial_sum_kopecks'])} {op['currency']}, final sum "
+        + ("-" if op["final_sum_kopecks"] is None
+           else f"{render.rub(op['final_sum_kopecks'])} {op['currency']}"))
     _table("Events", ["at (UTC)", "event", "detail"],
            [[render.when(e["at"]), e["kind"], render.detail(e["detail"])] for e in op["events"]],
            flexible=("detail",))

@@ -754,7 +754,7 @@ _COLUMNS = f"""operations.id, numbers.number, numbers.country, operations.state,
     (numbers.operation_id IS operations.id AND numbers.offline = 1) AS at_risk,
     operations.test, operations.service,
     CASE operations.service WHEN 'rent' THEN 'rent' ELSE 'activation' END AS kind,
-    operations.lapsed_at"""
+    operations.lapsed_at, operations.buyer, operations.currency"""
 
 # The two kinds of operation (`ops list --kind`).
 KINDS = ("rent", "activation")
@@ -769,11 +769,17 @@ def list_operations(
     outcome: str | None = None,
     kind: str | None = None,
     service: str | None = None,
+    buyer: str | None = None,
+    rules: Rules | None = None,
     limit: int = 100,
 ) -> list[dict]:
     """Operations, newest first, filtered as `rentbox ops list` asks (`kind`: rent or
-    activation; `service`: one service, 'rent' included)."""
+    activation; `service`: one service, 'rent' included, by any of its names (`rules`:
+    the partner's aliases); `buyer`: one buyer's)."""
     where, params = ["1"], []
+    if buyer is not None:
+        where.append("operations.buyer = ?")
+        params.append(buyer.strip().lower())
     if kind is not None:
         if kind not in KINDS:
             raise InvalidInput(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
@@ -781,7 +787,7 @@ def list_operations(
                      else "operations.service <> 'rent'")
     if service is not None:
         where.append("operations.service = ?")
-        params.append(service.strip().lower())
+        params.append(buyers.canonical(rules or Rules(), service.strip().lower()))
     if open_only:
         where.append("operations.state = 'open'")
     if number is not None:

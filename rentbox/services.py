@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from rentbox import events, pool
+from rentbox import buyers, events, pool
 from rentbox.clock import to_text
 from rentbox.config import Rules
 from rentbox.db import Database
@@ -118,10 +118,12 @@ def _spend(db: Database, now: dt.datetime, number_id: int, service: str, operati
                       number_id=number_id, service=service, reason=reason)
 
 
-def unspend(db: Database, now: dt.datetime, number: str, service: str) -> None:
+def unspend(db: Database, now: dt.datetime, number: str, service: str,
+            rules: Rules | None = None) -> None:
     """`rentbox numbers unspend`: offer a number for a service again (its tries start
-    again). Raises NotFound if it is not spent for it."""
-    service = service_name(service, "service")
+    again), whichever of its names is given (`rules`: the partner's aliases). Raises
+    NotFound if it is not spent for it."""
+    service = buyers.canonical(rules or Rules(), service_name(service, "service"))
     with db.transaction():
         row = pool.find_number(db, number)
         gone = db.execute("DELETE FROM service_uses WHERE number_id = ? AND service = ?"
@@ -142,9 +144,13 @@ def uses_of(db: Database, number_id: int) -> list[dict]:
 def overview(db: Database, rules: Rules) -> list[dict]:
     """`rentbox services`: each offered service with what can be issued for it now, the
     numbers spent for it, and its open activations. Spent services no longer offered are
-    listed too (offered: False)."""
+    listed too (offered: False). Services are named by their short codes (buyers.py),
+    whichever buyer they are offered to."""
+    offered = tuple(dict.fromkeys(
+        code for buyer in buyers.all_buyers(rules)
+        for code in buyers.offered(rules, buyer.name).values()))
     available: dict[str, int] = {}
-    for operators in counts(db, rules.services).values():
+    for operators in counts(db, offered).values():
         for service, n in operators["any"].items():
             available[service] = available.get(service, 0) + n
     spent = {r["service"]: r["n"] for r in db.rows(
@@ -153,8 +159,8 @@ def overview(db: Database, rules: Rules) -> list[dict]:
     open_now = {r["service"]: r["n"] for r in db.rows(
         "SELECT service, count(*) AS n FROM operations WHERE state = 'open'"
         " AND service <> 'rent' GROUP BY service")}
-    names = list(rules.services) + sorted((set(spent) | set(open_now)) - set(rules.services))
-    return [{"service": name, "offered": name in rules.services,
+    names = list(offered) + sorted((set(spent) | set(open_now)) - set(offered))
+    return [{"service": name, "offered": name in offered,
              "available": available.get(name, 0), "spent": spent.get(name, 0),
              "open": open_now.get(name, 0)} for name in names]
 
