@@ -11,6 +11,7 @@ from rentbox.buyers import View
 from rentbox.config import Buyer, Rules
 from rentbox.errors import InvalidInput
 from rentbox.web import wsgi
+from rentbox.web.calls import ARRIVED_AGE_KEY
 
 from conftest import API_KEY, START, WsgiClient, add_numbers
 
@@ -162,3 +163,24 @@ def test_unknown_actions_buyers_and_bodies_are_refused_in_the_one_json_shape(cli
     assert answer.status == 404 and answer.json["status"] == "ERROR"
     answer = client.post("/smshub", raw=b"\xff\xfe")
     assert answer.status == 400 and json.loads(answer.body)["status"] == "ERROR"
+
+
+def test_a_get_number_older_than_smshubs_3_s_is_rolled_back_and_answered_503(
+        settings, clock, connections, db):
+    """SMSHub gives up after 3 s: a number issued later would be held for nobody. The
+    same call 2 s old is served (Onlinesim's own deadline is 9 s)."""
+    add_numbers(db, START, *POOL)
+    app = wsgi(dataclasses.replace(settings, rules=RULES), clock, connections)
+
+    def aged(age_s):
+        def app_with_age(environ, start_response):
+            environ[ARRIVED_AGE_KEY] = age_s
+            return app(environ, start_response)
+        return WsgiClient(app_with_age)
+
+    body = {"action": "GET_NUMBER", "country": "russia", "service": "vk", "sum": 1,
+            "currency": 643}
+    late = hub(aged(2.6), body)
+    assert late.status == 503 and late.json["status"] == "ERROR"
+    assert db.row("SELECT count(*) AS n FROM operations")["n"] == 0
+    assert hub(aged(2.0), body).json["status"] == "SUCCESS"

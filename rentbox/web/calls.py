@@ -32,11 +32,15 @@ ARRIVED_AGE_KEY = "rentbox.arrived_age_s"
 Handler = Callable[[dict, "str | None"], dict]
 
 
-def deadline(ctx: "Context") -> dt.datetime:
-    """When the buyer gives up on this call: `call_deadline_s` after its first byte
-    arrived (the server says how long ago that was), on rentbox's clock."""
+def deadline(ctx: "Context", within_s: float | None = None) -> dt.datetime:
+    """When the buyer gives up on this call: `call_deadline_s` (or its protocol's own
+    `within_s`, if shorter) after its first byte arrived (the server says how long ago
+    that was), on rentbox's clock."""
     age_s = bottle.request.environ.get(ARRIVED_AGE_KEY, 0.0)
-    return ctx.clock.now() + dt.timedelta(seconds=ctx.settings.call_deadline_s - age_s)
+    limit_s = ctx.settings.call_deadline_s
+    if within_s is not None:
+        limit_s = min(limit_s, within_s)
+    return ctx.clock.now() + dt.timedelta(seconds=limit_s - age_s)
 
 
 def mount(app: bottle.Bottle, ctx: "Context", *, buyer: str, key: str,

@@ -40,13 +40,13 @@ def _mount(app: bottle.Bottle, ctx: "Context", buyer: Buyer) -> None:
         test = header(calls.TEST_HEADER) == "1"  # authenticated by its key before this
         request = smshub.parse_number_request(body, buyer=buyer.name, test=test)
         issued = operations.open_operation(connections.get(), clock, request, rules,
-                                           deadline=calls.deadline(ctx))
+                                           deadline=calls.deadline(ctx, smshub.DEADLINE_S))
         return number_answer(issued, test)
 
     def finish_activation(body: dict, product: str | None) -> dict:
         request = smshub.parse_finish_request(body, buyer=buyer.name)
         operations.finish_operation(connections.get(), clock, request, rules,
-                                    deadline=calls.deadline(ctx))
+                                    deadline=calls.deadline(ctx, smshub.DEADLINE_S))
         return {"status": "SUCCESS"}
 
     calls.mount(app, ctx, buyer=buyer.name, key=buyer.key, paths={buyer.path: (None, None)},
