@@ -186,6 +186,8 @@ class Database(sqlite_utils.Database):
         super().__init__(conn, execute_plugins=False)
         self.path = Path(path)
         self.read_only = read_only
+        self._batching = False  # inside a Writer's batch: transaction() is a savepoint
+        self._savepoints = 0
         # Shared by every connection of one process to this file (see Connections).
         self.write_lock = write_lock or WriteLock()
         self.health = health or WriteHealth()
@@ -225,7 +227,15 @@ class Database(sqlite_utils.Database):
         (truncate_wal): the WAL itself may be what filled the disk.
 
         `urgent`: go ahead of the ordinary writers waiting for the lock (WriteLock).
+
+        Inside a batch of the Writer (writer.py: group commit), this is a savepoint of
+        the batch's transaction instead: its changes are undone if it raises, and
+        committed with the batch.
         """
+        if self._batching:
+            with self.savepoint():
+                yield self
+            return
         self.write_lock.acquire(urgent)
         try:
             try:
@@ -258,6 +268,44 @@ class Database(sqlite_utils.Database):
         finally:
             self.write_lock.release()
         self.health.succeeded()
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator["Database"]:
+        """A savepoint inside the open transaction: undone if the block raises. A write
+        that fails because the file cannot be written now is raised as Unavailable and
+        marks `health`, as in transaction()."""
+        name = f"rentbox_{self._savepoints}"
+        self._savepoints += 1
+        try:
+            self.conn.execute(f"SAVEPOINT {name}")
+            try:
+                yield self
+            except BaseException:
+                # SQLite may have rolled the whole transaction back already (a full
+                # disk, an I/O error): then there is no savepoint left to go back to.
+                if self.conn.in_transaction:
+                    self.conn.execute(f"ROLLBACK TO {name}")
+                    self.conn.execute(f"RELEASE {name}")
+                raise
+            self.conn.execute(f"RELEASE {name}")
+        except sqlite3.Error as error:
+            reason = unwritable_reason(error)
+            if reason is None:
+                raise
+            self.health.failed(reason)
+            raise Unavailable(f"the database cannot be written now: {reason}") from None
+        finally:
+            self._savepoints -= 1
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator["Database"]:
+        """Inside the caller's open transaction: every transaction() is a savepoint of
+        it (the Writer's batches, writer.py)."""
+        self._batching = True
+        try:
+            yield self
+        finally:
+            self._batching = False
 
     def _begin_immediate(self) -> None:
         """BEGIN IMMEDIATE, waiting for another *process* (a CLI import) in short steps.

@@ -29,6 +29,7 @@ from rentbox.metrics import Metrics
 from rentbox.push import ACTIVATION_ROUTE, RENT_ROUTE, Pusher
 from rentbox.replication import Replicator
 from rentbox.spool import SpoolReader
+from rentbox.writer import Writer
 from rentbox.web.calls import ARRIVED_AGE_KEY
 
 # Each protocol's push wire beside Onlinesim's (push.py): one adapter module per protocol.
@@ -282,9 +283,11 @@ class Server:
             if settings.poll_boxes is not None:
                 self.poller = Poller(self.connections, self.clock, settings,
                                      on_sms=self._wake_pushers)
+            # Group commit: the requests' writes share transactions (writer.py).
+            self.writer = Writer(self.connections)
             app = web.wsgi(settings, self.clock, self.connections,
                            on_sms=self._wake_pushers,
-                           metrics=self.metrics)
+                           metrics=self.metrics, writer=self.writer)
             self._waitress = make_waitress(app, settings, limits)
         except BaseException:
             if getattr(self, "goip", None) is not None:
@@ -319,6 +322,7 @@ class Server:
         self._loop_thread = threading.current_thread()
         self._record_start()
         self._warn_at_start()
+        self.writer.start()
         self.housekeeper.start()
         if self.checkpointer:
             self.checkpointer.start()
@@ -353,6 +357,7 @@ class Server:
                  "activation_push_url_set": bool(s.activation_push_url),
                  "services": list(s.rules.services), "activation_s": s.rules.activation_s,
                  "buyers": meta.buyer_facts(s.rules),
+                 "alert_silence_s": s.alerting.silence_s,
                  "aliases": [list(pair) for pair in s.rules.aliases],
                  "sms_intake": bool(s.gateway_token), "smsgate_intake": bool(s.smsgate_key),
                  "guard_s": s.rules.guard_s, "guard_margin_s": s.rules.guard_margin_s,
@@ -394,7 +399,10 @@ class Server:
         if loop is not None and loop is not threading.current_thread() and loop.is_alive():
             # (A stop() that races a start_in_thread() before run() began shuts down here,
             # below; run() then finds the server closed.)
-            self._waitress.trigger.pull_trigger(self._close_from_loop)
+            try:
+                self._waitress.trigger.pull_trigger(self._close_from_loop)
+            except OSError:
+                pass  # the loop ended meanwhile and is shutting down on its own
             self._done.wait(timeout_s)
         else:
             self._shut_down()
@@ -412,6 +420,7 @@ class Server:
         # Shut the worker threads down first, or they linger after close().
         self._waitress.task_dispatcher.shutdown()
         self._waitress.close()
+        self.writer.stop()  # after the requests: their last writes are committed
         self.housekeeper.stop()
         if self.checkpointer:
             self.checkpointer.stop()

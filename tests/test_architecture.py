@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rentbox"
-BOTTOM = {"clock", "config", "errors", "db", "events", "meta", "logs", "workers",
+BOTTOM = {"clock", "config", "errors", "db", "events", "meta", "logs", "workers", "writer",
           "countries"}
 MIDDLE = {"protocol", "pool", "bans", "operations", "sms", "gateways", "push", "housekeeping",
           "presence", "tallies", "retention", "alerts", "backups", "replication",

@@ -306,12 +306,13 @@ def test_calls_that_waited_past_their_deadline_are_503_and_change_nothing(start_
     calls.append(threading.Thread(target=call, args=("/finishActivationRent", finish)))
     for thread in calls:
         thread.start()
-    # Four calls reached the four worker threads: one waits for the other process's lock,
-    # three for rentbox's own; the fifth queues in waitress. Only then, the other process
-    # holds its lock past their deadline (not racing the threads that send them).
+    # Four calls reached the four worker threads and handed their writes to the writer,
+    # which waits for the other process's lock; the fifth queues in waitress. Only then,
+    # the other process holds its lock past their deadline (not racing the threads that
+    # send them).
     from conftest import wait_until
 
-    assert wait_until(lambda: server.connections.write_lock.waiting() == 3)
+    assert wait_until(lambda: server.writer.pending == 4)
     time.sleep(1.0)
     other.execute("ROLLBACK")
     other.close()

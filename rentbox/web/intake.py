@@ -138,13 +138,13 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
     dinstar_tz = dinstar.time_zone(settings.dinstar_tz)
 
     def store_sms(incoming: sms.IncomingSms, accept=sms.accept_sms) -> dict:
-        accepted = accept(connections.get(), clock, incoming, rules)
+        accepted = ctx.write(lambda db: accept(db, clock, incoming, rules))
         if accepted.push_state == "pending" and not accepted.duplicate:
             ctx.on_sms()
         return {"status": "SUCCESS", "smsId": accepted.sms_id}
 
     def store_push(source: str, rows: list[common.Row]) -> dict:
-        result = common.accept_push(connections.get(), clock, rules, source, rows)
+        result = ctx.write(lambda db: common.accept_push(db, clock, rules, source, rows))
         if result.has_new_for_rentals:
             ctx.on_sms()
         return result.as_dict()
@@ -186,7 +186,7 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
         push = ejoin.parse_push(protocol.parse_body(raw), box=box)
         if push.rows is not None:
             return store_push(ejoin.SOURCE, push.rows)
-        return common.report_ports(connections.get(), clock, rules, push.ports)
+        return ctx.write(lambda db: common.report_ports(db, clock, rules, push.ports))
 
     @app.post("/sms/ejoin")
     @answering
@@ -219,7 +219,7 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
                 push.serial not in register_only_told):
             register_only_told.add(push.serial)
             dinstar.warn_register_only(push.serial)
-        return common.report_ports(connections.get(), clock, rules, push.ports)
+        return ctx.write(lambda db: common.report_ports(db, clock, rules, push.ports))
 
     @app.post("/sms/smsgate")
     @answering
@@ -239,7 +239,7 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
             smsgate.note_smsgate_ping(connections.get(), clock, envelope)
             if not rules.presence:
                 return {"status": "SUCCESS", "ignored": True}
-            return presence.report(connections.get(), clock, rules, report).as_dict()
+            return ctx.write(lambda db: presence.report(db, clock, rules, report)).as_dict()
         incoming = gateways.parse_smsgate(envelope)
         if incoming is None:  # another event (sms:sent …): nothing to store
             return {"status": "SUCCESS", "ignored": True}
@@ -252,7 +252,7 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
         body = gateway_body("/presence", settings.max_presence_body_bytes)
         report = gateways.parse_presence(body)
         try:
-            return presence.report(connections.get(), clock, rules, report).as_dict()
+            return ctx.write(lambda db: presence.report(db, clock, rules, report)).as_dict()
         except presence.PresenceOff as error:
             raise ApiError(409, str(error)) from None
 

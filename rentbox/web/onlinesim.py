@@ -49,15 +49,17 @@ def routes(app: bottle.Bottle, ctx: "Context") -> None:
             product = RENT if body.get("service") == "rent" else ACTIVATION
         request = (protocol.parse_rent_request(body, test=test) if product == RENT
                    else protocol.parse_activation_request(body, test=test))
-        issued = operations.open_operation(connections.get(), clock, request, rules,
-                                           deadline=calls.deadline(ctx))
+        late = calls.deadline(ctx)
+        issued = ctx.write(lambda db: operations.open_operation(db, clock, request, rules,
+                                                                 deadline=late))
         return number_answer(issued, test)
 
     def finish_activation(body: dict, product: str | None) -> dict:
         # The id finds the operation, rental or activation, whatever path it came on.
         request = protocol.parse_finish_request(body)
-        operations.finish_operation(connections.get(), clock, request, rules,
-                                    deadline=calls.deadline(ctx))
+        late = calls.deadline(ctx)
+        ctx.write(lambda db: operations.finish_operation(db, clock, request, rules,
+                                                         deadline=late))
         return {"status": "SUCCESS"}
 
     calls.mount(app, ctx, buyer=ONLINESIM, key=ctx.settings.api_key, paths=PATHS,

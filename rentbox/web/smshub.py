@@ -39,14 +39,16 @@ def _mount(app: bottle.Bottle, ctx: "Context", buyer: Buyer) -> None:
     def get_number(body: dict, product: str | None) -> dict:
         test = header(calls.TEST_HEADER) == "1"  # authenticated by its key before this
         request = smshub.parse_number_request(body, buyer=buyer.name, test=test)
-        issued = operations.open_operation(connections.get(), clock, request, rules,
-                                           deadline=calls.deadline(ctx, smshub.DEADLINE_S))
+        late = calls.deadline(ctx, smshub.DEADLINE_S)
+        issued = ctx.write(lambda db: operations.open_operation(db, clock, request, rules,
+                                                                 deadline=late))
         return number_answer(issued, test)
 
     def finish_activation(body: dict, product: str | None) -> dict:
         request = smshub.parse_finish_request(body, buyer=buyer.name)
-        operations.finish_operation(connections.get(), clock, request, rules,
-                                    deadline=calls.deadline(ctx, smshub.DEADLINE_S))
+        late = calls.deadline(ctx, smshub.DEADLINE_S)
+        ctx.write(lambda db: operations.finish_operation(db, clock, request, rules,
+                                                         deadline=late))
         return {"status": "SUCCESS"}
 
     calls.mount(app, ctx, buyer=buyer.name, key=buyer.key, paths={buyer.path: (None, None)},
