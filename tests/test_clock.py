@@ -25,3 +25,21 @@ def test_naive_times_are_refused():
 
 def test_system_clock_is_aware():
     assert SystemClock().now().tzinfo is not None
+
+
+def test_to_text_writes_what_strftime_wrote_and_from_text_reads_it_back():
+    """The fast formatting is the stored format, byte for byte, in any zone."""
+    import datetime as dt
+    import random
+
+    from rentbox.clock import _FORMAT, from_text, to_text
+
+    draw = random.Random(7)
+    for _ in range(2000):
+        moment = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(
+            microseconds=draw.randrange(10**17))
+        zone = dt.timezone(dt.timedelta(minutes=draw.randrange(-14 * 60, 14 * 60)))
+        local = moment.astimezone(zone)
+        text = to_text(local)
+        assert text == moment.strftime(_FORMAT)
+        assert from_text(text) == moment and from_text(text).tzinfo == dt.timezone.utc
