@@ -29,8 +29,8 @@ from rentbox import buyers as buyers_module
 from rentbox import protocol
 from rentbox import services as services_module
 from rentbox.clock import SystemClock
-from rentbox.config import (API_KEY_ENV, CONSOLE_PASSWORD_ENV, GATEWAY_TOKEN_ENV,
-                            GOIP_PASSWORD_ENV, METRICS_TOKEN_ENV, SETTINGS,
+from rentbox.config import (API_KEY_ENV, BUYER_KEY_ENV, CONSOLE_PASSWORD_ENV,
+                            GATEWAY_TOKEN_ENV, GOIP_PASSWORD_ENV, METRICS_TOKEN_ENV, SETTINGS,
                             SMSGATE_KEY_ENV, SMSHUB_KEY_ENV, TELEGRAM_TOKEN_ENV, Alerting,
                             BackupPlan,
                             ReplicaPlan, Rules, Setting, Settings)
@@ -1277,9 +1277,16 @@ def selftest(
                                               "Onlinesim's acceptance test does, and finish "
                                               "them.", metavar="N",
                                               parser=_number(int, 0, 200))] = 0,
-    service: Annotated[str, typer.Option(
-        help="What --reserve reserves: rent, or activations for this service (vk, wa, ...; "
-             "finished as refunded, so nothing is spent).", metavar="SERVICE")] = "rent",
+    service: Annotated[Optional[str], typer.Option(
+        help="What --reserve reserves: rent (Onlinesim's default), or activations for this "
+             "service (vk, wa, ...; finished as refunded, so nothing is spent). With --buyer, "
+             "by default the service offered with the most numbers.",
+        metavar="SERVICE")] = None,
+    buyer: Annotated[str, typer.Option(
+        help="The buyer to play: onlinesim, or smshub (POST /smshub, key from "
+             "RENTBOX_SMSHUB_KEY), or a buyer of the buyers file (POST /buyer/NAME, key from "
+             "RENTBOX_BUYER_KEY, else from its entry in the RENTBOX_BUYERS file), both in "
+             "the SMSHub agent protocol.", metavar="NAME")] = "onlinesim",
     json_output: Annotated[bool, typer.Option(
         "--json", help="Print the checks as JSON instead of lines.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each answer.",
@@ -1288,23 +1295,45 @@ def selftest(
     allow_http: Annotated[bool, typer.Option(
         "--allow-http", help="Accept a plain http:// URL (Onlinesim needs HTTPS).")] = False,
 ) -> None:
-    """Play Onlinesim against a partner server (this one or any other) through its proxy
-    and TLS: certificate, health, GET_SERVICES, keys, gzip, POST /, NO_OPERATION, timing.
+    """Play Onlinesim (or, with --buyer, an SMSHub-protocol buyer) against a partner server
+    through its proxy and TLS: certificate, health, GET_SERVICES, keys, gzip, POST /,
+    NO_OPERATION, timing.
 
     The key comes from RENTBOX_API_KEY. A private CA is trusted through the standard
     SSL_CERT_FILE variable. Rentals made by --reserve carry the X-Rentbox-Test header:
     rentbox keeps them out of income and failure counts. Exit code 0 only when no check
     failed (a check that did not run is shown as skipped).
+
+    With --buyer, the self-test plays that buyer in the SMSHub agent protocol on its path:
+    GET_SERVICES's shape (integer counts, no `any` beside real operators), a wrong key
+    refused, gzip; with --reserve N, N numbers at once in roubles, integer number and
+    activationId, each finished twice as returned (status 5, nothing spent or booked), one
+    more excluding them by exceptionPhoneSet, and every GET_NUMBER within the protocol's
+    3 s. Keys come from the environment or the buyers file, never the command line.
     """
     from rentbox import selftest as selftest_module
 
-    api_key = os.environ.get(API_KEY_ENV, "").strip()
-    if not api_key:
-        raise RentboxError("RENTBOX_API_KEY is not set: the self-test needs the API key "
-                           "(export RENTBOX_API_KEY=...)")
-    service = protocol.service_name(service, "--service")
+    buyer = buyer.strip().lower()
+    if buyer == "onlinesim":
+        api_key = os.environ.get(API_KEY_ENV, "").strip()
+        if not api_key:
+            raise RentboxError("RENTBOX_API_KEY is not set: the self-test needs the API key "
+                               "(export RENTBOX_API_KEY=...)")
+        service = protocol.service_name(service or protocol.RENT, "--service")
+        caller = selftest_module.ONLINESIM
+    else:
+        caller, api_key = selftest_module.play_buyer(
+            buyer, smshub_key=os.environ.get(SMSHUB_KEY_ENV, "").strip() or None,
+            buyer_key=os.environ.get(BUYER_KEY_ENV, "").strip() or None,
+            buyers_file=os.environ.get(SETTINGS["buyers"].env, "").strip() or None)
+        if service is not None:
+            service = protocol.service_name(service, "--service")
+            if service == protocol.RENT:
+                raise InvalidInput("--service rent: rent is Onlinesim's alone; with --buyer, "
+                                   "name an activation service (vk, wa, ...) or leave it out")
     checks = selftest_module.run(url, api_key, now=_now(), timeout_s=timeout,
-                                 allow_http=allow_http, reserve=reserve, service=service)
+                                 allow_http=allow_http, reserve=reserve, service=service,
+                                 caller=caller)
     if json_output:
         _print_json(selftest_module.as_json(checks))
     else:
@@ -1323,8 +1352,9 @@ def selftest(
 @app.command()
 @fails_cleanly
 def status(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].default) -> None:
-    """Show at a glance whether rentbox is healthy: Onlinesim's last call, income, pool,
-    rentals, outbox, warnings.
+    """Show at a glance whether rentbox is healthy: Onlinesim's last call, the other buyers
+    (their open operations, last call and push URL, and which buyer gets what), income,
+    pool, rentals, outbox, warnings.
 
     Exit code 0 either way; with --json, monitoring can read `warnings`.
     """
