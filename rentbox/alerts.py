@@ -6,6 +6,8 @@ housekeeping pass evaluates, every few seconds, the conditions below; each one i
 `alerts` row while it holds:
 
 - `onlinesim_silent`: Onlinesim has not called for `silence_s` (it polls every 2 minutes);
+- `buyer_silent:<name>`: a buyer beside Onlinesim that the server serves (SMSHub, a buyer
+  of the buyers file) has not called for `silence_s` (they poll every 10-20 s);
 - `sms_undelivered`: an SMS has waited `undelivered_s` without Onlinesim taking it;
 - `banned:<number>`: a number is banned after failed rentals;
 - `sim_offline:<number>`: a rented number's SIM is offline (presence.py);
@@ -34,7 +36,7 @@ from typing import Callable
 
 from rentbox import backups, meta, pool, presence, replication, reports
 from rentbox.clock import Clock, from_text, to_text
-from rentbox.config import Alerting
+from rentbox.config import ONLINESIM, Alerting
 from rentbox.db import Connections, Database
 from rentbox.workers import Periodic
 
@@ -59,23 +61,24 @@ def conditions(db: Database, now: dt.datetime, alerting: Alerting) -> dict[str, 
     """The conditions that hold now: {key: message}. Reads only, through indexes and
     tallies: cheap enough for every housekeeping pass."""
     found: dict[str, str] = {}
-    # Silence counts from Onlinesim's last call, or from when this server started if that
-    # is later: a server that was down (and has said so) is given time after a restart.
-    # Once announced, only a call ends it: a restart is no news that Onlinesim is back.
-    call = meta.get(db, meta.LAST_ONLINESIM_CALL)
-    call_at = (call or {}).get("at")
     server = meta.get(db, meta.SERVER)
-    stamps = [t for t in (call_at, (server or {}).get("started_at")) if t]
-    since = max(stamps) if stamps else None
-    announced = db.row("SELECT message, started_at FROM alerts WHERE key = 'onlinesim_silent'"
-                       " AND state = 'active'")
-    if announced and not (call_at and call_at > announced["started_at"]):
-        found["onlinesim_silent"] = announced["message"]
-    elif since and (now - from_text(since)).total_seconds() >= alerting.silence_s:
-        found["onlinesim_silent"] = (
-            f"Onlinesim has not called since {_short(since)}: check that rentbox can be "
-            "reached from the internet (proxy, certificate, firewall) and that the partner "
-            "account is not blocked")
+    silent = _silence(db, now, alerting, "onlinesim_silent", ONLINESIM, server, lambda since: (
+        f"Onlinesim has not called since {_short(since)}: check that rentbox can be "
+        "reached from the internet (proxy, certificate, firewall) and that the partner "
+        "account is not blocked"))
+    if silent:
+        found["onlinesim_silent"] = silent
+    # Every other buyer the server serves (its facts: SMSHub, the buyers file's), alike.
+    for buyer in (server or {}).get("buyers", []):
+        if buyer.get("name") in (None, ONLINESIM):
+            continue
+        key = f"buyer_silent:{buyer['name']}"
+        silent = _silence(db, now, alerting, key, buyer["name"], server, lambda since: (
+            f"{buyer['name']} has not called since {_short(since)} (it polls every 10-20 s):"
+            f" check the agent URL it was given (ending in {buyer.get('path') or '?'}), its "
+            "key, and that rentbox can be reached from the internet"))
+        if silent:
+            found[key] = silent
     oldest = db.row("SELECT min(created_at) AS at, count(*) AS n FROM sms"
                     " WHERE push_state = 'pending'")
     if oldest["at"] and (now - from_text(oldest["at"])).total_seconds() >= alerting.undelivered_s:
@@ -112,6 +115,25 @@ def conditions(db: Database, now: dt.datetime, alerting: Alerting) -> dict[str, 
     found.update(backups.trouble(meta.get(db, meta.BACKUPS), running, now))
     found.update(replication.trouble(meta.get(db, meta.REPLICATION), running, now))
     return found
+
+
+def _silence(db: Database, now: dt.datetime, alerting: Alerting, key: str, buyer: str,
+             server: dict | None, message: Callable[[str], str]) -> str | None:
+    """The message of alert `key` while `buyer` is silent, else None. Silence counts from
+    the buyer's last call, or from when this server started if that is later: a server
+    that was down (and has said so) is given time after a restart, and a buyer that never
+    called counts from the start. Once announced, only a call ends it: a restart is no
+    news that the buyer is back. `message(since)` words a new one."""
+    call_at = (meta.get(db, meta.last_call_key(buyer)) or {}).get("at")
+    stamps = [t for t in (call_at, (server or {}).get("started_at")) if t]
+    since = max(stamps) if stamps else None
+    announced = db.row("SELECT message, started_at FROM alerts WHERE key = ?"
+                       " AND state = 'active'", (key,))
+    if announced and not (call_at and call_at > announced["started_at"]):
+        return announced["message"]
+    if since and (now - from_text(since)).total_seconds() >= alerting.silence_s:
+        return message(since)
+    return None
 
 
 def evaluate(db: Database, now: dt.datetime, alerting: Alerting) -> int:
@@ -181,11 +203,20 @@ def _summary_due(db: Database, now: dt.datetime, alerting: Alerting
     banned = db.row("SELECT count(*) AS n FROM events WHERE kind = 'number_banned'"
                     " AND at >= ? AND at < ?",
                     (to_text(start), to_text(start + dt.timedelta(days=1))))["n"]
+    # Income in other currencies (SMSHub-protocol buyers may pay in USD): said apart,
+    # never added to the roubles.
+    others = reports.other_currencies(db, since=start, until=start + dt.timedelta(days=1))
     day = start.date().isoformat()
     text = (f"rentbox, {day}: {totals.operations} rentals ({totals.sold} sold, "
             f"{totals.failed} failed), credited {totals.credited_kopecks / 100:,.2f} RUB, "
-            f"pending {totals.pending_kopecks / 100:,.2f} RUB, {banned} number(s) banned")
-    return today.isoformat(), text, {"day": day, **totals.as_dict(), "banned": banned}
+            f"pending {totals.pending_kopecks / 100:,.2f} RUB, "
+            + "".join(f"in {o.currency}: credited {o.credited_kopecks / 100:,.2f} {o.currency},"
+                      f" pending {o.pending_kopecks / 100:,.2f} {o.currency}, " for o in others)
+            + f"{banned} number(s) banned")
+    return today.isoformat(), text, {
+        "day": day, **totals.as_dict(), "banned": banned,
+        "other_currencies": [{"currency": o.currency, "credited_minor": o.credited_kopecks,
+                              "pending_minor": o.pending_kopecks} for o in others]}
 
 
 def recent(db: Database, limit: int = 50) -> list[dict]:

@@ -1371,10 +1371,15 @@ def status(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].defaul
         say(f"Server:     {running}, rentbox {server['version']} at {server['url']}, "
             f"started {render.when(server['started_at'])} UTC")
     say(f"Onlinesim:  {_last_calls(facts['last_onlinesim_call'])}")
+    if len(facts["buyers"]) > 1:  # buyers beside Onlinesim: each, and who gets what
+        for i, buyer in enumerate(facts["buyers"]):
+            say(f"{'Buyers:' if i == 0 else '':<12}{render.buyer(buyer)}")
+        say(f"{'':<12}Which buyer gets what: {'; '.join(facts['buyer_policy'])}")
     income = facts["income"]
     say(f"Income:     {render.rub(income['credited_today_kopecks'])} RUB credited today, "
         f"{render.rub(income['credited_month_kopecks'])} RUB this month (UTC); "
-        f"{render.rub(income['pending_kopecks'])} RUB pending in open rentals")
+        f"{render.rub(income['pending_kopecks'])} RUB pending in open rentals"
+        + render.other_income(income["other_currencies"]))
     leaving = (f" ({p['rented_disabled']} of them disabled)" if p["rented_disabled"] else "")
     # "offline" is the SIMs' word (next line): these would be free but for their SIM.
     offline = f", {p['offline']} waiting for their SIM" if p["offline"] else ""
@@ -1486,7 +1491,7 @@ def services_command(
 @app.command()
 @fails_cleanly
 def report(
-    by: Annotated[Grouping, typer.Option(help="How to group the operations (product: rent or activations).")] = "day",
+    by: Annotated[Grouping, typer.Option(help="How to group the operations (product: rent or activations; buyer: a row per buyer and currency).")] = "day",
     since: Annotated[Optional[dt.datetime], typer.Option(
         parser=_moment, metavar="DATE",
         help="From this date or time (UTC unless it has a zone), inclusive.")] = None,
@@ -1502,7 +1507,8 @@ def report(
     A closed operation counts on the day it closed, an open one on the day it started.
     Success rate: operations that met their window (Onlinesim accepted an SMS sent
     within it), of those decided. --by product or service keeps rentals and each
-    activation service apart.
+    activation service apart. Sums are in RUB, of RUB operations only; --by buyer gives
+    a row per buyer and currency (a USD income is never added to roubles).
     """
     if json_output and csv_output:
         raise InvalidInput("choose one of --json and --csv")
@@ -1510,24 +1516,31 @@ def report(
     if since_at and until_at and since_at >= until_at:
         raise InvalidInput("--since must be before --until")
     by = Grouping(by).value
-    rows, totals = reports.income_report(_books(db), by=by, since=since_at,
-                                         until=until_at)
+    books = _books(db)
+    rows, totals = reports.income_report(books, by=by, since=since_at, until=until_at)
+    by_buyer = by == "buyer"
     if json_output:
-        _print_json({"by": by, "rows": [r.as_dict() for r in rows], "totals": totals.as_dict()})
+        _print_json({"by": by, "rows": [r.as_dict() for r in rows], "totals": totals.as_dict(),
+                     **({"totals_by_currency": [t.as_dict()
+                                                for t in reports.currency_totals(rows)]}
+                        if by_buyer else {})})
         return
     if csv_output:
         import csv
 
         # For spreadsheets: plain numbers, the success rate as a fraction, sums in kopecks
         # as in --json (the unit is in the column's name).
+        # By buyer, each row's currency, and its sums in minor units of it (cents for USD).
         columns = ["operations", "sold", "cancelled", "refunded", "wrong_service", "open",
-                   "failed", "with_sms", "success_rate", "credited_kopecks",
-                   "pending_kopecks"]
+                   "failed", "with_sms", "success_rate",
+                   *(("credited_minor", "pending_minor") if by_buyer
+                     else ("credited_kopecks", "pending_kopecks"))]
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow([by] + columns)
+        writer.writerow([by, *(["currency"] if by_buyer else [])] + columns)
         for row in rows:
             rate = row.success_rate
-            writer.writerow([row.key, row.operations, row.sold, row.cancelled, row.refunded,
+            writer.writerow([row.key, *([row.currency] if by_buyer else []), row.operations,
+                             row.sold, row.cancelled, row.refunded,
                              row.wrong_service, row.open, row.failed, row.with_sms,
                              "" if rate is None else f"{rate:.4f}",
                              row.credited_kopecks, row.pending_kopecks])
@@ -1538,15 +1551,38 @@ def report(
     # The table folds cancelled, refunded and wrong_service into "other"; --csv and --json
     # have each.
     label = ("+{}" if by == "number" else "{}").format
-    _table(None, [by, "ops", "sold", "other", "open", "failed", "success", "credited (RUB)",
-                  "pending (RUB)"],
-           [[label(r.key) if r is not totals else "total", str(r.operations), str(r.sold),
-             str(r.cancelled + r.refunded + r.wrong_service), str(r.open), str(r.failed),
-             "" if r.success_rate is None else f"{r.success_rate:.0%}",
-             render.rub(r.credited_kopecks), render.rub(r.pending_kopecks)]
-            for r in rows + [totals]])
+    if by_buyer:  # a row per buyer and currency, and the totals of each currency
+        _table(None, ["buyer", "currency", "ops", "sold", "other", "open", "failed", "success",
+                      "credited", "pending"],
+               [[r.key, r.currency, str(r.operations), str(r.sold),
+                 str(r.cancelled + r.refunded + r.wrong_service), str(r.open), str(r.failed),
+                 "" if r.success_rate is None else f"{r.success_rate:.0%}",
+                 render.rub(r.credited_kopecks), render.rub(r.pending_kopecks)]
+                for r in rows + reports.currency_totals(rows)])
+    else:
+        _table(None, [by, "ops", "sold", "other", "open", "failed", "success",
+                      "credited (RUB)", "pending (RUB)"],
+               [[label(r.key) if r is not totals else "total", str(r.operations), str(r.sold),
+                 str(r.cancelled + r.refunded + r.wrong_service), str(r.open), str(r.failed),
+                 "" if r.success_rate is None else f"{r.success_rate:.0%}",
+                 render.rub(r.credited_kopecks), render.rub(r.pending_kopecks)]
+                for r in rows + [totals]])
     say("credited: FINISH status 3. pending: open operations with SMS, at their GET_NUMBER sum.")
+    if by_buyer:
+        say("Sums in each row's currency, never added across currencies. other: cancelled, "
+            "refunded or wrong service. --json and --csv give minor units (kopecks, cents).")
+        return
     say("other: cancelled, refunded or wrong service. --json and --csv give kopecks.")
+    others = reports.other_currencies(books, since=since_at, until=until_at)
+    if others:  # never added to the roubles above, never hidden either
+        say(f"Not in these sums (RUB only): {', '.join(_in_other(t) for t in others)}; "
+            "see --by buyer.")
+
+
+def _in_other(totals: reports.ReportRow) -> str:
+    """One other currency's income of a report period, in words."""
+    return ", ".join(f"{render.money(minor, totals.currency)} {what}" for minor, what in (
+        (totals.credited_kopecks, "credited"), (totals.pending_kopecks, "pending")) if minor)
 
 
 @app.command()

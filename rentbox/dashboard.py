@@ -1,8 +1,10 @@
 """Dashboard: what the status page at GET / shows, as one dict (the page and its JSON).
 
-Reads only, and cheap on a big database: health, warnings and the income to date are
+Reads only, and cheap on a big database: health, warnings, the income to date and the
+buyers (each one's last call, push URL and open operations, and which buyer gets what) are
 `reports.status`'s own, the pool by country and operator and the per-day books come from
-the tallies (`free_counts`, `books_daily`), open rentals, offline SIMs and the outbox
+the tallies (`free_counts`, `books_daily`, `books_by_service`, `books_by_buyer`: income per
+buyer and currency, never added across currencies), open rentals, offline SIMs and the outbox
 through their partial indexes, alerts as `rentbox alerts list` reads them. Two read
 rows: the push delays (the SMS delivered in the window, one column pair each) and the
 gateways (their watched numbers, through `numbers_by_gateway`: about 1 ms per 1,000).
@@ -53,6 +55,9 @@ def overview(db: Database, now: dt.datetime, rules: Rules | None = None) -> dict
         "income": status["income"],
         # Rent and each activation service apart (issue 22): shown once there are any.
         "products": reports.products_to_date(db, now),
+        # Each buyer and currency apart (issue 23): shown once there is another buyer.
+        "buyer_income": reports.buyers_to_date(db, now),
+        "buyers": {"list": status["buyers"], "policy": status["buyer_policy"]},
         "push": push_urls(status["server"]),
         "pool": {"by_state": status["pool"], "presence": _presence(status["presence"]),
                  "by_operator": by_operator(db)},
@@ -164,11 +169,11 @@ def open_rentals(db: Database, now: dt.datetime, rules: Rules,
                  limit: int = MAX_RENTALS) -> list[dict]:
     """The open rentals (and activations) that need attention first: at risk (the SIM is
     offline: presence), then still waiting for an SMS (the least time left first), then
-    failed awaiting FINISH, then the rest; oldest first within each. With the number's
-    port and how long its window (the guard window of a rental, the time of an
-    activation) has left: `window_left_s`, None once it is decided."""
+    failed awaiting FINISH, then the rest; oldest first within each. With their buyer,
+    the number's port and how long its window (the guard window of a rental, the time of
+    an activation) has left: `window_left_s`, None once it is decided."""
     rows = db.rows(
-        "SELECT o.id, o.service, n.number, n.port, n.country, n.operator, o.created_at,"
+        "SELECT o.id, o.service, o.buyer, n.number, n.port, n.country, n.operator, o.created_at,"
         " o.failed_at, o.lapsed_at, o.sms_accepted_at,"
         " n.offline = 1 AND n.operation_id = o.id AS sim_offline"
         " FROM operations o JOIN numbers n ON n.id = o.number_id WHERE o.state = 'open'"
@@ -200,7 +205,8 @@ def _rental(row: dict, now: dt.datetime, rules: Rules, sms: int) -> dict:
     else:
         window = "deciding"  # over; rentbox decides it a margin later (operations.py)
     return {
-        "id": row["id"], "service": row["service"], "number": row["number"],
+        "id": row["id"], "service": row["service"], "buyer": row["buyer"],
+        "number": row["number"],
         "port": row["port"], "country": row["country"], "operator": row["operator"],
         "started_at": row["created_at"],
         "age_s": round((now - started).total_seconds()),

@@ -5,8 +5,9 @@ Two kinds of figure:
 - observed in this process (Onlinesim's calls and their latency, push outcomes and push
   delay): prometheus-client instruments, updated as things happen. They start at 0 when
   the process starts, as Prometheus expects of counters.
-- kept in the database (the pool by state, open rentals, income, outbox, the last
-  Onlinesim call, backups, replication): read at scrape time by `DatabaseCollector` from
+- kept in the database (the pool by state, open rentals, income, the books per service
+  and per buyer and currency, outbox, each buyer's last call, backups, replication): read
+  at scrape time by `DatabaseCollector` from
   the cheap tallies (tallies.py) and `meta`, never by scanning a big table. Figures that
   can go down (a restore, `housekeep --verify` repairing a tally) are gauges; the one
   database counter, SMS received, is SQLite's AUTOINCREMENT sequence, which never does.
@@ -27,6 +28,7 @@ from prometheus_client.exposition import choose_encoder
 
 from rentbox import meta
 from rentbox.clock import Clock, from_text
+from rentbox.config import ONLINESIM
 from rentbox.db import Connections
 
 log = logging.getLogger("rentbox.metrics")
@@ -150,6 +152,7 @@ class DatabaseCollector:
         yield _gauge("rentbox_income_pending_roubles", "Income of open rentals that "
                      "received an SMS, in roubles.", books["pending"] / 100)
         yield from _by_service(db)
+        yield from _by_buyer(db, now)
         sequence = db.row("SELECT seq FROM sqlite_sequence WHERE name = 'sms'")
         received = CounterMetricFamily("rentbox_sms_received", "SMS stored by rentbox, all "
                                        "time (routed to a rental or not).")
@@ -203,6 +206,51 @@ def _by_service(db):
             value = row[figure] / 100 if figure.endswith("_kopecks") else row[figure]
             family.add_metric(key, value)
     return families.values()
+
+
+def _by_buyer(db, now: dt.datetime):
+    """The books per buyer, from books_by_buyer: income per buyer and currency, in units of
+    the currency (never added across currencies), operations per buyer; and each buyer's
+    last call. Every buyer the server serves has its series from the start (0, or NaN for
+    a last call it never made), so that an alert on them needs no `absent()`."""
+    served = [ONLINESIM] + [b["name"] for b in (meta.get(db, meta.SERVER) or {}).get(
+        "buyers", []) if b.get("name") != ONLINESIM]
+    money = {
+        "credited_minor": GaugeMetricFamily(
+            "rentbox_buyer_income_credited", "Income credited by each buyer, all time, in "
+            "units of `currency` (roubles, dollars): never added across currencies.",
+            labels=("buyer", "currency")),
+        "pending_minor": GaugeMetricFamily(
+            "rentbox_buyer_income_pending", "Income of each buyer's open operations that "
+            "received an SMS, in units of `currency`.", labels=("buyer", "currency")),
+    }
+    counts = {
+        "open": GaugeMetricFamily("rentbox_buyer_open_operations", "Operations open now, "
+                                  "by buyer.", labels=("buyer",)),
+        "with_sms": GaugeMetricFamily("rentbox_buyer_with_sms", "Operations, all time, that "
+                                      "the buyer took an SMS of in time.", labels=("buyer",)),
+        "failed": GaugeMetricFamily("rentbox_buyer_failed", "Operations, all time, that "
+                                    "failed (no SMS in time), by buyer.", labels=("buyer",)),
+    }
+    per_buyer: dict[str, dict[str, int]] = {name: dict.fromkeys(counts, 0) for name in served}
+    for row in db.rows("SELECT buyer, currency, sum(credited_minor) AS credited_minor,"
+                       " sum(pending_minor) AS pending_minor, sum(open) AS open,"
+                       " sum(with_sms) AS with_sms, sum(failed) AS failed"
+                       " FROM books_by_buyer GROUP BY buyer, currency ORDER BY buyer, currency"):
+        for figure, family in money.items():
+            family.add_metric([row["buyer"], row["currency"]], row[figure] / 100)
+        figures = per_buyer.setdefault(row["buyer"], dict.fromkeys(counts, 0))
+        for figure in counts:
+            figures[figure] += row[figure]
+    for name, figures in per_buyer.items():
+        for figure, family in counts.items():
+            family.add_metric([name], figures[figure])
+    last_call = GaugeMetricFamily("rentbox_buyer_last_call_age_seconds", "Seconds since "
+                                  "each buyer's last call (noted at most every 30 s); NaN if "
+                                  "it never called.", labels=("buyer",))
+    for name, call in meta.last_calls(db, served).items():
+        last_call.add_metric([name], _age(now, (call or {}).get("at")))
+    return [*money.values(), *counts.values(), last_call]
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -107,6 +107,46 @@ def rub(kopecks: int | None) -> str:
     return "" if kopecks is None else f"{kopecks / 100:,.2f}"
 
 
+def money(minor: int | None, currency: str) -> str:
+    """A sum in minor units of its currency (kopecks, cents), with the currency: 12.50 USD."""
+    return "" if minor is None else f"{rub(minor)} {currency}"
+
+
+def other_income(currencies: list[dict]) -> str:
+    """Income in other currencies than RUB, for the end of `rentbox status`'s Income line
+    ("; + 12.50 USD this month, 3.00 USD pending"); empty without any. Never added to the
+    roubles before it."""
+    said = []
+    for c in currencies:
+        parts = []
+        if c["credited_month_minor"]:
+            parts.append(f"{money(c['credited_month_minor'], c['currency'])} this month")
+        elif c["credited_week_minor"]:  # a week that began last month
+            parts.append(f"{money(c['credited_week_minor'], c['currency'])} this week")
+        if c["pending_minor"]:
+            parts.append(f"{money(c['pending_minor'], c['currency'])} pending")
+        said.append(f"; + {', '.join(parts)}")
+    return "".join(said)
+
+
+def buyer(facts: dict) -> str:
+    """One buyer in `rentbox status`: where its calls arrive, its open operations, its last
+    call (to the second, and how long ago) and whether its push URL is set."""
+    name = facts["name"] + (f" ({facts['path']})" if facts["path"] else "")
+    call = facts["last_call"]
+    if call is None:
+        last = "never called"
+    else:
+        ago = duration(max(0, facts["last_call_age_s"]))
+        last = f"last call {when_exactly(call['at'])} UTC ({call['action']}, {ago} ago)"
+    if not facts["configured"]:
+        push = "not served by the server now"
+    else:
+        push = {None: "push URL unknown", True: "push URL set",
+                False: "push URL NOT set"}[facts["push_url_set"]]
+    return f"{name}: {facts['open']} open; {last}; {push}"
+
+
 def flat(text: str) -> str:
     """A message on one line (a table cell); the full text is in --json."""
     return " ".join(text.split())

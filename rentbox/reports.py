@@ -9,6 +9,10 @@ same definitions everywhere:
 - success rate: of the rentals whose guard window is decided, the share that met it (a
   rental still waiting is not counted either way). An SMS only stored, or refused by
   Onlinesim, does not meet the window: Onlinesim saw no SMS in that rental.
+
+Money is in minor units of an operation's currency (kopecks for RUB, cents for USD) and is
+never added across currencies: every figure in roubles counts RUB operations only (as the
+tallies do, tallies.py), and the books per buyer keep each currency apart.
 """
 
 from __future__ import annotations
@@ -16,17 +20,18 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from rentbox import (backups, bans, events, gateways, meta, operations, pool, presence,
-                     replication, services, sms, spool, tallies)
+from rentbox import (backups, bans, buyers, events, gateways, meta, operations, pool,
+                     presence, replication, services, sms, spool, tallies)
 from rentbox.clock import from_text, to_text
-from rentbox.config import Rules
+from rentbox.config import ONLINESIM, SMSHUB, Rules
 from rentbox.db import Database, is_being_served
 from rentbox.errors import InvalidInput
 from rentbox.gateways import smsgate
 
 # A warning when this share of the pool (or more) is banned.
 BANNED_SHARE_WARNING = 0.2
-# Onlinesim polls GET_SERVICES every 2 minutes; this long without a call means trouble.
+# Onlinesim polls GET_SERVICES every 2 minutes, SMSHub-protocol buyers every 10-20 s: this
+# long without a call means trouble (unless the server recorded its RENTBOX_ALERT_SILENCE_S).
 SILENCE_WARNING_S = 10 * 60
 # An SMS waiting this long in the outbox is worth a warning.
 STUCK_SMS_WARNING_S = 5 * 60
@@ -46,7 +51,7 @@ SPOOL_WARNING_S = 60
 
 
 def status(db: Database, now: dt.datetime) -> dict:
-    """Pool, open operations, outbox, the server and Onlinesim's last call, and warnings."""
+    """Pool, open operations, outbox, the server, each buyer's last call, and warnings."""
     stamp = to_text(now)
     # Each number counts once, in the first state that applies: rented, disabled, banned,
     # offline (free but for its SIM), free; `rented_disabled` are rented numbers that leave
@@ -74,6 +79,10 @@ def status(db: Database, now: dt.datetime) -> dict:
     # Single-service activations (protocol.md 6), open now.
     ops["activations_open"] = db.row(
         "SELECT count(*) AS n FROM operations WHERE state = 'open' AND service <> 'rent'")["n"]
+    # Open operations (rentals and activations) per buyer: through operations_open.
+    ops["by_buyer"] = {r["buyer"]: r["n"] for r in db.rows(
+        "SELECT buyer, count(*) AS n FROM operations WHERE state = 'open'"
+        " GROUP BY buyer ORDER BY buyer <> 'onlinesim', buyer")}
     ops["stale_failed"] = [r["id"] for r in operations.stale_failed(db, now, STALE_FAILED_S)]
     # Activations out of time without a FINISH: flagged at once (operations.py).
     ops["lapsed_activations"] = [r["id"] for r in operations.lapsed_activations(db)]
@@ -108,6 +117,10 @@ def status(db: Database, now: dt.datetime) -> dict:
         "server": server,
         "last_onlinesim_call": meta.get(db, meta.LAST_ONLINESIM_CALL),
         "income": income_to_date(db, now),
+        # Onlinesim first, then the buyers the server started with (and any other that
+        # still holds an open operation), and which buyer gets what.
+        "buyers": buyers_status(db, now, server, ops["by_buyer"]),
+        "buyer_policy": buyers.policy(meta.server_rules(db) or Rules()),
     }
     # Scheduled backups and the replica (None when the server takes none).
     report["backups"], backup_warnings = backups.status(meta.get(db, meta.BACKUPS), server, now)
@@ -116,7 +129,8 @@ def status(db: Database, now: dt.datetime) -> dict:
     # The hooks' spool (None unless the last server started with RENTBOX_SPOOL_DIR).
     report["spool"] = (spool.backlog(server["spool_dir"], now)
                        if server is not None and server.get("spool_dir") else None)
-    report["warnings"] = (_warnings(report, now) + backup_warnings + replica_warnings
+    report["warnings"] = (_warnings(report, now) + _buyer_warnings(report)
+                          + backup_warnings + replica_warnings
                           + _smsgate_ping_warnings(db, now) + _unwatched_warnings(db, sims)
                           + _spool_warnings(report["spool"]))
     return report
@@ -138,9 +152,77 @@ def income_to_date(db: Database, now: dt.datetime) -> dict:
         " FROM books_daily WHERE day >= min(:week_from, :month_from) AND day <= :today", days)
     # Open rentals are booked on the day they began, which may be long ago: all days.
     pending = db.row("SELECT coalesce(sum(pending_kopecks), 0) AS k FROM books_daily")["k"]
+    # Income in other currencies (SMSHub-protocol buyers may pay in USD), never added to
+    # the roubles above: from `books_by_buyer`, each currency with anything to show.
+    others = db.rows(
+        "SELECT currency,"
+        " coalesce(sum(CASE WHEN day >= :today THEN credited_minor END), 0)"
+        "  AS credited_today_minor,"
+        " coalesce(sum(CASE WHEN day >= :week_from THEN credited_minor END), 0)"
+        "  AS credited_week_minor,"
+        " coalesce(sum(CASE WHEN day >= :month_from THEN credited_minor END), 0)"
+        "  AS credited_month_minor,"
+        " coalesce(sum(pending_minor), 0) AS pending_minor"
+        " FROM books_by_buyer WHERE currency <> 'RUB' AND day <= :today"
+        " GROUP BY currency ORDER BY currency", days)
     return {**days, "credited_today_kopecks": credited["today"],
             "credited_week_kopecks": credited["week"],
-            "credited_month_kopecks": credited["month"], "pending_kopecks": pending}
+            "credited_month_kopecks": credited["month"], "pending_kopecks": pending,
+            "other_currencies": [r for r in others
+                                 if r["credited_week_minor"] or r["credited_month_minor"]
+                                 or r["pending_minor"]]}
+
+
+def buyers_status(db: Database, now: dt.datetime, server: dict | None,
+                  open_by_buyer: dict[str, int]) -> list[dict]:
+    """Each buyer: Onlinesim, the buyers of the server facts (their protocol, path and
+    whether their push URL is set; never a key), then any other buyer that still holds an
+    open operation (`configured` False: the server no longer serves it). With its open
+    operations, its last call ({at, action, actions}, None if it never called), how long
+    ago, and `silent`: the server runs and the buyer never called, or not for longer than
+    the silence threshold (`silence_s`)."""
+    facts = [b for b in (server or {}).get("buyers", []) if b.get("name") != ONLINESIM]
+    found = [{"name": ONLINESIM, "protocol": ONLINESIM, "path": None, "configured": True,
+              "push_url_set": None if server is None else bool(server.get("push_url_set"))}]
+    found += [{"name": b["name"], "protocol": b.get("protocol", SMSHUB), "path": b.get("path"),
+               "configured": True, "push_url_set": bool(b.get("push_url_set"))} for b in facts]
+    named = {b["name"] for b in found}
+    found += [{"name": name, "protocol": None, "path": None, "configured": False,
+               "push_url_set": None} for name in open_by_buyer if name not in named]
+    calls = meta.last_calls(db, [b["name"] for b in found])
+    running = server is not None and bool(server.get("running"))
+    threshold = silence_s(server)
+    for buyer in found:
+        call = calls[buyer["name"]]
+        age = round((now - from_text(call["at"])).total_seconds()) if call else None
+        buyer.update(open=open_by_buyer.get(buyer["name"], 0), last_call=call,
+                     last_call_age_s=age,
+                     silent=running and buyer["configured"] and (age is None or age > threshold))
+    return found
+
+
+def silence_s(server: dict | None) -> float:
+    """How long a buyer may stay silent before `status` warns: the server's
+    RENTBOX_ALERT_SILENCE_S if it recorded it, else SILENCE_WARNING_S."""
+    return float((server or {}).get("alert_silence_s") or SILENCE_WARNING_S)
+
+
+def buyers_to_date(db: Database, now: dt.datetime) -> list[dict]:
+    """Per buyer and currency, from the `books_by_buyer` tally: income credited this month
+    (UTC) and pending now, in minor units of the currency, and the operations' success rate
+    of all time: Onlinesim first. Money is never added across currencies."""
+    month = now.astimezone(dt.timezone.utc).date().replace(day=1).isoformat()
+    rows = db.rows(
+        "SELECT buyer, currency,"
+        " coalesce(sum(CASE WHEN day >= ? THEN credited_minor END), 0) AS credited_month_minor,"
+        " sum(pending_minor) AS pending_minor, sum(operations) AS operations,"
+        " sum(with_sms) AS with_sms, sum(failed) AS failed, sum(open) AS open"
+        " FROM books_by_buyer GROUP BY buyer, currency"
+        " ORDER BY buyer <> 'onlinesim', buyer, currency", (month,))
+    for row in rows:
+        decided = row["with_sms"] + row["failed"]
+        row["success_rate"] = row["with_sms"] / decided if decided else None
+    return rows
 
 
 def products_to_date(db: Database, now: dt.datetime) -> list[dict]:
@@ -237,9 +319,36 @@ def _warnings(report: dict, now: dt.datetime) -> list[str]:
     if server is not None and server["running"]:
         if last_call is None:
             warnings.append("Onlinesim has never called this server")
-        elif (now - from_text(last_call["at"])).total_seconds() > SILENCE_WARNING_S:
+        elif (now - from_text(last_call["at"])).total_seconds() > silence_s(server):
             warnings.append(f"Onlinesim has not called since {_short_time(last_call['at'])}: "
                             "check the URL it was given and the reverse proxy")
+    return warnings
+
+
+def _buyer_warnings(report: dict) -> list[str]:
+    """Buyers beside Onlinesim (whose own warnings are above) that the running server
+    cannot push SMS to, or that are silent."""
+    server = report["server"]
+    if server is None or not server["running"]:
+        return []
+    warnings = []
+    for buyer in report["buyers"]:
+        if buyer["name"] == ONLINESIM or not buyer["configured"]:
+            continue
+        name, where = buyer["name"], buyer["path"] or "its path"
+        if not buyer["push_url_set"]:
+            setting = ("RENTBOX_SMSHUB_PUSH_URL" if name == SMSHUB
+                       else f"push_url in [buyers.{name}] of the buyers file")
+            warnings.append(f"the server runs without a push URL for {name} ({setting}): "
+                            "its SMS are stored but never pushed to it")
+        if buyer["last_call"] is None:
+            warnings.append(f"{name} has never called this server: check the agent URL it "
+                            f"was given (ending in {where}) and its key")
+        elif buyer["silent"]:
+            warnings.append(f"{name} has not called since "
+                            f"{_short_time(buyer['last_call']['at'])} (it polls every 10-20 s):"
+                            f" check the agent URL it was given (ending in {where}), its key "
+                            "and the reverse proxy")
     return warnings
 
 
@@ -305,7 +414,7 @@ def _short_time(text: str) -> str:
 # rentbox report
 # ---------------------------------------------------------------------------------------
 
-GROUPINGS = ("day", "week", "month", "country", "number", "product", "service")
+GROUPINGS = ("day", "week", "month", "country", "number", "product", "service", "buyer")
 
 # When an operation counts: closed ones when they closed (that is when income is
 # credited), open ones when they started.
@@ -319,12 +428,18 @@ _GROUP_SQL = {
     # Rent, or single-service activations (any other service); and each service.
     "product": "CASE operations.service WHEN 'rent' THEN 'rent' ELSE 'activations' END",
     "service": "operations.service",
+    "buyer": "operations.buyer",
 }
+# The order of the rows: by key; by buyer, Onlinesim first, then each buyer's currencies.
+_ORDER_SQL = {"buyer": "key <> 'onlinesim', key, currency"}
 
 
 @dataclasses.dataclass(frozen=True)
 class ReportRow:
-    """One group of a report (a day, week, month, country or number), or the totals."""
+    """One group of a report (a day, week, month, country, number, product, service, or a
+    buyer and currency), or the totals. Its sums are in minor units of `currency`
+    (kopecks, cents); by anything but buyer they are RUB operations' only (a USD income is
+    never added to roubles), while the counts take in every operation."""
 
     key: str
     operations: int
@@ -337,6 +452,7 @@ class ReportRow:
     with_sms: int
     credited_kopecks: int
     pending_kopecks: int
+    currency: str = "RUB"
 
     @property
     def success_rate(self) -> float | None:
@@ -357,20 +473,25 @@ _TALLY_GROUP_SQL = {
     "country": "country",
     "product": "CASE service WHEN 'rent' THEN 'rent' ELSE 'activations' END",
     "service": "service",
+    "buyer": "buyer",
 }
-_TALLY_OF = {"product": "books_by_service", "service": "books_by_service"}
+_TALLY_OF = {"product": "books_by_service", "service": "books_by_service",
+             "buyer": "books_by_buyer"}
 
 
 def income_report(db: Database, *, by: str = "day", since: dt.datetime | None = None,
                   until: dt.datetime | None = None, from_rows: bool = False,
                   ) -> tuple[list[ReportRow], ReportRow]:
     """Operations and income grouped by day, week, month, country, number, product (rent,
-    activations) or service, with totals.
+    activations), service, or buyer and currency (a row each), with totals: every
+    operation counted, and the income of RUB operations (the same totals, however the
+    operations are grouped; `currency_totals` has each currency's own).
 
     `since` is inclusive, `until` exclusive, both on when an operation counts (above).
     Grouped by anything but number over whole days (the usual case), it reads the
     `books_daily` or `books_by_service` tally: a year's report costs the same on 1,000
     and 1,000,000 operations.
+    By buyer it reads `books_by_buyer`.
     By number, or from a time of day, it reads the operations themselves (`from_rows`
     forces that, to check the tally against them).
     """
@@ -383,9 +504,35 @@ def income_report(db: Database, *, by: str = "day", since: dt.datetime | None = 
     else:
         rows = _report_from_rows(db, by, since, until)
     report = [ReportRow(**row) for row in rows]
-    fields = [f.name for f in dataclasses.fields(ReportRow) if f.name != "key"]
-    totals = ReportRow("total", **{f: sum(getattr(r, f) for r in report) for f in fields})
-    return report, totals
+    return report, _total(report, "RUB", counts_of=report)
+
+
+_MONEY = ("credited_kopecks", "pending_kopecks")
+
+
+def _total(rows: list[ReportRow], currency: str, counts_of: list[ReportRow]) -> ReportRow:
+    """A totals row: the counts of `counts_of`, the money of `rows` in `currency`."""
+    counts = [f.name for f in dataclasses.fields(ReportRow)
+              if f.name not in ("key", "currency") + _MONEY]
+    return ReportRow("total", **{f: sum(getattr(r, f) for r in counts_of) for f in counts},
+                     **{f: sum(getattr(r, f) for r in rows if r.currency == currency)
+                        for f in _MONEY}, currency=currency)
+
+
+def currency_totals(rows: list[ReportRow]) -> list[ReportRow]:
+    """The totals of each currency among `rows` (a report by buyer): its operations and
+    its money, RUB first. Never a sum across currencies."""
+    found = sorted({r.currency for r in rows}, key=lambda c: (c != "RUB", c))
+    return [_total(rows, c, counts_of=[r for r in rows if r.currency == c]) for c in found]
+
+
+def other_currencies(db: Database, *, since: dt.datetime | None = None,
+                     until: dt.datetime | None = None) -> list[ReportRow]:
+    """Each currency but RUB with income in the period (credited or pending): what a
+    report in roubles leaves out, so that it can say so."""
+    rows, _ = income_report(db, by="buyer", since=since, until=until)
+    return [t for t in currency_totals(rows)
+            if t.currency != "RUB" and (t.credited_kopecks or t.pending_kopecks)]
 
 
 def _report_from_tally(db: Database, by: str, since: dt.datetime | None,
@@ -397,11 +544,18 @@ def _report_from_tally(db: Database, by: str, since: dt.datetime | None,
     if until is not None:
         where.append("day < ?")
         params.append(to_text(until)[:10])
-    sums = ", ".join(f"sum({name}) AS {name}" for name in tallies.BOOKS)
+    if by == "buyer":  # each currency apart, its money under the ReportRow's names
+        names = dict(zip(tallies.BUYER_BOOKS, tallies.BOOKS))
+        sums = "currency, " + ", ".join(f"sum({name}) AS {names[name]}"
+                                        for name in tallies.BUYER_BOOKS)
+        group = "key, currency"
+    else:
+        sums = ", ".join(f"sum({name}) AS {name}" for name in tallies.BOOKS)
+        group = "key"
     return db.rows(
         f"SELECT {_TALLY_GROUP_SQL[by]} AS key, {sums} FROM {_TALLY_OF.get(by, 'books_daily')}"
-        f" WHERE {' AND '.join(where)} GROUP BY key HAVING sum(operations) > 0 ORDER BY key",
-        params)
+        f" WHERE {' AND '.join(where)} GROUP BY {group} HAVING sum(operations) > 0"
+        f" ORDER BY {_ORDER_SQL.get(by, 'key')}", params)
 
 
 def _report_from_rows(db: Database, by: str, since: dt.datetime | None,
@@ -413,8 +567,13 @@ def _report_from_rows(db: Database, by: str, since: dt.datetime | None,
     if until is not None:
         where.append(f"{_WHEN} < ?")
         params.append(to_text(until))
+    # Money in roubles counts RUB operations only, as the tallies do (tallies._FIGURES);
+    # by buyer, each currency is a group of its own and keeps its money.
+    by_buyer = by == "buyer"
+    money = "true" if by_buyer else "operations.currency = 'RUB'"
+    currency = " operations.currency AS currency," if by_buyer else ""
     return db.rows(
-        f"""SELECT {_GROUP_SQL[by]} AS key,
+        f"""SELECT {_GROUP_SQL[by]} AS key,{currency}
             count(*) AS operations,
             coalesce(sum(finish_status = 3), 0) AS sold,
             coalesce(sum(finish_status = 4), 0) AS cancelled,
@@ -423,14 +582,15 @@ def _report_from_rows(db: Database, by: str, since: dt.datetime | None,
             coalesce(sum(state = 'open'), 0) AS open,
             coalesce(sum(failed_at IS NOT NULL), 0) AS failed,
             coalesce(sum(sms_accepted_at IS NOT NULL), 0) AS with_sms,
-            coalesce(sum(CASE WHEN finish_status = 3 THEN final_sum_kopecks END), 0)
-                AS credited_kopecks,
+            coalesce(sum(CASE WHEN finish_status = 3 AND {money}
+                              THEN final_sum_kopecks END), 0) AS credited_kopecks,
             coalesce(sum(CASE WHEN state = 'open' AND sms_accepted_at IS NOT NULL
-                              AND failed_at IS NULL THEN initial_sum_kopecks END), 0)
-                AS pending_kopecks
+                              AND failed_at IS NULL AND {money}
+                              THEN initial_sum_kopecks END), 0) AS pending_kopecks
         FROM operations JOIN numbers ON numbers.id = operations.number_id
         WHERE {' AND '.join(where)}
-        GROUP BY key ORDER BY key""",
+        GROUP BY key{", currency" if by_buyer else ""}
+        ORDER BY {_ORDER_SQL.get(by, 'key')}""",
         params,
     )
 

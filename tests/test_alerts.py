@@ -357,3 +357,103 @@ def test_only_a_call_ends_an_announced_silence(db, clock):
                                                          "action": "GET_SERVICES"})
     assert alerts.evaluate(db, clock.now(), setup) == 1
     assert alerts.recent(db)[0]["state"] == "cleared"
+
+
+# --- buyers beside Onlinesim (issue 23) ------------------------------------------------------
+
+BUYER_FACTS = [
+    {"name": "smshub", "protocol": "smshub", "path": "/smshub", "push_url_set": True,
+     "services": None, "countries": [], "share": 0.0},
+    {"name": "grizzly", "protocol": "smshub", "path": "/buyer/grizzly", "push_url_set": True,
+     "services": None, "countries": [], "share": 0.0}]
+
+
+def started(db, clock, buyers=BUYER_FACTS):
+    from rentbox import meta
+    from rentbox.clock import to_text
+
+    meta.put(db, clock.now(), meta.SERVER, {"started_at": to_text(clock.now()),
+                                            "buyers": buyers})
+
+
+def called(db, clock, buyer):
+    from rentbox import meta
+    from rentbox.clock import to_text
+
+    meta.put(db, clock.now(), meta.last_call_key(buyer), {
+        "at": to_text(clock.now()), "action": "GET_SERVICES",
+        "actions": {"GET_SERVICES": to_text(clock.now())}})
+
+
+def active(db) -> dict:
+    return {r["key"]: r["message"] for r in alerts.recent(db) if r["state"] == "active"}
+
+
+def test_each_buyer_that_stops_calling_is_an_alert_of_its_own(db, clock):
+    add_numbers(db, START, (A, "germany", "o2"))
+    setup = alerting()  # silence_s = 600
+    started(db, clock)
+    called(db, clock, "onlinesim")
+    clock.advance(300)
+    called(db, clock, "smshub")
+    called(db, clock, "onlinesim")
+    clock.advance(300)
+    # grizzly never called: it counts from the server's start, as Onlinesim would.
+    assert alerts.evaluate(db, clock.now(), setup) == 1
+    assert active(db) == {"buyer_silent:grizzly": (
+        "grizzly has not called since 2026-11-01 12:00 UTC (it polls every 10-20 s): check "
+        "the agent URL it was given (ending in /buyer/grizzly), its key, and that rentbox can "
+        "be reached from the internet")}
+    clock.advance(300)
+    assert alerts.evaluate(db, clock.now(), setup) == 2  # SMSHub and Onlinesim, 10 min on
+    assert set(active(db)) == {"buyer_silent:grizzly", "buyer_silent:smshub",
+                               "onlinesim_silent"}
+    assert "smshub has not called since 2026-11-01 12:05 UTC" in active(db)[
+        "buyer_silent:smshub"]
+    # A restart is no news that a buyer is back: the alerts hold, and say nothing new.
+    started(db, clock)
+    assert alerts.evaluate(db, clock.now(), setup) == 0
+    # A call ends its own buyer's alert only.
+    clock.advance(1)
+    called(db, clock, "smshub")
+    assert alerts.evaluate(db, clock.now(), setup) == 1
+    assert set(active(db)) == {"buyer_silent:grizzly", "onlinesim_silent"}
+    assert "✅ resolved: smshub has not called since" in queued(db)[-1]["text"]
+
+
+def test_a_buyer_no_longer_served_is_no_longer_silent(db, clock):
+    setup = alerting()
+    started(db, clock)
+    called(db, clock, "onlinesim")
+    clock.advance(601)
+    called(db, clock, "onlinesim")
+    assert alerts.evaluate(db, clock.now(), setup) == 2
+    started(db, clock, buyers=BUYER_FACTS[:1])  # restarted without grizzly
+    assert alerts.evaluate(db, clock.now(), setup) == 1
+    assert set(active(db)) == {"buyer_silent:smshub"}
+    started(db, clock, buyers=[])
+    assert alerts.evaluate(db, clock.now(), setup) == 1 and active(db) == {}
+
+
+def test_the_daily_summary_says_other_currencies_apart(db, clock):
+    import datetime as dt
+
+    from rentbox.config import Buyer
+    from rentbox.protocol import FinishRequest
+
+    add_numbers(db, START, (A, "germany", "o2"), (B, "germany", "o2"))
+    rules = Rules(services=("vk",), buyers=(Buyer("smshub", "smshub", key="k"),))
+    for minor, currency in ((1250, "USD"), (2000, "RUB")):
+        issued = operations.open_operation(db, clock, NumberRequest(
+            minor, service="vk", buyer="smshub", currency=currency), rules)
+        operations.finish_operation(db, clock, FinishRequest(
+            issued.activation_id, 3, buyer="smshub"), rules)
+    clock.advance(24 * 3600)
+    alerts.evaluate(db, clock.now(), alerting(summary_hour=0, silence_s=10 ** 9))
+    [summary] = [m for m in queued(db) if m["kind"] == "summary"][:1]
+    assert ("2 rentals (2 sold, 0 failed), credited 20.00 RUB, pending 0.00 RUB, in USD: "
+            "credited 12.50 USD, pending 0.00 USD, 0 number(s) banned") in summary["text"]
+    detail = json.loads(summary["detail"])
+    assert (detail["credited_kopecks"], detail["other_currencies"]) == (
+        2000, [{"currency": "USD", "credited_minor": 1250, "pending_minor": 0}])
+    assert dt.date.fromisoformat(detail["day"]) == START.date()

@@ -212,7 +212,7 @@ def test_income_today_this_week_this_month_and_pending(db):
     assert wednesday == {"today": "2026-11-04", "week_from": "2026-11-02",
                          "month_from": "2026-11-01", "credited_today_kopecks": 10000,
                          "credited_week_kopecks": 30000, "credited_month_kopecks": 70000,
-                         "pending_kopecks": 40000}
+                         "pending_kopecks": 40000, "other_currencies": []}
     # On the Sunday the week began in October, the month on that day; later days are not
     # in (they cannot exist yet, but a day after today is never counted).
     sunday = dashboard.overview(db, at.replace(day=1, hour=23))["income"]
@@ -331,3 +331,56 @@ def test_push_urls_follow_the_server(db):
                                       "activation_push_url_set": False, "services": ["tg"]})
     assert dashboard.overview(db, START)["push"] == {
         "url_set": True, "activation_url_set": False, "services": ["tg"]}
+
+
+# ---- buyers beside Onlinesim (issue 23) ------------------------------------------------------
+
+HUB_FACTS = [{"name": "smshub", "protocol": "smshub", "path": "/smshub", "push_url_set": False,
+              "services": None, "countries": ["france"], "share": 0.0}]
+
+
+def seed_buyers(db, now: dt.datetime) -> dict:
+    """`seed`, and SMSHub: a sale of 12.50 USD today and an open activation in USD on the
+    French number; the server serves SMSHub (without a push URL), which called an hour
+    ago. Returns the open activation's id."""
+    from rentbox import meta, operations
+    from rentbox.clock import FixedClock
+    from rentbox.config import Buyer, Rules
+    from rentbox.protocol import FinishRequest, NumberRequest
+
+    seed(db, now)
+    rules = Rules(services=("vk",), buyers=(Buyer("smshub", "smshub", key="k"),))
+    clock = FixedClock(now - dt.timedelta(minutes=30))
+    sold = operations.open_operation(db, clock, NumberRequest(
+        1250, service="vk", buyer="smshub", currency="USD", country="germany"), rules)
+    operations.finish_operation(db, clock, FinishRequest(sold.activation_id, 3,
+                                                         buyer="smshub"), rules)
+    held = operations.open_operation(db, clock, NumberRequest(
+        300, service="vk", buyer="smshub", currency="USD", country="france"), rules)
+    meta.put(db, now, meta.SERVER, {"started_at": to_text(now - DAY), "push_url_set": True,
+                                    "version": "x", "url": "http://127.0.0.1:1",
+                                    "guard_s": 1200, "ban_after": 3, "ban_s": 86400,
+                                    "buyers": HUB_FACTS})
+    meta.put(db, now, meta.last_call_key("smshub"), {
+        "at": to_text(now - dt.timedelta(hours=1)), "action": "GET_NUMBER", "actions": {}})
+    return held.activation_id
+
+
+def test_income_per_buyer_and_currency_each_buyer_and_the_buyer_of_each_rental(db):
+    held = seed_buyers(db, START)
+    data = dashboard.overview(db, START)
+    assert [(r["buyer"], r["currency"], r["credited_month_minor"], r["pending_minor"],
+             r["open"]) for r in data["buyer_income"]] == [
+        ("onlinesim", "RUB", 0, 40000, 1), ("smshub", "USD", 1250, 0, 1)]
+    # The roubles hold no dollars; the dollars are named beside them.
+    assert data["income"]["credited_today_kopecks"] == 0
+    assert data["income"]["other_currencies"] == [{
+        "currency": "USD", "credited_today_minor": 1250, "credited_week_minor": 1250,
+        "credited_month_minor": 1250, "pending_minor": 0}]
+    assert data["buyers"]["policy"] == ["france reserved for smshub"]
+    assert [(b["name"], b["open"], b["last_call_age_s"], b["push_url_set"])
+            for b in data["buyers"]["list"]] == [("onlinesim", 1, None, True),
+                                                 ("smshub", 1, 3600, False)]
+    buyer_of = {r["id"]: r["buyer"] for r in data["rentals"]["list"]}
+    assert buyer_of.pop(held) == "smshub" and list(buyer_of.values()) == ["onlinesim"]
+    assert tallies.verify(db) == []

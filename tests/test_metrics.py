@@ -376,3 +376,47 @@ def test_the_examples_are_well_formed():
         assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}
         assert rule["alert"].startswith("Rentbox") and rule["expr"].strip()
         assert rule["annotations"]["summary"]
+
+
+# --- buyers beside Onlinesim (issue 23) ------------------------------------------------------
+
+
+def test_books_per_buyer_and_currency_and_each_buyers_last_call(app, db, clock):
+    from rentbox import operations
+    from rentbox.clock import to_text
+    from rentbox.config import Buyer
+    from rentbox.protocol import FinishRequest, NumberRequest
+
+    add_numbers(db, START, *[(f"+491512345678{i}", "germany", "telekom") for i in range(4)])
+    rules = Rules(services=("vk",), buyers=(Buyer("smshub", "smshub", key="k"),))
+    meta.put(db, clock.now(), meta.SERVER, {
+        "started_at": to_text(clock.now()),
+        "buyers": [{"name": "smshub", "protocol": "smshub", "path": "/smshub"},
+                   {"name": "grizzly", "protocol": "smshub", "path": "/buyer/grizzly"}]})
+    for buyer, minor, currency, status in (("onlinesim", 87000, "RUB", 3),
+                                           ("smshub", 1250, "USD", 3),
+                                           ("smshub", 2000, "RUB", 3),
+                                           ("smshub", 300, "USD", None)):
+        issued = operations.open_operation(db, clock, NumberRequest(
+            minor, service="rent" if buyer == "onlinesim" else "vk", buyer=buyer,
+            currency=currency), rules)
+        if status:
+            operations.finish_operation(db, clock, FinishRequest(
+                issued.activation_id, status, minor, buyer=buyer), rules)
+    meta.put(db, clock.now(), meta.last_call_key("smshub"), {
+        "at": to_text(clock.now()), "action": "GET_NUMBER", "actions": {}})
+    clock.advance(42)
+    found = scrape(app)
+    credited = {labels: v for (name, labels), v in found.items()
+                if name == "rentbox_buyer_income_credited"}
+    assert credited == {(("buyer", "onlinesim"), ("currency", "RUB")): 870,
+                        (("buyer", "smshub"), ("currency", "RUB")): 20,
+                        (("buyer", "smshub"), ("currency", "USD")): 12.5}
+    # The roubles never hold the dollars.
+    assert value(found, "rentbox_income_credited_roubles") == 890
+    assert value(found, "rentbox_buyer_open_operations", buyer="smshub") == 1
+    assert value(found, "rentbox_buyer_open_operations", buyer="onlinesim") == 0
+    assert value(found, "rentbox_buyer_open_operations", buyer="grizzly") == 0  # served
+    assert value(found, "rentbox_buyer_last_call_age_seconds", buyer="smshub") == 42
+    assert math.isnan(value(found, "rentbox_buyer_last_call_age_seconds", buyer="grizzly"))
+    assert math.isnan(value(found, "rentbox_buyer_last_call_age_seconds", buyer="onlinesim"))

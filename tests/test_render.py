@@ -57,3 +57,34 @@ def test_plural():
     assert [render.plural(n, "number") for n in (0, 1, 2)] == ["0 numbers", "1 number",
                                                                 "2 numbers"]
     assert render.plural(2, "reply", "replies") == "2 replies"
+
+
+def test_money_keeps_its_currency():
+    assert render.money(1250, "USD") == "12.50 USD"
+    assert render.money(123456789, "RUB") == "1,234,567.89 RUB"
+    assert render.money(None, "USD") == ""
+
+
+def test_other_income_names_each_currency_and_never_a_zero():
+    assert render.other_income([]) == ""
+    assert render.other_income([
+        {"currency": "USD", "credited_month_minor": 1250, "credited_week_minor": 0,
+         "pending_minor": 300},
+        {"currency": "EUR", "credited_month_minor": 0, "credited_week_minor": 700,
+         "pending_minor": 0}]) == ("; + 12.50 USD this month, 3.00 USD pending"
+                                   "; + 7.00 EUR this week")
+
+
+def test_a_buyer_on_one_status_line():
+    call = {"at": "2026-11-02T12:10:00.000000Z", "action": "GET_NUMBER"}
+    smshub = {"name": "smshub", "path": "/smshub", "configured": True, "push_url_set": True,
+              "open": 3, "last_call": call, "last_call_age_s": 3725}
+    assert render.buyer(smshub) == ("smshub (/smshub): 3 open; last call 2026-11-02 12:10:00 "
+                                    "UTC (GET_NUMBER, 1 h 2 min ago); push URL set")
+    assert render.buyer({**smshub, "last_call": None, "push_url_set": False}) == (
+        "smshub (/smshub): 3 open; never called; push URL NOT set")
+    gone = {"name": "bower", "path": None, "configured": False, "push_url_set": None,
+            "open": 1, "last_call": None, "last_call_age_s": None}
+    assert render.buyer(gone) == "bower: 1 open; never called; not served by the server now"
+    onlinesim = {**gone, "name": "onlinesim", "configured": True}
+    assert render.buyer(onlinesim).endswith("; push URL unknown")  # no server ever ran

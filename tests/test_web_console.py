@@ -380,3 +380,51 @@ def test_the_last_call_named_is_the_last_call_made(console, clock, db):
     assert ("Last call: GET_SERVICES, 0 s ago (2026-11-01 12:00 UTC) before it: "
             "FINISH_ACTIVATION 20 s ago (2026-11-01 12:00 UTC); GET_NUMBER 25 s ago "
             "(2026-11-01 12:00 UTC)") in onlinesim
+
+
+def test_with_other_buyers_the_page_shows_each_buyer_and_its_income_per_currency(
+        settings, clock, connections, db):
+    """Issue 23: the buyer of each open operation, each buyer's last call and push URL,
+    which buyer gets what, and income per buyer and currency, the dollars never added to
+    the roubles."""
+    import dataclasses
+
+    from test_dashboard import seed_buyers
+
+    from rentbox.db import hold_serving_lock
+
+    held = seed_buyers(db, START)
+    app = WsgiClient(wsgi(dataclasses.replace(settings, console_password=PASSWORD), clock,
+                          connections))
+    lock = hold_serving_lock(db.path)  # as `rentbox serve` does: the server runs
+    try:
+        html = app.request("GET", "/", headers={"Accept": BROWSER, "Authorization": basic(
+            PASSWORD)}).body.decode()
+    finally:
+        lock.close()
+    assert re.findall(r"<section id=([\w-]+)", html)[:10] == [
+        "attention", "rentals", "offline", "income", "gateways", "onlinesim", "buyers",
+        "products", "buyer-income", "pool"]
+    rentals = section(html, "rentals")
+    assert "<th class='wrap'>buyer</th>" in rentals
+    assert re.search(rf"<td class='head' data-label='rental'>{held} <span class=muted>\(vk\)"
+                     r"</span></td>.*?<td class='wrap' data-label='buyer'>smshub</td>",
+                     rentals)
+    assert text_of(section(html, "buyers")) == (
+        "Buyers buyer calls at last call push URL open "
+        "onlinesim — never set 1 "
+        "smshub /smshub GET_NUMBER, 60 min ago (2026-11-01 11:00 UTC) not set 1 "
+        "Which buyer gets what: france reserved for smshub")
+    # SMSHub is silent (an hour): its last call in red; its push URL is not set.
+    assert "<span class=risk>GET_NUMBER, 60 min ago" in section(html, "buyers")
+    assert text_of(section(html, "buyer-income")) == (
+        "Income by buyer buyer currency credited this month pending success, all time open "
+        "onlinesim RUB 0.00 RUB 400.00 RUB 100% 1 "
+        "smshub USD 12.50 USD 0.00 USD - 1 "
+        "Each currency apart: a USD income is never added to roubles.")
+    income = section(html, "income")
+    assert "<b>0.00 RUB</b><span>credited today</span>" in income  # not the 12.50 USD
+    assert text_of(income).endswith(
+        "Not in these sums: 12.50 USD this month, 0.00 USD pending.")
+    warnings = text_of(section(html, "attention"))
+    assert "the server runs without a push URL for smshub (RENTBOX_SMSHUB_PUSH_URL)" in warnings

@@ -6,9 +6,12 @@ names and alert texts come from outside). The one inline style sheet is allowed 
 hash in the Content-Security-Policy (`CSP`); nothing else may load or run. The page
 reloads itself every `REFRESH_S` seconds (`<meta http-equiv=refresh>`, no script).
 
-Order: warnings, open rentals (port, window left, risk), offline SIMs (port, gateway),
-income to date, gateways, Onlinesim (push URL, last call), pool, outbox, health; then
-the charts, each only once it has something to draw, the pool by operator and alerts.
+Order: warnings, open rentals (port, window left, risk; their buyer once there are
+several), offline SIMs (port, gateway), income to date, gateways, Onlinesim (push URL, last
+call), the buyers (each one's last call and push URL, and which buyer gets what) once there
+is another, income by service once there are activations, income by buyer and currency
+once there is another buyer or currency, pool, outbox, health; then the charts, each only
+once it has something to draw, the pool by operator and alerts.
 
 On a narrow screen the tables turn into one block per row, each value under its column's
 name, so nothing is cut off or scrolls sideways. Charts stretch to their box: bars and
@@ -117,6 +120,12 @@ def render(data: dict) -> str:
              + ("s" if len(data["warnings"]) > 1 else ""))
     rentals = data["rentals"]
     opened = rentals["open"] + rentals.get("activations_open", 0)
+    buyers = data.get("buyers") or {"list": [], "policy": []}
+    # Several buyers (issue 23): configured, holding an operation, or in the books.
+    several = (len(buyers["list"]) > 1
+               or any(r.get("buyer", "onlinesim") != "onlinesim" for r in rentals["list"])
+               or any((b["buyer"], b["currency"]) != ("onlinesim", "RUB")
+                      for b in data.get("buyer_income", [])))
     title = ("Open rentals and activations" if rentals.get("activations_open")
              else "Open rentals")
     parts = [
@@ -127,17 +136,22 @@ def render(data: dict) -> str:
         f"rentbox {_e(__version__)}</p>",
         "<div class=grid>",
         _attention(data["warnings"]),
-        _section("rentals", f"{title} ({_e(opened)})", _rentals(rentals), wide=True),
+        _section("rentals", f"{title} ({_e(opened)})", _rentals(rentals, several),
+                 wide=True),
         _section("offline", f"Offline SIMs ({_e(data['offline_sims']['count'])})",
                  _offline(data["offline_sims"]), wide=True),
         _section("income", "Income (RUB)", _income(data["income"])),
         _section("gateways", "Gateways", _gateways(data["gateways"])),
         _section("onlinesim", "Onlinesim", _onlinesim(
             data["push"], data["health"]["last_onlinesim_call"], from_text(data["at"]))),
+        (_section("buyers", "Buyers", _buyers(buyers), wide=True)
+         if len(buyers["list"]) > 1 else ""),
         # Rent and each activation service apart, once there are activations.
         (_section("products", "Income by service (RUB)", _products(data["products"]),
                   wide=True)
          if any(p["product"] == "activations" for p in data["products"]) else ""),
+        (_section("buyer-income", "Income by buyer", _buyer_income(data["buyer_income"]),
+                  wide=True) if several else ""),
         _section("pool", "Pool", _pool(data["pool"])),
         _section("outbox", "Outbox", _outbox(data["outbox"])),
         _section("health", "Health", _health(data["health"])),
@@ -238,7 +252,8 @@ def _attention(warnings: list[str]) -> str:
         f"<li>{_e(w)}</li>" for w in warnings) + "</ul>", wide=True, extra="alarm")
 
 
-def _rentals(rentals: dict) -> str:
+def _rentals(rentals: dict, by_buyer: bool = False) -> str:
+    """The open rentals and activations; `by_buyer`: with a column naming each one's buyer."""
     if not rentals["list"]:
         return "<p class=muted>No open rentals.</p>"
     rows = [[f"{_e(r['id'])}" + ("" if r["service"] == "rent"
@@ -246,13 +261,14 @@ def _rentals(rentals: dict) -> str:
              f"+{_e(r['number'])}", _e(r["port"] or "—"), _window(r), _risk(r),
              _e(", ".join(x for x in (r["country"], r["operator"]) if x)),
              _e(r["sms"]), _e(_age(r["age_s"]))]
+            + ([_e(r.get("buyer", "onlinesim"))] if by_buyer else [])
             for r in rentals["list"]]
     shown, total = len(rentals["list"]), rentals["open"] + rentals.get("activations_open", 0)
     more = (f"<p class=legend>{shown} of {_e(total)} shown: the ones at risk or waiting for "
             "an SMS first</p>" if shown < total else "")
     return _table([("rental", ""), ("number", "two"), ("port", "wrap"), ("window", "two"),
-                   ("risk", ""), ("where", "wrap two"), ("SMS", "n"), ("open for", "n")],
-                  rows) + more
+                   ("risk", ""), ("where", "wrap two"), ("SMS", "n"), ("open for", "n")]
+                  + ([("buyer", "wrap")] if by_buyer else []), rows) + more
 
 
 def _window(rental: dict) -> str:
@@ -295,7 +311,12 @@ def _income(income: dict) -> str:
         ("this week, from Monday", _rub(income["credited_week_kopecks"])),
         (f"this month, from {income['month_from'][5:]}", _rub(income["credited_month_kopecks"])),
         ("pending: open operations with an SMS in time", _rub(income["pending_kopecks"])),
-    ]) + "<p class=legend>Days are UTC. Credited: FINISH with status 3.</p>"
+    ]) + "<p class=legend>Days are UTC. Credited: FINISH with status 3.</p>" + "".join(
+        # Never added to the roubles, never hidden either (income by buyer has them).
+        f"<p class=legend>Not in these sums: "
+        f"<b>{_e(_minor(c['credited_month_minor'], c['currency']))}</b> this month, "
+        f"{_e(_minor(c['pending_minor'], c['currency']))} pending.</p>"
+        for c in income.get("other_currencies", []))
 
 
 def _products(products: list[dict]) -> str:
@@ -305,6 +326,46 @@ def _products(products: list[dict]) -> str:
              _e(p["open"])] for p in products]
     return _table([("service", ""), ("product", ""), ("credited this month", "n"),
                    ("pending", "n"), ("success, all time", "n"), ("open", "n")], rows)
+
+
+def _minor(minor: int, currency: str) -> str:
+    """A sum in minor units of its currency (kopecks, cents): 12.50 USD."""
+    return f"{minor / 100:,.2f} {currency}".replace(",", " ")
+
+
+def _buyer_income(rows: list[dict]) -> str:
+    """Income per buyer and currency: a row each, never a sum across currencies."""
+    if not rows:
+        return "<p class=muted>Nothing sold yet.</p>"
+    body = [[_e(r["buyer"]), _e(r["currency"]),
+             _e(_minor(r["credited_month_minor"], r["currency"])),
+             _e(_minor(r["pending_minor"], r["currency"])),
+             _e("-" if r["success_rate"] is None else f"{r['success_rate']:.0%}"),
+             _e(r["open"])] for r in rows]
+    return _table([("buyer", ""), ("currency", ""), ("credited this month", "n"),
+                   ("pending", "n"), ("success, all time", "n"), ("open", "n")], body) + (
+        "<p class=legend>Each currency apart: a USD income is never added to roubles.</p>")
+
+
+def _buyers(buyers: dict) -> str:
+    """Each buyer: where its calls arrive, its last call, its push URL, its open
+    operations; and which buyer gets what."""
+    rows = []
+    for b in buyers["list"]:
+        call = b["last_call"]
+        last = ("never" if call is None else
+                f"{call['action']}, {_ago(b['last_call_age_s'])} ({_short(call['at'])})")
+        push = ("<span class=muted>not served now</span>" if not b["configured"] else
+                "<span class=muted>unknown</span>" if b["push_url_set"] is None else
+                "<span class=good>set</span>" if b["push_url_set"] else
+                "<span class=risk>not set</span>")
+        rows.append([_e(b["name"]), _e(b["path"] or "—"),
+                     f"<span class=risk>{_e(last)}</span>" if b["silent"] else _e(last),
+                     push, _e(b["open"])])
+    return _table([("buyer", ""), ("calls at", "wrap"), ("last call", "wrap two"),
+                   ("push URL", ""), ("open", "n")], rows) + (
+        "<p class=legend>Which buyer gets what: " + _e("; ".join(buyers["policy"]))
+        + "</p>")
 
 
 def _gateways(rows: list[dict]) -> str:
