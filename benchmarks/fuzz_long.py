@@ -40,7 +40,15 @@ from hypothesis import strategies as st
 HERE = Path(__file__).resolve().parent
 CREDENTIALS = {"RENTBOX_API_KEY": "fuzz-key", "RENTBOX_GATEWAY_TOKEN": "fuzz-gateway",
                "RENTBOX_SMSGATE_KEY": "fuzz-smsgate", "RENTBOX_CONSOLE_PASSWORD": "fuzz-console",
-               "RENTBOX_METRICS_TOKEN": "fuzz-metrics"}
+               "RENTBOX_METRICS_TOKEN": "fuzz-metrics", "RENTBOX_SMSHUB_KEY": "fuzz-smshub"}
+# Beside SMSHub (RENTBOX_SMSHUB_KEY), one clone from a buyers file (RENTBOX_BUYERS), so that
+# /smshub and /buyer/{name} are served; its key is in the file, not the environment.
+CLONE, CLONE_KEY = "grizzly", "fuzz-grizzly"
+BUYERS_FILE = f"""[buyers.{CLONE}]
+protocol = "smshub"
+key = "{CLONE_KEY}"
+services = ["vk", "whatsapp"]
+"""
 POOL = """number,country,operator,port
 +4917612345678,germany,vodafone,box1:1
 +4917612345679,germany,o2,box1:2
@@ -86,6 +94,23 @@ class GatewayToken(Bearer):
 @schemathesis.auth(refresh_interval=None).apply_to(path="/metrics")
 class MetricsToken(Bearer):
     env = "RENTBOX_METRICS_TOKEN"
+
+
+@schemathesis.auth(refresh_interval=None).apply_to(path="/smshub", method="POST")
+class SmshubKey(Bearer):
+    env = "RENTBOX_SMSHUB_KEY"
+
+
+@schemathesis.auth(refresh_interval=None).apply_to(path="/buyer/{name}", method="POST")
+class CloneKey(Bearer):
+    """The clone's key, at the clone's path (any other name is only a 404)."""
+
+    def get(self, case, ctx):
+        return CLONE_KEY
+
+    def set(self, case, data, ctx):
+        super().set(case, data, ctx)
+        case.path_parameters = {**(case.path_parameters or {}), "name": CLONE}
 
 
 @schemathesis.auth(refresh_interval=None).apply_to(path="/", method="GET")
@@ -164,9 +189,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         # Activations on (the openapi examples ask for vk): their success paths are fuzzed too.
         env = {**os.environ, **CREDENTIALS, "RENTBOX_DB": f"{folder}/fuzz.db",
-               "RENTBOX_SERVICES": "vk,wa"}
+               "RENTBOX_SERVICES": "vk,wa", "RENTBOX_BUYERS": f"{folder}/buyers.toml"}
         rentbox = str(Path(sys.executable).with_name("rentbox"))
         Path(folder, "pool.csv").write_text(POOL)
+        Path(folder, "buyers.toml").write_text(BUYERS_FILE)
         subprocess.run([rentbox, "numbers", "import", f"{folder}/pool.csv"], env=env,
                        check=True, capture_output=True)
         port = free_port()

@@ -18,6 +18,7 @@ import jsonschema_rs
 import pytest
 from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 
+from rentbox.config import Buyer
 from rentbox.web import docs, make_app, wsgi
 from conftest import API_KEY, GATEWAY_TOKEN, SMSGATE_KEY, START, Answer, WsgiClient
 from conftest import add_numbers
@@ -25,6 +26,11 @@ from conftest import add_numbers
 CONSOLE_PASSWORD = "console-pass-3e1"
 METRICS_TOKEN = "metrics-token-8b2"
 SERVICES = ("vk", "wa")  # offered for single-service activations where a test says so
+# SMSHub and one of its clones, buyers beside Onlinesim (docs/buyers.md); the clone is
+# offered WhatsApp under its own name.
+HUB_KEY, CLONE, CLONE_KEY = "hub-key-40c7", "grizzly", "grizzly-key-9a15"
+BUYERS = (Buyer("smshub", "smshub", key=HUB_KEY),
+          Buyer(CLONE, "smshub", key=CLONE_KEY, services=("whatsapp",)))
 DOC = json.loads(docs.document())
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -108,13 +114,26 @@ def test_every_schema_in_the_document_is_valid_json_schema():
     assert "Error" in DOC["components"]["schemas"]
 
 
+def served_operations(app) -> set[tuple[str, str]]:
+    """The app's routes as the document writes them: Bottle writes a path parameter
+    `<token>`, OpenAPI `{token}`; each SMSHub-protocol buyer of the buyers file has a
+    literal route of its own, `/buyer/<its name>`, documented once as `/buyer/{name}`."""
+    served = set()
+    for route in app.routes:
+        path = re.sub(r"<(\w+)(:[^>]*)?>", r"{\1}", route.rule)
+        served.add((route.method, re.sub(r"^/buyer/[^/{]+$", "/buyer/{name}", path)))
+    return served
+
+
 def test_every_route_is_documented_and_every_documented_operation_served(settings, clock,
                                                                           connections):
-    app = make_app(settings, clock, connections)
-    # Bottle writes a path parameter `<token>`, OpenAPI `{token}`.
-    served = {(route.method, re.sub(r"<(\w+)(:[^>]*)?>", r"{\1}", route.rule))
-              for route in app.routes}
-    assert served == documented_operations()
+    # With SMSHub and a clone as buyers, so that their routes exist.
+    app = make_app(with_buyers(settings), clock, connections)
+    assert ("POST", f"/buyer/{CLONE}") in {(r.method, r.rule) for r in app.routes}
+    assert served_operations(app) == documented_operations()
+    # Without buyers (the default) neither is served: both answer a documented 404.
+    alone = {(r.method, r.rule) for r in make_app(settings, clock, connections).routes}
+    assert ("POST", "/smshub") not in alone and ("POST", f"/buyer/{CLONE}") not in alone
 
 
 def test_every_request_example_in_the_document_is_valid():
@@ -164,13 +183,20 @@ def offering(settings, services=SERVICES):
                                rules=dataclasses.replace(settings.rules, services=services))
 
 
+def with_buyers(settings, services=SERVICES):
+    """`settings` offering `services`, with SMSHub and a clone (BUYERS) beside Onlinesim."""
+    return dataclasses.replace(settings, rules=dataclasses.replace(
+        settings.rules, services=services, buyers=BUYERS))
+
+
 @pytest.fixture
 def server(start_server, settings, db):
     add_numbers(db, START, ("+4917612345678", "germany", "vodafone", "box1:1"),
                 ("+4917612345679", "germany", "vodafone", "box1:2"),
-                ("+79161234567", "russia", "mts", "box2:1"))
+                ("+79161234567", "russia", "mts", "box2:1"),
+                ("+77011234567", "kazakhstan", None, "box3:1"))
     return start_server(console_password=CONSOLE_PASSWORD, metrics_token=METRICS_TOKEN,
-                        rules=offering(settings).rules)
+                        rules=with_buyers(settings).rules)
 
 
 def test_real_answers_validate_against_the_document(server):
@@ -240,6 +266,47 @@ def test_real_answers_validate_against_the_document(server):
     call("POST", "/", 400, payload={"action": "GET_STATE"}, headers=key)
     call("POST", "/", 401, payload=services, headers={"Authorization": "Bearer nope"})
 
+    # SMSHub's agent protocol, at /smshub and at the clone's /buyer/<name>: one URL each.
+    hub, clone = {"key": HUB_KEY}, {"key": CLONE_KEY}
+    at_clone, buyer = f"/buyer/{CLONE}", "/buyer/{name}"
+    hub_services = call("POST", "/smshub", 200, payload={"action": "GET_SERVICES", **hub}).json
+    assert {c["country"]: c["operatorMap"] for c in hub_services["countryList"]}[
+        "kazakhstan"] == {"any": {"vk": 1, "wa": 1}}  # no operator: `any`, alone
+    call("POST", at_clone, 200, buyer, payload={"action": "GET_SERVICES", **clone})
+    call("POST", "/smshub", 200, headers={"Authorization": f"Bearer {HUB_KEY}"},
+         payload={"action": "GET_SERVICES"})
+    call("POST", "/smshub", 200, raw=gzip.compress(json.dumps(
+        {"action": "GET_SERVICES", **hub}).encode()), headers={"Content-Encoding": "gzip"})
+    hub_number = {"action": "GET_NUMBER", "country": "kazakhstan", "operator": "any",
+                  "service": "vk", "sum": 20.00, "currency": 643,
+                  "exceptionPhoneSet": ["7918", "79281"], **hub}
+    issued = call("POST", "/smshub", 200, payload=hub_number).json
+    assert issued == {"number": 77011234567, "activationId": issued["activationId"],
+                      "status": "SUCCESS"}
+    assert call("POST", "/smshub", 200, payload=hub_number).json == {"status": "NO_NUMBERS"}
+    call("POST", "/smshub", 400, payload={**hub_number, "currency": 978})
+    hub_finish = {"action": "FINISH_ACTIVATION", "activationId": issued["activationId"],
+                  "status": 3, **hub}
+    for path in (at_clone, "/finishActivation"):  # another buyer's activation
+        assert call("POST", path, 200, buyer if path == at_clone else None, payload={
+            **hub_finish, "key": CLONE_KEY if path == at_clone else API_KEY}).json == {
+            "status": "ERROR", "error": "NO_OPERATION"}
+    assert call("POST", "/smshub", 200, payload=hub_finish).json == {"status": "SUCCESS"}
+    assert call("POST", "/smshub", 200, payload=hub_finish).json == {"status": "SUCCESS"}
+    # Sold for vk, the number is still offered for WhatsApp: the clone takes it, as a test.
+    test = call("POST", at_clone, 200, buyer, headers={"X-Rentbox-Test": "1"}, payload={
+        **hub_number, "service": "whatsapp", "currency": 840, **clone})
+    assert test.json["status"] == "SUCCESS" and test.headers.get("X-Rentbox-Test") == "1"
+    call("POST", at_clone, 200, buyer, payload={
+        "action": "FINISH_ACTIVATION", "activationId": test.json["activationId"],
+        "status": 5, **clone})
+    call("POST", "/smshub", 401, payload={"action": "GET_SERVICES", **clone})
+    call("POST", "/smshub", 401, payload={"action": "GET_SERVICES", "key": API_KEY})
+    call("POST", at_clone, 401, buyer, payload={"action": "GET_SERVICES", **hub})
+    call("POST", at_clone, 400, buyer, payload={"action": "GET_BALANCE", **clone})
+    call("POST", "/buyer/nobody", 404, buyer, payload={"action": "GET_SERVICES", **clone})
+    call("GET", "/smshub", 405)
+
     call("GET", "/health", 200)
     call("GET", "/", 401)
     call("GET", "/", 200, headers={"Authorization": basic})
@@ -280,13 +347,16 @@ def test_real_answers_validate_against_the_document(server):
 def test_routes_that_are_off_answer_as_documented(start_server):
     server = start_server(gateway_token=None, smsgate_key=None, console_password=None,
                           metrics_token=None)
-    for method, path, status, payload in [
-            ("POST", "/sms", 503, {}), ("POST", "/presence", 503, {}),
-            ("POST", "/sms/smsgate", 503, {}), ("GET", "/metrics", 503, None),
-            ("GET", "/", 404, None)]:
+    for method, path, status, payload, documented in [
+            ("POST", "/sms", 503, {}, None), ("POST", "/presence", 503, {}, None),
+            ("POST", "/sms/smsgate", 503, {}, None), ("GET", "/metrics", 503, None, None),
+            ("GET", "/", 404, None, None),
+            # No RENTBOX_SMSHUB_KEY, no buyers file: no buyer's URL is served.
+            ("POST", "/smshub", 404, {"action": "GET_SERVICES"}, None),
+            ("POST", f"/buyer/{CLONE}", 404, {"action": "GET_SERVICES"}, "/buyer/{name}")]:
         answer = request(server.url, method, path, payload=payload)
         assert answer.status == status, (path, answer.body)
-        check_answer(method, path, answer)
+        check_answer(method, documented or path, answer)
 
 
 def test_a_presence_report_while_presence_is_off_is_a_documented_conflict(settings, clock,
@@ -553,3 +623,75 @@ def test_the_service_the_document_allows_is_the_service_the_calls_take():
     draw = random.Random(6)
     for _ in range(5000):
         check("".join(draw.choice(alphabet) for _ in range(draw.randrange(0, 37))))
+
+
+# -- SMSHub's agent protocol (protocol.md 7) ----------------------------------------------
+
+def test_the_smshub_calls_the_document_allows_are_the_calls_smshub_takes():
+    """Each field of GET_NUMBER and FINISH_ACTIVATION on /smshub and /buyer/{name}: what
+    the document allows, smshub.py's parsers take, and the other way round (schemathesis
+    sends both kinds: a valid call refused, or an invalid one taken, is a failure)."""
+    from rentbox import smshub
+    from rentbox.errors import InvalidInput
+
+    def taken(parse, body) -> bool:
+        try:
+            parse(body, buyer="smshub")
+        except InvalidInput:
+            return False
+        return True
+
+    for path in ("/smshub", "/buyer/{name}"):
+        assert operation("POST", path)["requestBody"]["content"]["application/json"][
+            "schema"] == {"$ref": "#/components/schemas/SmshubRequest"}
+    request = allowing({"$ref": "#/components/schemas/SmshubRequest"})
+    number = {"action": "GET_NUMBER", "country": "russia", "operator": "mts", "service": "vk",
+              "sum": 20.00, "currency": 643, "exceptionPhoneSet": ["7918", "79281"]}
+    changes = [{}, {"currency": 840}, {"currency": 840.0}, {"currency": 978},
+               {"currency": "643"}, {"currency": None}, {"currency": True},
+               {"sum": 10}, {"sum": "20.00"}, {"sum": -1}, {"sum": None}, {"sum": "1e3"},
+               {"country": ""}, {"country": None}, {"country": 7}, {"operator": None},
+               {"operator": "any"}, {"operator": 5}, {"exceptionPhoneSet": None},
+               {"exceptionPhoneSet": [7918]}, {"exceptionPhoneSet": ["79x"]},
+               {"exceptionPhoneSet": "7918"}, {"service": "WA "}, {"service": "whatsapp"},
+               {"service": "rent"}, {"service": " Rent"}, {"service": "v k"},
+               {"service": None}, {"service": 7}]
+    for change in changes:
+        body = {**number, **change}
+        assert request(body) == taken(smshub.parse_number_request, body), change
+    for missing in ("service", "sum", "country", "currency", "operator", "exceptionPhoneSet"):
+        body = {k: v for k, v in number.items() if k != missing}
+        assert request(body) == taken(smshub.parse_number_request, body), missing
+
+    finish = {"action": "FINISH_ACTIVATION", "activationId": 355, "status": 3}
+    for change in ({}, {"status": 1}, {"status": 5}, {"status": 2}, {"status": "3"},
+                   {"activationId": 0}, {"activationId": 2**63}, {"activationId": 7.0},
+                   {"activationId": "355"}, {"service": "vk"}, {"service": "rent"},
+                   {"service": None}, {"service": "v k"},
+                   # The income is the GET_NUMBER sum: a FINISH's `sum` is not read.
+                   {"sum": -1}, {"sum": "lots"}, {"sum": 20}):
+        body = {**finish, **change}
+        assert request(body) == taken(smshub.parse_finish_request, body), change
+    assert request({"action": "GET_SERVICES"}) and not request({"action": "GET_BALANCE"})
+    assert not request({"key": HUB_KEY})
+
+
+def test_the_smshub_services_answer_never_has_any_beside_real_operators():
+    """SMSHub's Appendix 2, as the document says it and smshub.py answers it: `any` only
+    for a country none of whose numbers has an operator."""
+    from rentbox import smshub
+    from rentbox.buyers import View
+
+    answer = allowing({"$ref": "#/components/schemas/SmshubServicesAnswer"})
+    view = View(rent={}, services={"russia": {"mts": {"vk": 2}, "": {"vk": 5}},
+                                   "kazakhstan": {"": {"vk": 3, "wa": 0}}})
+    real = smshub.services_answer(view)
+    assert answer(real)
+    assert {c["country"]: c["operatorMap"] for c in real["countryList"]} == {
+        "kazakhstan": {"any": {"vk": 3, "wa": 0}}, "russia": {"mts": {"vk": 2}}}
+    mixed = {"countryList": [{"country": "russia",
+                              "operatorMap": {"mts": {"vk": 2}, "any": {"vk": 7}}}],
+             "status": "SUCCESS"}
+    assert not answer(mixed)
+    assert answer({**mixed, "countryList": [{"country": "russia",
+                                             "operatorMap": {"any": {"vk": 7}}}]})

@@ -16,8 +16,8 @@ README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 ALL_DOCS = [README, *sorted(DOCS.glob("*.md"))]
 # The docs/*.md the README's quick start hands the partner on to.
-TOPICS = ("going-live", "gateways", "settings", "api", "operations", "backups", "upgrading",
-          "development")
+TOPICS = ("going-live", "gateways", "settings", "api", "buyers", "operations", "backups",
+          "upgrading", "development")
 
 FENCE = re.compile(r"^[ \t]*```(\w*)\n(.*?)^[ \t]*```[ \t]*$", re.M | re.S)
 SHELL = {"", "sh", "bash", "console"}
