@@ -61,20 +61,27 @@ def latencies(values: list[float]) -> tuple[int, float, float, float]:
 
 
 @contextlib.contextmanager
-def serving(db_path: Path, *options: str, env: dict | None = None) -> Iterator[int]:
+def serving(db_path: Path, *options: str, env: dict | None = None,
+            log_path: Path | None = None) -> Iterator[int]:
     """Run `rentbox serve` on `db_path` and a free loopback port (yielded) until the block
-    ends, with more `options` and environment variables `env`; its output is discarded."""
+    ends, with more `options` and environment variables `env`; its log goes to `log_path`
+    (appended), or is discarded."""
     port = free_port()
     env = {**os.environ, "RENTBOX_API_KEY": KEY, "RENTBOX_DB": str(db_path), **(env or {})}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "rentbox", "serve", "--host", HOST, "--port", str(port),
-         *options], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(log_path, "a") if log_path is not None else subprocess.DEVNULL
     try:
-        wait_until_up(port)
-        yield port
+        server = subprocess.Popen(
+            [sys.executable, "-m", "rentbox", "serve", "--host", HOST, "--port", str(port),
+             *options], env=env, stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            wait_until_up(port)
+            yield port
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        if log_path is not None:
+            log.close()
 
 
 def build_books(db_path: Path, numbers: int, operations: int = 0, *,
