@@ -1364,6 +1364,47 @@ def m013_activations(db: Database) -> None:
     """)
 
 
+@migrations()
+def m015_numbers_counted_in_bulk(db: Database) -> None:
+    """Let a bulk import add its new numbers to the tallies once per batch instead of
+    row by row (tallies.numbers_inserted_in_bulk): m006's insert trigger on `numbers` was
+    about half of an import's merge. The trigger now stands aside while `tallies_deferred`
+    holds its row. Only an import's own write transaction puts that row there, and it
+    deletes it again (after counting the batch) before it commits: no other connection
+    ever sees it, and an import rolled back (Ctrl-C, a crash) takes it back with it.
+
+    The trigger's body is m006's; like m006, the expressions are this migration's own
+    copies (FREE in pool.py and the tallies' recount must stay in step with them)."""
+    free = ("NEW.operation_id IS NULL AND NEW.enabled = 1 AND NEW.banned_until IS NULL"
+            " AND NEW.offline = 0")
+    state = ("CASE WHEN NEW.removed_at IS NOT NULL THEN NULL"
+             " WHEN NEW.operation_id IS NOT NULL AND NEW.enabled = 0 THEN 'rented_disabled'"
+             " WHEN NEW.operation_id IS NOT NULL THEN 'rented'"
+             " WHEN NEW.enabled = 0 THEN 'disabled'"
+             " WHEN NEW.banned_until IS NOT NULL THEN 'banned'"
+             " WHEN NEW.offline = 1 THEN 'offline' ELSE 'free' END")
+    sim = ("CASE WHEN NEW.removed_at IS NOT NULL THEN NULL"
+           " WHEN NEW.offline = 1 THEN 'sim_offline'"
+           " WHEN NEW.seen_by IS NULL THEN 'sim_unwatched' ELSE 'sim_online' END")
+    _run(db, f"""
+    -- One row, or none: while it has its row, inserted numbers are left to the
+    -- transaction that put it there to count.
+    CREATE TABLE tallies_deferred (only INTEGER PRIMARY KEY CHECK (only = 1));
+
+    DROP TRIGGER numbers_counted_insert;
+    CREATE TRIGGER numbers_counted_insert AFTER INSERT ON numbers
+        WHEN NOT EXISTS (SELECT 1 FROM tallies_deferred)
+    BEGIN
+        INSERT INTO free_counts (country, operator, n)
+            SELECT NEW.country, coalesce(NEW.operator, ''), 1 WHERE {free}
+            ON CONFLICT (country, operator) DO UPDATE SET n = n + 1;
+        INSERT INTO pool_counts (key, n) SELECT key, 1 FROM
+            (SELECT {state} AS key UNION ALL SELECT {sim})
+            WHERE key IS NOT NULL ON CONFLICT (key) DO UPDATE SET n = n + 1;
+    END
+    """)
+
+
 def migrate(db: Database) -> None:
     """Bring the schema up to date. Safe to call on every start; never rebuilds data.
 

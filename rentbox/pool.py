@@ -7,7 +7,9 @@ import dataclasses
 import datetime as dt
 import itertools
 import re
+import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, TextIO
 
@@ -25,8 +27,9 @@ FREE = ("numbers.operation_id IS NULL AND numbers.enabled = 1"
         " AND numbers.banned_until IS NULL AND numbers.offline = 0")
 
 # Rows per write transaction during an import: small enough that a running server's
-# writers never wait long for the lock, large enough to amortise the fsync per commit.
-IMPORT_BATCH_ROWS = 200
+# writers never wait long for the lock (a batch of new numbers holds it ~25 ms), large
+# enough to amortise the commit's fsync and the pause between batches (cli.py).
+IMPORT_BATCH_ROWS = 2000
 
 _NUMBER_CHARS = re.compile(r"^\+?[0-9][0-9 \-]*$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9 ._()'&+-]*$")
@@ -224,75 +227,102 @@ def import_entries(
 ) -> ImportResult:
     """Add new numbers and update known ones, in batches of IMPORT_BATCH_ROWS.
 
-    `on_batch(rows)` runs after each batch's commit, outside any transaction.
+    `on_batch(rows)` runs after each batch's commit, outside any transaction. A number
+    given twice counts once, as first given (import_file reports repeats as bad rows).
 
     A known number keeps its id, so its rentals and events stay attached to it; only
     country, operator and port are updated, each change recorded as an event. A removed
     number that is imported again is back in the pool.
     """
+    staging = _Staging()
+    try:
+        for entry in entries:
+            staging.add(entry)
+        staging.finish()
+        return _merge(db, now, staging, on_batch)
+    finally:
+        staging.close()
+
+
+def _merge(db: Database, now: dt.datetime, staging: "_Staging",
+           on_batch: Callable[[int], None] | None) -> ImportResult:
+    """Merge the staged rows into the pool, IMPORT_BATCH_ROWS per write transaction.
+
+    The staging file is attached to the pool's connection for the merge, so that a
+    batch's new numbers (nearly every row of a first import) go in by one INSERT …
+    SELECT, with their events and tally counts, and never pass through Python."""
     result = ImportResult()
-    batch: list[PoolEntry] = []
-    for entry in entries:
-        batch.append(entry)
-        if len(batch) >= IMPORT_BATCH_ROWS:
-            _import_batch(db, now, batch, result)
+    db.execute("ATTACH DATABASE ? AS staged", (str(staging.path),))
+    try:
+        for after_rowid, last_rowid, size in staging.batches():
+            with db.transaction():
+                _merge_batch(db, now, after_rowid, last_rowid, result)
             if on_batch:
-                on_batch(len(batch))
-            batch = []
-    if batch:
-        _import_batch(db, now, batch, result)
-        if on_batch:
-            on_batch(len(batch))
+                on_batch(size)
+    finally:
+        db.execute("DETACH DATABASE staged")
     return result
 
 
-def _import_batch(db: Database, now: dt.datetime, batch: list[PoolEntry], result: ImportResult):
+# A batch's staged rows: those whose number is in the pool already (updated, restored,
+# or unchanged one by one), and the others (added together).
+_STAGED_KNOWN = """
+    SELECT s.number, s.country AS new_country, s.operator AS new_operator,
+        s.port AS new_port, n.id, n.country, n.operator, n.port, n.removed_at
+    FROM staged.import_staging AS s JOIN numbers AS n ON n.number = s.number
+    WHERE s.rowid > :after AND s.rowid <= :last ORDER BY s.rowid"""
+_STAGED_NEW = """
+    INSERT INTO numbers (number, country, operator, port, idle_since, created_at, updated_at)
+    SELECT s.number, s.country, s.operator, s.port, :stamp, :stamp, :stamp
+    FROM staged.import_staging AS s
+    WHERE s.rowid > :after AND s.rowid <= :last
+        AND NOT EXISTS (SELECT 1 FROM numbers AS n WHERE n.number = s.number)
+    ORDER BY s.rowid"""
+# The event events.record writes for each number added, its detail the same JSON text
+# (keys sorted, ", " and ": " between them).
+_ADDED_EVENTS = """
+    INSERT INTO events (at, kind, number_id, detail)
+    SELECT :stamp, 'number_added', id, '{"country": ' || json_quote(country)
+        || ', "operator": ' || json_quote(operator) || ', "port": ' || json_quote(port) || '}'
+    FROM numbers WHERE id > :after_id ORDER BY id"""
+
+
+def _merge_batch(db: Database, now: dt.datetime, after_rowid: int, last_rowid: int,
+                 result: ImportResult) -> None:
+    """One batch of staged rows (rowids after_rowid < rowid <= last_rowid), inside the
+    caller's write transaction."""
     stamp = to_text(now)
-    with db.transaction():
-        placeholders = ", ".join("?" for _ in batch)
-        known = {
-            row["number"]: row
-            for row in db.rows(
-                f"SELECT id, number, country, operator, port, removed_at FROM numbers "
-                f"WHERE number IN ({placeholders})",
-                [e.number for e in batch],
-            )
-        }
-        for entry in batch:
-            old = known.get(entry.number)
-            if old is None:
-                cursor = db.execute(
-                    "INSERT INTO numbers (number, country, operator, port, idle_since,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (entry.number, entry.country, entry.operator, entry.port, stamp, stamp, stamp),
-                )
-                events.record(db, now, "number_added", number_id=cursor.lastrowid,
-                              country=entry.country, operator=entry.operator, port=entry.port)
-                result.added += 1
-                continue
-            changes = {
-                field: [old[field], getattr(entry, field)]
-                for field in ("country", "operator", "port")
-                if old[field] != getattr(entry, field)
-            }
-            if old["removed_at"] is not None:
-                db.execute(
-                    "UPDATE numbers SET country = ?, operator = ?, port = ?, updated_at = ?,"
-                    " removed_at = NULL, enabled = 1, idle_since = ? WHERE id = ?",
-                    (entry.country, entry.operator, entry.port, stamp, stamp, old["id"]))
-                events.record(db, now, "number_restored", number_id=old["id"], **changes)
-                result.added += 1
-                continue
-            if not changes:
-                result.unchanged += 1
-                continue
+    batch = {"after": after_rowid, "last": last_rowid, "stamp": stamp}
+    known = db.rows(_STAGED_KNOWN, batch)
+    # Imported here: tallies reads pool.FREE at its import.
+    from rentbox import tallies
+
+    with tallies.numbers_inserted_in_bulk(db) as after_id:
+        result.added += db.execute(_STAGED_NEW, batch).rowcount
+        db.execute(_ADDED_EVENTS, {"stamp": stamp, "after_id": after_id})
+    for old in known:
+        new = {"country": old["new_country"], "operator": old["new_operator"],
+               "port": old["new_port"]}
+        changes = {field: [old[field], new[field]] for field in ("country", "operator", "port")
+                   if old[field] != new[field]}
+        if old["removed_at"] is not None:
             db.execute(
-                "UPDATE numbers SET country = ?, operator = ?, port = ?, updated_at = ?"
-                " WHERE id = ?",
-                (entry.country, entry.operator, entry.port, stamp, old["id"]),
-            )
-            events.record(db, now, "number_updated", number_id=old["id"], **changes)
-            result.updated += 1
+                "UPDATE numbers SET country = ?, operator = ?, port = ?, updated_at = ?,"
+                " removed_at = NULL, enabled = 1, idle_since = ? WHERE id = ?",
+                (new["country"], new["operator"], new["port"], stamp, stamp, old["id"]))
+            events.record(db, now, "number_restored", number_id=old["id"], **changes)
+            result.added += 1
+            continue
+        if not changes:
+            result.unchanged += 1
+            continue
+        db.execute(
+            "UPDATE numbers SET country = ?, operator = ?, port = ?, updated_at = ?"
+            " WHERE id = ?",
+            (new["country"], new["operator"], new["port"], stamp, old["id"]),
+        )
+        events.record(db, now, "number_updated", number_id=old["id"], **changes)
+        result.updated += 1
 
 
 def import_file(
@@ -376,8 +406,7 @@ def import_file(
                     between_batches()
 
             try:
-                result = import_entries(database, now, staging.entries(),
-                                        on_batch=merged_batch)
+                result = _merge(database, now, staging, merged_batch)
             except KeyboardInterrupt:
                 raise ImportInterrupted(merged, staging.count) from None
     finally:
@@ -390,18 +419,23 @@ def import_file(
 class _Staging:
     """The checked rows of one import, in a private temporary database.
 
-    SQLite deletes a database opened with an empty name when it is closed, and keeps it
-    on disk rather than in memory once it grows: staging a million rows neither takes a
-    lock on the pool's database (nor creates it: see import_file) nor needs the memory.
+    A file of its own in a private temporary folder, deleted at close(): staging a
+    million rows neither takes a lock on the pool's database (nor creates it: see
+    import_file) nor needs the memory, and the merge attaches it to the pool's
+    connection (_merge).
     """
 
     def __init__(self):
-        self.conn = sqlite3.connect("")
+        self.folder = Path(tempfile.mkdtemp(prefix="rentbox-import-"))
+        self.path = self.folder / "staging.db"
+        self.conn = sqlite3.connect(self.path)
         self.count = 0
+        # Thrown away at the end anyway: no journal, no fsync.
+        self.conn.execute("PRAGMA journal_mode = OFF")
+        self.conn.execute("PRAGMA synchronous = OFF")
         self.conn.execute(
             "CREATE TABLE import_staging (number TEXT PRIMARY KEY, country TEXT,"
             " operator TEXT, port TEXT, line INTEGER)")
-        self.conn.execute("PRAGMA synchronous = OFF")  # thrown away at the end anyway
         self.conn.execute("BEGIN")
 
     def add(self, entry: PoolEntry) -> int | None:
@@ -419,22 +453,23 @@ class _Staging:
         if self.conn.in_transaction:
             self.conn.execute("COMMIT")
 
-    def entries(self) -> Iterator[PoolEntry]:
-        """The staged rows in file order, read in pages of IMPORT_BATCH_ROWS."""
-        last_rowid = 0
+    def batches(self) -> Iterator[tuple[int, int, int]]:
+        """The staged rows in file order, IMPORT_BATCH_ROWS at a time: for each batch,
+        the rowid before its first row, its last row's rowid, and its number of rows."""
+        after = 0
         while True:
-            page = self.conn.execute(
-                "SELECT rowid, number, country, operator, port, line FROM import_staging"
-                " WHERE rowid > ? ORDER BY rowid LIMIT ?", (last_rowid, IMPORT_BATCH_ROWS)
-            ).fetchall()
-            if not page:
+            last, size = self.conn.execute(
+                "SELECT max(rowid), count(*) FROM (SELECT rowid FROM import_staging"
+                " WHERE rowid > ? ORDER BY rowid LIMIT ?)", (after, IMPORT_BATCH_ROWS)
+            ).fetchone()
+            if not size:
                 return
-            for rowid, number, country, operator, port, line in page:
-                yield PoolEntry(number, country, operator, port, line)
-            last_rowid = page[-1][0]
+            yield after, last, size
+            after = last
 
     def close(self) -> None:
         self.conn.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------
