@@ -91,15 +91,19 @@ _LARGEST_ID = 2**63 - 1
 
 # What the numbers inserted since `after_id` add to the pool tallies: the recount above
 # over those rows alone (a number's insert trigger adds exactly its own row's figures).
+# NOT INDEXED: read the new rows by id, never through a free-number index that FREE
+# matches, which would read the whole pool for each batch.
 _ADD_INSERTED = (f"""
     INSERT INTO free_counts (country, operator, n)
-        SELECT country, coalesce(operator, ''), count(*) FROM numbers
+        SELECT country, coalesce(operator, ''), count(*) FROM numbers NOT INDEXED
         WHERE id > :after_id AND {FREE} GROUP BY 1, 2
         ON CONFLICT (country, operator) DO UPDATE SET n = n + excluded.n""", f"""
     INSERT INTO pool_counts (key, n)
         SELECT key, count(*) FROM (
-            SELECT {STATE_SQL} AS key FROM numbers WHERE id > :after_id AND removed_at IS NULL
-            UNION ALL SELECT {SIM_SQL} FROM numbers WHERE id > :after_id AND removed_at IS NULL)
+            SELECT {STATE_SQL} AS key FROM numbers NOT INDEXED
+                WHERE id > :after_id AND removed_at IS NULL
+            UNION ALL SELECT {SIM_SQL} FROM numbers NOT INDEXED
+                WHERE id > :after_id AND removed_at IS NULL)
         WHERE true GROUP BY key
         ON CONFLICT (key) DO UPDATE SET n = n + excluded.n""")
 
