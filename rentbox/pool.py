@@ -11,7 +11,7 @@ import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, TextIO
+from typing import Callable, Iterable, Iterator, Literal, Mapping, TextIO
 
 from rentbox import countries, events
 from rentbox.clock import to_text
@@ -54,25 +54,107 @@ def _parse_number(raw: str) -> tuple[str, str]:
         raise InvalidInput(
             f"{text!r} has characters other than digits, a leading '+', spaces and dashes"
         )
-    # Imported here, not at the top: its metadata costs ~40 ms of every command's start,
-    # and `status` or `report` never need it.
-    import phonenumbers
-
-    digits = re.sub(r"\D", "", text)
+    digits = _NOT_DIGITS.sub("", text)
     invalid = InvalidInput(
         f"{text!r} is not a valid international number "
         f"(country code first, as in +49 151 2345 6789)"
     )
+    found = _parse_plain(digits)
+    if found is None:
+        found = _parse_any(digits, text)
+    if not found:
+        raise invalid
+    return found
+
+
+_NOT_DIGITS = re.compile(r"\D")
+
+
+def _phonenumbers():
+    """The phonenumbers module, imported on first use: its metadata costs ~40 ms of every
+    command's start, and `status` or `report` never need it. Its compiled patterns are
+    kept (enable_pattern_cache, where the version has it) rather than looked up in the
+    re module's cache on each use: a fifth of a number's validation."""
+    import phonenumbers
+
+    if not _PATTERNS_KEPT:
+        getattr(phonenumbers, "enable_pattern_cache", lambda: None)()
+        _PATTERNS_KEPT.append(True)
+    return phonenumbers
+
+
+_PATTERNS_KEPT: list[bool] = []
+
+
+def _parse_any(digits: str, text: str) -> tuple[str, str] | None:
+    """'+' followed by `digits` as phonenumbers.parse reads it: its E.164 digits and
+    region if it is valid, None if not. Raises InvalidInput for an unknown country code."""
+    phonenumbers = _phonenumbers()
     try:
         parsed = phonenumbers.parse("+" + digits, None)
     except phonenumbers.NumberParseException as error:
         if error.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE:
             raise InvalidInput(f"{text!r} does not start with a known country code") from None
-        raise invalid from None
+        return None
     region = phonenumbers.region_code_for_number(parsed)
     if region is None or not phonenumbers.is_valid_number_for_region(parsed, region):
-        raise invalid
+        return None
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)[1:], region
+
+
+def _parse_plain(digits: str) -> tuple[str, str] | None | Literal[False]:
+    """_parse_any's answer for the usual number, at half its cost (False where it says
+    None); None for any number whose parsing would do more than split off the country
+    code (then ask _parse_any).
+
+    For '+' and ASCII digits, phonenumbers.parse() only takes the country code off the
+    front (the first 1, 2 or 3 digits that are one), unless the rest is shorter than 2
+    or longer than 17 digits, starts with 0 (kept as leading zeros), or starts with
+    what the country's metadata takes for a national prefix: those go to _parse_any.
+    What remains is built into the same PhoneNumber and validated by phonenumbers
+    itself, so every row is still checked by libphonenumber's rules
+    (tests/test_pool.py compares both ways on numbers of every country code).
+    """
+    if not 2 < len(digits) <= 20 or digits[0] == "0":
+        return None
+    phonenumbers = _phonenumbers()
+    for size in (1, 2, 3):
+        code = int(digits[:size])
+        if code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            break
+    else:
+        return None
+    national = digits[size:]
+    if not 2 <= len(national) <= 17 or national[0] == "0":
+        return None
+    prefix = _national_prefix(code)
+    if prefix is None or prefix.match(national):
+        return None
+    number = phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
+    region = phonenumbers.region_code_for_number(number)
+    if region is None or not phonenumbers.is_valid_number_for_region(number, region):
+        return False
+    # Its E.164 form, '+', the code and the national number, is `digits` itself.
+    return digits, region
+
+
+def _national_prefix(code: int) -> "re.Pattern[str] | None":
+    """The pattern phonenumbers.parse() tries as a national prefix after country code
+    `code` (never matching: a pattern of an impossible digit), or None if it has no
+    metadata for the code. Cached per country code."""
+    if code not in _NATIONAL_PREFIXES:
+        phonenumbers = _phonenumbers()
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
+            code, phonenumbers.region_code_for_country_code(code))
+        if metadata is None:
+            _NATIONAL_PREFIXES[code] = None
+        else:
+            _NATIONAL_PREFIXES[code] = re.compile(
+                metadata.national_prefix_for_parsing or "(?!)")
+    return _NATIONAL_PREFIXES[code]
+
+
+_NATIONAL_PREFIXES: dict[int, "re.Pattern[str] | None"] = {}
 
 
 def normalize_name(raw: str | None, what: str) -> str | None:

@@ -1,0 +1,201 @@
+"""What makes a large import fast keeps its rules: every number validated as
+phonenumbers validates it, tallies exact, all-or-nothing batches (pool.py, m015)."""
+
+import json
+import random
+import re
+import sqlite3
+
+import phonenumbers
+import pytest
+
+from rentbox import pool, tallies
+from rentbox.errors import InvalidInput
+
+from conftest import START, add_numbers
+
+
+def reference(raw: str) -> tuple[str, str] | str:
+    """What the import made of a number before its fast path: phonenumbers.parse, the
+    region, is_valid_number_for_region, E.164. An error as 'unknown code' or 'invalid'."""
+    digits = re.sub(r"\D", "", raw)
+    try:
+        parsed = phonenumbers.parse("+" + digits, None)
+    except phonenumbers.NumberParseException as error:
+        if error.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE:
+            return "unknown code"
+        return "invalid"
+    region = phonenumbers.region_code_for_number(parsed)
+    if region is None or not phonenumbers.is_valid_number_for_region(parsed, region):
+        return "invalid"
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)[1:], region
+
+
+def ours(raw: str) -> tuple[str, str] | str:
+    try:
+        return pool._parse_number(raw)
+    except InvalidInput as error:
+        return "unknown code" if "known country code" in str(error) else "invalid"
+
+
+def samples() -> list[str]:
+    """Numbers of every country code and region: libphonenumber's own examples of every
+    type, the same with a digit changed, added or dropped or a 0 or 8 after the country
+    code (national prefixes), and random digits of every length after every code."""
+    rng = random.Random(25)
+    found = []
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in range(12):  # every PhoneNumberType that has examples
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is None:
+                continue
+            digits = phonenumbers.format_number(
+                example, phonenumbers.PhoneNumberFormat.E164)[1:]
+            code = str(example.country_code)
+            found += [digits, digits[:-1] + str((int(digits[-1]) + 1) % 10), digits + "5",
+                      digits[:-1], code + "0" + digits[len(code):],
+                      code + "8" + digits[len(code):]]
+    for code in sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE):
+        for length in range(19):
+            for first in ("", "0", "8", "9"):
+                found.append(str(code) + first + "".join(
+                    rng.choice("0123456789") for _ in range(length)))
+    found += ["".join(rng.choice("0123456789") for _ in range(rng.randint(1, 22)))
+              for _ in range(2000)]
+    return found
+
+
+def test_every_number_is_judged_as_phonenumbers_judges_it():
+    numbers = samples()
+    differ = [(n, ours("+" + n), reference(n)) for n in numbers
+              if ours("+" + n) != reference(n)]
+    assert differ == []
+    # The samples cover both answers and both paths.
+    assert {isinstance(reference(n), tuple) for n in numbers} == {True, False}
+    assert {pool._parse_plain(n) is None for n in numbers} == {True, False}
+
+
+@pytest.mark.parametrize("raw, region", [
+    ("+49 151 2345 6789", "DE"), ("+7 912 345-67-89", "RU"), ("+7 701 234 5678", "KZ"),
+    ("+1 201 555 0123", "US"), ("380501234567", "UA"),
+])
+def test_a_plain_international_number_needs_no_full_parse(monkeypatch, raw, region):
+    def no_parse(*args, **kwargs):
+        raise AssertionError("phonenumbers.parse called")
+
+    monkeypatch.setattr(phonenumbers, "parse", no_parse)
+    assert pool._parse_number(raw) == (re.sub(r"\D", "", raw), region)
+
+
+def test_a_national_prefix_still_goes_through_the_full_parse():
+    # +7 8 912 …: Russia's national prefix 8 after the country code, as parse() reads it.
+    assert pool._parse_plain("789123456789") is None
+    assert ours("+7 8 912 345 67 89") == reference("+7 8 912 345 67 89")
+
+
+# ---- tallies, counted once per batch --------------------------------------------------
+
+def test_numbers_inserted_while_deferred_are_left_to_the_bulk_count(db):
+    with db.transaction():
+        db.execute("INSERT INTO tallies_deferred (only) VALUES (1)")
+        db.execute("INSERT INTO numbers (number, country, idle_since, created_at,"
+                   " updated_at) VALUES ('4915123456789', 'germany', 'x', 'x', 'x')")
+        assert db.rows("SELECT * FROM free_counts") == []
+        db.execute("DELETE FROM tallies_deferred")
+    assert [d.tally for d in tallies.verify(db)] == ["free_counts", "pool_counts",
+                                                     "pool_counts"]
+
+
+def test_the_bulk_count_equals_the_triggers_count(db):
+    with db.transaction():
+        with tallies.numbers_inserted_in_bulk(db) as after_id:
+            assert after_id == 0
+            db.execute(
+                "INSERT INTO numbers (number, country, operator, idle_since, created_at,"
+                " updated_at, enabled, banned_until, offline, seen_by, removed_at) VALUES"
+                " ('4915123456789', 'germany', 'o2', 'x', 'x', 'x', 1, NULL, 0, NULL, NULL),"
+                " ('4915123456790', 'germany', NULL, 'x', 'x', 'x', 1, NULL, 0, 'gw', NULL),"
+                " ('4915123456791', 'germany', 'o2', 'x', 'x', 'x', 0, NULL, 0, NULL, NULL),"
+                " ('4915123456792', 'germany', 'o2', 'x', 'x', 'x', 1, 'x', 0, NULL, NULL),"
+                " ('4915123456793', 'germany', 'o2', 'x', 'x', 'x', 1, NULL, 1, 'gw', NULL),"
+                " ('4915123456794', 'germany', 'o2', 'x', 'x', 'x', 0, NULL, 0, NULL, 'x')")
+        assert db.rows("SELECT * FROM tallies_deferred") == []
+    assert tallies.verify(db) == []
+    assert pool.count_available(db) == {"germany": {"any": 2, "o2": 1}}
+
+
+def reimport_file(tmp_path):
+    path = tmp_path / "pool.csv"
+    path.write_text("number,country,operator,port\n"
+                    "+4915123456789,germany,vodafone,1.01\n"  # updated
+                    "+4915123456790,germany,telekom,1.02\n"  # unchanged
+                    "+4915123456791,germany,telekom,1.03\n"  # removed: restored
+                    "+4915123456792,germany,o2,1.04\n"  # disabled: updated, not offered
+                    + "".join(f"+49176{i:08d},germany,o2,2.{i}\n" for i in range(7))
+                    + "+79123456789,russia,,3.01\n")
+    return path
+
+
+def test_a_reimport_in_batches_keeps_the_tallies_exact(db, tmp_path, monkeypatch):
+    monkeypatch.setattr(pool, "IMPORT_BATCH_ROWS", 3)
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom", "1.01"),
+                ("+4915123456790", "germany", "telekom", "1.02"),
+                ("+4915123456791", "germany", "telekom", "1.03"),
+                ("+4915123456792", "germany", "telekom", "1.04"))
+    pool.remove_number(db, START, "+4915123456791")
+    pool.set_enabled(db, START, "+4915123456792", False)
+    result = pool.import_file(db, START, reimport_file(tmp_path))
+    assert (result.added, result.updated, result.unchanged) == (9, 2, 1)
+    assert tallies.verify(db) == []
+    assert db.rows("SELECT * FROM tallies_deferred") == []
+    assert pool.count_available(db) == {"germany": {"any": 10, "o2": 7, "vodafone": 1,
+                                                    "telekom": 2},
+                                        "russia": {"any": 1}}
+    # Numbers are added in file order.
+    assert [r["number"] for r in db.rows("SELECT number FROM numbers WHERE id > 4"
+                                         " ORDER BY id")] == [
+        *(f"49176{i:08d}" for i in range(7)), "79123456789"]
+
+
+def test_added_events_carry_the_detail_events_record_writes(db, tmp_path):
+    path = tmp_path / "pool.csv"
+    path.write_text('number,country,operator,port\n'
+                    '+4915123456789,germany,o2,"slot ""7"" \\ Zelle ü"\n'
+                    '+4915123456790,germany,,\n', encoding="utf-8")
+    pool.import_file(db, START, path)
+    stored = [r["detail"] for r in db.rows("SELECT detail FROM events ORDER BY id")]
+    assert stored == [
+        json.dumps({"country": "germany", "operator": "o2", "port": 'slot "7" \\ Zelle ü'},
+                   ensure_ascii=False, sort_keys=True),
+        json.dumps({"country": "germany", "operator": None, "port": None},
+                   ensure_ascii=False, sort_keys=True)]
+
+
+def test_a_batch_that_fails_leaves_nothing_behind(db, tmp_path, monkeypatch):
+    add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
+    path = tmp_path / "pool.csv"
+    path.write_text("number,country\n+4915123456790,germany\n+4915123456791,germany\n")
+    monkeypatch.setattr(pool, "_ADDED_EVENTS", "INSERT INTO no_such_table VALUES (1)")
+    with pytest.raises(sqlite3.OperationalError):
+        pool.import_file(db, START, path)
+    assert db.execute("SELECT count(*) FROM numbers").fetchone()[0] == 1
+    assert db.rows("SELECT * FROM tallies_deferred") == []
+    assert "staged" not in [r["name"] for r in db.rows("PRAGMA database_list")]
+    monkeypatch.undo()
+    # The insert trigger counts again outside an import.
+    add_numbers(db, START, ("+4915123456792", "germany", "telekom"))
+    assert tallies.verify(db) == []
+    assert pool.count_available(db) == {"germany": {"any": 2, "telekom": 2}}
+
+
+def test_the_staging_file_is_deleted(db, tmp_path, monkeypatch):
+    staging = tmp_path / "tmp"
+    staging.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(staging))
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    good.write_text("number,country\n+4915123456790,germany\n")
+    bad.write_text("number,country\n+4915123456790,germany\n123,germany\n")
+    assert pool.import_file(db, START, good).added == 1
+    with pytest.raises(pool.ImportRejected):
+        pool.import_file(db, START, bad)
+    assert list(staging.iterdir()) == []
