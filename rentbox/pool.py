@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import datetime as dt
@@ -11,12 +12,15 @@ import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Literal, Mapping, TextIO
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Literal, Mapping, TextIO
 
 from rentbox import countries, events
 from rentbox.clock import to_text
 from rentbox.db import Database
 from rentbox.errors import Conflict, InvalidInput, NotFound, RentboxError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 # The one definition of "can be rented now" (a column alias-free SQL predicate on
 # `numbers`). GET_NUMBER's claim and GET_SERVICES's counts both use it, so the pool
@@ -237,6 +241,22 @@ def check_rows(
     and the regions of their numbers), and its number a number of that country's regions.
     Numbers repeated within the file are found by the caller.
     """
+    return _check_rows(stream, country=country, operator=operator,
+                       country_names=country_names, checker=None)
+
+
+# Rows whose numbers are validated together: by one call in this process, or one task
+# of the checking process (import_file), of which a few are in flight at a time.
+_CHECK_CHUNK_ROWS = 1000
+_CHUNKS_IN_FLIGHT = 4
+
+
+def _check_rows(
+    stream: TextIO, *, country: str | None, operator: str | None,
+    country_names: Mapping[str, tuple[str, ...]] | None, checker: Executor | None,
+) -> Iterator[PoolEntry | RowError]:
+    """check_rows, with the numbers validated by `checker` (a process of its own, while
+    this one reads the file and checks the rest of each row) if one is given."""
     names = countries.table() if country_names is None else country_names
     default_country = normalize_name(country, "country")
     if default_country is not None and default_country not in names:
@@ -257,28 +277,98 @@ def check_rows(
             f"{first.strip()[:80]!r})"
         )
     reader.fieldnames = header
+    # A file repeats the same few countries and operators: each is checked once.
+    name_of = _NameCache()
+    for chunk, numbers in _with_numbers(_record_chunks(reader), checker):
+        for (line, raw, record), number in zip(chunk, numbers):
+            try:
+                if isinstance(number, str):
+                    raise InvalidInput(number)
+                number, region = number
+                row_country = name_of(record.get("country"), "country") or default_country
+                if row_country is None:
+                    raise InvalidInput("no country: add a 'country' column or pass --country")
+                if row_country not in names:
+                    raise InvalidInput(countries.unknown_name(row_country, names))
+                if region not in names[row_country]:
+                    raise InvalidInput(countries.wrong_region(number, region, row_country,
+                                                              names))
+                row_operator = name_of(record.get("operator"), "operator") or default_operator
+                if row_operator == "any":
+                    raise InvalidInput("operator 'any' is reserved: leave the cell empty instead")
+            except InvalidInput as error:
+                yield RowError(line, raw, str(error))
+                continue
+            port = (record.get("port") or "").strip() or None
+            yield PoolEntry(number, row_country, row_operator, port, line)
+
+
+def _record_chunks(reader: csv.DictReader) -> Iterator[list[tuple[int, str, dict]]]:
+    """The file's rows, blank lines left out, _CHECK_CHUNK_ROWS at a time: each as its
+    line number, its number cell and its record."""
+    chunk = []
     for record in reader:
-        line = reader.line_num
-        raw = (record.get("number") or "").strip()
         if not any((v or "").strip() for v in record.values() if isinstance(v, str)):
             continue  # blank line
+        chunk.append((reader.line_num, (record.get("number") or "").strip(), record))
+        if len(chunk) == _CHECK_CHUNK_ROWS:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _with_numbers(chunks: Iterator[list[tuple[int, str, dict]]], checker: Executor | None
+                  ) -> Iterator[tuple[list[tuple[int, str, dict]], list]]:
+    """Each chunk with its numbers validated (_check_numbers), in file order. With a
+    checker, up to _CHUNKS_IN_FLIGHT chunks are validated there while this process reads
+    and checks the ones before them."""
+    if checker is None:
+        for chunk in chunks:
+            yield chunk, _check_numbers([raw for _, raw, _ in chunk])
+        return
+    pending: collections.deque = collections.deque()
+    for chunk in chunks:
+        pending.append((chunk, checker.submit(_check_numbers, [raw for _, raw, _ in chunk])))
+        if len(pending) > _CHUNKS_IN_FLIGHT:
+            done, future = pending.popleft()
+            yield done, future.result()
+    while pending:
+        done, future = pending.popleft()
+        yield done, future.result()
+
+
+def _check_numbers(raws: list[str]) -> list[tuple[str, str] | str]:
+    """Each number cell's digits and region (_parse_number), or why it is not valid."""
+    found: list[tuple[str, str] | str] = []
+    for raw in raws:
         try:
-            number, region = _parse_number(raw)
-            row_country = normalize_name(record.get("country"), "country") or default_country
-            if row_country is None:
-                raise InvalidInput("no country: add a 'country' column or pass --country")
-            if row_country not in names:
-                raise InvalidInput(countries.unknown_name(row_country, names))
-            if region not in names[row_country]:
-                raise InvalidInput(countries.wrong_region(number, region, row_country, names))
-            row_operator = normalize_name(record.get("operator"), "operator") or default_operator
-            if row_operator == "any":
-                raise InvalidInput("operator 'any' is reserved: leave the cell empty instead")
+            found.append(_parse_number(raw))
         except InvalidInput as error:
-            yield RowError(line, raw, str(error))
-            continue
-        port = (record.get("port") or "").strip() or None
-        yield PoolEntry(number, row_country, row_operator, port, line)
+            found.append(str(error))
+    return found
+
+
+class _NameCache:
+    """normalize_name, remembered for the first few thousand distinct cells."""
+
+    def __init__(self, size: int = 4096):
+        self.known: dict[tuple[str | None, str], str | None | InvalidInput] = {}
+        self.size = size
+
+    def __call__(self, raw: str | None, what: str) -> str | None:
+        key = (raw, what)
+        found = self.known.get(key, self)
+        if found is self:
+            try:
+                found = normalize_name(raw, what)
+            except InvalidInput as error:
+                found = error
+            if len(self.known) < self.size:
+                self.known[key] = found
+        if isinstance(found, InvalidInput):
+            raise InvalidInput(str(found))
+        return found
 
 
 def _delimiter(header: str) -> str:
@@ -446,13 +536,17 @@ def import_file(
     errors: list[RowError] = []
     error_count = 0
     staging = _Staging()
+    checker = None
     try:
         with stream:
             try:
+                if total >= PARALLEL_CHECK_ROWS:
+                    checker = _start_checker()
                 done = 0
-                for done, item in enumerate(check_rows(stream, country=country,
-                                                       operator=operator,
-                                                       country_names=country_names),
+                for done, item in enumerate(_check_rows(stream, country=country,
+                                                        operator=operator,
+                                                        country_names=country_names,
+                                                        checker=checker),
                                             start=1):
                     if isinstance(item, PoolEntry):
                         first_line = staging.add(item)
@@ -471,6 +565,9 @@ def import_file(
                 raise InvalidInput(f"{path} is not UTF-8 text") from None
             except csv.Error as error:
                 raise InvalidInput(f"{path} is not a readable CSV file: {error}") from None
+            finally:
+                if checker:
+                    checker.shutdown(cancel_futures=True)
         staging.finish()
         if error_count and not skip_invalid:
             raise ImportRejected(errors, error_count)
@@ -496,6 +593,28 @@ def import_file(
     result.rejected = errors
     result.rejected_count = error_count
     return result
+
+
+# A file of at least this many rows has its numbers validated in a second process while
+# this one reads the file, checks the other cells and stages the rows: validation is
+# half of the check's work, so on two cores the check takes about half as long. A
+# smaller file is not worth starting a process for.
+PARALLEL_CHECK_ROWS = 20_000
+
+
+def _start_checker() -> "Executor":
+    """The process that validates numbers (_check_numbers) during an import. It ignores
+    Ctrl-C: this process handles it, and stops the checker on its way out."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    _phonenumbers()  # loaded (and its patterns kept) before a fork passes it on
+    return ProcessPoolExecutor(max_workers=1, initializer=_ignore_interrupts)
+
+
+def _ignore_interrupts() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _Staging:

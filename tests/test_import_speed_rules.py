@@ -199,3 +199,65 @@ def test_the_staging_file_is_deleted(db, tmp_path, monkeypatch):
     with pytest.raises(pool.ImportRejected):
         pool.import_file(db, START, bad)
     assert list(staging.iterdir()) == []
+
+
+# ---- numbers validated in a second process ---------------------------------------------
+
+MIXED = ("number,country,operator\n"
+         "+4915123456789,germany,o2\n"
+         "\n"
+         "+4915123456789,germany,o2\n"  # repeated
+         "+49 1,germany,o2\n"  # not valid
+         "+7 701 234 5678,russia,\n"  # Kazakh
+         "+999 1234 5678,germany,\n"  # unknown code
+         "+79123456789,Russia,Any\n"  # reserved operator
+         "+79123456790,atlantis,\n"
+         "abc,germany,\n"
+         + "".join(f"+49176{i:08d},germany,o2\n" for i in range(2500)))
+
+
+def import_mixed(tmp_path, name, monkeypatch, *, parallel_from):
+    from rentbox.db import open_database
+
+    monkeypatch.setattr(pool, "PARALLEL_CHECK_ROWS", parallel_from)
+    path = tmp_path / f"{name}.csv"
+    path.write_text(MIXED)
+    db = open_database(tmp_path / f"{name}.db")
+    try:
+        result = pool.import_file(db, START, path, skip_invalid=True)
+        return result, db.rows("SELECT number, country, operator, port FROM numbers"
+                               " ORDER BY id")
+    finally:
+        db.close()
+
+
+def test_numbers_checked_in_a_second_process_give_the_same_import(tmp_path, monkeypatch):
+    started = []
+    start = pool._start_checker
+    monkeypatch.setattr(pool, "_start_checker", lambda: started.append(1) or start())
+    here = import_mixed(tmp_path, "here", monkeypatch, parallel_from=10**9)
+    assert started == []
+    there = import_mixed(tmp_path, "there", monkeypatch, parallel_from=1)
+    assert started == [1]
+    assert there == here
+    assert [(e.line, e.value) for e in here[0].rejected] == [
+        (4, "4915123456789"), (5, "+49 1"), (6, "+7 701 234 5678"), (7, "+999 1234 5678"),
+        (8, "+79123456789"), (9, "+79123456790"), (10, "abc")]
+    assert here[0].added == 2501
+
+
+def test_ctrl_c_while_checking_stops_the_second_process(db, tmp_path, monkeypatch):
+    import multiprocessing
+
+    monkeypatch.setattr(pool, "PARALLEL_CHECK_ROWS", 1)
+    path = tmp_path / "pool.csv"
+    path.write_text(MIXED)
+
+    def interrupt(phase, done, total):
+        if phase == "checking" and done >= 1000:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pool.import_file(db, START, path, on_progress=interrupt)
+    assert multiprocessing.active_children() == []
+    assert db.execute("SELECT count(*) FROM numbers").fetchone()[0] == 0
