@@ -338,6 +338,13 @@ def _with_numbers(chunks: Iterator[list[tuple[int, str, dict]]], checker: Execut
         yield done, future.result()
 
 
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    """`items` in lists of `size` (the last one shorter)."""
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
 def _check_numbers(raws: list[str]) -> list[tuple[str, str] | str]:
     """Each number cell's digits and region (_parse_number), or why it is not valid."""
     found: list[tuple[str, str] | str] = []
@@ -543,22 +550,22 @@ def import_file(
                 if total >= PARALLEL_CHECK_ROWS:
                     checker = _start_checker()
                 done = 0
-                for done, item in enumerate(_check_rows(stream, country=country,
-                                                        operator=operator,
-                                                        country_names=country_names,
-                                                        checker=checker),
-                                            start=1):
-                    if isinstance(item, PoolEntry):
-                        first_line = staging.add(item)
-                        if first_line is not None:
-                            item = RowError(item.line, item.number,
-                                            f"{item.number} is already on line {first_line}")
-                    if isinstance(item, RowError):
-                        error_count += 1
-                        if len(errors) < MAX_REPORTED_ERRORS:
-                            errors.append(item)
-                    if on_progress and done % 1000 == 0:
-                        on_progress("checking", done, total)
+                checked = _check_rows(stream, country=country, operator=operator,
+                                      country_names=country_names, checker=checker)
+                # Staged a chunk at a time (one executemany), then reported in file order.
+                for chunk in _chunks(checked, _CHECK_CHUNK_ROWS):
+                    repeated = staging.add_all([i for i in chunk if isinstance(i, PoolEntry)])
+                    for item in chunk:
+                        done += 1
+                        if isinstance(item, PoolEntry) and item.line in repeated:
+                            item = RowError(item.line, item.number, f"{item.number} is "
+                                            f"already on line {repeated[item.line]}")
+                        if isinstance(item, RowError):
+                            error_count += 1
+                            if len(errors) < MAX_REPORTED_ERRORS:
+                                errors.append(item)
+                        if on_progress and done % 1000 == 0:
+                            on_progress("checking", done, total)
                 if on_progress:
                     on_progress("checking", done, done)
             except UnicodeDecodeError:
@@ -649,6 +656,29 @@ class _Staging:
             return None
         return self.conn.execute("SELECT line FROM import_staging WHERE number = ?",
                                  (entry.number,)).fetchone()[0]
+
+    def add_all(self, entries: list[PoolEntry]) -> dict[int, int]:
+        """Stage rows (add, for many at once); for each row whose number was already
+        staged, its line and the line that number was first on."""
+        before = self.conn.total_changes
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO import_staging VALUES (?, ?, ?, ?, ?)",
+            [(e.number, e.country, e.operator, e.port, e.line) for e in entries])
+        added = self.conn.total_changes - before
+        self.count += added
+        if added == len(entries):
+            return {}
+        # Some were staged already, or repeated among these: the row staged for each
+        # number is its first (INSERT OR IGNORE keeps it), any other is a repeat.
+        first_line: dict[str, int] = {}
+        numbers = list({e.number for e in entries})
+        for start in range(0, len(numbers), 500):
+            part = numbers[start:start + 500]
+            first_line.update(self.conn.execute(
+                "SELECT number, line FROM import_staging WHERE number IN"
+                f" ({', '.join('?' for _ in part)})", part).fetchall())
+        return {e.line: first_line[e.number] for e in entries
+                if first_line[e.number] != e.line}
 
     def finish(self) -> None:
         if self.conn.in_transaction:

@@ -261,3 +261,17 @@ def test_ctrl_c_while_checking_stops_the_second_process(db, tmp_path, monkeypatc
         pool.import_file(db, START, path, on_progress=interrupt)
     assert multiprocessing.active_children() == []
     assert db.execute("SELECT count(*) FROM numbers").fetchone()[0] == 0
+
+
+def test_repeats_are_found_within_and_across_staged_chunks(db, tmp_path, monkeypatch):
+    monkeypatch.setattr(pool, "_CHECK_CHUNK_ROWS", 2)
+    path = tmp_path / "pool.csv"
+    path.write_text("number,country\n+4915123456789,germany\n+4915123456790,germany\n"
+                    "+4915123456791,germany\n+49 151 2345 6789,germany\n"
+                    "+4915123456791,germany\n+4915123456791,germany\n")
+    with pytest.raises(pool.ImportRejected) as rejected:
+        pool.import_file(db, START, path)
+    assert [str(e) for e in rejected.value.errors] == [
+        "line 5: 4915123456789 is already on line 2",
+        "line 6: 4915123456791 is already on line 4",
+        "line 7: 4915123456791 is already on line 4"]
