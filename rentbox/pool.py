@@ -6,6 +6,7 @@ import collections
 import csv
 import dataclasses
 import datetime as dt
+import functools
 import itertools
 import re
 import shutil
@@ -74,6 +75,7 @@ def _parse_number(raw: str) -> tuple[str, str]:
 _NOT_DIGITS = re.compile(r"\D")
 
 
+@functools.cache
 def _phonenumbers():
     """The phonenumbers module, imported on first use: its metadata costs ~40 ms of every
     command's start, and `status` or `report` never need it. Its compiled patterns are
@@ -81,13 +83,8 @@ def _phonenumbers():
     re module's cache on each use: a fifth of a number's validation."""
     import phonenumbers
 
-    if not _PATTERNS_KEPT:
-        getattr(phonenumbers, "enable_pattern_cache", lambda: None)()
-        _PATTERNS_KEPT.append(True)
+    getattr(phonenumbers, "enable_pattern_cache", lambda: None)()
     return phonenumbers
-
-
-_PATTERNS_KEPT: list[bool] = []
 
 
 def _parse_any(digits: str, text: str) -> tuple[str, str] | None:
@@ -117,7 +114,8 @@ def _parse_plain(digits: str) -> tuple[str, str] | None | Literal[False]:
     what the country's metadata takes for a national prefix: those go to _parse_any.
     What remains is built into the same PhoneNumber and validated by phonenumbers
     itself, so every row is still checked by libphonenumber's rules
-    (tests/test_pool.py compares both ways on numbers of every country code).
+    (tests/test_import_speed_rules.py compares both ways on numbers of every country
+    code).
     """
     if not 2 < len(digits) <= 20 or digits[0] == "0":
         return None
@@ -144,8 +142,8 @@ def _parse_plain(digits: str) -> tuple[str, str] | None | Literal[False]:
 
 def _national_prefix(code: int) -> "re.Pattern[str] | None":
     """The pattern phonenumbers.parse() tries as a national prefix after country code
-    `code` (never matching: a pattern of an impossible digit), or None if it has no
-    metadata for the code. Cached per country code."""
+    `code` (one that never matches where the country has none), or None where
+    phonenumbers has no metadata for the code. Compiled once per country code."""
     if code not in _NATIONAL_PREFIXES:
         phonenumbers = _phonenumbers()
         metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(
@@ -295,7 +293,8 @@ def _check_rows(
                                                               names))
                 row_operator = name_of(record.get("operator"), "operator") or default_operator
                 if row_operator == "any":
-                    raise InvalidInput("operator 'any' is reserved: leave the cell empty instead")
+                    raise InvalidInput(
+                        "operator 'any' is reserved: leave the cell empty instead")
             except InvalidInput as error:
                 yield RowError(line, raw, str(error))
                 continue
@@ -524,7 +523,8 @@ def import_file(
 
     Two phases, so that a file of any size needs little memory and a running server
     keeps answering: every row is checked and staged in a private temporary database
-    (which takes no lock on the pool's), then merged in batches of IMPORT_BATCH_ROWS,
+    (which takes no lock on the pool's; from PARALLEL_CHECK_ROWS rows on, the numbers
+    are validated in a second process meanwhile), then merged in batches of IMPORT_BATCH_ROWS,
     each its own short write transaction. `on_progress(phase, done, total)` reports rows;
     `between_batches()` runs between two merge transactions, with the lock free (the CLI
     pauses there, so that a server waiting for the lock gets in: see db.LOCK_POLL_MAX_S).

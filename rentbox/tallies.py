@@ -116,8 +116,9 @@ def numbers_inserted_in_bulk(db: Database) -> Iterator[int]:
 
     Only inside a write transaction, for numbers that the block inserts and then leaves
     alone (an import batch): an update trigger on a row not counted yet would take out
-    of the tallies what was never put in. The insert trigger stands aside while `tallies_deferred` has its
-    row, which this block puts there and deletes again before the transaction can commit.
+    of the tallies what was never put in. The insert trigger stands aside while
+    `tallies_deferred` has its row, which this block puts there and deletes again
+    before the transaction can commit.
     If the block raises, the transaction must roll back (db.transaction() does), which
     takes the row back too. New rows are told apart by id: SQLite gives an inserted row
     one more than the largest id (the table has no AUTOINCREMENT), unless the largest
