@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -1373,36 +1374,27 @@ def m015_numbers_counted_in_bulk(db: Database) -> None:
     deletes it again (after counting the batch) before it commits: no other connection
     ever sees it, and an import rolled back (Ctrl-C, a crash) takes it back with it.
 
-    The trigger's body is m006's; like m006, the expressions are this migration's own
-    copies (FREE in pool.py and the tallies' recount must stay in step with them)."""
-    free = ("NEW.operation_id IS NULL AND NEW.enabled = 1 AND NEW.banned_until IS NULL"
-            " AND NEW.offline = 0")
-    state = ("CASE WHEN NEW.removed_at IS NOT NULL THEN NULL"
-             " WHEN NEW.operation_id IS NOT NULL AND NEW.enabled = 0 THEN 'rented_disabled'"
-             " WHEN NEW.operation_id IS NOT NULL THEN 'rented'"
-             " WHEN NEW.enabled = 0 THEN 'disabled'"
-             " WHEN NEW.banned_until IS NOT NULL THEN 'banned'"
-             " WHEN NEW.offline = 1 THEN 'offline' ELSE 'free' END")
-    sim = ("CASE WHEN NEW.removed_at IS NOT NULL THEN NULL"
-           " WHEN NEW.offline = 1 THEN 'sim_offline'"
-           " WHEN NEW.seen_by IS NULL THEN 'sim_unwatched' ELSE 'sim_online' END")
-    _run(db, f"""
+    The trigger keeps its body, given a WHEN clause. The batch's count stands in for
+    exactly that body (free_counts and pool_counts), so a trigger that does anything
+    else by now is refused here rather than deferred."""
+    found = db.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger'"
+                       " AND name = 'numbers_counted_insert'").fetchone()
+    head = "CREATE TRIGGER numbers_counted_insert AFTER INSERT ON numbers BEGIN"
+    # The tables its statements write (an upsert's DO UPDATE is its INSERT's).
+    writes = re.findall(r"(?<!DO )\b(INSERT INTO|UPDATE|DELETE FROM|REPLACE INTO)\s+(\w+)",
+                        found[0] if found else "")
+    if not found or not found[0].startswith(head) or writes != [
+            ("INSERT INTO", "free_counts"), ("INSERT INTO", "pool_counts")]:
+        raise RuntimeError("m015: numbers_counted_insert is not the trigger m006 made; "
+                           "tallies.numbers_inserted_in_bulk counts only what that one did")
+    db.execute("""
     -- One row, or none: while it has its row, inserted numbers are left to the
-    -- transaction that put it there to count.
-    CREATE TABLE tallies_deferred (only INTEGER PRIMARY KEY CHECK (only = 1));
-
-    DROP TRIGGER numbers_counted_insert;
-    CREATE TRIGGER numbers_counted_insert AFTER INSERT ON numbers
-        WHEN NOT EXISTS (SELECT 1 FROM tallies_deferred)
-    BEGIN
-        INSERT INTO free_counts (country, operator, n)
-            SELECT NEW.country, coalesce(NEW.operator, ''), 1 WHERE {free}
-            ON CONFLICT (country, operator) DO UPDATE SET n = n + 1;
-        INSERT INTO pool_counts (key, n) SELECT key, 1 FROM
-            (SELECT {state} AS key UNION ALL SELECT {sim})
-            WHERE key IS NOT NULL ON CONFLICT (key) DO UPDATE SET n = n + 1;
-    END
-    """)
+    -- transaction that put it there to count (tallies.numbers_inserted_in_bulk).
+    CREATE TABLE tallies_deferred (only INTEGER PRIMARY KEY CHECK (only = 1))""")
+    db.execute("DROP TRIGGER numbers_counted_insert")
+    db.execute(found[0].replace(head, "CREATE TRIGGER numbers_counted_insert AFTER INSERT"
+                                " ON numbers\n    WHEN NOT EXISTS (SELECT 1 FROM tallies_deferred)"
+                                "\nBEGIN", 1))
 
 
 def migrate(db: Database) -> None:

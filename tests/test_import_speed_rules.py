@@ -124,6 +124,48 @@ def test_the_bulk_count_equals_the_triggers_count(db):
     assert pool.count_available(db) == {"germany": {"any": 2, "o2": 1}}
 
 
+def database_before_m015(path):
+    """A file as rentbox left it before m015, with a number in the pool."""
+    from rentbox.db import Database, migrations
+
+    old = Database(path)
+    with old.transaction():
+        migrations.apply(old, stop_before="m015_numbers_counted_in_bulk")
+    old.execute("INSERT INTO numbers (number, country, operator, idle_since, created_at,"
+                " updated_at) VALUES ('4915123456789', 'germany', 'o2', 'x', 'x', 'x')")
+    return old
+
+
+def test_m015_keeps_the_trigger_counting_outside_an_import(tmp_path):
+    from rentbox.db import open_database
+
+    database_before_m015(tmp_path / "old.db").close()
+    db = open_database(tmp_path / "old.db")
+    add_numbers(db, START, ("+4915123456790", "germany", "o2"))
+    with db.transaction():
+        db.execute("INSERT INTO numbers (number, country, idle_since, created_at, updated_at)"
+                   " VALUES ('79123456789', 'russia', 'x', 'x', 'x')")
+    assert tallies.verify(db) == []
+    assert pool.count_available(db) == {"germany": {"any": 2, "o2": 2}, "russia": {"any": 1}}
+
+
+def test_m015_refuses_an_insert_trigger_that_does_more_than_m006s(tmp_path):
+    from rentbox.db import migrations
+
+    old = database_before_m015(tmp_path / "old.db")
+    old.execute("DROP TRIGGER numbers_counted_insert")
+    old.execute("CREATE TRIGGER numbers_counted_insert AFTER INSERT ON numbers BEGIN"
+                " INSERT INTO free_counts (country, operator, n) SELECT NEW.country, '', 1"
+                " WHERE true ON CONFLICT (country, operator) DO UPDATE SET n = n + 1;"
+                " INSERT INTO pool_counts (key, n) VALUES ('free', 1)"
+                " ON CONFLICT (key) DO UPDATE SET n = n + 1;"
+                " UPDATE meta SET value = '1' WHERE key = 'x'; END")
+    with pytest.raises(RuntimeError, match="m015: numbers_counted_insert is not"):
+        with old.transaction():
+            migrations.apply(old)
+    old.close()
+
+
 def reimport_file(tmp_path):
     path = tmp_path / "pool.csv"
     path.write_text("number,country,operator,port\n"
