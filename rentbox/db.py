@@ -1548,6 +1548,38 @@ def m014_buyers(db: Database) -> None:
         db.execute("UPDATE operations SET service = ? WHERE service = ?", (code, alias))
 
 
+@migrations()
+def m015_numbers_counted_in_bulk(db: Database) -> None:
+    """Let a bulk import add its new numbers to the tallies once per batch instead of
+    row by row (tallies.numbers_inserted_in_bulk): m006's insert trigger on `numbers` was
+    about half of an import's merge. The trigger now stands aside while `tallies_deferred`
+    holds its row. Only an import's own write transaction puts that row there, and it
+    deletes it again (after counting the batch) before it commits: no other connection
+    ever sees it, and an import rolled back (Ctrl-C, a crash) takes it back with it.
+
+    The trigger keeps its body, given a WHEN clause. The batch's count stands in for
+    exactly that body (free_counts and pool_counts), so a trigger that does anything
+    else by now is refused here rather than deferred."""
+    found = db.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger'"
+                       " AND name = 'numbers_counted_insert'").fetchone()
+    head = "CREATE TRIGGER numbers_counted_insert AFTER INSERT ON numbers BEGIN"
+    # The tables its statements write (an upsert's DO UPDATE is its INSERT's).
+    writes = re.findall(r"(?<!DO )\b(INSERT INTO|UPDATE|DELETE FROM|REPLACE INTO)\s+(\w+)",
+                        found[0] if found else "")
+    if not found or not found[0].startswith(head) or writes != [
+            ("INSERT INTO", "free_counts"), ("INSERT INTO", "pool_counts")]:
+        raise RuntimeError("m015: numbers_counted_insert is not the trigger m006 made; "
+                           "tallies.numbers_inserted_in_bulk counts only what that one did")
+    db.execute("""
+    -- One row, or none: while it has its row, inserted numbers are left to the
+    -- transaction that put it there to count (tallies.numbers_inserted_in_bulk).
+    CREATE TABLE tallies_deferred (only INTEGER PRIMARY KEY CHECK (only = 1))""")
+    db.execute("DROP TRIGGER numbers_counted_insert")
+    db.execute(found[0].replace(head, "CREATE TRIGGER numbers_counted_insert AFTER INSERT"
+                                " ON numbers\n    WHEN NOT EXISTS (SELECT 1 FROM tallies_deferred)"
+                                "\nBEGIN", 1))
+
+
 def migrate(db: Database) -> None:
     """Bring the schema up to date. Safe to call on every start; never rebuilds data.
 

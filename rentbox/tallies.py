@@ -20,14 +20,18 @@ rows, so they cost the same on 1,000 and 1,000,000 numbers or operations:
   operator: GET_SERVICES counts a service as free_counts minus this.
 
 Triggers (db.py, m006) update them inside the transaction that changes a row, whatever
-code changes it, so they cannot drift from the rows by a missed call. `verify` recounts
+code changes it, so they cannot drift from the rows by a missed call. The one exception
+is a bulk import, which counts the numbers it inserts once per batch, inside the same
+transaction (numbers_inserted_in_bulk, m015). `verify` recounts
 each one from the rows, the way it was defined, and reports any difference;
 `rentbox housekeep --verify` runs it and repairs what differs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from typing import Iterator
 
 from rentbox.db import Database
 from rentbox.pool import FREE
@@ -94,6 +98,53 @@ _RECOUNT = {
         SELECT o.buyer, n.country, count(*) AS n FROM numbers n
         JOIN operations o ON o.id = n.operation_id GROUP BY 1, 2"""),
 }
+
+
+_LARGEST_ID = 2**63 - 1
+
+# What the numbers inserted since `after_id` add to the pool tallies: the recount above
+# over those rows alone (a number's insert trigger adds exactly its own row's figures).
+# NOT INDEXED: read the new rows by id, never through a free-number index that FREE
+# matches, which would read the whole pool for each batch.
+_ADD_INSERTED = (f"""
+    INSERT INTO free_counts (country, operator, n)
+        SELECT country, coalesce(operator, ''), count(*) FROM numbers NOT INDEXED
+        WHERE id > :after_id AND {FREE} GROUP BY 1, 2
+        ON CONFLICT (country, operator) DO UPDATE SET n = n + excluded.n""", f"""
+    INSERT INTO pool_counts (key, n)
+        SELECT key, count(*) FROM (
+            SELECT {STATE_SQL} AS key FROM numbers NOT INDEXED
+                WHERE id > :after_id AND removed_at IS NULL
+            UNION ALL SELECT {SIM_SQL} FROM numbers NOT INDEXED
+                WHERE id > :after_id AND removed_at IS NULL)
+        WHERE true GROUP BY key
+        ON CONFLICT (key) DO UPDATE SET n = n + excluded.n""")
+
+
+@contextlib.contextmanager
+def numbers_inserted_in_bulk(db: Database) -> Iterator[int]:
+    """Count the numbers inserted inside this block in the tallies at its end, with one
+    statement per tally, rather than row by row by their insert trigger (m015). Yields
+    the largest id before the block: the rows it inserts have larger ones.
+
+    Only inside a write transaction, for numbers that the block inserts and then leaves
+    alone (an import batch): an update trigger on a row not counted yet would take out
+    of the tallies what was never put in. The insert trigger stands aside while
+    `tallies_deferred` has its row, which this block puts there and deletes again
+    before the transaction can commit.
+    If the block raises, the transaction must roll back (db.transaction() does), which
+    takes the row back too. New rows are told apart by id: SQLite gives an inserted row
+    one more than the largest id (the table has no AUTOINCREMENT), unless the largest
+    possible id is taken, when it picks any free one: then this refuses.
+    """
+    after_id = db.execute("SELECT coalesce(max(id), 0) FROM numbers").fetchone()[0]
+    if after_id >= _LARGEST_ID:
+        raise RuntimeError("numbers has the largest possible id: new ids would be random")
+    db.execute("INSERT INTO tallies_deferred (only) VALUES (1)")
+    yield after_id
+    db.execute("DELETE FROM tallies_deferred")
+    for statement in _ADD_INSERTED:
+        db.execute(statement, {"after_id": after_id})
 
 
 @dataclasses.dataclass(frozen=True)
