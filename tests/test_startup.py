@@ -132,3 +132,58 @@ def test_first_keyword_is_found_as_sqlite_utils_finds_it():
                 ";;\ufeffcommit", "-- only a comment", "/* unclosed", "INSERT INTO t",
                 "", "   ", "with x as (select 1) select * from x", "rollback;"]:
         assert db_module._first_keyword(sql) == _first_keyword(sql), sql
+
+
+def test_status_in_a_pipe_needs_neither_sqlite_utils_nor_rich_nor_http(tmp_path, db_path):
+    """Piped, `status` prints plain lines: Rich's console (colours), sqlite-utils and the
+    HTTP client of the pusher are never imported."""
+    open_database(db_path).close()
+    result, modules = run_command(tmp_path, "status", "--db", db_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines()[-2:] == [
+        "Warning: rentbox serve has never run on this database",
+        "Warning: the pool is empty: import numbers with `rentbox numbers import`"]
+    assert not {"sqlite_utils", "rich.console", "http.client", "ssl"} & modules
+
+
+def test_main_builds_only_the_command_it_runs():
+    from rentbox import cli
+
+    def names(app) -> tuple[list, list]:
+        return ([c.callback.__name__ for c in app.registered_commands],
+                [g.name for g in app.registered_groups])
+
+    assert names(cli._app_for(["status", "--db", "x.db"])) == (["status"], [])
+    assert names(cli._app_for(["services"])) == (["services_command"], [])
+    assert names(cli._app_for(["numbers", "list"])) == ([], ["numbers"])
+    for args in ([], ["--help"], ["--version"], ["stauts"], ["--db", "status"]):
+        assert cli._app_for(args) is cli.app, args
+    assert len(cli.app.registered_commands) > 1  # the app itself is left whole
+
+
+def test_the_console_script_still_knows_every_command(tmp_path):
+    result, _ = run_command(tmp_path, "--help")
+    assert result.returncode == 0
+    for name in ("serve", "status", "report", "numbers", "ops", "backup", "restore"):
+        assert f"\n  {name} " in result.stdout, name
+    result, _ = run_command(tmp_path, "stauts")
+    assert result.returncode == 2
+    assert "No such command 'stauts'" in result.stderr
+    result, _ = run_command(tmp_path, "status", "--no-such-option")
+    assert result.returncode == 2
+    assert "Usage: rentbox status [OPTIONS]" in result.stderr
+
+
+def test_a_lazy_console_is_made_on_first_use_with_what_was_set_before(monkeypatch):
+    from rentbox import render
+
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
+    console = render.LazyConsole(highlight=False)
+    console.quiet = True
+    assert console.is_terminal is False  # pytest's stdout is no terminal: Rich's answer
+    assert console._console is None
+    console.print("not shown: quiet")  # made now, quiet as set before
+    assert console.console.quiet is True and console.console.is_terminal is False
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    assert render.LazyConsole().is_terminal is True  # Rich reads FORCE_COLOR
