@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import functools
 import os
@@ -794,16 +793,20 @@ class Migrations:
 
     migrations_table = "_sqlite_migrations"
 
-    @dataclasses.dataclass
+    # Plain classes, not dataclasses: making a dataclass costs start-up time.
     class _Migration:
-        name: str
-        fn: Callable[[Database], None]
-        transactional: bool = True
+        def __init__(self, name: str, fn: Callable[[Database], None], transactional: bool):
+            self.name, self.fn, self.transactional = name, fn, transactional
 
-    @dataclasses.dataclass
+        def __repr__(self) -> str:
+            return f"<migration {self.name}>"
+
     class _AppliedMigration:
-        name: str
-        applied_at: str
+        def __init__(self, name: str, applied_at: str):
+            self.name, self.applied_at = name, applied_at
+
+        def __repr__(self) -> str:
+            return f"<migration {self.name} applied {self.applied_at}>"
 
     def __init__(self, name: str):
         self.name = name

@@ -15,8 +15,6 @@ import re
 import sys
 from typing import Iterable, TextIO
 
-from rich.cells import cell_len, set_cell_size
-
 # A cell right-aligned as a number: digits, maybe signed, grouped, decimal or a percentage;
 # or empty. Not a lone '-' (no value).
 _NUMERIC = re.compile(r"^(-?(?=[\d,.]*\d)[\d,]*\.?\d*%?)?$")
@@ -45,6 +43,8 @@ def stream_table(stream: TextIO, columns: list[str], rows: Iterable[list[str]], 
     first lines appear at once, and each later row is written as it comes. A later cell
     wider than its column pushes the rest of its line right, except in a `flexible`
     column on a terminal (`width`), where it is cut. Returns the number of rows written."""
+    from rich.cells import cell_len, set_cell_size  # here: commands without tables skip it
+
     rows = iter(rows)
     first = list(itertools.islice(rows, SAMPLE_ROWS if sample is None else sample))
     widths = [max([cell_len(name)] + [cell_len(row[i]) for row in first])

@@ -12,7 +12,7 @@ import dataclasses
 import datetime as dt
 import logging
 
-from rentbox import events, operations, pool, presence, push
+from rentbox import events, operations, pool, presence
 from rentbox.clock import Clock, from_text, to_text
 from rentbox.config import Rules
 from rentbox.db import Database
@@ -60,6 +60,8 @@ def accept_sms(db: Database, clock: Clock, incoming: IncomingSms, rules: Rules) 
     Storing an SMS does not meet a rental's guard window: only Onlinesim accepting it
     does (push.py). The SMS is dated by `clock` once the write lock is held.
     """
+    from rentbox import push  # here: read commands import this module, not the pusher
+
     sender, text = _validate(incoming)
     number = pool.normalize_number(incoming.to) if incoming.to else None
     port = (incoming.port or "").strip() or None
@@ -231,6 +233,8 @@ def list_sms(
 
 def retry_sms(db: Database, now: dt.datetime, sms_id: int) -> None:
     """Put an SMS whose push ended in a terminal answer back into the outbox."""
+    from rentbox import push
+
     with db.transaction():
         row = db.row("SELECT sms.id, push_state, operation_id, sms.number_id,"
                      " operations.service, operations.state = 'closed'"

@@ -135,15 +135,15 @@ def test_first_keyword_is_found_as_sqlite_utils_finds_it():
 
 
 def test_status_in_a_pipe_needs_neither_sqlite_utils_nor_rich_nor_http(tmp_path, db_path):
-    """Piped, `status` prints plain lines: Rich's console (colours), sqlite-utils and the
-    HTTP client of the pusher are never imported."""
+    """Piped, `status` prints plain lines: Rich's console (colours), sqlite-utils, the
+    pusher and its HTTP client are never imported."""
     open_database(db_path).close()
     result, modules = run_command(tmp_path, "status", "--db", db_path)
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.splitlines()[-2:] == [
         "Warning: rentbox serve has never run on this database",
         "Warning: the pool is empty: import numbers with `rentbox numbers import`"]
-    assert not {"sqlite_utils", "rich.console", "http.client", "ssl"} & modules
+    assert not {"sqlite_utils", "rich.console", "http.client", "ssl", "rentbox.push"} & modules
 
 
 def test_main_builds_only_the_command_it_runs():
