@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Annotated, Callable, Iterable, Optional
 
 import typer
-from rich.console import Console
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from rentbox import (__version__, alerts, backups, bans, countries, housekeeping, logs, meta,
@@ -141,8 +140,9 @@ app.add_typer(ops_app, name="ops")
 app.add_typer(bans_app, name="bans")
 app.add_typer(alerts_app, name="alerts")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Rich's consoles, made when first used: plain lines (say) and tables need neither.
+out = render.LazyConsole(highlight=False)
+err = render.LazyConsole(stderr=True, highlight=False)
 
 
 def _reader_gone() -> None:
@@ -298,7 +298,7 @@ def _discard_stdout() -> None:
 
 def say(text: str) -> None:
     """A plain line on stdout: no markup, no wrapping (file names may hold '[' or be long)."""
-    out.print(text, markup=False, soft_wrap=True)
+    sys.stdout.write(text + "\n")  # not through Rich: a plain line needs none of it
 
 
 def _print_csv(rows: Iterable[dict]) -> None:
@@ -1410,7 +1410,12 @@ def status(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].defaul
         f"disk" + (f"; cannot be written: {store['write_problem']}"
                    if store["write_problem"] else ""))
     _say_safekeeping(facts["backups"], facts["replication"])
-    if facts["warnings"]:
+    if not out.is_terminal:  # no colours to show: plain lines, and Rich stays unimported
+        for warning in facts["warnings"]:
+            say(f"Warning: {warning}")
+        if not facts["warnings"]:
+            say("No warnings.")
+    elif facts["warnings"]:
         for warning in facts["warnings"]:
             out.print(f"[bold yellow]Warning:[/] {_escape(warning)}", soft_wrap=True)
     else:
@@ -1651,4 +1656,20 @@ def main() -> None:
         import typer.core
 
         typer.core.HAS_RICH = False
-    app()
+    _app_for(sys.argv[1:])()
+
+
+def _app_for(args: list[str]) -> typer.Typer:
+    """`app` with only the command or group that `args` run, or all of them where `args`
+    name none (`rentbox --help`, a mistyped name). Typer builds a Click command of every
+    command it has, parameters and all, before it runs one: for all of rentbox's, that
+    took longer than `rentbox status`'s own work."""
+    name = args[0] if args else None
+    commands = [c for c in app.registered_commands
+                if (c.name or typer.main.get_command_name(c.callback.__name__)) == name]
+    groups = [g for g in app.registered_groups if g.name == name]
+    if not commands and not groups:
+        return app
+    only = copy.copy(app)
+    only.registered_commands, only.registered_groups = commands, groups
+    return only

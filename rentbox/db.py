@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import re
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
-
-import sqlite_utils
-from sqlite_utils import Migrations
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from rentbox.errors import Conflict, DatabaseError, Unavailable
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 # How long a writer in *another process* (a CLI import beside the server) waits for the
 # write lock before giving up. Writers inside one process queue on `Database.write_lock`
@@ -165,13 +166,31 @@ def unwritable_reason(error: BaseException) -> str | None:
     return None
 
 
-class Database(sqlite_utils.Database):
-    """A sqlite-utils Database for one thread, with rentbox's write transaction.
+# Statements that begin or end a transaction themselves: execute() never commits after them.
+_TRANSACTION_CONTROL = {"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"}
+# What SQLite skips before a statement's first keyword: blanks, `;`, comments, a BOM.
+_FIRST_KEYWORD = re.compile(r"(?:[\s;\ufeff]+|--[^\n]*\n|/\*.*?\*/)*([A-Za-z_]*)", re.DOTALL)
+
+
+def _first_keyword(sql: str) -> str:
+    """A statement's first keyword in capitals ('' if it has none), as sqlite-utils
+    finds it."""
+    return _FIRST_KEYWORD.match(sql).group(1).upper()
+
+
+class Database:
+    """rentbox's connection to the database for one thread, with its write transaction.
 
     Every connection uses WAL and `synchronous=FULL`: an answer such as "number N is
     yours" or "closed" is an acknowledgement to Onlinesim, so its commit must survive a
     power cut, not only a killed process (field notes, Durability). FULL is a
     per-connection setting, which is why it is set here and not stored in the file.
+
+    Everything else a sqlite-utils Database offers (`db["table"]`, `table_names()`,
+    `atomic()`, ...) is there too, from one wrapped around the same connection (`utils`).
+    sqlite-utils is imported the first time one of those is used, not before: importing
+    it takes longer than a read-only command's whole work (issue 25), and such a command
+    needs only `execute`, `rows` and `query`, which are rentbox's own.
     """
 
     def __init__(self, path: Path | str, *, write_lock: WriteLock | None = None,
@@ -183,7 +202,10 @@ class Database(sqlite_utils.Database):
             conn = _connect_read_only(Path(path))
         else:
             conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-        super().__init__(conn, execute_plugins=False)
+        self.conn = conn
+        # What a sqlite-utils Database sets on its connection by default: a trigger's
+        # statements fire triggers too. Here from the start, as when this class was one.
+        self.execute("PRAGMA recursive_triggers = on")
         self.path = Path(path)
         self.read_only = read_only
         self._batching = False  # inside a Writer's batch: transaction() is a savepoint
@@ -208,6 +230,55 @@ class Database(sqlite_utils.Database):
             pages = (SMALL_DISK_WAL_PAGES if small else BACKSTOP_WAL_PAGES
                      if checkpointed_elsewhere else WAL_AUTOCHECKPOINT_PAGES)
             self.execute(f"PRAGMA wal_autocheckpoint = {pages if self.owns_checkpoints else 0}")
+
+    @functools.cached_property
+    def utils(self) -> "sqlite_utils.Database":
+        """A sqlite-utils Database on this connection, made (and sqlite-utils imported)
+        on first use: for migrations and table helpers, never on a plain read."""
+        import sqlite_utils
+
+        # recursive_triggers is already on (__init__); plugins are not rentbox's.
+        return sqlite_utils.Database(self.conn, recursive_triggers=False,
+                                     execute_plugins=False)
+
+    def __getattr__(self, name: str):
+        # Only reached for a name this class does not have: sqlite-utils' helpers.
+        if name.startswith("_") or name in ("conn", "utils"):
+            raise AttributeError(name)
+        return getattr(self.utils, name)
+
+    def __getitem__(self, table: str):
+        """sqlite-utils' Table (or View) of that name: `db["sms"].columns`."""
+        return self.utils[table]
+
+    def execute(self, sql: str, parameters: Iterable | dict | None = None) -> sqlite3.Cursor:
+        """Run one statement and return its cursor, as sqlite-utils' execute() does: a
+        write outside a transaction is committed at once; inside one, it joins it."""
+        conn = self.conn
+        was_in_transaction = conn.in_transaction
+        try:
+            cursor = conn.execute(sql) if parameters is None else conn.execute(sql, parameters)
+        except Exception:
+            if not was_in_transaction and conn.in_transaction:
+                # Python's sqlite3 opened a transaction for the failed write: nothing
+                # would ever commit it, and it would capture every later write.
+                conn.execute("ROLLBACK")
+            raise
+        if (not was_in_transaction and conn.in_transaction and cursor.description is None
+                and _first_keyword(sql) not in _TRANSACTION_CONTROL):
+            conn.execute("COMMIT")  # the transaction Python's sqlite3 opened for a write
+        return cursor
+
+    def query(self, sql: str, params: Iterable | dict = ()) -> Iterator[dict]:
+        """Run a read query and yield its rows as dicts as SQLite reads them. The read
+        stays open until the iterator is exhausted or closed (see `rows`)."""
+        cursor = self.conn.execute(sql, params)
+        keys = [d[0] for d in cursor.description]
+        return (dict(zip(keys, row)) for row in cursor)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
 
     @contextlib.contextmanager
     def transaction(self, *, urgent: bool = False) -> Iterator["Database"]:
@@ -757,6 +828,72 @@ def _version() -> str:
 # The schema. Migrations are applied in order, each in its own transaction with its
 # bookkeeping row in _sqlite_migrations. Never edit one that has shipped: add a new one.
 # ---------------------------------------------------------------------------------------
+
+class Migrations:
+    """The schema's migrations, registered as with sqlite-utils' `Migrations` (the same
+    `@migrations()` decorator, `pending`, `applied`, `apply`) and applied by it.
+
+    Whether any is pending is read here with one query of the `_sqlite_migrations` table
+    sqlite-utils keeps, so that opening an up-to-date database, what nearly every command
+    does, needs no sqlite-utils (importing it takes longer than `rentbox status`'s whole
+    work). sqlite-utils is imported only to apply migrations.
+    """
+
+    migrations_table = "_sqlite_migrations"
+
+    # Plain classes, not dataclasses: making a dataclass costs start-up time.
+    class _Migration:
+        def __init__(self, name: str, fn: Callable[[Database], None], transactional: bool):
+            self.name, self.fn, self.transactional = name, fn, transactional
+
+        def __repr__(self) -> str:
+            return f"<migration {self.name}>"
+
+    class _AppliedMigration:
+        def __init__(self, name: str, applied_at: str):
+            self.name, self.applied_at = name, applied_at
+
+        def __repr__(self) -> str:
+            return f"<migration {self.name} applied {self.applied_at}>"
+
+    def __init__(self, name: str):
+        self.name = name
+        self._migrations: list[Migrations._Migration] = []
+
+    def __call__(self, *, name: str | None = None, transactional: bool = True):
+        """Register the decorated function as the next migration (see sqlite-utils)."""
+        def register(fn: Callable[[Database], None]) -> Callable[[Database], None]:
+            if any(m.name == (name or fn.__name__) for m in self._migrations):
+                raise ValueError(f"migration {name or fn.__name__} is registered twice")
+            self._migrations.append(self._Migration(name or fn.__name__, fn, transactional))
+            return fn
+
+        return register
+
+    def applied(self, db: Database) -> list["Migrations._AppliedMigration"]:
+        """The migrations of this set applied to `db`, in the order they were; read only."""
+        if db.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                           (self.migrations_table,)).fetchone() is None:
+            return []
+        return [self._AppliedMigration(**row) for row in db.rows(
+            f"SELECT name, applied_at FROM [{self.migrations_table}]"
+            " WHERE migration_set = ? ORDER BY rowid", (self.name,))]
+
+    def pending(self, db: Database) -> list["Migrations._Migration"]:
+        """The migrations not yet applied to `db`, in order; read only."""
+        done = {m.name for m in self.applied(db)}
+        return [m for m in self._migrations if m.name not in done]
+
+    def apply(self, db: Database, *, stop_before: str | Iterable[str] | None = None) -> None:
+        """Apply the pending migrations with sqlite-utils (each in a savepoint or a
+        transaction of its own, with its row in `_sqlite_migrations`)."""
+        import sqlite_utils
+
+        applier = sqlite_utils.Migrations(self.name)
+        for m in self._migrations:
+            applier(name=m.name, transactional=m.transactional)(m.fn)
+        applier.apply(db, stop_before=stop_before)
+
 
 migrations = Migrations("rentbox")
 

@@ -42,17 +42,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import http.client
 import json
 import logging
 import queue
 import re
 import select
-import ssl
 import threading
 import traceback
 import zlib
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 from urllib.parse import urlsplit
 
 from rentbox import __version__, events, operations
@@ -61,6 +59,10 @@ from rentbox.config import Rules, default
 from rentbox.db import Connections, Database
 from rentbox.errors import Unavailable
 from rentbox.workers import Worker
+
+if TYPE_CHECKING:  # imported where a push is made: every CLI command imports this module,
+    import http.client  # and http.client (ssl, email) costs more than `rentbox status`
+    import ssl
 
 log = logging.getLogger("rentbox.push")
 
@@ -244,6 +246,8 @@ class Link:
         self.opened = 0  # connections opened so far
 
     def __call__(self, url: str, body: dict, api_key: str, timeout_s: float) -> Outcome:
+        import http.client
+
         target = urlsplit(url)
         origin = (target.scheme, target.hostname, target.port)
         path = (target.path or "/") + (f"?{target.query}" if target.query else "")
@@ -325,6 +329,9 @@ class Link:
 
     def _open(self, target, timeout_s: float) -> http.client.HTTPConnection:
         """A new connection, connected (and its TLS handshake done)."""
+        import http.client
+        import ssl
+
         if target.scheme == "https":
             with self._lock:
                 self._tls = self._tls or ssl.create_default_context()
@@ -356,6 +363,8 @@ class Link:
 def _is_closed_by_peer(connection: http.client.HTTPConnection) -> bool:
     """Whether an idle kept-alive connection can no longer be used: the server closed it
     (or sent something nobody asked for), so its socket is readable with no request out."""
+    import ssl
+
     sock = connection.sock
     if sock is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
         return True

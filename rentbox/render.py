@@ -10,10 +10,10 @@ Piped output is never cut (use --json for scripts).
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import sys
 from typing import Iterable, TextIO
-
-from rich.cells import cell_len, set_cell_size
 
 # A cell right-aligned as a number: digits, maybe signed, grouped, decimal or a percentage;
 # or empty. Not a lone '-' (no value).
@@ -43,6 +43,8 @@ def stream_table(stream: TextIO, columns: list[str], rows: Iterable[list[str]], 
     first lines appear at once, and each later row is written as it comes. A later cell
     wider than its column pushes the rest of its line right, except in a `flexible`
     column on a terminal (`width`), where it is cut. Returns the number of rows written."""
+    from rich.cells import cell_len, set_cell_size  # here: commands without tables skip it
+
     rows = iter(rows)
     first = list(itertools.islice(rows, SAMPLE_ROWS if sample is None else sample))
     widths = [max([cell_len(name)] + [cell_len(row[i]) for row in first])
@@ -198,3 +200,53 @@ def check_line(status: str, name: str, duration_s: float, detail: str) -> str:
     if status == "skipped":
         return f"– {name} (skipped): {detail}"
     return f"{'✓' if status == 'passed' else '✗'} {name} ({duration_s * 1000:.0f} ms): {detail}"
+
+
+class LazyConsole:
+    """A Rich Console, made the first time something needs it.
+
+    Importing rich.console takes longer than `rentbox status`'s own work (issue 25), and
+    most commands never need it when their output goes to a pipe: plain lines and tables
+    are written directly. Attributes set before the console exists (`quiet`,
+    `on_broken_pipe`) are kept and given to it when it is made.
+    """
+
+    def __init__(self, *, stderr: bool = False, **settings):
+        vars(self).update(_stderr=stderr, _settings=settings, _console=None, _given={})
+
+    @property
+    def console(self):
+        """The Rich Console itself (made, and rich.console imported, on first use)."""
+        if self._console is None:
+            from rich.console import Console
+
+            console = Console(stderr=self._stderr, **self._settings)
+            for name, value in self._given.items():
+                setattr(console, name, value)
+            vars(self)["_console"] = console
+        return self._console
+
+    @property
+    def is_terminal(self) -> bool:
+        """Rich's `is_terminal`; without making the console where Rich's answer can only
+        be False: a stream that is no terminal, and neither TTY_COMPATIBLE nor
+        FORCE_COLOR (which Rich reads) in the environment."""
+        if self._console is None and not os.environ.get("TTY_COMPATIBLE") and (
+                "FORCE_COLOR" not in os.environ):
+            try:
+                if not (sys.stderr if self._stderr else sys.stdout).isatty():
+                    return False
+            except (AttributeError, ValueError):  # no stream, or a closed one: Rich's False
+                return False
+        return self.console.is_terminal
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.console, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if self._console is None:
+            self._given[name] = value
+        else:
+            setattr(self._console, name, value)

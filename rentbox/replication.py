@@ -32,7 +32,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -122,6 +121,8 @@ def litestream_config(db_path: Path, url: str, sync_s: float) -> dict:
 def write_private_config(config: dict) -> Path:
     """Write a config into a new private folder (it may hold a replica URL with a password):
     the folder is 0700, the file 0600. The caller removes the folder."""
+    import tempfile  # here: `rentbox status` imports this module, and tempfile costs it
+
     folder = Path(tempfile.mkdtemp(prefix="rentbox-litestream-"))
     path = folder / "litestream.yml"
     handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

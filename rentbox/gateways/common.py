@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import logging
 import re
 from typing import Callable, Iterable, Union
@@ -81,6 +80,8 @@ def text_field(value: object, field: str) -> str:
 def content_id(*parts: object) -> str:
     """A message id made of what a box sends, for boxes that send none: the same SMS sent
     again has the same id, so a retransmitted push stores nothing twice."""
+    import hashlib  # here: OpenSSL's hashlib is not needed by the many commands importing this
+
     joined = "\x1f".join(str(p) for p in parts)
     return "h:" + hashlib.sha256(joined.encode("utf-8", "replace")).hexdigest()[:32]
 

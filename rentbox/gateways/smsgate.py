@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
-import hmac
 import logging
 import math
 import re
@@ -48,6 +46,9 @@ class BadSignature(Exception):
 def verify_smsgate_signature(raw: bytes, *, signature: str | None, timestamp: str | None,
                              key: bytes, now: dt.datetime, max_skew_s: float) -> None:
     """X-Signature is the hex HMAC-SHA256 of the raw body followed by X-Timestamp."""
+    import hashlib  # here: OpenSSL's hashlib is not needed by the commands importing this
+    import hmac
+
     if not signature or not timestamp:
         raise BadSignature("BAD_SIGNATURE: X-Signature and X-Timestamp are required")
     # Header values arrive as latin-1 text; compare bytes, so that any character is
