@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import functools
@@ -80,37 +81,50 @@ _NO_SPACE = {_UNWRITABLE[13], _UNWRITABLE[10]}
 
 
 class WriteLock:
-    """The write lock of one process's connections to one file, with a fast lane.
+    """The write lock of one process's connections to one file: first come, first
+    served, with a fast lane.
 
-    Writers queue here rather than on SQLite's busy handler (see Database.transaction).
+    Writers queue here rather than on SQLite's busy handler (see Database.transaction),
+    in the order they came: under steady load the Writer (group commit) takes the lock
+    again as soon as it let it go, and a lock that let whoever wakes first have it would
+    keep any other writer (a housekeeping pass, a last-call note) waiting for seconds.
     An `urgent` writer goes ahead of every ordinary one waiting: the pusher storing
     Onlinesim's acknowledgements uses it, because until an acknowledgement is committed
-    a crash would push that SMS again (push.py). Ordinary writers are not strictly
-    first come, first served among themselves, as with threading.Lock.
+    a crash would push that SMS again (push.py).
     """
 
     def __init__(self):
         self._changed = threading.Condition(threading.Lock())
         self._held = False
+        # The waiters in the order they get the lock: urgent ones first, each lane
+        # first come, first served.
+        self._queue: collections.deque[object] = collections.deque()
         self._urgent_waiting = 0
-        self._waiting = 0
 
     def acquire(self, urgent: bool = False) -> None:
         with self._changed:
-            self._waiting += 1
-            self._urgent_waiting += urgent
+            ticket = object()
+            if urgent:
+                self._queue.insert(self._urgent_waiting, ticket)
+                self._urgent_waiting += 1
+            else:
+                self._queue.append(ticket)
             try:
-                while self._held or (self._urgent_waiting and not urgent):
+                while self._held or self._queue[0] is not ticket:
                     self._changed.wait()
-            finally:
-                self._waiting -= 1
+            except BaseException:
+                self._queue.remove(ticket)
                 self._urgent_waiting -= urgent
+                self._changed.notify_all()
+                raise
+            self._queue.popleft()
+            self._urgent_waiting -= urgent
             self._held = True
 
     def waiting(self) -> int:
         """How many threads wait for the lock now."""
         with self._changed:
-            return self._waiting
+            return len(self._queue)
 
     def release(self) -> None:
         with self._changed:
