@@ -50,3 +50,34 @@ def test_get_services_polls_are_logged_at_debug(settings, clock, connections, db
     levels = {r.getMessage().split()[1]: r.levelname for r in caplog.records
               if r.name == "rentbox.access"}
     assert levels == {"/getServicesRent": "DEBUG", "/getNumberRent": "INFO"}
+
+
+def test_lines_from_many_threads_are_whole_and_errors_keep_their_traceback(monkeypatch):
+    """Lines are formatted outside the handler's lock and written under it: never two
+    lines mixed, and an error's traceback stays with its line."""
+    import threading
+
+    out = io.StringIO()
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    logs.configure("info", "json", out)
+    log = logging.getLogger("rentbox.test")
+
+    def talk(n):
+        for i in range(200):
+            log.info("thread %d line %d %s", n, i, "x" * 50)
+
+    threads = [threading.Thread(target=talk, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed")
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(records) == 1601
+    assert sorted(r["message"] for r in records[:-1]) == sorted(
+        f"thread {n} line {i} {'x' * 50}" for n in range(8) for i in range(200))
+    assert records[-1]["message"] == "failed" and "ValueError: boom" in records[-1]["error"]
+    logging.getLogger().setLevel(logging.WARNING)
