@@ -310,7 +310,7 @@ def run(url: str, key: str, *, now: dt.datetime, timeout_s: float = LIMIT_S,
     ]
     if reserve:
         what = "" if service == "rent" else f" for {service} activations"
-        steps.append((f"reserve {reserve} numbers{what}",
+        steps.append((f"reserve {reserve} number{'' if reserve == 1 else 's'}{what}",
                       lambda: check_reserve(target, key, reserve, service)))
     return run_steps(steps, (TIMING, lambda: check_timing(target)))
 
@@ -677,7 +677,7 @@ class SmshubPlay:
         ]
         if reserve:
             what = f" for {service}" if service else ""
-            steps += [(f"reserve {reserve} numbers{what}",
+            steps += [(f"reserve {reserve} number{'' if reserve == 1 else 's'}{what}",
                        lambda: self.check_reserve(reserve, service)),
                       ("exceptionPhoneSet respected", self.check_exception)]
         return steps, (SMSHUB_TIMING, self.check_timing)
@@ -837,7 +837,8 @@ class SmshubPlay:
         kind, issued, problems = read_number(answer)
         if issued:
             problems += finish_all(self.target, self.key, [issued], path=self.caller.path)
-        excluded_said = f"{len(excluded)} issued numbers excluded as string prefixes"
+        excluded_said = (f"{len(excluded)} issued number{'' if len(excluded) == 1 else 's'}"
+                         " excluded as string prefixes")
         if kind == "no_numbers" and not problems:
             return True, f"NO_NUMBERS, {excluded_said} (no other number free)", None
         if kind == "issued" and issued and any(issued[1].startswith(p) for p in excluded):

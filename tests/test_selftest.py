@@ -192,7 +192,7 @@ def test_reserve_activations_spends_nothing(start_server, db):
         {"service": "vk", "state": "closed", "finish_status": 5, "test": 1}] * 2
     assert db.rows("SELECT * FROM service_uses") == []
     unoffered = by_name(selftest.run(server.url, API_KEY, now=NOW, allow_http=True, reserve=1,
-                                     service="wa"))["reserve 1 numbers for wa activations"]
+                                     service="wa"))["reserve 1 number for wa activations"]
     assert unoffered.failed and "Offer wa (RENTBOX_SERVICES)" in unoffered.advice
 
 
@@ -444,7 +444,7 @@ def test_smshub_through_caddy_checks_the_certificate(start_server, caddy, certif
     assert "days left" in checks[0].detail
     # Only one number: the GET_NUMBER that excludes it finds none, which is right.
     assert by_name(checks)["exceptionPhoneSet respected"].detail == (
-        "NO_NUMBERS, 1 issued numbers excluded as string prefixes (no other number free)")
+        "NO_NUMBERS, 1 issued number excluded as string prefixes (no other number free)")
 
 
 def test_smshub_without_reserve_does_not_claim_the_timing(start_server):
@@ -482,7 +482,7 @@ def test_smshub_a_service_not_offered(start_server, db):
     caller, key = selftest.play_buyer("smshub", smshub_key=HUB_KEY)
     found = by_name(selftest.run(server.url, key, now=NOW, allow_http=True, reserve=1,
                                  service="wa", caller=caller))
-    check = found["reserve 1 numbers for wa"]
+    check = found["reserve 1 number for wa"]
     assert check.failed and check.detail == "wa is not offered at /smshub"
     assert "Offer wa to SMSHub (RENTBOX_SERVICES" in check.advice
     assert found["exceptionPhoneSet respected"].status == "skipped"
@@ -513,7 +513,7 @@ def test_cli_plays_a_buyer_of_the_buyers_file(start_server, db, tmp_path, monkey
     lines = result.stdout.splitlines()
     assert [line.split(" (")[0].split(":")[0] for line in lines[:-1]] == [
         "– HTTPS certificate", "✓ GET /health", "✓ GET_SERVICES at /buyer/grizzly",
-        "✓ wrong key refused", "✓ gzip request and answer", "✓ reserve 1 numbers",
+        "✓ wrong key refused", "✓ gzip request and answer", "✓ reserve 1 number",
         "✓ exceptionPhoneSet respected", "✓ GET_NUMBER within 3 s"]
     assert lines[-1] == "7 passed, 0 failed, 1 skipped"
     assert GRIZZLY_KEY not in result.output
@@ -631,7 +631,7 @@ def played(stand_in, reserve=2, service=None) -> dict[str, selftest.Check]:
     play = selftest.SmshubPlay(stand_in, key, caller)
     steps, last = play.steps(NOW, True, reserve, service)
     wanted = [step for step in steps if step[0] in (
-        "GET_SERVICES at /smshub", f"reserve {reserve} numbers" + (
+        "GET_SERVICES at /smshub", f"reserve {reserve} number{'' if reserve == 1 else 's'}" + (
             f" for {service}" if service else ""), "exceptionPhoneSet respected")]
     return by_name(selftest.run_steps(wanted, last))
 
@@ -663,7 +663,7 @@ def test_get_number_speaks_the_protocol():
 def test_a_service_asked_for_is_taken_where_it_has_the_most_numbers():
     stand_in = StandIn([issued(79001110001, 1), {"status": "NO_NUMBERS"}])
     found = played(stand_in, reserve=1, service="vk")
-    assert found["reserve 1 numbers for vk"].passed
+    assert found["reserve 1 number for vk"].passed
     body = stand_in.bodies("GET_NUMBER")[0][0]
     assert (body["country"], body["operator"], body["service"]) == ("russia", "mts", "vk")
 
@@ -684,7 +684,7 @@ def test_get_number_is_timed_against_the_protocols_3_s(seconds, status, said):
 
 def test_a_number_sent_as_a_string_fails_and_is_finished_all_the_same():
     stand_in = StandIn([issued("77001110001", "11"), {"status": "NO_NUMBERS"}])
-    check = played(stand_in, reserve=1)["reserve 1 numbers"]
+    check = played(stand_in, reserve=1)["reserve 1 number"]
     assert check.failed
     assert ("number 77001110001 is not a whole number (a string: the protocol's test 3 fails "
             "it; a JSON integer is due)") in check.detail
@@ -712,7 +712,7 @@ def test_no_numbers_below_the_count_offered_is_over_reporting():
 
 def test_a_server_that_does_not_mark_tests_is_said_so():
     stand_in = StandIn([(issued(77001110001, 11), 0.01, False), {"status": "NO_NUMBERS"}])
-    check = played(stand_in, reserve=1)["reserve 1 numbers"]
+    check = played(stand_in, reserve=1)["reserve 1 number"]
     assert check.passed and "not marked as tests (the server ignores X-Rentbox-Test)" in \
         check.detail
 
@@ -752,5 +752,5 @@ def test_a_bad_services_answer_fails_with_the_shape_advice_and_no_number_is_aske
         "russia: `any` beside real operators (mts); russia/mts/vk: 1 is not a whole number (a "
         "JSON integer, not a string)")
     assert check.advice == selftest.SMSHUB_SERVICES_ADVICE
-    assert found["reserve 1 numbers"].status == "skipped"
+    assert found["reserve 1 number"].status == "skipped"
     assert stand_in.bodies("GET_NUMBER") == []
