@@ -379,7 +379,7 @@ class Server:
             log.exception("could not check the server's state at start")
             return
         for warning in facts["warnings"]:
-            if "Onlinesim has never called" not in warning:
+            if "has never called this server" not in warning:  # nobody has, yet
                 log.warning("%s", warning)
 
     def start_in_thread(self) -> threading.Thread:

@@ -423,11 +423,15 @@ def test_the_readme_lists_what_waitress_answers_itself():
 def test_serve_says_at_start_what_status_would_warn_about(start_server, caplog):
     import logging
 
+    from rentbox.config import Buyer, Rules
+
     with caplog.at_level(logging.WARNING, logger="rentbox.server"):
-        start_server()
+        start_server(rules=Rules(buyers=(Buyer("smshub", "smshub", key="k"),)))
         assert wait_until(lambda: "the pool is empty" in caplog.text)
     warned = [r.getMessage() for r in caplog.records if r.name == "rentbox.server"]
     assert any("without RENTBOX_PUSH_URL" in w for w in warned)
+    assert any("without a push URL for smshub" in w for w in warned)
+    # No buyer has called a server that has just started: that is news only later.
     assert not any("never called" in w for w in warned)
 
 
