@@ -30,11 +30,15 @@ import threading
 from typing import Callable, TypeVar
 
 from rentbox.db import Connections, Database
+from rentbox.errors import Unavailable
 from rentbox.workers import Worker
 
 log = logging.getLogger("rentbox.db")
 
 T = TypeVar("T")
+
+# How often a request waiting for its job looks whether the writer still runs.
+STOPPED_CHECK_S = 1.0
 
 # The most jobs committed together: a bound on how long the first of them waits for the
 # others (each runs in well under a millisecond).
@@ -82,7 +86,12 @@ class Writer(Worker):
             self._pending += 1
         try:
             self._jobs.put(entry)
-            entry.done.wait()
+            # The writer answers every job it takes; one handed in as it stopped (it
+            # stops after the requests, so only by a race) is refused, never waited on
+            # for ever.
+            while not entry.done.wait(STOPPED_CHECK_S):
+                if not self._thread.is_alive():
+                    raise Unavailable("the server is stopping: nothing was written")
         finally:
             with self._pending_lock:
                 self._pending -= 1

@@ -186,3 +186,27 @@ def test_a_stopped_writer_refuses_new_jobs(db, db_path):
     with pytest.raises(RuntimeError, match="not running"):
         writer.write(note("x"))
     connections.close_all()
+
+
+def test_a_job_handed_in_as_the_writer_stops_is_refused_not_waited_on(db, db_path,
+                                                                     monkeypatch):
+    import rentbox.writer
+    from rentbox.errors import Unavailable
+
+    monkeypatch.setattr(rentbox.writer, "STOPPED_CHECK_S", 0.01)
+    connections = Connections(db_path)
+    stopping = Writer(connections)
+    stopping.start()
+    stopping.stop()
+
+    class Thread:
+        """The race: alive when write() checks, gone once the job is in the queue."""
+        answers = iter([True])
+
+        def is_alive(self):
+            return next(self.answers, False)
+
+    stopping._thread = Thread()
+    with pytest.raises(Unavailable, match="stopping"):
+        stopping.write(note("late"))
+    connections.close_all()
