@@ -81,11 +81,12 @@ def conditions(db: Database, now: dt.datetime, alerting: Alerting) -> dict[str, 
             found[key] = silent
     oldest = db.row("SELECT min(created_at) AS at, count(*) AS n FROM sms"
                     " WHERE push_state = 'pending'")
+    taker = "their buyers" if (server or {}).get("buyers") else "Onlinesim"
     if oldest["at"] and (now - from_text(oldest["at"])).total_seconds() >= alerting.undelivered_s:
         error = db.row("SELECT last_error FROM sms WHERE push_state = 'pending'"
                        " AND last_error IS NOT NULL ORDER BY next_attempt_at DESC LIMIT 1")
         found["sms_undelivered"] = (
-            f"{oldest['n']} SMS not taken by Onlinesim, the oldest since {_short(oldest['at'])}"
+            f"{oldest['n']} SMS not taken by {taker}, the oldest since {_short(oldest['at'])}"
             f" (last error: {(error or {}).get('last_error') or 'none yet'})")
     for row in db.rows("SELECT number, banned_until, failures FROM numbers"
                        " WHERE banned_until IS NOT NULL AND banned_until > ?", (to_text(now),)):

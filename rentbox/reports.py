@@ -246,6 +246,8 @@ def products_to_date(db: Database, now: dt.datetime) -> list[dict]:
 def _warnings(report: dict, now: dt.datetime) -> list[str]:
     warnings = []
     server, pool_counts, outbox = report["server"], report["pool"], report["outbox"]
+    # Who takes the outbox's SMS: Onlinesim alone, or each SMS's own buyer.
+    taker = "their buyers" if server and server.get("buyers") else "Onlinesim"
     if server is None:
         warnings.append("rentbox serve has never run on this database")
     elif not server["running"]:
@@ -292,7 +294,7 @@ def _warnings(report: dict, now: dt.datetime) -> list[str]:
     elif storage["free_bytes"] is not None and storage["free_bytes"] < LOW_DISK_WARNING_BYTES:
         warnings.append(f"only {_mib(storage['free_bytes'])} free on the database's disk")
     if outbox["retrying"]:
-        warnings.append(f"{outbox['retrying']} SMS not yet accepted by Onlinesim, retrying; "
+        warnings.append(f"{outbox['retrying']} SMS not yet accepted by {taker}, retrying; "
                         f"the oldest waits since {_short_time(outbox['oldest_pending_at'])} "
                         f"(last error: {outbox['last_error'] or 'unknown'})")
     elif outbox["oldest_pending_at"] and (
@@ -313,7 +315,7 @@ def _warnings(report: dict, now: dt.datetime) -> list[str]:
                         "are offered again; close one Onlinesim will not finish with "
                         "`rentbox ops close ID`")
     if outbox["failed"]:
-        warnings.append(f"{outbox['failed']} SMS refused by Onlinesim for good "
+        warnings.append(f"{outbox['failed']} SMS refused by {taker} for good "
                         "(`rentbox sms list --failed`)")
     last_call = report["last_onlinesim_call"]
     if server is not None and server["running"]:

@@ -198,6 +198,18 @@ def test_status_of_a_running_server_without_push_url(books):
         "Onlinesim has not called since 2026-11-02 12:00 UTC: check the URL it was given "
         "and the reverse proxy",
         unwatched(3)]
+    # With other buyers served, the outbox holds their SMS too: the warning says so.
+    meta.put(books, now, meta.SERVER, {
+        **meta.get(books, meta.SERVER), "push_url_set": True, "buyers": [
+            {"name": "smshub", "protocol": "smshub", "path": "/smshub",
+             "push_url_set": True, "services": None, "countries": [], "share": 0.0}]})
+    lock = hold_serving_lock(books.path)
+    try:
+        said = reports.status(books, now)["warnings"]
+    finally:
+        lock.close()
+    assert ("1 SMS not yet accepted by their buyers, retrying; the oldest waits since "
+            "2026-11-02 12:02 UTC (last error: HTTP 500)") in said
 
 
 def test_number_history(books):
