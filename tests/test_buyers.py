@@ -293,3 +293,44 @@ def test_counts_are_never_above_what_each_buyer_could_be_issued(db, clock, tmp_p
                 assert claim(twin, clock, buyer, service, rules, country="russia")
             twin.close()
     assert copies == 10  # onlinesim and smshub: 2 operators x 2 services; grizzly 2 x 1
+
+
+def test_an_upgrade_keeps_numbers_spent_for_a_long_service_name_spent_for_its_code(tmp_path):
+    """A partner who offered `whatsapp` before buyers existed: after m014 the spent number
+    is spent for `wa` (as every buyer asks for it), its tries merged with any `wa` use,
+    its operations renamed, a held number counted for Onlinesim, and the tallies exact."""
+    from rentbox.db import Database, migrations, open_database
+
+    path = tmp_path / "old.db"
+    old = Database(path)
+    with old.transaction():
+        migrations.apply(old, stop_before="m014_buyers")
+    stamp = "2026-11-01T12:00:00.000000Z"
+    for number, country, operator in NUMBERS[:3]:  # as that rentbox's import wrote them
+        old.execute("INSERT INTO numbers (number, country, operator, idle_since, created_at,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (number[1:], country, operator, stamp, stamp, stamp))
+    old.execute("INSERT INTO operations (number_id, service, state, initial_sum_kopecks,"
+                " final_sum_kopecks, finish_status, created_at, finished_at, country)"
+                " VALUES (1, 'whatsapp', 'closed', 2000, 2000, 3, ?, ?, 'russia')",
+                (stamp, stamp))
+    old.execute("INSERT INTO operations (number_id, service, state, initial_sum_kopecks,"
+                " created_at, country) VALUES (3, 'rent', 'open', 40000, ?, 'russia')",
+                (stamp,))
+    old.execute("UPDATE numbers SET operation_id = 2 WHERE id = 3")
+    old.execute("INSERT INTO service_uses VALUES (1, 'whatsapp', 0, ?, ?)", (stamp, stamp))
+    old.execute("INSERT INTO service_uses VALUES (2, 'whatsapp', 2, NULL, ?)", (stamp,))
+    old.execute("INSERT INTO service_uses VALUES (2, 'wa', 1, NULL, ?)", (stamp,))
+    old.close()
+
+    db = open_database(path)
+    assert db.rows("SELECT number_id, service, tries, spent_at IS NOT NULL AS spent"
+                   " FROM service_uses ORDER BY number_id") == [
+        {"number_id": 1, "service": "wa", "tries": 0, "spent": 1},
+        {"number_id": 2, "service": "wa", "tries": 2, "spent": 0}]
+    assert db.rows("SELECT service, buyer, currency FROM operations ORDER BY id") == [
+        {"service": "wa", "buyer": "onlinesim", "currency": "RUB"},
+        {"service": "rent", "buyer": "onlinesim", "currency": "RUB"}]
+    assert db.rows("SELECT buyer, country, n FROM held_counts") == [
+        {"buyer": "onlinesim", "country": "russia", "n": 1}]
+    assert tallies.verify(db) == []
