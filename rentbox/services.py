@@ -14,7 +14,8 @@ is the FINISH of an activation:
 `service_uses` holds a number's tries and spent services. The count GET_SERVICES reports
 for (country, operator, service) is the free numbers there (`free_counts`) minus those
 spent for the service (`spent_free_counts`): two tallies that triggers keep exact
-(db.py m006, m013), so the answer costs the same on 1,000 and 1,000,000 numbers.
+(db.py m006, m013), so the answer costs the same on 1,000 and 1,000,000 numbers;
+each buyer's view of them is buyers.view.
 """
 
 from __future__ import annotations
@@ -55,35 +56,6 @@ def parse_offered(text: str | None) -> tuple[str, ...]:
         if name not in offered:
             offered.append(name)
     return tuple(offered)
-
-
-def counts(db: Database, offered: tuple[str, ...]) -> dict[str, dict[str, dict[str, int]]]:
-    """What can be issued now for each offered service: {country: {operator: {service:
-    n}}}, with 'any' per country carrying the sums. Read from the tallies; the caller has
-    applied the due rules (operations.available_counts). Numbers without an operator
-    count only under 'any'. A country or operator with nothing for any service is left
-    out."""
-    if not offered:
-        return {}
-    free: dict[tuple[str, str], int] = {
-        (r["country"], r["operator"]): r["n"]
-        for r in db.rows("SELECT country, operator, n FROM free_counts WHERE n > 0")}
-    spent: dict[tuple[str, str, str], int] = {}
-    marks = ", ".join("?" * len(offered))
-    for r in db.rows(f"SELECT country, operator, service, n FROM spent_free_counts"
-                     f" WHERE n > 0 AND service IN ({marks})", list(offered)):
-        spent[(r["country"], r["operator"], r["service"])] = r["n"]
-    result: dict[str, dict[str, dict[str, int]]] = {}
-    for (country, operator), n in sorted(free.items()):
-        per_service = {s: n - spent.get((country, operator, s), 0) for s in offered}
-        if not any(per_service.values()):
-            continue
-        operators = result.setdefault(country, {"any": dict.fromkeys(offered, 0)})
-        for service, available in per_service.items():
-            operators["any"][service] += available
-        if operator:
-            operators[operator] = per_service
-    return result
 
 
 def record_finish(db: Database, now: dt.datetime, operation: dict, status: int) -> None:
@@ -149,10 +121,13 @@ def overview(db: Database, rules: Rules) -> list[dict]:
     offered = tuple(dict.fromkeys(
         code for buyer in buyers.all_buyers(rules)
         for code in buyers.offered(rules, buyer.name).values()))
-    available: dict[str, int] = {}
-    for operators in counts(db, offered).values():
-        for service, n in operators["any"].items():
-            available[service] = available.get(service, 0) + n
+    # What any buyer could take, reservations aside: the pool's free numbers not spent for
+    # the service (the tallies every buyer's view is made of, buyers.read_stock).
+    stock = buyers.read_stock(db, set(offered), shares=False)
+    free = sum(stock.free.values())
+    available = {service: free for service in offered}
+    for (_, _, service), n in stock.spent.items():
+        available[service] -= n
     spent = {r["service"]: r["n"] for r in db.rows(
         "SELECT service, count(*) AS n FROM service_uses WHERE spent_at IS NOT NULL"
         " GROUP BY service")}
