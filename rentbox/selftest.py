@@ -492,6 +492,29 @@ def check_no_operation(target: Target, key: str):
                          "{\"status\":\"ERROR\",\"error\":\"NO_OPERATION\"}.")
 
 
+def all_at_once(answers: list, call: Callable[[], "Answer"], timeout_s: float) -> None:
+    """Make `len(answers)` calls at once, each on a thread of its own, and put each one's
+    answer (or the exception it raised) in `answers`. Returns when all have ended; on
+    Ctrl-C, once the calls in flight have ended (each within `timeout_s`), so that the
+    caller can finish every operation they opened."""
+    def one(index: int) -> None:
+        try:
+            answers[index] = call()
+        except Exception as error:  # reported by the caller; what was opened is finished
+            answers[index] = error
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True)
+               for i in range(len(answers))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for thread in threads:
+            thread.join(timeout_s)
+
+
 def check_reserve(target: Target, key: str, count: int, service: str = "rent"):
     """Onlinesim's acceptance test: `count` simultaneous identical GET_NUMBER, all numbers
     distinct, each FINISHed twice (SUCCESS both times). Every operation opened is
@@ -500,29 +523,16 @@ def check_reserve(target: Target, key: str, count: int, service: str = "rent"):
     answers: list[Answer | Exception] = [None] * count  # type: ignore[list-item]
     path = "/getNumberRent" if service == "rent" else "/getNumber"
 
-    def reserve(index: int) -> None:
-        try:
-            answers[index] = target.request(
-                "POST", path,
-                {"action": "GET_NUMBER", "key": key, "service": service, "sum": 0},
-                headers={TEST_HEADER: "1"})
-        except Exception as error:  # reported below; the rentals opened are still finished
-            answers[index] = error
-
-    threads = [threading.Thread(target=reserve, args=(i,), daemon=True) for i in range(count)]
     opened: list[tuple[int, str]] = []
     marked = True
     problems: list[str] = []
     no_numbers = 0
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        all_at_once(answers, lambda: target.request(
+            "POST", path, {"action": "GET_NUMBER", "key": key, "service": service, "sum": 0},
+            headers={TEST_HEADER: "1"}), target.timeout_s)
     finally:
-        # Also on Ctrl-C: wait for the calls in flight, then finish every rental they opened.
-        for thread in threads:
-            thread.join(target.timeout_s)
+        # Also on Ctrl-C: finish every rental the calls opened.
         for answer in answers:
             if answer is None:
                 continue
@@ -765,25 +775,13 @@ class SmshubPlay:
         request = self._number_request()
         answers: list[Answer | Exception | None] = [None] * count
 
-        def take(index: int) -> None:
-            try:
-                answers[index] = self.post(request, test=True)
-            except Exception as error:  # reported below; the operations opened are finished
-                answers[index] = error
-
-        threads = [threading.Thread(target=take, args=(i,), daemon=True) for i in range(count)]
         opened: list[tuple[int, str]] = []
         problems: list[str] = []
         marked, no_numbers = True, 0
         try:
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            all_at_once(answers, lambda: self.post(request, test=True), self.target.timeout_s)
         finally:
-            # Also on Ctrl-C: wait for the calls in flight, then finish every one opened.
-            for thread in threads:
-                thread.join(self.target.timeout_s)
+            # Also on Ctrl-C: finish every operation the calls opened.
             for answer in answers:
                 if answer is None:
                     continue
