@@ -184,3 +184,35 @@ def test_a_get_number_older_than_smshubs_3_s_is_rolled_back_and_answered_503(
     assert late.status == 503 and late.json["status"] == "ERROR"
     assert db.row("SELECT count(*) AS n FROM operations")["n"] == 0
     assert hub(aged(2.0), body).json["status"] == "SUCCESS"
+
+
+def test_a_full_disk_advertises_nothing_and_answers_get_number_503(client, connections,
+                                                                   settings, clock, caplog):
+    """As for Onlinesim: counts that could not be issued are over-reporting, and a
+    GET_NUMBER that cannot be committed is a retryable 503 in the one error shape."""
+    import logging
+
+    from rentbox.errors import Unavailable
+
+    connections.health.failed("the disk is full")
+    assert hub(client, {"action": "GET_SERVICES"}).json == {"countryList": [],
+                                                              "status": "SUCCESS"}
+    connections.health.succeeded()
+
+    class FullDisk:
+        def get(self):
+            class Db:
+                def write_problem(self):
+                    return None
+
+                def __getattr__(self, name):
+                    raise Unavailable("the database cannot be written now: the disk is full")
+            return Db()
+
+    full = WsgiClient(wsgi(dataclasses.replace(settings, rules=RULES), clock, FullDisk()))
+    with caplog.at_level(logging.INFO):
+        answer = hub(full, {"action": "GET_NUMBER", "country": "russia", "service": "vk",
+                            "sum": 1, "currency": 643})
+    assert (answer.status, answer.json) == (503, {
+        "status": "ERROR", "error": "the database cannot be written now: the disk is full"})
+    assert "Traceback" not in caplog.text and HUB_KEY not in caplog.text
