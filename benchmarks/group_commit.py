@@ -542,6 +542,8 @@ def main() -> None:
     print(f"rentbox {commit()}, Python {sys.version.split()[0]}, {os.cpu_count()} cores, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     summary = []
+    if args.keep_logs:
+        Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         print(f"one durable single-row commit here: {fsync_ms(folder):.2f} ms (median)")
