@@ -659,6 +659,7 @@ def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: flo
                     result.unreachable = True
                     sending = False
     finally:
+        attempt.close()
         if link is not None:
             link.close()
 
@@ -688,20 +689,35 @@ def store_outcomes(db: Database, state: PushState, answers: list[Answered], retr
 
 
 class _Attempts:
-    """The attempts of one round: each on a daemon thread of its own (so an attempt that
-    hangs can never keep the process from exiting), its answer handed back on a queue to
-    the thread that stores it."""
+    """The attempts of one round, on daemon threads (so an attempt that hangs can never
+    keep the process from exiting), each answer handed back on a queue to the thread that
+    stores it. The threads last for the round: starting one per attempt cost a burst more
+    than its pushes' own HTTP. There are always as many threads as attempts not yet
+    answered, so an attempt never waits for a thread held by one that hangs."""
 
     def __init__(self, sender: Callable, clock: Clock, *, url: str, api_key: str,
                  timeout_s: float, wire: Wire):
         self._sender, self._clock = sender, clock
         self._url, self._api_key, self._timeout_s = url, api_key, timeout_s
         self._wire = wire
+        self._todo: queue.SimpleQueue = queue.SimpleQueue()
         self._answers: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = 0
+        self._unanswered = 0  # started, and not yet returned by answers()
 
     def start(self, sms: dict) -> None:
-        threading.Thread(target=self._run, args=(sms,), name=f"rentbox-push-{sms['id']}",
-                         daemon=True).start()
+        self._unanswered += 1
+        if self._threads < self._unanswered:
+            threading.Thread(target=self._work, name=f"rentbox-push-{self._threads + 1}",
+                             daemon=True).start()
+            self._threads += 1
+        self._todo.put(sms)
+
+    def close(self) -> None:
+        """Let the round's threads end (each after its attempt, if one is running)."""
+        for _ in range(self._threads):
+            self._todo.put(None)
+        self._threads = 0
 
     def answers(self) -> list[Answered]:
         """The attempts that have ended, waiting for the next one if none has. Each
@@ -711,9 +727,14 @@ class _Attempts:
             try:
                 ended.append(self._answers.get_nowait())
             except queue.Empty:
+                self._unanswered -= len(ended)
                 return ended
 
-    def _run(self, sms: dict) -> None:
+    def _work(self) -> None:
+        while (sms := self._todo.get()) is not None:
+            self._attempt(sms)
+
+    def _attempt(self, sms: dict) -> None:
         sent_at = self._clock.now()
         try:
             outcome = self._sender(self._url, self._wire.body(sms, self._api_key),

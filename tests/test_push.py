@@ -680,6 +680,34 @@ def test_several_in_flight_each_sms_once_in_order_within_its_rental(db, clock, p
     assert deliver(db, clock, "x", sender=sender) == 0  # nothing is ever sent again
 
 
+def test_a_rounds_attempts_share_at_most_parallel_threads_that_end_with_it(db, clock):
+    import threading
+
+    numbers = open_rentals(db, clock, 6)
+    for number in numbers:
+        for i in range(4):
+            add_sms(db, clock, number, f"code {i}")
+    lock, threads, stuck = threading.Lock(), [], threading.Event()
+
+    def sender(url, body, api_key, timeout_s):
+        with lock:
+            threads.append(threading.current_thread())
+        if body["phone"] == numbers[0] and not stuck.is_set():
+            stuck.set()
+            stuck.wait(0.3)  # one attempt hangs: the others must go on meanwhile
+            return push.Outcome("retry", "timed out")
+        return push.Outcome("delivered")
+
+    before = set(threading.enumerate())
+    assert deliver(db, clock, "x", sender=sender, parallel=3) == 24
+    # 24 attempts, not 24 threads: no more threads than attempts in flight at once.
+    assert 1 < len(set(threads)) <= 3
+    for thread in set(threads):
+        thread.join(timeout=5)
+        assert not thread.is_alive()  # the round's threads are gone with it
+    assert set(threading.enumerate()) <= before
+
+
 def test_within_a_rental_order_is_kept_when_onlinesim_answers_slowly(db, clock):
     numbers = open_rentals(db, clock, 2)
     ids = {n: [add_sms(db, clock, n, f"m{i}") for i in range(3)] for n in numbers}
