@@ -52,7 +52,11 @@ class _Job:
         self.run = run
         self.result: object = None
         self.error: BaseException | None = None
-        self.done = threading.Event()
+        # Held until the job is answered: the writer releases it, the request's acquire
+        # returns. A bare lock is one wake-up; an Event's Condition makes the woken
+        # thread queue again for the Condition's own lock, which the writer still holds.
+        self.done = threading.Lock()
+        self.done.acquire()
 
 
 class Writer(Worker):
@@ -89,7 +93,7 @@ class Writer(Worker):
             # The writer answers every job it takes; one handed in as it stopped (it
             # stops after the requests, so only by a race) is refused, never waited on
             # for ever.
-            while not entry.done.wait(STOPPED_CHECK_S):
+            while not entry.done.acquire(timeout=STOPPED_CHECK_S):
                 if not self._thread.is_alive():
                     raise Unavailable("the server is stopping: nothing was written")
         finally:
@@ -146,7 +150,7 @@ class Writer(Worker):
             self.batches += 1
             self.jobs += len(batch)
             for job in batch:
-                job.done.set()
+                job.done.release()
 
 
 class Inline:
