@@ -421,6 +421,10 @@ class Server:
         self._waitress.task_dispatcher.shutdown()
         self._waitress.close()
         self.writer.stop()  # after the requests: their last writes are committed
+        if self.writer.jobs:
+            log.info("group commit: %d writes of requests in %d commits (%.1f per commit)",
+                     self.writer.jobs, self.writer.batches,
+                     self.writer.jobs / self.writer.batches)
         self.housekeeper.stop()
         if self.checkpointer:
             self.checkpointer.stop()
