@@ -20,6 +20,8 @@ For each waitress thread count given (`--threads`, default 1,4,8), on a fresh da
    gateway token; to, from, text and an id each) all at once, for at most --burst-max-s.
    Reports SMS taken in per second, then waits until every SMS was pushed and checks each
    was delivered exactly once. The same burst against the floor first: the stack's ceiling.
+   --per-post N: N SMS per request, as an Ejoin SIM bank reports a burst (a `recv-sms`
+   push of N rows to POST /sms/ejoin); the floor then stores each request as one row.
 
 Beside throughput and latency, each server's CPU time per request (from /proc: far less
 disturbed than throughput by other work on a shared machine) and the longest time in which
@@ -29,6 +31,8 @@ the floor with GET_NUMBER/FINISH p99 < 25 ms; SMS intake >= 2,000/s.
 
     python benchmarks/group_commit.py
     python benchmarks/group_commit.py --threads 1,4 --rounds 3 --sms 10000
+    python benchmarks/group_commit.py --threads 8 --skip rent --per-post 10
+    python benchmarks/group_commit.py --threads 8 --skip sms --fsync-ms 2   # a slower disk
 
 Loopback only; every request has a timeout; the run stops by itself.
 """
@@ -36,6 +40,7 @@ Loopback only; every request has a timeout; the run stops by itself.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import http.client
 import http.server
@@ -362,27 +367,43 @@ class StandIn:
         self.httpd.server_close()
 
 
-def gateway(args: tuple[int, int, list[str], int, int, float]) -> dict:
-    """One gateway process: its share of the SMS, one after another on one connection,
-    until all are sent or the monotonic time `stop_at` has come."""
-    port, index, numbers, first, count, stop_at = args
+def gateway(args: tuple[int, int, list[str], int, int, float, int]) -> dict:
+    """One gateway process: its share of the SMS, one request after another on one
+    connection, until all are sent or the monotonic time `stop_at` has come. One SMS per
+    POST /sms; with `per_post` > 1, as a SIM bank reports a burst: Ejoin's `recv-sms` push
+    with that many SMS rows (`sms_num`) to POST /sms/ejoin."""
+    port, index, numbers, first, count, stop_at, per_post = args
     conn = http.client.HTTPConnection(HOST, port, timeout=TIMEOUT_S)
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
     taken_ms, sms_ids = [], []
     started = time.monotonic()
-    for i in range(first, first + count):
+    for i in range(first, first + count, per_post):
         if time.monotonic() > stop_at:
             break
-        body = json.dumps({"to": numbers[i % len(numbers)], "from": "Bench",
-                           "text": f"Your code is {i:06d}", "id": f"gw{index}-{i}"}).encode()
+        these = range(i, min(i + per_post, first + count))
+        if per_post == 1:
+            path = "/sms"
+            body = {"to": numbers[i % len(numbers)], "from": "Bench",
+                    "text": f"Your code is {i:06d}", "id": f"gw{index}-{i}"}
+        else:
+            path = f"/sms/ejoin?box=gw{index}"
+            rows = [[0, f"{k % 32 + 1}.01", int(time.time()), "Bench", numbers[k % len(numbers)],
+                     base64.b64encode(f"Your code is {k:06d}".encode()).decode()]
+                    for k in these]
+            body = {"type": "recv-sms", "sms_num": len(rows), "sms": rows}
         before = time.perf_counter()
-        conn.request("POST", "/sms", body=body, headers=headers)
+        conn.request("POST", path, body=json.dumps(body).encode(), headers=headers)
         response = conn.getresponse()
         data = response.read()
-        taken_ms.append((time.perf_counter() - before) * 1000)
+        took_ms = (time.perf_counter() - before) * 1000
         if response.status != 200:
-            raise RuntimeError(f"/sms: HTTP {response.status} {data[:200]!r}")
-        sms_ids.append(json.loads(data)["smsId"])
+            raise RuntimeError(f"{path}: HTTP {response.status} {data[:200]!r}")
+        answer = json.loads(data)
+        if "smsIds" in answer:
+            sms_ids.extend(answer["smsIds"])
+        else:  # one smsId for the whole POST (the floor stores the body as one row)
+            sms_ids.extend(f"{answer['smsId']}/{k}" for k in range(len(these)))
+        taken_ms.extend([took_ms] * len(these))  # each SMS waited for its POST's answer
     ended = time.monotonic()
     conn.close()
     return {"ms": taken_ms, "ids": sms_ids, "started": started, "ended": ended}
@@ -394,7 +415,7 @@ def burst(port: int, numbers: list[str], args, share: int | None = None,
     for at most --burst-max-s; the SMS are numbered from `first` on."""
     share = share or args.sms // args.gateways
     stop_at = time.monotonic() + args.burst_max_s
-    jobs = [(port, g, numbers, first + g * share, share, stop_at)
+    jobs = [(port, g, numbers, first + g * share, share, stop_at, args.per_post)
             for g in range(args.gateways)]
     with multiprocessing.Pool(args.gateways) as workers:
         results = workers.map(gateway, jobs)
@@ -492,6 +513,56 @@ def fsync_ms(folder: Path) -> float:
     return statistics.median(times)
 
 
+# --fsync-ms: fdatasync and fsync (SQLite's commits and checkpoints) made slower by an
+# LD_PRELOAD shim, for every process of the run: the disk of a partner's small box (an SD
+# card, a consumer SSD without a write cache that survives power loss) rather than this
+# machine's. Reads, writes and everything else are untouched.
+SLOW_FSYNC_ENV = "BENCHMARK_FSYNC_EXTRA_US"
+SLOW_FSYNC_C = """
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <time.h>
+
+static void extra_wait(void) {
+    const char *us = getenv("%s");
+    long ns = us ? atol(us) * 1000L : 0;
+    struct timespec wait = {ns / 1000000000L, ns %% 1000000000L};
+    if (ns > 0) nanosleep(&wait, NULL);
+}
+
+int fdatasync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    int done = real(fd);
+    extra_wait();
+    return done;
+}
+
+int fsync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    int done = real(fd);
+    extra_wait();
+    return done;
+}
+""" % SLOW_FSYNC_ENV
+
+
+def slow_disk(extra_ms: float) -> None:
+    """Build the shim and run this script again with it preloaded (never returns)."""
+    folder = Path(tempfile.mkdtemp(prefix="rentbox-slow-fsync-"))
+    source, shim = folder / "slow_fsync.c", folder / "slow_fsync.so"
+    source.write_text(SLOW_FSYNC_C)
+    try:
+        subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(shim), str(source), "-ldl"],
+                       check=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        sys.exit(f"--fsync-ms needs a C compiler (cc) to build its shim: {error}")
+    env = {**os.environ, SLOW_FSYNC_ENV: str(round(extra_ms * 1000)), "LD_PRELOAD": str(shim)}
+    os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
+
+
 def commit() -> str:
     def git(*words: str) -> str:
         return subprocess.run(["git", *words], cwd=REPO, capture_output=True, text=True,
@@ -523,6 +594,9 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=20_000, help="numbers in the pool")
     parser.add_argument("--sms", type=int, default=20_000, help="SMS in the burst")
     parser.add_argument("--gateways", type=int, default=8, help="gateway processes")
+    parser.add_argument("--per-post", type=int, default=1, metavar="N",
+                        help="SMS per request: 1 posts each to /sms; more, as Ejoin SIM "
+                             "banks report a burst (recv-sms with N rows)")
     parser.add_argument("--rentals", type=int, default=400, help="rentals the SMS go to")
     parser.add_argument("--burst-max-s", type=float, default=20,
                         help="the gateways stop posting after this many seconds")
@@ -531,6 +605,9 @@ def main() -> None:
     parser.add_argument("--keep-logs", metavar="DIR",
                         help="keep rentbox's logs (access log included) in DIR")
     parser.add_argument("--skip", choices=("rent", "sms"), help="leave one part out")
+    parser.add_argument("--fsync-ms", type=float, default=0, metavar="MS",
+                        help="make every fsync of SQLite's (both servers') take MS longer, "
+                             "as on a slower disk (an LD_PRELOAD shim built with cc)")
     parser.add_argument("--floor-server", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--floor-db", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -538,9 +615,14 @@ def main() -> None:
     if args.floor_server:
         run_floor(args.floor_server, thread_counts[0], Path(args.floor_db))
         return
+    if args.fsync_ms and SLOW_FSYNC_ENV not in os.environ:
+        slow_disk(args.fsync_ms)  # runs this script again, and does not return
 
     print(f"rentbox {commit()}, Python {sys.version.split()[0]}, {os.cpu_count()} cores, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if SLOW_FSYNC_ENV in os.environ:
+        print(f"every fsync made {int(os.environ[SLOW_FSYNC_ENV]) / 1000:g} ms longer "
+              f"(--fsync-ms, {os.environ.get('LD_PRELOAD')})")
     summary = []
     if args.keep_logs:
         Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
