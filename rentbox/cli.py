@@ -8,6 +8,7 @@ import dataclasses
 import enum
 import datetime as dt
 import functools
+import gc
 import itertools
 import json
 import math
@@ -1726,6 +1727,10 @@ def main() -> None:
         import typer.core
 
         typer.core.HAS_RICH = False
+    # What start-up made (modules, Typer's and the settings' objects) lives until exit:
+    # the cyclic garbage collector need not walk it again, neither while the command runs
+    # nor at exit, where that walk cost `rentbox status` a tenth of its time (issue 25).
+    gc.freeze()
     _app_for(sys.argv[1:])()
 
 
