@@ -17,7 +17,7 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Iterable, Optional
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
@@ -25,15 +25,16 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup
 # Only what building the commands needs: each command imports the modules it uses when
 # it runs, so that `rentbox status` never loads the pool's importer, the gateways, alerts
 # or backups (issue 25; tests/test_startup.py).
-from rentbox import __version__, logs, meta, render, reports
+from rentbox import __version__, meta, render, reports
 from rentbox.clock import SystemClock
 from rentbox.config import (API_KEY_ENV, BUYER_KEY_ENV, CONSOLE_PASSWORD_ENV,
                             GATEWAY_TOKEN_ENV, GOIP_PASSWORD_ENV, METRICS_TOKEN_ENV, SETTINGS,
-                            SMSGATE_KEY_ENV, SMSHUB_KEY_ENV, TELEGRAM_TOKEN_ENV, Alerting,
-                            BackupPlan,
-                            ReplicaPlan, Rules, Setting, Settings)
+                            SMSGATE_KEY_ENV, SMSHUB_KEY_ENV, TELEGRAM_TOKEN_ENV, Rules, Setting)
 from rentbox.db import LOCK_POLL_MAX_S, open_database
 from rentbox.errors import InvalidInput, RentboxError
+
+if TYPE_CHECKING:
+    from rentbox.settings import Alerting
 
 # `rentbox --help` lists the commands in these groups, in this order: running and
 # watching the server first, the day-to-day work next, maintenance last.
@@ -169,9 +170,7 @@ _METAVARS = {"db": "FILE", "poll_boxes": "FILE", "buyers": "FILE", "spool_dir": 
              "ban_after": "N", "backup_keep": "N", "alert_summary_hour": "HOUR",
              "alert_disk_free_mb": "MIB", "backup_mib_s": "MIB", "sms_keep_days": "DAYS",
              "services": "NAMES", "country_names": "NAME=REGION,...",
-             "telegram_chat_id": "CHAT", "dinstar_tz": "ZONE",
-             "log_level": "[" + "|".join(logs.LEVELS) + "]",
-             "log_format": "[" + "|".join(logs.FORMATS) + "]"}
+             "telegram_chat_id": "CHAT", "dinstar_tz": "ZONE"}
 
 
 def _takes(setting: Setting, extra: dict) -> dict:
@@ -253,9 +252,10 @@ def _choices(name: str, values: Iterable[str]) -> type[enum.Enum]:
     return enum.Enum(name, [(v, v) for v in values], type=str)
 
 
-class _OperationChoices:
-    """`ops list`'s choices, made when Typer builds that command (it reads a command's
-    annotations then: `_operation.Outcome`), so that only `ops` imports operations.py."""
+class _LaterChoices:
+    """Choices from modules that only some commands import, made when Typer builds a
+    command that takes them (it reads the command's annotations then: `_later.Outcome`),
+    so that `ops` alone imports operations.py, and `serve` alone logging."""
 
     @functools.cached_property
     def Outcome(self) -> type[enum.Enum]:
@@ -269,11 +269,21 @@ class _OperationChoices:
 
         return _choices("Kind", operations.KINDS)
 
+    @functools.cached_property
+    def LogLevel(self) -> type[enum.Enum]:
+        from rentbox import logs
 
-_operation = _OperationChoices()
+        return _choices("LogLevel", logs.LEVELS)
+
+    @functools.cached_property
+    def LogFormat(self) -> type[enum.Enum]:
+        from rentbox import logs
+
+        return _choices("LogFormat", logs.FORMATS)
+
+
+_later = _LaterChoices()
 Grouping = _choices("Grouping", reports.GROUPINGS)
-LogLevel = _choices("LogLevel", logs.LEVELS)
-LogFormat = _choices("LogFormat", logs.FORMATS)
 LimitOption = Annotated[int, typer.Option(help="Show at most this many rows.", metavar="N",
                                           parser=_number(int, 1, 1_000_000))]
 # SQLite integers are 64-bit: a larger id could not exist, and would overflow.
@@ -478,8 +488,11 @@ def serve(
     telegram_api_url: Annotated[str, _option("telegram_api_url")] = SETTINGS[
         "telegram_api_url"].default,
     alert_webhook_url: Annotated[Optional[str], _option("alert_webhook_url")] = None,
-    log_level: Annotated[LogLevel, _option("log_level")] = SETTINGS["log_level"].default,
-    log_format: Annotated[LogFormat, _option("log_format")] = SETTINGS["log_format"].default,
+    # Their placeholders list their choices (metavar None: see _Command).
+    log_level: Annotated[_later.LogLevel, _option("log_level", metavar=None)
+                         ] = SETTINGS["log_level"].default,
+    log_format: Annotated[_later.LogFormat, _option("log_format", metavar=None)
+                          ] = SETTINGS["log_format"].default,
     dinstar_tz: Annotated[str, _option("dinstar_tz")] = SETTINGS["dinstar_tz"].default,
     goip_port: Annotated[Optional[int], _option("goip_port", min=0, max=65535)] = None,
     goip_host: Annotated[str, _option("goip_host")] = SETTINGS["goip_host"].default,
@@ -515,7 +528,8 @@ def serve(
     from rentbox import replication
     from rentbox import buyers as buyers_module
     from rentbox import services as services_module
-    from rentbox import server  # waitress is only needed here
+    from rentbox import logs, server  # waitress is only needed here
+    from rentbox.settings import BackupPlan, ReplicaPlan, Settings
 
     api_key = os.environ.get(API_KEY_ENV, "").strip()
     if not api_key:
@@ -537,7 +551,7 @@ def serve(
                                 "its key")
     if replica_url:
         replication.check_replica_url(replica_url)
-    logs.configure(LogLevel(log_level).value, LogFormat(log_format).value)
+    logs.configure(_later.LogLevel(log_level).value, _later.LogFormat(log_format).value)
     settings = Settings(
         api_key=api_key,
         gateway_token=os.environ.get(GATEWAY_TOKEN_ENV, "").strip() or None,
@@ -574,6 +588,8 @@ def serve(
 def _alerting(silence_s: float, undelivered_s: float, disk_free_mb: float, summary_hour: int,
               chat_id: str | None, api_url: str, webhook_url: str | None) -> Alerting:
     """Where alerts go: the bot token from the environment only, as every secret."""
+    from rentbox.settings import Alerting
+
     token = os.environ.get(TELEGRAM_TOKEN_ENV, "").strip() or None
     if bool(token) != bool(chat_id):
         raise InvalidInput(f"Telegram alerts need both {TELEGRAM_TOKEN_ENV} and "
@@ -1129,10 +1145,10 @@ def ops_list(
         parser=_moment, metavar="DATE",
         help="Only operations created at or after this date or time (UTC unless it has a "
              "zone).")] = None,
-    outcome: Annotated[Optional[_operation.Outcome], typer.Option(
+    outcome: Annotated[Optional[_later.Outcome], typer.Option(
         help="Only this outcome ('failed': no SMS accepted by Onlinesim in the guard window, "
              "whatever FINISH said).")] = None,
-    kind: Annotated[Optional[_operation.Kind], typer.Option(
+    kind: Annotated[Optional[_later.Kind], typer.Option(
         help="Only rentals, or only activations.")] = None,
     service: Annotated[Optional[str], typer.Option(
         help="Only operations for this service (rent, vk, wa, ...).")] = None,
