@@ -36,8 +36,9 @@ from typing import Callable
 
 from rentbox import backups, meta, pool, presence, replication, reports
 from rentbox.clock import Clock, from_text, to_text
-from rentbox.config import ONLINESIM, Alerting
+from rentbox.config import ONLINESIM
 from rentbox.db import Connections, Database
+from rentbox.settings import Alerting
 from rentbox.workers import Periodic
 
 log = logging.getLogger("rentbox.alerts")

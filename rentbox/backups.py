@@ -18,15 +18,17 @@ import re
 import sqlite3
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from rentbox import events, meta, replication
 from rentbox.clock import Clock, from_text, to_text
-from rentbox.config import BackupPlan
 from rentbox.db import (Connections, Database, backup, hold_serving_lock, is_being_served,
                         open_database)
 from rentbox.errors import Conflict, DatabaseError, InvalidInput, NotFound, RentboxError
 from rentbox.workers import Worker
+
+if TYPE_CHECKING:  # `status` reads the backups' note, and needs no plan
+    from rentbox.settings import BackupPlan
 
 log = logging.getLogger("rentbox.backups")
 

@@ -8,6 +8,7 @@ import dataclasses
 import enum
 import datetime as dt
 import functools
+import gc
 import itertools
 import json
 import math
@@ -16,25 +17,24 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Iterable, Optional
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from rentbox import (__version__, alerts, backups, bans, countries, housekeeping, logs, meta,
-                     operations, pool, presence, render, replication, reports, retention, sms,
-                     spool, tallies)
-from rentbox import buyers as buyers_module
-from rentbox import protocol
-from rentbox import services as services_module
+# Only what building the commands needs: each command imports the modules it uses when
+# it runs, so that `rentbox status` never loads the pool's importer, the gateways, alerts
+# or backups (issue 25; tests/test_startup.py).
+from rentbox import __version__, meta, render, reports
 from rentbox.clock import SystemClock
 from rentbox.config import (API_KEY_ENV, BUYER_KEY_ENV, CONSOLE_PASSWORD_ENV,
                             GATEWAY_TOKEN_ENV, GOIP_PASSWORD_ENV, METRICS_TOKEN_ENV, SETTINGS,
-                            SMSGATE_KEY_ENV, SMSHUB_KEY_ENV, TELEGRAM_TOKEN_ENV, Alerting,
-                            BackupPlan,
-                            ReplicaPlan, Rules, Setting, Settings)
+                            SMSGATE_KEY_ENV, SMSHUB_KEY_ENV, TELEGRAM_TOKEN_ENV, Rules, Setting)
 from rentbox.db import LOCK_POLL_MAX_S, open_database
 from rentbox.errors import InvalidInput, RentboxError
+
+if TYPE_CHECKING:
+    from rentbox.settings import Alerting
 
 # `rentbox --help` lists the commands in these groups, in this order: running and
 # watching the server first, the day-to-day work next, maintenance last.
@@ -170,9 +170,7 @@ _METAVARS = {"db": "FILE", "poll_boxes": "FILE", "buyers": "FILE", "spool_dir": 
              "ban_after": "N", "backup_keep": "N", "alert_summary_hour": "HOUR",
              "alert_disk_free_mb": "MIB", "backup_mib_s": "MIB", "sms_keep_days": "DAYS",
              "services": "NAMES", "country_names": "NAME=REGION,...",
-             "telegram_chat_id": "CHAT", "dinstar_tz": "ZONE",
-             "log_level": "[" + "|".join(logs.LEVELS) + "]",
-             "log_format": "[" + "|".join(logs.FORMATS) + "]"}
+             "telegram_chat_id": "CHAT", "dinstar_tz": "ZONE"}
 
 
 def _takes(setting: Setting, extra: dict) -> dict:
@@ -247,12 +245,45 @@ def _server_rules(database, **given: float | int | bool | None) -> Rules:
     """The rules given on the command line, else the server's, else the defaults."""
     recorded = meta.server_rules(database) or Rules()
     return dataclasses.replace(recorded, **{k: v for k, v in given.items() if v is not None})
-# Choices as Typer's choices: listed in --help, and a wrong one is a usage error.
-Outcome = enum.Enum("Outcome", [(o, o) for o in operations.OUTCOMES], type=str)
-Kind = enum.Enum("Kind", [(k, k) for k in operations.KINDS], type=str)
-Grouping = enum.Enum("Grouping", [(g, g) for g in reports.GROUPINGS], type=str)
-LogLevel = enum.Enum("LogLevel", [(v, v) for v in logs.LEVELS], type=str)
-LogFormat = enum.Enum("LogFormat", [(v, v) for v in logs.FORMATS], type=str)
+
+
+def _choices(name: str, values: Iterable[str]) -> type[enum.Enum]:
+    """Choices as Typer's choices: listed in --help, and a wrong one is a usage error."""
+    return enum.Enum(name, [(v, v) for v in values], type=str)
+
+
+class _LaterChoices:
+    """Choices from modules that only some commands import, made when Typer builds a
+    command that takes them (it reads the command's annotations then: `_later.Outcome`),
+    so that `ops` alone imports operations.py, and `serve` alone logging."""
+
+    @functools.cached_property
+    def Outcome(self) -> type[enum.Enum]:
+        from rentbox import operations
+
+        return _choices("Outcome", operations.OUTCOMES)
+
+    @functools.cached_property
+    def Kind(self) -> type[enum.Enum]:
+        from rentbox import operations
+
+        return _choices("Kind", operations.KINDS)
+
+    @functools.cached_property
+    def LogLevel(self) -> type[enum.Enum]:
+        from rentbox import logs
+
+        return _choices("LogLevel", logs.LEVELS)
+
+    @functools.cached_property
+    def LogFormat(self) -> type[enum.Enum]:
+        from rentbox import logs
+
+        return _choices("LogFormat", logs.FORMATS)
+
+
+_later = _LaterChoices()
+Grouping = _choices("Grouping", reports.GROUPINGS)
 LimitOption = Annotated[int, typer.Option(help="Show at most this many rows.", metavar="N",
                                           parser=_number(int, 1, 1_000_000))]
 # SQLite integers are 64-bit: a larger id could not exist, and would overflow.
@@ -457,8 +488,11 @@ def serve(
     telegram_api_url: Annotated[str, _option("telegram_api_url")] = SETTINGS[
         "telegram_api_url"].default,
     alert_webhook_url: Annotated[Optional[str], _option("alert_webhook_url")] = None,
-    log_level: Annotated[LogLevel, _option("log_level")] = SETTINGS["log_level"].default,
-    log_format: Annotated[LogFormat, _option("log_format")] = SETTINGS["log_format"].default,
+    # Their placeholders list their choices (metavar None: see _Command).
+    log_level: Annotated[_later.LogLevel, _option("log_level", metavar=None)
+                         ] = SETTINGS["log_level"].default,
+    log_format: Annotated[_later.LogFormat, _option("log_format", metavar=None)
+                          ] = SETTINGS["log_format"].default,
     dinstar_tz: Annotated[str, _option("dinstar_tz")] = SETTINGS["dinstar_tz"].default,
     goip_port: Annotated[Optional[int], _option("goip_port", min=0, max=65535)] = None,
     goip_host: Annotated[str, _option("goip_host")] = SETTINGS["goip_host"].default,
@@ -491,7 +525,11 @@ def serve(
     RENTBOX_METRICS_TOKEN (turns on GET /metrics), RENTBOX_SMSHUB_KEY (SMSHub as a buyer,
     at POST /smshub).
     """
-    from rentbox import server  # waitress is only needed here
+    from rentbox import replication
+    from rentbox import buyers as buyers_module
+    from rentbox import services as services_module
+    from rentbox import logs, server  # waitress is only needed here
+    from rentbox.settings import BackupPlan, ReplicaPlan, Settings
 
     api_key = os.environ.get(API_KEY_ENV, "").strip()
     if not api_key:
@@ -513,7 +551,7 @@ def serve(
                                 "its key")
     if replica_url:
         replication.check_replica_url(replica_url)
-    logs.configure(LogLevel(log_level).value, LogFormat(log_format).value)
+    logs.configure(_later.LogLevel(log_level).value, _later.LogFormat(log_format).value)
     settings = Settings(
         api_key=api_key,
         gateway_token=os.environ.get(GATEWAY_TOKEN_ENV, "").strip() or None,
@@ -550,6 +588,8 @@ def serve(
 def _alerting(silence_s: float, undelivered_s: float, disk_free_mb: float, summary_hour: int,
               chat_id: str | None, api_url: str, webhook_url: str | None) -> Alerting:
     """Where alerts go: the bot token from the environment only, as every secret."""
+    from rentbox.settings import Alerting
+
     token = os.environ.get(TELEGRAM_TOKEN_ENV, "").strip() or None
     if bool(token) != bool(chat_id):
         raise InvalidInput(f"Telegram alerts need both {TELEGRAM_TOKEN_ENV} and "
@@ -605,6 +645,8 @@ def housekeep(
     `rentbox serve` does this by itself every few seconds; run it by hand only when
     the server is stopped and you want the books brought up to date.
     """
+    from rentbox import housekeeping, tallies
+
     database = _books(db)
     rules = _server_rules(database, guard_s=guard_s, guard_margin_s=guard_margin_s,
                           ban_after=ban_after, ban_s=ban_s, presence=presence,
@@ -637,6 +679,8 @@ def prune(
     stay, with sender, times and delivery state; an SMS still waiting to be pushed is
     kept whole.
     """
+    from rentbox import retention
+
     if sms_keep_days <= 0:
         raise InvalidInput("--sms-keep-days is 0: SMS texts are kept for ever, nothing to prune")
     count = retention.prune_all(_books(db), _now(), sms_keep_days)
@@ -675,6 +719,8 @@ def numbers_import(
     database is created) unless --skip-invalid is given. Stopped with Ctrl-C while
     merging, it says how many rows are in; running it again completes it.
     """
+    from rentbox import countries
+
     names = countries.table(country_names)
     if str(file) == "-":
         with _stdin_as_file() as copy:
@@ -698,6 +744,7 @@ def _stdin_as_file():
 
 def _import(file: Path, name: str, country: str | None, operator: str | None,
             names: dict, skip_invalid: bool, json_output: bool, db: Path) -> None:
+    from rentbox import pool
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
 
@@ -789,6 +836,8 @@ def numbers_list(
     the first ones appear at once on a pool of any size; the columns are as wide as the
     first 1,000 rows need.
     """
+    from rentbox import pool
+
     if online and offline:
         raise InvalidInput("--online and --offline exclude each other")
     if json_output and csv_output:
@@ -887,6 +936,8 @@ def numbers_enable(number: NumberArgument, db: DbOption = SETTINGS["db"].default
 
 
 def _switch(number: str, db: Path, *, enabled: bool) -> None:
+    from rentbox import pool
+
     digits = pool.normalize_number(number)
     word = "enabled" if enabled else "disabled"
     changed = pool.set_enabled(_books(db), _now(), digits, enabled)
@@ -929,6 +980,8 @@ def numbers_offline(
 
 def _presence_by_hand(numbers: list[str], db: Path, presence_on: bool | None,
                       presence_s: float | None, *, online: bool) -> None:
+    from rentbox import presence
+
     database = _books(db)
     rules = _server_rules(database, presence=presence_on, presence_s=presence_s)
     changed = presence.set_by_hand(database, _now(), rules, numbers, online)
@@ -945,6 +998,8 @@ def numbers_remove(number: NumberArgument, db: DbOption = SETTINGS["db"].default
     Refused while the number is in an open rental. Its history stays readable with
     `numbers show`, and importing it again brings it back.
     """
+    from rentbox import pool
+
     digits = pool.normalize_number(number)
     pool.remove_number(_books(db), _now(), digits)
     say(f"+{digits} is removed from the pool.")
@@ -963,6 +1018,9 @@ def numbers_unspend(
     times spends its number for that service: it is never offered for it again. Undo that
     when the account on it is gone (recorded as an event).
     """
+    from rentbox import pool
+    from rentbox import services as services_module
+
     digits = pool.normalize_number(number)
     books = _books(db)
     services_module.unspend(books, _now(), digits, service,
@@ -997,6 +1055,8 @@ def sms_add(
     serve` last started with on this database (else the defaults), as the server would
     apply them.
     """
+    from rentbox import sms
+
     incoming = sms.IncomingSms(source="cli", to=to, sender=sender, text=text,
                                source_id=source_id)
     database = open_database(db)
@@ -1030,6 +1090,8 @@ def sms_list(
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
     """Show SMS, newest first, with their delivery state, attempts and last error."""
+    from rentbox import sms
+
     if pending + failed + expired > 1:
         raise InvalidInput("--pending, --failed and --expired exclude each other")
     state = "pending" if pending else "failed" if failed else "expired" if expired else None
@@ -1061,6 +1123,8 @@ def sms_retry(
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
     """Put an SMS whose push Onlinesim refused for good back into the outbox."""
+    from rentbox import sms
+
     sms.retry_sms(_books(db), _now(), sms_id)
     say(f"SMS {sms_id} is queued again; a running `rentbox serve` pushes it within seconds.")
 
@@ -1081,10 +1145,10 @@ def ops_list(
         parser=_moment, metavar="DATE",
         help="Only operations created at or after this date or time (UTC unless it has a "
              "zone).")] = None,
-    outcome: Annotated[Optional[Outcome], typer.Option(
+    outcome: Annotated[Optional[_later.Outcome], typer.Option(
         help="Only this outcome ('failed': no SMS accepted by Onlinesim in the guard window, "
              "whatever FINISH said).")] = None,
-    kind: Annotated[Optional[Kind], typer.Option(
+    kind: Annotated[Optional[_later.Kind], typer.Option(
         help="Only rentals, or only activations.")] = None,
     service: Annotated[Optional[str], typer.Option(
         help="Only operations for this service (rent, vk, wa, ...).")] = None,
@@ -1098,6 +1162,8 @@ def ops_list(
 ) -> None:
     """Show operations, rentals and activations, newest first (sums: RUB in the table
     unless another currency is named, minor units in JSON and CSV)."""
+    from rentbox import operations
+
     books = _books(db)
     rows = operations.list_operations(books, open_only=open_only, number=number,
                                       since=_utc(since),
@@ -1133,6 +1199,8 @@ def ops_show(
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
     """Show one operation with its events and SMS."""
+    from rentbox import operations
+
     op = operations.show_operation(_books(db), operation_id)
     if json_output:
         _print_json(op)
@@ -1182,6 +1250,8 @@ def ops_close(
     failure; a FINISH that still comes later is recorded too. SMS of the rental that
     Onlinesim has not taken expire: they are never pushed.
     """
+    from rentbox import operations
+
     operations.close_by_hand(_books(db), _now(), operation_id, force=force)
     say(f"Operation {operation_id} closed by hand" + (": its number is free again." if force
                                                       else "."))
@@ -1197,6 +1267,8 @@ def ops_close(
 def bans_list(json_output: JsonOption = False, csv_output: CsvOption = False,
               db: DbOption = SETTINGS["db"].default) -> None:
     """Show banned numbers, and numbers with failed rentals on their way to a ban."""
+    from rentbox import bans
+
     rows = bans.list_bans(_books(db))
     if not _wants_table(rows, json_output, csv_output=csv_output,
                         empty="No bans, and no number has failed rentals."):
@@ -1216,6 +1288,8 @@ def bans_lift(
 
     On a number with failed rentals but no ban, only the count is reset.
     """
+    from rentbox import bans, pool
+
     digits = pool.normalize_number(number)
     bans.lift_ban(_books(db), _now(), digits)
     say(f"+{digits} is no longer banned and is offered again.")
@@ -1231,6 +1305,8 @@ def bans_lift(
 def alerts_list(json_output: JsonOption = False, csv_output: CsvOption = False,
                 limit: LimitOption = 50, db: DbOption = SETTINGS["db"].default) -> None:
     """Show the alerts that hold now, then the ones cleared most recently."""
+    from rentbox import alerts
+
     rows = alerts.recent(_books(db), limit)
     if not _wants_table(rows, json_output, csv_output=csv_output,
                         empty="No alerts: nothing has needed you yet."):
@@ -1252,6 +1328,8 @@ def alerts_test(
 
     Exit code 1 if a channel failed or none is configured.
     """
+    from rentbox import alerts
+
     alerting = _alerting(1, 1, 0, -1, telegram_chat_id, telegram_api_url, alert_webhook_url)
     if not alerting.channels:
         raise InvalidInput(f"no alert channel is set up: set {TELEGRAM_TOKEN_ENV} and "
@@ -1311,6 +1389,7 @@ def selftest(
     more excluding them by exceptionPhoneSet, and every GET_NUMBER within the protocol's
     3 s. Keys come from the environment or the buyers file, never the command line.
     """
+    from rentbox import protocol
     from rentbox import selftest as selftest_module
 
     buyer = buyer.strip().lower()
@@ -1358,6 +1437,8 @@ def status(json_output: JsonOption = False, db: DbOption = SETTINGS["db"].defaul
 
     Exit code 0 either way; with --json, monitoring can read `warnings`.
     """
+    from rentbox import spool
+
     facts = reports.status(_books(db), _now())
     if json_output:
         _print_json(facts)
@@ -1476,6 +1557,8 @@ def services_command(
 ) -> None:
     """Show the activations' services: each with the numbers that can be issued for it
     now, the numbers spent for it, and its open activations."""
+    from rentbox import services as services_module
+
     books = _books(db)
     rules = meta.server_rules(books) or Rules()
     if offered is not None:
@@ -1605,6 +1688,8 @@ def backup(
     Never overwrites a file. To restore it: stop the server and run `rentbox restore`
     with the file written.
     """
+    from rentbox import backups
+
     target, size = backups.backup_by_hand(_books(db), path, _now())
     if json_output:
         _print_json({"database": str(db), "backup": str(target), "bytes": size})
@@ -1629,6 +1714,8 @@ def restore(
     check, rentbox's schema), and new activationIds and smsIds continue past any that the
     lost server may have issued after the restored point.
     """
+    from rentbox import backups
+
     result = backups.restore(source, db, _now())
     if json_output:
         _print_json(result)
@@ -1656,6 +1743,10 @@ def main() -> None:
         import typer.core
 
         typer.core.HAS_RICH = False
+    # What start-up made (modules, Typer's and the settings' objects) lives until exit:
+    # the cyclic garbage collector need not walk it again, neither while the command runs
+    # nor at exit, where that walk cost `rentbox status` a tenth of its time (issue 25).
+    gc.freeze()
     _app_for(sys.argv[1:])()
 
 

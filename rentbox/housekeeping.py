@@ -7,8 +7,9 @@ import logging
 
 from rentbox import alerts, operations, retention
 from rentbox.clock import Clock, to_text
-from rentbox.config import Alerting, Rules
+from rentbox.config import Rules
 from rentbox.db import Connections, Database
+from rentbox.settings import Alerting
 from rentbox.workers import Periodic
 
 log = logging.getLogger("rentbox.housekeeping")

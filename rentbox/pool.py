@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import collections
-import csv
 import dataclasses
 import datetime as dt
 import functools
 import itertools
 import re
-import shutil
 import sqlite3
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Literal, Mapping, TextIO
 
@@ -21,7 +18,11 @@ from rentbox.db import Database
 from rentbox.errors import Conflict, InvalidInput, NotFound, RentboxError
 
 if TYPE_CHECKING:
+    import csv
     from concurrent.futures import Executor
+
+# csv, tempfile and shutil are imported by the import's functions: the commands that only
+# read the pool (`rentbox status`) do without them (issue 25).
 
 # The one definition of "can be rented now" (a column alias-free SQL predicate on
 # `numbers`). GET_NUMBER's claim and GET_SERVICES's counts both use it, so the pool
@@ -259,6 +260,8 @@ def _check_rows(
 ) -> Iterator[PoolEntry | RowError]:
     """check_rows, with the numbers validated by `checker` (a process of its own, while
     this one reads the file and checks the rest of each row) if one is given."""
+    import csv
+
     names = countries.table() if country_names is None else country_names
     default_country = normalize_name(country, "country")
     if default_country is not None and default_country not in names:
@@ -533,6 +536,8 @@ def import_file(
     `between_batches()` runs between two merge transactions, with the lock free (the CLI
     pauses there, so that a server waiting for the lock gets in: see db.LOCK_POLL_MAX_S).
     """
+    import csv
+
     try:
         with open(path, "rb") as raw:
             lines = sum(chunk.count(b"\n") for chunk in iter(lambda: raw.read(1 << 20), b""))
@@ -638,6 +643,8 @@ class _Staging:
     """
 
     def __init__(self):
+        import tempfile
+
         self.folder = Path(tempfile.mkdtemp(prefix="rentbox-import-"))
         self.path = self.folder / "staging.db"
         self.conn = sqlite3.connect(self.path)
@@ -703,6 +710,8 @@ class _Staging:
             after = last
 
     def close(self) -> None:
+        import shutil
+
         self.conn.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 

@@ -35,14 +35,17 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from rentbox import meta
 from rentbox.clock import Clock, from_text, to_text
-from rentbox.config import ReplicaPlan
 from rentbox.db import Connections
 from rentbox.errors import Conflict, InvalidInput
 from rentbox.workers import Worker
+
+if TYPE_CHECKING:  # `status` reads the replica's note, and needs no plan
+    from rentbox.settings import ReplicaPlan
 
 log = logging.getLogger("rentbox.replication")
 

@@ -20,13 +20,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from rentbox import (backups, bans, buyers, events, gateways, meta, operations, pool,
-                     presence, replication, services, sms, spool, tallies)
+from rentbox import meta
 from rentbox.clock import from_text, to_text
 from rentbox.config import ONLINESIM, SMSHUB, Rules
 from rentbox.db import Database, is_being_served
 from rentbox.errors import InvalidInput
-from rentbox.gateways import smsgate
+
+# Each report imports the modules it reads when it runs: `rentbox report` needs none of
+# those behind `status` (backups, gateways, the spool), and the CLI imports this module
+# on every start (issue 25).
 
 # A warning when this share of the pool (or more) is banned.
 BANNED_SHARE_WARNING = 0.2
@@ -52,6 +54,9 @@ SPOOL_WARNING_S = 60
 
 def status(db: Database, now: dt.datetime) -> dict:
     """Pool, open operations, outbox, the server, each buyer's last call, and warnings."""
+    from rentbox import backups, bans, buyers, operations, presence, replication, spool
+    from rentbox.gateways import notes
+
     stamp = to_text(now)
     # Each number counts once, in the first state that applies: rented, disabled, banned,
     # offline (free but for its SIM), free; `rented_disabled` are rented numbers that leave
@@ -106,7 +111,7 @@ def status(db: Database, now: dt.datetime) -> dict:
     sims = presence.counts(db)
     sims["at_risk"] = presence.at_risk(db)
     sims["unported"] = presence.unported(db)
-    sims["port_mismatch"] = gateways.port_mismatches(db)
+    sims["port_mismatch"] = notes.port_mismatches(db)
     report = {
         "at": stamp,
         "pool": counts,
@@ -357,22 +362,26 @@ def _buyer_warnings(report: dict) -> list[str]:
 def _smsgate_ping_warnings(db: Database, now: dt.datetime) -> list[str]:
     """SMSGate devices that send SMS but no ping: the app's Ping is off by default, and
     without it their SIMs go offline a presence window after each report."""
+    from rentbox.gateways import notes
+
     rules = meta.server_rules(db) or Rules()
     if not rules.presence:
         return []
-    devices = smsgate.devices_without_ping(db, now, rules.presence_s)
+    devices = notes.devices_without_ping(db, now, rules.presence_s)
     if not devices:
         return []
     shown = ", ".join(devices[:10]) + (" …" if len(devices) > 10 else "")
     return [f"SMSGate device(s) {shown} send SMS but no ping, so their SIMs go offline "
             f"{rules.presence_s:g} s after each report: in the app set Settings → Ping → "
-            f"Interval (seconds) to {smsgate.ping_interval_s(rules.presence_s)} and add a "
+            f"Interval (seconds) to {notes.ping_interval_s(rules.presence_s)} and add a "
             "system:ping webhook to /sms/smsgate"]
 
 
 def _spool_warnings(spooled: dict | None) -> list[str]:
     """SMS that the gammu-smsd or smstools3 hook spooled and serve has not stored, and
     files it set aside."""
+    from rentbox import spool
+
     if spooled is None:
         return []
     warnings = []
@@ -539,6 +548,8 @@ def other_currencies(db: Database, *, since: dt.datetime | None = None,
 
 def _report_from_tally(db: Database, by: str, since: dt.datetime | None,
                        until: dt.datetime | None) -> list[dict]:
+    from rentbox import tallies
+
     where, params = ["1"], []
     if since is not None:
         where.append("day >= ?")
@@ -604,6 +615,8 @@ def _report_from_rows(db: Database, by: str, since: dt.datetime | None,
 
 def number_history(db: Database, number: str, *, limit: int = 50) -> dict:
     """One number: its row and state, its rentals, SMS and events (bans and failures)."""
+    from rentbox import events, operations, pool, services, sms
+
     row = pool.find_number(db, number)
     rentals = operations.list_operations(db, number=row["number"], limit=limit)
     return {

@@ -17,7 +17,7 @@ from waitress.task import ErrorTask, WSGITask
 
 from rentbox import __version__, meta, reports, smshub, web
 from rentbox.clock import Clock, SystemClock, to_text
-from rentbox.config import ONLINESIM, SMSHUB, Settings
+from rentbox.config import ONLINESIM, SMSHUB
 from rentbox.db import CHECKPOINT_EVERY_S, Connections, hold_serving_lock, open_database
 from rentbox.errors import Unavailable
 from rentbox.gateways.goip import GoipListener
@@ -28,6 +28,7 @@ from rentbox.housekeeping import Checkpointer, Housekeeper
 from rentbox.metrics import Metrics
 from rentbox.push import ACTIVATION_ROUTE, RENT_ROUTE, Pusher
 from rentbox.replication import Replicator
+from rentbox.settings import Settings
 from rentbox.spool import SpoolReader
 from rentbox.writer import Writer
 from rentbox.web.calls import ARRIVED_AGE_KEY

@@ -30,14 +30,16 @@ import datetime as dt
 import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from rentbox import gateways, protocol, sms
 from rentbox.clock import Clock, to_text
 from rentbox.config import Rules
 from rentbox.db import Connections, Database
 from rentbox.errors import InvalidInput, Unavailable
 from rentbox.workers import Periodic
+
+if TYPE_CHECKING:  # the SMS path is imported by what takes files in, not by `status`
+    from rentbox import sms
 
 log = logging.getLogger("rentbox.spool")
 
@@ -99,6 +101,8 @@ class Spool:
                 should_stop: Callable[[], bool] = lambda: False) -> Taken:
         """Store every SMS waiting (each its own commit) and remove its file after the
         commit. `Unavailable` (the disk is full) ends the pass as is: the files stay."""
+        from rentbox import sms
+
         taken = Taken()
         for name in self.waiting():
             if should_stop():
@@ -165,6 +169,8 @@ class Spool:
 def read_sms(path: Path) -> sms.IncomingSms:
     """The SMS in one spool file (the body of POST /sms). Raises InvalidInput (or OSError)
     for a file that cannot be used."""
+    from rentbox import gateways, protocol
+
     with open(path, "rb") as f:
         raw = f.read(MAX_FILE_BYTES + 1)
     if len(raw) > MAX_FILE_BYTES:

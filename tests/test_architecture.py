@@ -4,8 +4,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rentbox"
-BOTTOM = {"clock", "config", "errors", "db", "events", "meta", "logs", "workers", "writer",
-          "countries"}
+BOTTOM = {"clock", "config", "settings", "errors", "db", "events", "meta", "logs", "workers",
+          "writer", "countries"}
 MIDDLE = {"protocol", "pool", "bans", "operations", "sms", "gateways", "push", "housekeeping",
           "presence", "tallies", "retention", "alerts", "backups", "replication",
           "reports", "dashboard", "metrics", "selftest", "spool", "services", "buyers",

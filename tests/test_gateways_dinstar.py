@@ -19,7 +19,7 @@ import pytest
 from rentbox import meta, operations
 from rentbox.config import Rules
 from rentbox.errors import InvalidInput
-from rentbox.gateways import common, dinstar
+from rentbox.gateways import common, dinstar, notes
 from rentbox.protocol import NumberRequest
 from rentbox.web import wsgi
 
@@ -282,7 +282,7 @@ def test_register_pushes_take_a_sim_online_and_offline(client, register_pool, ca
 def test_a_register_number_other_than_the_pool_is_noted(client, db, caplog):
     add_numbers(db, START, ("+8613900000001", "china", "cmcc", f"{MANUAL_SN}:8"))
     client.post("/sms/dinstar", REGISTER_UP, headers=AUTH)
-    assert common.port_mismatches(db)[f"{MANUAL_SN}:8"]["reported"] == "13714637674"
+    assert notes.port_mismatches(db)[f"{MANUAL_SN}:8"]["reported"] == "13714637674"
 
 
 def test_register_pushes_are_ignored_with_presence_off(settings, clock, connections,

@@ -11,7 +11,7 @@ from rentbox import meta, operations, push, reports, sms
 from rentbox.clock import FixedClock, to_text
 from rentbox.config import Rules
 from rentbox.errors import InvalidInput
-from rentbox.gateways import smsgate
+from rentbox.gateways import notes, smsgate
 from rentbox.protocol import FinishRequest, NumberRequest
 
 from conftest import EXAMPLES, START, FakeClock, add_numbers
@@ -274,11 +274,11 @@ def test_status_warns_about_an_smsgate_device_that_sends_sms_but_no_ping(db):
         assert NO_PING not in reports.status(db, clock.now())["warnings"]
         clock.advance(100)
     # Ping turned off again: warned about once its SMS keep coming without one.
-    clock.advance(smsgate.NOTE_EVERY_S + RULES.presence_s)
+    clock.advance(notes.NOTE_EVERY_S + RULES.presence_s)
     smsgate_sms(db, clock, "Code 2")
     assert NO_PING in reports.status(db, clock.now())["warnings"]
     # A device that has sent nothing for a week is not warned about any more.
-    clock.advance(smsgate.FORGET_AFTER_S + 1)
+    clock.advance(notes.FORGET_AFTER_S + 1)
     assert NO_PING not in reports.status(db, clock.now())["warnings"]
 
 

@@ -187,3 +187,33 @@ def test_a_lazy_console_is_made_on_first_use_with_what_was_set_before(monkeypatc
     assert console.console.quiet is True and console.console.is_terminal is False
     monkeypatch.setenv("FORCE_COLOR", "1")
     assert render.LazyConsole().is_terminal is True  # Rich reads FORCE_COLOR
+
+
+# What `status` and `report` must not load: the CLI's other commands' modules, serve's
+# settings, the gateway adapters and the SMS path, the pool's CSV importer, alerts and
+# their HTTP client.
+NOT_FOR_READING = {"sqlite_utils", "rentbox.settings", "rentbox.alerts",
+                   "rentbox.housekeeping", "rentbox.retention", "rentbox.sms",
+                   "rentbox.gateways.common", "rentbox.gateways.intake",
+                   "rentbox.gateways.smsgate", "rentbox.push", "rentbox.selftest",
+                   "rentbox.server", "rentbox.web", "csv", "tempfile", "urllib.request",
+                   "http.client", "ssl", "email"}
+# Nor does `report`, which reads the tallies, load what only `status` reads.
+ONLY_FOR_STATUS = {"rentbox.operations", "rentbox.presence", "rentbox.buyers",
+                   "rentbox.backups", "rentbox.replication", "rentbox.spool",
+                   "rentbox.gateways", "logging"}
+
+
+@pytest.mark.parametrize("args", [["status"], ["status", "--json"],
+                                  ["report", "--by", "month"],
+                                  ["report", "--by", "month", "--json"]])
+def test_reading_commands_import_only_what_they_read(tmp_path, db_path, args):
+    open_database(db_path).close()
+    result, modules = run_command(tmp_path, *args, "--db", db_path)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout
+    assert not NOT_FOR_READING & modules
+    if args[0] == "report":
+        assert not ONLY_FOR_STATUS & modules
+    else:
+        assert ONLY_FOR_STATUS <= modules  # what status reads: the check sees imports

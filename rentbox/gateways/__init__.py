@@ -13,13 +13,27 @@ here and its test file.
   `rentbox serve`.
 - `goip`: the GoIP UDP SMS server, a thread of `rentbox serve`.
 - `common`: what they share: ids, a push of several SMS, the state of a box's ports.
+- `notes`: what the adapters noted for `rentbox status` (port mismatches, SMSGate pings).
+
+The names below are imported from their modules when first used, so that a command that
+only reads the notes (`rentbox status`) loads no adapter (issue 25).
 """
 
-from rentbox.gateways.common import port_mismatches
-from rentbox.gateways.intake import parse_json_sms, parse_presence
-from rentbox.gateways.smsgate import (SMSGATE_PRESENCE_EVENTS, BadSignature, parse_smsgate,
-                                      parse_smsgate_presence, verify_smsgate_signature)
+from __future__ import annotations
 
 __all__ = ["BadSignature", "SMSGATE_PRESENCE_EVENTS", "parse_json_sms", "parse_presence",
            "parse_smsgate", "parse_smsgate_presence", "port_mismatches",
            "verify_smsgate_signature"]
+
+
+def __getattr__(name: str) -> object:
+    """A name of __all__ from its module, imported now (PEP 562)."""
+    if name == "port_mismatches":
+        from rentbox.gateways import notes as module
+    elif name in ("parse_json_sms", "parse_presence"):
+        from rentbox.gateways import intake as module
+    elif name in __all__:
+        from rentbox.gateways import smsgate as module
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(module, name)

@@ -14,6 +14,7 @@ from rentbox.clock import Clock
 from rentbox.config import Rules
 from rentbox.db import Database
 from rentbox.errors import InvalidInput
+from rentbox.gateways.notes import PORT_MISMATCH
 
 log = logging.getLogger("rentbox.gateways")
 
@@ -218,10 +219,6 @@ def report_ports(db: Database, clock: Clock, rules: Rules, states: list[PortStat
     return {"status": "SUCCESS", "ports": len(states), "online": online}
 
 
-# meta key: ports where a box reports another number than the pool has there.
-PORT_MISMATCH = "gateways.port_mismatch"
-
-
 def note_port_number(db: Database, clock: Clock, gateway: str, port: str,
                      reported: str) -> None:
     """A box says the SIM in `port` has the number `reported`. When the pool has another
@@ -244,12 +241,6 @@ def note_port_number(db: Database, clock: Clock, gateway: str, port: str,
                     pool_number, pool_number)
     else:
         log.info("%s: port %s and the pool agree again", gateway, port)
-
-
-def port_mismatches(db: Database) -> dict[str, dict]:
-    """Ports where a box reported another number than the pool has (see
-    `note_port_number`): {port: {reported, pool, gateway, at}}."""
-    return meta.get(db, PORT_MISMATCH) or {}
 
 
 def _same_number(pool_number: str, reported: str) -> bool:

@@ -51,10 +51,11 @@ from typing import Callable
 
 from rentbox import meta
 from rentbox.clock import Clock, to_text
-from rentbox.config import Rules, Settings
+from rentbox.config import Rules
 from rentbox.db import Connections, Database
 from rentbox.errors import InvalidInput, Unavailable
 from rentbox.gateways import common, dinstar, ejoin
+from rentbox.settings import Settings
 from rentbox.workers import Periodic
 
 log = logging.getLogger("rentbox.gateways")

@@ -29,6 +29,7 @@ from rentbox.db import Database
 from rentbox.errors import InvalidInput
 from rentbox.gateways.common import (content_id, item, note_port_number, optional_id,
                                      receiving_number)
+from rentbox.gateways.notes import DEVICES, MAX_DEVICES, NOTE_EVERY_S
 from rentbox.sms import IncomingSms, parse_time
 
 log = logging.getLogger("rentbox.gateways")
@@ -223,18 +224,6 @@ def parse_smsgate_presence(envelope: dict) -> presence.Report | None:
                            port_hints=tuple(hints))
 
 
-# meta key: the SMSGate devices heard from, {device: {"sms_at": …, "ping_at": …}}, so that
-# `rentbox status` can name a device that sends SMS but no ping.
-DEVICES = "smsgate.devices"
-# A device's last SMS or ping is rewritten at most this often: a ping every minute or two
-# of every device must not each become a write.
-NOTE_EVERY_S = 600
-# Devices remembered; the one heard from longest ago is forgotten first.
-MAX_DEVICES = 200
-# A device that has sent no SMS for this long is no longer warned about.
-FORGET_AFTER_S = 7 * 24 * 3600
-
-
 def note_smsgate_ping(db: Database, clock: Clock, envelope: dict) -> None:
     """A `system:ping` was received (and parsed): note it for its device."""
     if envelope.get("event") == "system:ping":
@@ -254,31 +243,6 @@ def _note_device(db: Database, now: dt.datetime, device: str, what: str) -> None
             devices = dict(sorted(devices.items(), key=lambda d: max(d[1].values()),
                                   reverse=True)[:MAX_DEVICES])
         meta.put_within(db, now, DEVICES, devices)
-
-
-def devices_without_ping(db: Database, now: dt.datetime, presence_s: float) -> list[str]:
-    """SMSGate devices that sent SMS in the last week but no ping (`system:ping`) since
-    well before their last SMS: the app's Ping is off (its default), so their SIMs count
-    as offline `presence_s` after each report. Sorted."""
-    late_s = NOTE_EVERY_S + presence_s
-    found = []
-    for device, noted in (meta.get(db, DEVICES) or {}).items():
-        if "sms_at" not in noted:
-            continue
-        sms_at = from_text(noted["sms_at"])
-        if (now - sms_at).total_seconds() > FORGET_AFTER_S:
-            continue
-        ping_at = from_text(noted["ping_at"]) if "ping_at" in noted else None
-        if ping_at is None or (sms_at - ping_at).total_seconds() > late_s:
-            found.append(device)
-    return sorted(found)
-
-
-def ping_interval_s(presence_s: float) -> int:
-    """The app's Ping interval that keeps its SIMs online: a third of the presence window,
-    so that two pings in a row may be late or lost (the app delivers webhooks through
-    Android's job scheduler, which may hold them back)."""
-    return max(1, int(presence_s // 3))
 
 
 def _loggable(text: str) -> str:
