@@ -95,7 +95,7 @@ def run_floor(port: int, threads: int, db_path: Path) -> None:
 
     import bottle
 
-    from rentbox.config import Settings
+    from rentbox.settings import Settings
     from rentbox.server import make_waitress
     from rentbox.web.middleware import AccessLog, GzipAnswers
 

@@ -272,17 +272,3 @@ class Rules:
         """Seconds after an activation opened when, without a FINISH, its number is
         offered again (the margin as for a rental's guard window)."""
         return self.activation_s + self.guard_margin_s
-
-
-# What `rentbox serve` runs with (settings.py): importable from here as before. They are
-# made when first used, as only serve and its threads need them, and making a frozen
-# dataclass costs a millisecond of every command's start (issue 25).
-_SERVE_CLASSES = ("Alerting", "BackupPlan", "ReplicaPlan", "Settings")
-
-
-def __getattr__(name: str) -> object:
-    if name in _SERVE_CLASSES:
-        from rentbox import settings
-
-        return getattr(settings, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

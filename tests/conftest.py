@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rentbox import pool
-from rentbox.config import Settings
+from rentbox.settings import Settings
 from rentbox.db import Connections, Database, open_database
 from rentbox.server import Server
 from rentbox.web import wsgi

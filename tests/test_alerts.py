@@ -7,7 +7,8 @@ import json
 import pytest
 
 from rentbox import alerts, bans, operations, presence
-from rentbox.config import Alerting, Rules
+from rentbox.config import Rules
+from rentbox.settings import Alerting
 from rentbox.db import open_database
 from rentbox.protocol import NumberRequest
 

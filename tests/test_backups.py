@@ -11,7 +11,8 @@ from conftest import START, add_numbers, rent_number, wait_until
 from rentbox import backups, meta, operations, sms
 from rentbox.cli import app
 from rentbox.clock import to_text
-from rentbox.config import BackupPlan, Rules
+from rentbox.config import Rules
+from rentbox.settings import BackupPlan
 from rentbox.db import backup, open_database
 from rentbox.errors import Conflict, InvalidInput, NotFound
 from rentbox.protocol import RentRequest

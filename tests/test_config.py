@@ -1,4 +1,4 @@
-from rentbox.config import Settings
+from rentbox.settings import Settings
 
 
 def test_settings_repr_hides_the_key():

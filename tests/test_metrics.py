@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import (API_KEY, EXAMPLES, GATEWAY_TOKEN, START, WsgiClient, add_numbers,
                       http_post, rent_number, wait_until)
 from rentbox import backups, meta, presence
-from rentbox.config import BackupPlan, Rules
+from rentbox.config import Rules
+from rentbox.settings import BackupPlan
 from rentbox.metrics import Metrics
 from rentbox.web import wsgi
 

@@ -21,7 +21,7 @@ from conftest import (API_KEY, GATEWAY_TOKEN, START, add_numbers, http_get_json,
 from rentbox import backups, meta, replication
 from rentbox.cli import app
 from rentbox.clock import to_text
-from rentbox.config import ReplicaPlan, Settings
+from rentbox.settings import ReplicaPlan, Settings
 
 # Lines Litestream 0.5 writes at debug level (logfmt), as read from a real run.
 LOG = """\

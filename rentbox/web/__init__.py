@@ -16,7 +16,7 @@ import bottle
 
 from rentbox import meta
 from rentbox.clock import Clock
-from rentbox.config import Settings
+from rentbox.settings import Settings
 from rentbox.db import Connections, Database
 from rentbox.metrics import Metrics
 from rentbox.writer import Inline, Writer
