@@ -46,6 +46,19 @@ def test_concurrent_identical_requests_never_share_a_number(live_server, db):
     assert open_ops == pool_size
 
 
+def test_serve_says_at_stop_how_many_writes_each_commit_held(start_server, db, caplog):
+    add_numbers(db, START, *[(f"+4915123{i:06d}", "germany", "telekom") for i in range(3)])
+    server = start_server()
+    with caplog.at_level(logging.INFO, logger="rentbox.server"):
+        for _ in range(3):
+            assert http_post(server.url + "/getNumberRent", GET_NUMBER).json["status"] == \
+                "SUCCESS"
+        server.stop()
+    said = [r.getMessage() for r in caplog.records if "group commit" in r.getMessage()]
+    # One request at a time: each write is committed on its own, at once.
+    assert said == ["group commit: 3 writes of requests in 3 commits (1.0 per commit)"]
+
+
 def test_gzip_both_ways_over_a_socket(live_server, db):
     add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
     answer = http_post(live_server.url + "/getNumberRent",
