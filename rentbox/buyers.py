@@ -237,6 +237,16 @@ def offers(rules: Rules, buyer: str, service: str) -> str | None:
     return wanted if wanted in offered(rules, buyer).values() else None
 
 
+def display(buyer: str) -> str:
+    """A buyer as texts name it: Onlinesim, or the name it has in the buyers file."""
+    return "Onlinesim" if buyer == ONLINESIM else buyer
+
+
+def taker(route: str) -> str:
+    """Who takes the SMS pushed on `route` (see route()), as texts name it."""
+    return "Onlinesim" if route in (RENT, "activation") else route
+
+
 def route(buyer: str, service: str) -> str:
     """Where an operation's SMS are pushed: Onlinesim's rent or activation URL, or the
     buyer's own push URL (named by the buyer)."""

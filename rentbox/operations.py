@@ -131,8 +131,7 @@ def lapse_activations(db: Database, now: dt.datetime, rules: Rules,
             continue
         db.execute("UPDATE numbers SET operation_id = NULL, idle_since = ?"
                    " WHERE operation_id = ?", (stamp, operation["id"]))
-        expire_undelivered(db, now, operation["id"], "its activation ran out of time before "
-                           "Onlinesim took it")
+        expire_undelivered(db, now, operation["id"], "its activation ran out of time")
         log.warning("activation %d (%s) got no FINISH in time: its number is offered again "
                     "(see `rentbox status`)", operation["id"], operation["service"])
     return len(due)
@@ -177,8 +176,7 @@ def _fail(db: Database, now: dt.datetime, rules: Rules, operation: dict, failure
                (stamp, operation["id"]))
     events.record(db, now, failure, operation_id=operation["id"],
                   number_id=operation["number_id"])
-    expire_undelivered(db, now, operation["id"], f"its rental failed ({failure}) before "
-                       "Onlinesim took it")
+    expire_undelivered(db, now, operation["id"], f"its rental failed ({failure})")
     number = db.execute("SELECT number FROM numbers WHERE id = ?",
                         (operation["number_id"],)).fetchone()[0]
     log.info("operation %d on +%s failed (%s): the number is offered again",
@@ -193,13 +191,16 @@ def _is_test(db: Database, operation_id: int) -> bool:
     return bool(row and row[0])
 
 
-def expire_undelivered(db: Database, now: dt.datetime, operation_id: int, reason: str) -> int:
+def expire_undelivered(db: Database, now: dt.datetime, operation_id: int, why: str) -> int:
     """Mark the SMS of an operation that ended (closed, or failed its guard window) and
-    that Onlinesim has not taken as `expired`: they are never pushed. Onlinesim routes a
-    push by the phone number alone, and the number may already be another renter's: an
-    old code must never reach them. Kept for the operator (`sms list --expired`).
-    A push already on its way is not called back; if Onlinesim takes it, that is stored
-    (push.record_answers). Returns how many expired."""
+    that its buyer has not taken as `expired` (`why` it ended, in words): they are never
+    pushed. The buyer routes a push by the phone number alone, and the number may already
+    be another renter's: an old code must never reach them. Kept for the operator (`sms
+    list --expired`). A push already on its way is not called back; if the buyer takes
+    it, that is stored (push.record_answers). Returns how many expired."""
+    row = db.execute("SELECT buyer FROM operations WHERE id = ?", (operation_id,)).fetchone()
+    taker = buyers.display(row[0] if row else ONLINESIM)
+    reason = f"{why} before {taker} took it"
     expired = db.execute(
         "UPDATE sms SET push_state = 'expired', next_attempt_at = NULL, last_error = ?"
         " WHERE operation_id = ? AND push_state = 'pending' RETURNING id, number_id",
@@ -208,8 +209,8 @@ def expire_undelivered(db: Database, now: dt.datetime, operation_id: int, reason
         events.record(db, now, "sms_expired", operation_id=operation_id, number_id=number_id,
                       sms_id=sms_id, reason=reason)
     if expired:
-        log.warning("rental %d: %d SMS not taken by Onlinesim will never be pushed (%s): "
-                    "see `rentbox sms list --expired`", operation_id, len(expired),
+        log.warning("operation %d: %d SMS not taken by %s will never be pushed (%s): "
+                    "see `rentbox sms list --expired`", operation_id, len(expired), taker,
                     reason)
     return len(expired)
 
@@ -557,7 +558,7 @@ def finish_operation(db: Database, clock: Clock, request: FinishRequest, rules: 
             )
             expire_undelivered(db, now, request.activation_id,
                                f"its {_kind(operation['service'])} was closed (FINISH "
-                               f"status {request.status}) before Onlinesim took it")
+                               f"status {request.status})")
             closed = True
         _check_deadline(clock, deadline, "FINISH_ACTIVATION")
     if not closed and operation["finish_status"] != request.status:
@@ -643,8 +644,7 @@ def close_by_hand(db: Database, now: dt.datetime, operation_id: int, *,
         events.record(db, now, "closed_by_hand", operation_id=operation_id,
                       number_id=operation["number_id"], **({"forced": True} if holding else {}),
                       reason=reason)
-        expire_undelivered(db, now, operation_id, f"its {kind} was closed by hand before "
-                           "Onlinesim took it")
+        expire_undelivered(db, now, operation_id, f"its {kind} was closed by hand")
         log.info("%s %d closed by hand%s", kind, operation_id,
                  ": its number is offered again" if holding else "")
 

@@ -53,7 +53,7 @@ import zlib
 from typing import TYPE_CHECKING, Callable, Iterable
 from urllib.parse import urlsplit
 
-from rentbox import __version__, events, operations
+from rentbox import __version__, buyers, events, operations
 from rentbox.clock import Clock, from_text, to_text
 from rentbox.config import Rules, default
 from rentbox.db import Connections, Database
@@ -485,7 +485,8 @@ class PushState:
     """What the pusher keeps between rounds, in memory only: answers not yet stored, the
     outage it is in, and when it last logged each repeating failure."""
 
-    def __init__(self):
+    def __init__(self, taker: str = "Onlinesim"):
+        self.taker = taker  # who takes these SMS, as the log names it (buyers.taker)
         self.unstored: list[Answered] = []
         # Told of every attempt's outcome: (sms, outcome kind, answered at); the metrics.
         self.on_outcome: Callable[[dict, str, dt.datetime], None] | None = None
@@ -511,8 +512,8 @@ class PushState:
         if self._held_logged_at is None or (
                 now - self._held_logged_at).total_seconds() >= LOG_EVERY_S:
             self._held_logged_at = now
-            log.warning("%d answer(s) from Onlinesim still not stored (%s): nothing is "
-                        "pushed until they are", len(self.unstored),
+            log.warning("%d answer(s) from %s still not stored (%s): nothing is "
+                        "pushed until they are", len(self.unstored), self.taker,
                         error if isinstance(error, Unavailable) else repr(error))
 
     def probe_wait_s(self, now: dt.datetime) -> float:
@@ -533,27 +534,27 @@ class PushState:
             self.next_probe_at = now + dt.timedelta(seconds=retry_s)
             if self.unreachable_since is None:
                 self.unreachable_since = self._outage_logged_at = now
-                log.warning("Onlinesim cannot be reached (%s): %d SMS wait; the oldest is "
-                            "tried again %g s after each failed try until Onlinesim "
-                            "answers, then every due SMS at once",
-                            outcome.detail, waiting(), retry_s)
+                log.warning("%s cannot be reached (%s): %d SMS wait; the oldest is "
+                            "tried again %g s after each failed try until %s answers, "
+                            "then every due SMS at once",
+                            self.taker, outcome.detail, waiting(), retry_s, self.taker)
             elif (now - self._outage_logged_at).total_seconds() >= LOG_EVERY_S:
                 self._outage_logged_at = now
-                log.warning("Onlinesim still cannot be reached, for %d s now (%s): %d SMS "
-                            "wait", (now - self.unreachable_since).total_seconds(),
+                log.warning("%s still cannot be reached, for %d s now (%s): %d SMS "
+                            "wait", self.taker, (now - self.unreachable_since).total_seconds(),
                             outcome.detail, waiting())
             return
         if self.unreachable_since is not None:
-            log.info("Onlinesim answers again after %d s: every due SMS is sent now",
-                     (now - self.unreachable_since).total_seconds())
+            log.info("%s answers again after %d s: every due SMS is sent now",
+                     self.taker, (now - self.unreachable_since).total_seconds())
             self.unreachable_since = self._outage_logged_at = self.next_probe_at = None
         if outcome.kind == "delivered":
             self._failing.pop(sms["id"], None)
-            log.info("SMS %d delivered to Onlinesim", sms["id"])
+            log.info("SMS %d delivered to %s", sms["id"], self.taker)
         elif outcome.kind == "terminal":
             self._failing.pop(sms["id"], None)
-            log.warning("SMS %d refused by Onlinesim (%s): not sent again", sms["id"],
-                        outcome.detail)
+            log.warning("SMS %d refused by %s (%s): not sent again", sms["id"],
+                        self.taker, outcome.detail)
         elif sms["id"] not in self._failing:
             self._failing[sms["id"]] = (now, 0)
             log.warning("SMS %d not delivered (%s): retrying every %g s", sms["id"],
@@ -582,8 +583,8 @@ def store_held(db: Database, now: dt.datetime, state: PushState, retry_s: float,
         state.still_held(now, error)
         return False
     for answer in state.unstored:
-        log.info("stored Onlinesim's answer to SMS %d (%s), held since %s", answer.sms["id"],
-                 answer.outcome.kind, to_text(answer.answered_at))
+        log.info("stored %s's answer to SMS %d (%s), held since %s", state.taker,
+                 answer.sms["id"], answer.outcome.kind, to_text(answer.answered_at))
     state.unstored.clear()
     state.store_backoff_s = 0.0
     return True
@@ -618,7 +619,7 @@ def push_due(db: Database, clock: Clock, *, url: str, api_key: str, retry_s: flo
     sends nothing until `state.probe_wait_s()` has passed, however often called, and then
     the probe alone: more only once Onlinesim answered it.
     """
-    state = state or PushState()
+    state = state or PushState(buyers.taker(route))
     result = Round()
     if not store_held(db, clock.now(), state, retry_s, rules) or db.health.failing:
         result.store_failed = True
@@ -678,9 +679,9 @@ def store_outcomes(db: Database, state: PushState, answers: list[Answered], retr
             if answer.outcome.kind != "retry":
                 state.hold(answer)
         one = len(answers) == 1
-        log.warning("Onlinesim's %s to SMS %s (%s) cannot be stored yet (%s): kept in "
+        log.warning("%s's %s to SMS %s (%s) cannot be stored yet (%s): kept in "
                     "memory, and nothing is pushed until %s stored",
-                    "answer" if one else "answers",
+                    state.taker, "answer" if one else "answers",
                     ", ".join(str(a.sms["id"]) for a in answers),
                     ", ".join(a.outcome.kind for a in answers), error,
                     "it is" if one else "they are",
@@ -771,7 +772,7 @@ class Pusher(Worker):
         self._options = dict(url=url, api_key=api_key, retry_s=retry_s, timeout_s=timeout_s,
                              rules=rules, parallel=parallel, sender=sender or self.link,
                              route=route, wire=wire)
-        self.state = PushState()
+        self.state = PushState(buyers.taker(route))
         self._wake = threading.Event()
 
     def wake(self) -> None:
@@ -785,8 +786,9 @@ class Pusher(Worker):
         if self.link is not None:
             self.link.close()
         if self.state.unstored:
-            log.error("stopping with %d answer(s) from Onlinesim not stored: those SMS "
-                      "will be sent again after the restart", len(self.state.unstored))
+            log.error("stopping with %d answer(s) from %s not stored: those SMS will be "
+                      "sent again after the restart", len(self.state.unstored),
+                      self.state.taker)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -145,6 +145,36 @@ def test_a_buyer_cannot_finish_another_buyers_operation(client, db):
     assert db.row("SELECT state FROM operations")["state"] == "open"
 
 
+def test_texts_about_a_buyers_sms_name_that_buyer_not_onlinesim(client, db, clock, caplog):
+    import logging
+
+    from rentbox import sms
+
+    issued = hub(client, {"action": "GET_NUMBER", "country": "russia", "service": "vk",
+                          "sum": 20, "currency": 643}).json
+    number = str(issued["number"])
+
+    def arrives(text):
+        sms.accept_sms(db, clock, sms.IncomingSms(source="api", sender="VK", text=text,
+                                                  to=number), RULES)
+
+    with caplog.at_level(logging.INFO):
+        arrives("code 1")
+        assert push.push_due(db, clock, url="x", api_key=HUB_KEY, retry_s=10, timeout_s=1,
+                             rules=RULES, route="smshub", wire=smshub.WIRE,
+                             sender=lambda *args: push.Outcome("delivered")).attempts == 1
+        arrives("code 2")  # the activation ends before it is pushed
+        hub(client, {"action": "FINISH_ACTIVATION", "activationId": issued["activationId"],
+                     "status": 3})
+    said = [r.getMessage() for r in caplog.records]
+    expired = db.rows("SELECT last_error FROM sms WHERE push_state = 'expired'")
+    assert expired == [{"last_error": "its vk activation was closed (FINISH status 3) before "
+                                      "smshub took it"}]
+    assert "SMS 1 delivered to smshub" in said
+    assert any("1 SMS not taken by smshub will never be pushed" in line for line in said)
+    assert not any("Onlinesim" in line for line in said)
+
+
 def test_a_wrong_key_is_a_401_that_names_no_key(client):
     for path, key in (("/smshub", GRIZZLY_KEY), ("/buyer/grizzly", HUB_KEY),
                       ("/smshub", API_KEY), ("/buyer/grizzly", "")):
