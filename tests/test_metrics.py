@@ -342,8 +342,13 @@ def test_real_server_counts_refused_pushes(start_server, db):
 
 
 def test_every_metric_named_in_the_examples_exists(app, db, clock, tmp_path):
+    from rentbox.clock import to_text
+
     add_numbers(db, START, ("+4915123456789", "germany", "telekom"))
     app.post("/getNumberRent", GET_NUMBER)
+    meta.put(db, clock.now(), meta.SERVER, {  # a server with a buyer beside Onlinesim
+        "started_at": to_text(clock.now()),
+        "buyers": [{"name": "smshub", "protocol": "smshub", "path": "/smshub"}]})
     backups.write_backup(db, BackupPlan(folder=tmp_path), clock.now(), wait=lambda s: None)
     meta.put(db, clock.now(), meta.REPLICATION, {"state": "running"})  # as replication.py
     text = app.request("GET", "/metrics", headers=AUTH).body.decode()
