@@ -399,9 +399,11 @@ def gateway(args: tuple[int, int, list[str], int, int, float, int]) -> dict:
         if response.status != 200:
             raise RuntimeError(f"{path}: HTTP {response.status} {data[:200]!r}")
         answer = json.loads(data)
-        if "smsIds" in answer:
+        if "smsIds" in answer:  # Ejoin's push: one id per SMS row
             sms_ids.extend(answer["smsIds"])
-        else:  # one smsId for the whole POST (the floor stores the body as one row)
+        elif len(these) == 1:
+            sms_ids.append(answer["smsId"])
+        else:  # the floor stores a push of several SMS as one row: one id for all
             sms_ids.extend(f"{answer['smsId']}/{k}" for k in range(len(these)))
         taken_ms.extend([took_ms] * len(these))  # each SMS waited for its POST's answer
     ended = time.monotonic()
