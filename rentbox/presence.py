@@ -483,11 +483,16 @@ def cutoff(now: dt.datetime, rules: Rules) -> str:
 
 def has_due(db: Database, now: dt.datetime, rules: Rules) -> bool:
     """Whether `apply_due` would change anything (an indexed read)."""
+    condition, params = due_condition(now, rules)
+    return bool(db.execute(f"SELECT {condition}", params).fetchone()[0])
+
+
+def due_condition(now: dt.datetime, rules: Rules) -> tuple[str, tuple]:
+    """An SQL expression true when `apply_due` would change anything, and its
+    parameters: for a query that asks this beside other questions."""
     if rules.presence:
-        sql, params = f"SELECT EXISTS (SELECT 1 FROM numbers WHERE {DUE})", (cutoff(now, rules),)
-    else:
-        sql, params = f"SELECT EXISTS (SELECT 1 FROM numbers WHERE {OFF_WHEN_DISABLED})", ()
-    return bool(db.execute(sql, params).fetchone()[0])
+        return f"EXISTS (SELECT 1 FROM numbers WHERE {DUE})", (cutoff(now, rules),)
+    return f"EXISTS (SELECT 1 FROM numbers WHERE {OFF_WHEN_DISABLED})", ()
 
 
 def apply_due(db: Database, now: dt.datetime, rules: Rules, limit: int | None = None) -> int:

@@ -187,6 +187,43 @@ def test_guard_window_passing_without_sms_frees_the_number_but_keeps_the_operati
         "operation_id": again.activation_id, "failures": 1}
 
 
+@pytest.mark.parametrize("presence", [True, False])
+def test_with_nothing_due_the_rules_cost_one_read_and_each_due_kind_is_seen(db, clock,
+                                                                          presence):
+    import dataclasses
+
+    from rentbox.clock import to_text
+
+    rules = dataclasses.replace(SHORT, presence=presence)
+    add_numbers(db, START, *GERMANY[:2])
+    operations.open_operation(db, clock, NumberRequest(100), rules)
+    seen = []
+    db.conn.set_trace_callback(seen.append)
+    try:
+        assert operations.apply_due_rules(db, clock.now(), rules) == 0
+    finally:
+        db.conn.set_trace_callback(None)
+    assert len(seen) == 1 and seen[0].startswith("SELECT EXISTS")  # every call's cost
+    # Each kind of due rule is seen by that one read: a guard window that passed ...
+    clock.advance(60)
+    assert operations.has_due_rules(db, clock.now(), rules)
+    assert operations.apply_due_rules(db, clock.now(), rules) == 1
+    assert not operations.has_due_rules(db, clock.now(), rules)
+    # ... a ban that ends ...
+    db.execute("UPDATE numbers SET banned_until = ? WHERE id = 2", (to_text(clock.now()),))
+    assert operations.has_due_rules(db, clock.now(), rules)
+    assert operations.apply_due_rules(db, clock.now(), rules) == 1
+    # ... and a SIM out of its presence window (or, presence off, one still offline).
+    if presence:
+        db.execute("UPDATE numbers SET seen_by = 'gw', seen_at = ? WHERE id = 2",
+                   ("2026-10-01T00:00:00.000000Z",))
+    else:
+        db.execute("UPDATE numbers SET offline = 1 WHERE id = 2")
+    assert operations.has_due_rules(db, clock.now(), rules)
+    assert operations.apply_due_rules(db, clock.now(), rules) == 1
+    assert not operations.has_due_rules(db, clock.now(), rules)
+
+
 def test_sms_inside_the_window_keeps_the_rental_and_resets_the_count(db, clock):
     add_numbers(db, START, *GERMANY[:1])
     db.execute("UPDATE numbers SET failures = 2")
