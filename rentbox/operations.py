@@ -102,7 +102,7 @@ def expire_guard_windows(db: Database, now: dt.datetime, rules: Rules,
     accepted; free its number. `sparing`: an operation whose FINISH is being applied,
     which decides it instead."""
     cutoff = _guard_cutoff(now, rules)
-    due = [o for o in db.rows(f"SELECT id, number_id FROM operations WHERE {GUARD_DUE}",
+    due = [o for o in db.rows(f"SELECT id, number_id, buyer FROM operations WHERE {GUARD_DUE}",
                               (cutoff,)) if o["id"] != sparing]
     for operation in due:
         _fail(db, now, rules, operation, "guard_expired")
@@ -114,8 +114,9 @@ def lapse_activations(db: Database, now: dt.datetime, rules: Rules,
     """Offer again the number of every open activation whose time ran out without a
     FINISH, and flag the activation (`lapsed_at`; it stays open). One that got no SMS
     accepted is a failure too. `sparing` as for expire_guard_windows."""
-    due = [o for o in db.rows(f"SELECT id, number_id, sms_accepted_at, service FROM operations"
-                              f" WHERE {ACTIVATION_DUE}", (_activation_cutoff(now, rules),))
+    due = [o for o in db.rows(f"SELECT id, number_id, sms_accepted_at, service, buyer"
+                              f" FROM operations WHERE {ACTIVATION_DUE}",
+                              (_activation_cutoff(now, rules),))
            if o["id"] != sparing]
     for operation in due:
         stamp = to_text(now)
@@ -131,7 +132,7 @@ def lapse_activations(db: Database, now: dt.datetime, rules: Rules,
             continue
         db.execute("UPDATE numbers SET operation_id = NULL, idle_since = ?"
                    " WHERE operation_id = ?", (stamp, operation["id"]))
-        expire_undelivered(db, now, operation["id"], "its activation ran out of time")
+        expire_undelivered(db, now, operation, "its activation ran out of time")
         log.warning("activation %d (%s) got no FINISH in time: its number is offered again "
                     "(see `rentbox status`)", operation["id"], operation["service"])
     return len(due)
@@ -183,7 +184,7 @@ def _fail(db: Database, now: dt.datetime, rules: Rules, operation: dict, failure
                (stamp, operation["id"]))
     events.record(db, now, failure, operation_id=operation["id"],
                   number_id=operation["number_id"])
-    expire_undelivered(db, now, operation["id"], f"its rental failed ({failure})")
+    expire_undelivered(db, now, operation, f"its rental failed ({failure})")
     number = db.execute("SELECT number FROM numbers WHERE id = ?",
                         (operation["number_id"],)).fetchone()[0]
     log.info("operation %d on +%s failed (%s): the number is offered again",
@@ -198,15 +199,15 @@ def _is_test(db: Database, operation_id: int) -> bool:
     return bool(row and row[0])
 
 
-def expire_undelivered(db: Database, now: dt.datetime, operation_id: int, why: str) -> int:
+def expire_undelivered(db: Database, now: dt.datetime, operation: dict, why: str) -> int:
     """Mark the SMS of an operation that ended (closed, or failed its guard window) and
-    that its buyer has not taken as `expired` (`why` it ended, in words): they are never
+    that its buyer has not taken as `expired` (`operation`: its id and buyer; `why` it
+    ended, in words): they are never
     pushed. The buyer routes a push by the phone number alone, and the number may already
     be another renter's: an old code must never reach them. Kept for the operator (`sms
     list --expired`). A push already on its way is not called back; if the buyer takes
     it, that is stored (push.record_answers). Returns how many expired."""
-    row = db.execute("SELECT buyer FROM operations WHERE id = ?", (operation_id,)).fetchone()
-    taker = buyers.display(row[0] if row else ONLINESIM)
+    operation_id, taker = operation["id"], buyers.display(operation["buyer"])
     reason = f"{why} before {taker} took it"
     expired = db.execute(
         "UPDATE sms SET push_state = 'expired', next_attempt_at = NULL, last_error = ?"
@@ -537,7 +538,7 @@ def finish_operation(db: Database, clock: Clock, request: FinishRequest, rules: 
         stamp = to_text(now)
         operation = db.row(
             "SELECT id, number_id, service, state, finish_status, sms_accepted_at, failed_at,"
-            " created_at, initial_sum_kopecks, test, currency FROM operations"
+            " created_at, initial_sum_kopecks, test, currency, buyer FROM operations"
             " WHERE id = ? AND buyer = ?", (request.activation_id, request.buyer))
         if operation is None:
             # Unknown, or another buyer's: ids are one sequence, and a buyer must never
@@ -563,7 +564,7 @@ def finish_operation(db: Database, clock: Clock, request: FinishRequest, rules: 
                 "UPDATE numbers SET operation_id = NULL, idle_since = ? WHERE operation_id = ?",
                 (stamp, request.activation_id),
             )
-            expire_undelivered(db, now, request.activation_id,
+            expire_undelivered(db, now, operation,
                                f"its {_kind(operation['service'])} was closed (FINISH "
                                f"status {request.status})")
             closed = True
@@ -624,7 +625,7 @@ def close_by_hand(db: Database, now: dt.datetime, operation_id: int, *,
     and its number freed: for a FINISH that can never be applied. Either way its SMS that
     Onlinesim has not taken expire."""
     with db.transaction():
-        operation = db.row("SELECT id, number_id, service, state, failed_at, lapsed_at"
+        operation = db.row("SELECT id, number_id, service, state, failed_at, lapsed_at, buyer"
                            " FROM operations WHERE id = ?", (operation_id,))
         if operation is None:
             raise NotFound(f"no operation {operation_id}")
@@ -651,7 +652,7 @@ def close_by_hand(db: Database, now: dt.datetime, operation_id: int, *,
         events.record(db, now, "closed_by_hand", operation_id=operation_id,
                       number_id=operation["number_id"], **({"forced": True} if holding else {}),
                       reason=reason)
-        expire_undelivered(db, now, operation_id, f"its {kind} was closed by hand")
+        expire_undelivered(db, now, operation, f"its {kind} was closed by hand")
         log.info("%s %d closed by hand%s", kind, operation_id,
                  ": its number is offered again" if holding else "")
 
