@@ -1199,7 +1199,7 @@ def ops_show(
     db: DbOption = SETTINGS["db"].default,
 ) -> None:
     """Show one operation with its events and SMS."""
-    from rentbox import operations
+    from rentbox import buyers, operations
 
     op = operations.show_operation(_books(db), operation_id)
     if json_output:
@@ -1213,8 +1213,8 @@ def ops_show(
         + (f", out of time since {render.when(op['lapsed_at'])} (its number is offered "
            "again)" if op["lapsed_at"] else "")
         + (", at risk: the number's SIM is offline" if op["at_risk"] else ""))
-    buyer = "Onlinesim" if op["buyer"] == "onlinesim" else op["buyer"]
-    say(f"Created {render.when(op['created_at'])}, first SMS accepted by {buyer} "
+    say(f"Created {render.when(op['created_at'])}, first SMS accepted by "
+        f"{buyers.display(op['buyer'])} "
         f"{render.when(op['sms_accepted_at']) or '-'}, "
         f"finished {render.when(op['finished_at']) or '-'}; initial sum "
         f"{render.rub(op['initial_sum_kopecks'])} {op['currency']}, final sum "
