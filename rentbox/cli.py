@@ -9,6 +9,7 @@ import enum
 import datetime as dt
 import functools
 import gc
+import importlib
 import itertools
 import json
 import math
@@ -257,29 +258,17 @@ class _LaterChoices:
     command that takes them (it reads the command's annotations then: `_later.Outcome`),
     so that `ops` alone imports operations.py, and `serve` alone logging."""
 
-    @functools.cached_property
-    def Outcome(self) -> type[enum.Enum]:
-        from rentbox import operations
+    # A choice's name: the module and the constant that list its values.
+    _SOURCES = {"Outcome": ("operations", "OUTCOMES"), "Kind": ("operations", "KINDS"),
+                "LogLevel": ("logs", "LEVELS"), "LogFormat": ("logs", "FORMATS")}
 
-        return _choices("Outcome", operations.OUTCOMES)
-
-    @functools.cached_property
-    def Kind(self) -> type[enum.Enum]:
-        from rentbox import operations
-
-        return _choices("Kind", operations.KINDS)
-
-    @functools.cached_property
-    def LogLevel(self) -> type[enum.Enum]:
-        from rentbox import logs
-
-        return _choices("LogLevel", logs.LEVELS)
-
-    @functools.cached_property
-    def LogFormat(self) -> type[enum.Enum]:
-        from rentbox import logs
-
-        return _choices("LogFormat", logs.FORMATS)
+    def __getattr__(self, name: str) -> type[enum.Enum]:
+        if name not in self._SOURCES:
+            raise AttributeError(name)
+        module, values = self._SOURCES[name]
+        made = _choices(name, getattr(importlib.import_module(f"rentbox.{module}"), values))
+        setattr(self, name, made)  # made once
+        return made
 
 
 _later = _LaterChoices()
